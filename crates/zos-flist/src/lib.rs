@@ -1,0 +1,7 @@
+//! Flists: a container image format of a small SQLite metadata file plus content-addressed,
+//! encrypted blocks kept in one or more stores. Reads and writes the `.fl` format of
+//! ThreeFold's `rfs`, and adds what it loses (nanosecond times, xattrs, hardlinks) in extra
+//! tables an older reader ignores.
+#![warn(missing_docs)]
+
+pub mod block;
