@@ -5,3 +5,10 @@
 #![warn(missing_docs)]
 
 pub mod block;
+pub mod error;
+pub mod meta;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use meta::{Flist, FlistWriter, Inode, Kind, Route};
+pub use store::{Router, StoreSpec};

@@ -1,0 +1,136 @@
+//! `zdb://` and `redis://`: blocks as values of a Redis-protocol server, keyed by the raw id.
+//! A 0-db namespace (`zdb://host/ns`) is chosen with `SELECT ns [password]` on every new
+//! connection, as 0-db expects; for `redis://host/N`, `SELECT N` picks the database.
+
+use super::{strip_password, Store, StoreError};
+use std::sync::Mutex;
+use std::time::Duration;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub(super) struct RedisStore {
+    client: redis::Client,
+    select: Option<(String, Option<String>)>,
+    idle: Mutex<Vec<redis::Connection>>,
+    url: String,
+}
+
+impl RedisStore {
+    pub(super) fn new(url: &url::Url) -> Result<Self, StoreError> {
+        let display = strip_password(url.as_str());
+        let bad = |reason: String| StoreError::BadUrl {
+            url: display.clone(),
+            reason,
+        };
+        let zdb = url.scheme() == "zdb";
+        let selector = url.path().trim_matches('/').to_owned();
+        let password = url.password().map(str::to_owned);
+        let (connect, select) = match url.host_str() {
+            Some(host) if !host.is_empty() => {
+                let port = url.port().unwrap_or(if zdb { 9900 } else { 6379 });
+                let user = url.username();
+                // 0-db takes a namespace password as the argument of SELECT, not AUTH.
+                let auth = match (&password, zdb && !selector.is_empty()) {
+                    (Some(p), false) => format!("{user}:{p}@"),
+                    (None, false) if !user.is_empty() => format!("{user}@"),
+                    _ => String::new(),
+                };
+                let select = (!selector.is_empty()).then(|| {
+                    let pass = if zdb { password.clone() } else { None };
+                    (selector.clone(), pass)
+                });
+                (format!("redis://{auth}{host}:{port}/"), select)
+            }
+            _ => {
+                if url.path().is_empty() {
+                    return Err(bad("expected host[:port][/namespace] or an absolute socket path".into()));
+                }
+                (format!("redis+unix://{}", url.path()), None)
+            }
+        };
+        if !zdb {
+            if let Some((db, _)) = &select {
+                db.parse::<u32>()
+                    .map_err(|_| bad(format!("redis database {db:?} is not a number")))?;
+            }
+        }
+        let client = redis::Client::open(connect.as_str()).map_err(|e| bad(e.to_string()))?;
+        Ok(RedisStore {
+            client,
+            select,
+            idle: Mutex::new(Vec::new()),
+            url: display,
+        })
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Unavailable {
+            store: self.url.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn connect(&self) -> Result<redis::Connection, StoreError> {
+        let mut conn = self
+            .client
+            .get_connection_with_timeout(CONNECT_TIMEOUT)
+            .map_err(|e| self.unavailable(e))?;
+        conn.set_read_timeout(Some(IO_TIMEOUT))
+            .and_then(|_| conn.set_write_timeout(Some(IO_TIMEOUT)))
+            .map_err(|e| self.unavailable(e))?;
+        if let Some((ns, pass)) = &self.select {
+            let mut cmd = redis::cmd("SELECT");
+            cmd.arg(ns);
+            if let Some(p) = pass {
+                cmd.arg(p);
+            }
+            cmd.query::<()>(&mut conn)
+                .map_err(|e| self.unavailable(format!("select namespace {ns}: {e}")))?;
+        }
+        Ok(conn)
+    }
+
+    /// Runs one command on a pooled connection. A connection that errored is dropped rather
+    /// than returned, so a restarted server gets fresh connections.
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.idle.lock().map(|mut p| p.pop()).unwrap_or(None);
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.connect()?,
+        };
+        let out = f(&mut conn).map_err(|e| self.unavailable(e))?;
+        if let Ok(mut p) = self.idle.lock() {
+            p.push(conn);
+        }
+        Ok(out)
+    }
+}
+
+impl Store for RedisStore {
+    fn get(&self, id: &[u8; 32]) -> Result<Vec<u8>, StoreError> {
+        let value: Option<Vec<u8>> =
+            self.with_conn(|c| redis::cmd("GET").arg(&id[..]).query(c))?;
+        match value {
+            Some(v) if !v.is_empty() => Ok(v),
+            _ => Err(StoreError::NotFound {
+                store: self.url.clone(),
+            }),
+        }
+    }
+
+    fn set(&self, id: &[u8; 32], data: &[u8]) -> Result<(), StoreError> {
+        self.with_conn(|c| redis::cmd("SET").arg(&id[..]).arg(data).query::<()>(c))
+    }
+
+    fn exists(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+        self.with_conn(|c| redis::cmd("EXISTS").arg(&id[..]).query::<bool>(c))
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
