@@ -7,8 +7,15 @@
 pub mod block;
 pub mod error;
 pub mod meta;
+pub mod pack;
+mod pool;
+pub mod read;
+pub mod unpack;
 pub mod store;
 
 pub use error::{Error, Result};
 pub use meta::{Flist, FlistWriter, Inode, Kind, Route};
+pub use pack::{pack, NoProgress, PackOptions, PackReport, Progress};
 pub use store::{Router, StoreSpec};
+pub use unpack::{unpack, UnpackOptions, UnpackReport};
+pub use read::{read_file, verify, Problem, VerifyReport};

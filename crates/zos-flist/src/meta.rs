@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use std::collections::HashSet;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// An inode number inside an flist. The root is always 1.
@@ -367,6 +368,53 @@ impl Flist {
         self.db(r)
     }
 
+    /// Walks the tree depth-first from the root, calling `visit` with each entry's path
+    /// relative to the root (empty for the root itself) before its children. Refuses, before
+    /// visiting anything, an flist with entries under a non-directory, and during the walk any
+    /// name that could step outside its directory.
+    pub fn walk(&self, mut visit: impl FnMut(&Path, &Inode) -> Result<()>) -> Result<()> {
+        self.refuse_entries_under_non_dirs()?;
+        let root = self
+            .inode(ROOT)?
+            .ok_or_else(|| Error::Invalid("flist has no root".into()))?;
+        visit(Path::new(""), &root)?;
+        let mut stack = vec![(PathBuf::new(), ROOT)];
+        while let Some((dir, ino)) = stack.pop() {
+            for child in self.children(ino)? {
+                check_name(&dir, &child.name)?;
+                let path = dir.join(std::ffi::OsStr::from_bytes(&child.name));
+                visit(&path, &child)?;
+                if child.kind()? == Kind::Dir {
+                    stack.push((path, child.ino));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn refuse_entries_under_non_dirs(&self) -> Result<()> {
+        let r = self
+            .conn
+            .query_row(
+                "SELECT c.name, p.name FROM inode c JOIN inode p ON p.ino = c.parent \
+                 WHERE (p.mode & 61440) != 16384 AND c.ino != 1 LIMIT 1",
+                [],
+                |r| Ok((bytes(r, 0)?, bytes(r, 1)?)),
+            )
+            .optional();
+        if let Some((child, parent)) = self.db(r)? {
+            return Err(Error::UnsafeEntry {
+                entry: String::from_utf8_lossy(&child).into_owned(),
+                reason: format!(
+                    "it sits under {:?}, which is not a directory; writing it would go through a \
+                     symlink or a file",
+                    String::from_utf8_lossy(&parent)
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Finds an entry by its path inside the flist (`/etc/hostname`, `etc/hostname`, `/`).
     /// Symlinks are not followed: the link itself is returned.
     pub fn resolve(&self, path: &str) -> Result<Inode> {
@@ -493,11 +541,7 @@ impl Flist {
 
     /// Sets (or replaces) a tag.
     pub fn set_tag(&self, key: &str, value: &str) -> Result<()> {
-        let r = self.conn.execute(
-            "INSERT OR REPLACE INTO tag (key, value) VALUES (?1, ?2)",
-            params![key, value],
-        );
-        self.db(r).map(drop)
+        self.db(set_tag(&self.conn, key, value))
     }
 
     /// Removes a tag; returns whether it existed.
@@ -508,11 +552,7 @@ impl Flist {
 
     /// Adds a route.
     pub fn add_route(&self, route: &Route) -> Result<()> {
-        let r = self.conn.execute(
-            "INSERT INTO route (start, end, url) VALUES (?1, ?2, ?3)",
-            params![route.start, route.end, route.url],
-        );
-        self.db(r).map(drop)
+        self.db(add_route(&self.conn, route))
     }
 
     /// Removes every route with this URL; returns how many were removed.
@@ -572,6 +612,41 @@ impl Flist {
         stats.unique_blocks = unique as u64;
         stats.unique_bytes = unique_bytes.max(0) as u64;
         Ok(stats)
+    }
+}
+
+fn set_tag(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO tag (key, value) VALUES (?1, ?2)",
+        params![key, value],
+    )
+    .map(drop)
+}
+
+fn add_route(conn: &Connection, route: &Route) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO route (start, end, url) VALUES (?1, ?2, ?3)",
+        params![route.start, route.end, route.url],
+    )
+    .map(drop)
+}
+
+/// Refuses names that are not a single path component: empty, `.`, `..`, or containing `/`
+/// or NUL. Such a name in an flist can only be an attempt to write outside the target.
+fn check_name(dir: &Path, name: &[u8]) -> Result<()> {
+    let bad = match name {
+        [] => Some("empty name"),
+        b"." | b".." => Some("name is . or .."),
+        _ if name.contains(&b'/') => Some("name contains '/'"),
+        _ if name.contains(&0) => Some("name contains a NUL byte"),
+        _ => None,
+    };
+    match bad {
+        Some(reason) => Err(Error::UnsafeEntry {
+            entry: format!("{}/{}", dir.display(), String::from_utf8_lossy(name)),
+            reason: reason.into(),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -724,22 +799,31 @@ impl FlistWriter {
         self.db(r)
     }
 
-    /// Sets a tag.
-    pub fn set_tag(&self, key: &str, value: &str) -> Result<()> {
+    /// Gives `to` the same blocks as `from` (a hardlink of an already packed file).
+    pub fn copy_blocks(&self, from: Ino, to: Ino) -> Result<()> {
         let r = self.conn.execute(
-            "INSERT OR REPLACE INTO tag (key, value) VALUES (?1, ?2)",
-            params![key, value],
+            "INSERT INTO block (ino, id, key) SELECT ?2, id, key FROM block WHERE ino = ?1 \
+             ORDER BY rowid",
+            params![from as i64, to as i64],
         );
         self.db(r).map(drop)
     }
 
+    /// Sets a tag.
+    pub fn set_tag(&self, key: &str, value: &str) -> Result<()> {
+        set_tag(&self.conn, key, value).map_err(|e| self.err(e))
+    }
+
     /// Adds a route.
     pub fn add_route(&self, route: &Route) -> Result<()> {
-        let r = self.conn.execute(
-            "INSERT INTO route (start, end, url) VALUES (?1, ?2, ?3)",
-            params![route.start, route.end, route.url],
-        );
-        self.db(r).map(drop)
+        add_route(&self.conn, route).map_err(|e| self.err(e))
+    }
+
+    fn err(&self, source: rusqlite::Error) -> Error {
+        Error::Metadata {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// Commits everything and leaves the file in rfs's journal mode, ready to be renamed.
