@@ -271,6 +271,7 @@ impl Walker<'_> {
             }
         } else if ft.is_file() {
             self.report.files += 1;
+            self.report.bytes += meta.len();
             if meta.nlink() > 1 {
                 self.first_names.insert((meta.dev(), meta.ino()), ino);
             }
