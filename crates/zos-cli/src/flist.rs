@@ -8,14 +8,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use zos_flist::{Flist, Kind, Route, Router, StoreSpec};
 
-const STORE_HELP: &str = "Store URL, repeatable: dir:///path, zdb://[user:pass@]host[:port][/namespace], \
+const STORE_HELP: &str =
+    "Store URL, repeatable: dir:///path, zdb://[user:pass@]host[:port][/namespace], \
 redis://host[:port][/db], http(s)://host/path (read-only). Prefix with a range of the block id's \
 first byte to shard: 00-7f=dir:///a --store 80-ff=dir:///b";
 
 #[derive(Subcommand)]
 pub enum FlistCommand {
     /// Turn a directory into an flist: a small .fl file plus content blocks pushed to stores
-    #[command(after_help = "Example:\n  zos flist pack ./rootfs -o app.fl --store dir:///var/lib/zos/store")]
+    #[command(
+        after_help = "Example:\n  zos flist pack ./rootfs -o app.fl --store dir:///var/lib/zos/store"
+    )]
     Pack {
         /// Directory to pack (its contents become the flist's root)
         dir: PathBuf,
@@ -34,8 +37,10 @@ pub enum FlistCommand {
         common: Common,
     },
     /// Restore the tree of an flist into a new or empty directory, identical to what was packed
-    #[command(after_help = "Blocks are read from the stores recorded in the flist, or from --store instead.\n\
-Example:\n  zos flist unpack app.fl ./rootfs\n  zos flist unpack app.fl ./rootfs --store http://mirror.example/store")]
+    #[command(
+        after_help = "Blocks are read from the stores recorded in the flist, or from --store instead.\n\
+Example:\n  zos flist unpack app.fl ./rootfs\n  zos flist unpack app.fl ./rootfs --store http://mirror.example/store"
+    )]
     Unpack {
         /// The .fl file
         flist: PathBuf,
@@ -187,9 +192,7 @@ pub fn run(cmd: FlistCommand) -> Result<ExitCode> {
             common,
         } => verify(&flist, &stores, &common),
         FlistCommand::Tag { flist, action } => tag(&flist, action.unwrap_or(TagAction::List)),
-        FlistCommand::Store { flist, action } => {
-            store(&flist, action.unwrap_or(StoreAction::List))
-        }
+        FlistCommand::Store { flist, action } => store(&flist, action.unwrap_or(StoreAction::List)),
     }
 }
 
@@ -326,7 +329,10 @@ fn unpack(
             target.display()
         );
         if report.sockets_skipped > 0 {
-            println!("skipped {} sockets (they only exist while their server runs)", report.sockets_skipped);
+            println!(
+                "skipped {} sockets (they only exist while their server runs)",
+                report.sockets_skipped
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -356,7 +362,10 @@ fn inspect(path: &Path, json: bool) -> Result<ExitCode> {
     for (k, v) in &out.tags {
         println!("  {k} = {v}");
     }
-    println!("routes:{}", if out.routes.is_empty() { " (none)" } else { "" });
+    println!(
+        "routes:{}",
+        if out.routes.is_empty() { " (none)" } else { "" }
+    );
     for r in &out.routes {
         println!("  {:02x}-{:02x} {}", r.start, r.end, r.url);
     }

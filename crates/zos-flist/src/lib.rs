@@ -10,12 +10,12 @@ pub mod meta;
 pub mod pack;
 mod pool;
 pub mod read;
-pub mod unpack;
 pub mod store;
+pub mod unpack;
 
 pub use error::{Error, Result};
 pub use meta::{Flist, FlistWriter, Inode, Kind, Route};
 pub use pack::{pack, NoProgress, PackOptions, PackReport, Progress};
+pub use read::{read_file, verify, Problem, VerifyReport};
 pub use store::{Router, StoreSpec};
 pub use unpack::{unpack, UnpackOptions, UnpackReport};
-pub use read::{read_file, verify, Problem, VerifyReport};

@@ -249,8 +249,7 @@ impl Flist {
             (
                 "inode",
                 &[
-                    "ino", "parent", "name", "size", "uid", "gid", "mode", "rdev", "ctime",
-                    "mtime",
+                    "ino", "parent", "name", "size", "uid", "gid", "mode", "rdev", "ctime", "mtime",
                 ],
             ),
             ("extra", &["ino", "data"]),
@@ -358,10 +357,14 @@ impl Flist {
             let mut found = None;
             // Names may be stored as TEXT (rfs) or BLOB (ours, when not UTF-8); try both.
             if let Ok(text) = std::str::from_utf8(name) {
-                found = s.query_row(params![parent as i64, text], row_to_inode).optional()?;
+                found = s
+                    .query_row(params![parent as i64, text], row_to_inode)
+                    .optional()?;
             }
             if found.is_none() {
-                found = s.query_row(params![parent as i64, name], row_to_inode).optional()?;
+                found = s
+                    .query_row(params![parent as i64, name], row_to_inode)
+                    .optional()?;
             }
             Ok(found)
         });
@@ -517,7 +520,11 @@ impl Flist {
             .prepare("SELECT start, end, url FROM route ORDER BY rowid")
             .and_then(|mut s| {
                 let rows = s.query_map([], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
                 })?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()
             });
@@ -569,9 +576,8 @@ impl Flist {
         } else {
             "LEFT JOIN (SELECT NULL AS ino, NULL AS hardlink_of) z ON z.ino = i.ino"
         };
-        let sql = format!(
-            "SELECT i.mode, i.size, z.hardlink_of IS NOT NULL FROM inode i {link_join}"
-        );
+        let sql =
+            format!("SELECT i.mode, i.size, z.hardlink_of IS NOT NULL FROM inode i {link_join}");
         let r = self.conn.prepare(&sql).and_then(|mut s| {
             let mut rows = s.query([])?;
             while let Some(row) = rows.next()? {
@@ -605,7 +611,11 @@ impl Flist {
             bs = BLOCK_SIZE
         );
         let r = self.conn.query_row(&sql, [], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         });
         let (blocks, unique, unique_bytes) = self.db(r)?;
         stats.blocks = blocks as u64;
@@ -833,6 +843,8 @@ impl FlistWriter {
             .execute_batch("COMMIT; PRAGMA journal_mode = DELETE;");
         self.db(r)?;
         let path = self.path.clone();
-        self.conn.close().map_err(|(_, source)| Error::Metadata { path, source })
+        self.conn
+            .close()
+            .map_err(|(_, source)| Error::Metadata { path, source })
     }
 }

@@ -81,8 +81,16 @@ struct Segment {
 
 /// Result of one segment: the whole file's blocks once its last segment is done.
 enum Outcome {
-    Partial { sent: u64, present: u64 },
-    FileDone { ino: Ino, blocks: Vec<BlockRef>, sent: u64, present: u64 },
+    Partial {
+        sent: u64,
+        present: u64,
+    },
+    FileDone {
+        ino: Ino,
+        blocks: Vec<BlockRef>,
+        sent: u64,
+        present: u64,
+    },
 }
 
 /// Packs `source` into a new flist at `output`.
@@ -159,8 +167,11 @@ pub fn pack(
         },
     )?;
     writer.finish()?;
-    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .at(tmp.path())?;
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .at(tmp.path())?;
     tmp.persist(output).map_err(|e| Error::Io {
         path: output.to_owned(),
         source: e.error,
@@ -182,7 +193,11 @@ struct Walker<'a> {
 
 impl Walker<'_> {
     /// Walks the tree under `root` (already added as ino 1) depth-first, names sorted.
-    fn walk(&mut self, root: &Path, pool: &crate::pool::Pool<Segment, Result<Outcome>>) -> Result<()> {
+    fn walk(
+        &mut self,
+        root: &Path,
+        pool: &crate::pool::Pool<Segment, Result<Outcome>>,
+    ) -> Result<()> {
         let mut stack: Vec<(PathBuf, Ino)> = vec![(root.to_owned(), crate::meta::ROOT)];
         while let Some((dir, dir_ino)) = stack.pop() {
             let mut names: Vec<_> = std::fs::read_dir(&dir)
@@ -228,7 +243,13 @@ impl Walker<'_> {
 
     /// Writes one entry's metadata row and returns its ino. Regular files with content are
     /// marked in flight; their blocks are recorded when the workers finish them.
-    fn add(&mut self, path: &Path, meta: &std::fs::Metadata, parent: Ino, name: Vec<u8>) -> Result<Ino> {
+    fn add(
+        &mut self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        parent: Ino,
+        name: Vec<u8>,
+    ) -> Result<Ino> {
         let ft = meta.file_type();
         let mut inode = Inode {
             parent,
@@ -285,7 +306,12 @@ impl Walker<'_> {
     fn record(&mut self, outcome: Outcome) -> Result<()> {
         let (sent, present) = match outcome {
             Outcome::Partial { sent, present } => (sent, present),
-            Outcome::FileDone { ino, blocks, sent, present } => {
+            Outcome::FileDone {
+                ino,
+                blocks,
+                sent,
+                present,
+            } => {
                 self.writer.add_blocks(ino, &blocks)?;
                 self.report.blocks += blocks.len() as u64;
                 self.in_flight.remove(&ino);

@@ -70,7 +70,11 @@ pub struct VerifyReport {
 /// Fetches and verifies every distinct block of the flist. Problems are collected, not
 /// returned as an error, so the caller can list them all.
 pub fn verify(flist: &Flist, router: &Router, workers: usize) -> Result<VerifyReport> {
-    let workers = if workers == 0 { default_workers() } else { workers };
+    let workers = if workers == 0 {
+        default_workers()
+    } else {
+        workers
+    };
     with_workers(
         workers,
         |(file, index, block): (String, usize, BlockRef)| {

@@ -89,7 +89,9 @@ pub fn unpack(
         .suffix(".partial")
         .tempdir_in(parent)
         .at(parent)?;
-    let owners = opts.owners.unwrap_or_else(|| nix::unistd::geteuid().is_root());
+    let owners = opts
+        .owners
+        .unwrap_or_else(|| nix::unistd::geteuid().is_root());
     let workers = if opts.workers == 0 {
         default_workers()
     } else {
@@ -108,7 +110,11 @@ pub fn unpack(
             let mut in_flight = 0usize;
             let drain = |in_flight: &mut usize, wait: bool| -> Result<()> {
                 loop {
-                    let next = if wait { pool.result() } else { pool.try_result() };
+                    let next = if wait {
+                        pool.result()
+                    } else {
+                        pool.try_result()
+                    };
                     match next {
                         Some(r) => {
                             *in_flight -= 1;
@@ -174,12 +180,14 @@ pub fn unpack(
                         }
                     }
                     Kind::Symlink => {
-                        let target = inode.link_target.as_deref().ok_or_else(|| {
-                            Error::UnsafeEntry {
-                                entry: rel.display().to_string(),
-                                reason: "symlink without a target".into(),
-                            }
-                        })?;
+                        let target =
+                            inode
+                                .link_target
+                                .as_deref()
+                                .ok_or_else(|| Error::UnsafeEntry {
+                                    entry: rel.display().to_string(),
+                                    reason: "symlink without a target".into(),
+                                })?;
                         std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path)
                             .map_err(|e| exists_error(rel, e))?;
                         finish_node(&path, inode, &xattrs, owners)?;
@@ -307,7 +315,10 @@ fn write_segment(
                 file: job.rel.display().to_string(),
                 index,
                 id: block.id_hex(),
-                reason: format!("holds {} bytes where the file needs {expected}", plain.len()),
+                reason: format!(
+                    "holds {} bytes where the file needs {expected}",
+                    plain.len()
+                ),
             });
         }
         job.file
@@ -336,7 +347,12 @@ fn apply_owner_mode(file: &File, inode: &Inode, owners: bool) -> std::io::Result
 
 /// Owner, mode, xattrs and times for anything that is not a regular file, by path and
 /// without following a final symlink.
-fn finish_node(path: &Path, inode: &Inode, xattrs: &[(Vec<u8>, Vec<u8>)], owners: bool) -> Result<()> {
+fn finish_node(
+    path: &Path,
+    inode: &Inode,
+    xattrs: &[(Vec<u8>, Vec<u8>)],
+    owners: bool,
+) -> Result<()> {
     let is_link = inode.kind()? == Kind::Symlink;
     if owners {
         std::os::unix::fs::lchown(path, Some(inode.uid), Some(inode.gid)).at(path)?;

@@ -46,7 +46,9 @@ pub enum StoreError {
         store: String,
     },
     /// No configured store covers this block id.
-    #[error("no store covers block ids starting with {first:02x}; add a store with a route covering it")]
+    #[error(
+        "no store covers block ids starting with {first:02x}; add a store with a route covering it"
+    )]
     NotRoutable {
         /// First byte of the id.
         first: u8,
@@ -101,7 +103,9 @@ impl StoreSpec {
         };
         let parsed = url::Url::parse(url).map_err(|e| StoreError::BadUrl {
             url: strip_password(url),
-            reason: format!("{e}; expected e.g. dir:///var/lib/zos/store or redis://127.0.0.1:6379"),
+            reason: format!(
+                "{e}; expected e.g. dir:///var/lib/zos/store or redis://127.0.0.1:6379"
+            ),
         })?;
         match parsed.scheme() {
             "dir" | "zdb" | "redis" | "http" | "https" => {}

@@ -44,7 +44,9 @@ impl RedisStore {
             }
             _ => {
                 if url.path().is_empty() {
-                    return Err(bad("expected host[:port][/namespace] or an absolute socket path".into()));
+                    return Err(bad(
+                        "expected host[:port][/namespace] or an absolute socket path".into(),
+                    ));
                 }
                 (format!("redis+unix://{}", url.path()), None)
             }
@@ -112,8 +114,7 @@ impl RedisStore {
 
 impl Store for RedisStore {
     fn get(&self, id: &[u8; 32]) -> Result<Vec<u8>, StoreError> {
-        let value: Option<Vec<u8>> =
-            self.with_conn(|c| redis::cmd("GET").arg(&id[..]).query(c))?;
+        let value: Option<Vec<u8>> = self.with_conn(|c| redis::cmd("GET").arg(&id[..]).query(c))?;
         match value {
             Some(v) if !v.is_empty() => Ok(v),
             _ => Err(StoreError::NotFound {

@@ -124,9 +124,14 @@ mod tests {
 
     impl Store for Memory {
         fn get(&self, id: &[u8; 32]) -> Result<Vec<u8>, StoreError> {
-            self.blocks.lock().unwrap().get(id).cloned().ok_or(StoreError::NotFound {
-                store: self.name.clone(),
-            })
+            self.blocks
+                .lock()
+                .unwrap()
+                .get(id)
+                .cloned()
+                .ok_or(StoreError::NotFound {
+                    store: self.name.clone(),
+                })
         }
         fn set(&self, id: &[u8; 32], data: &[u8]) -> Result<(), StoreError> {
             self.blocks.lock().unwrap().insert(*id, data.to_vec());
@@ -157,7 +162,11 @@ mod tests {
         let (block, data) = block::encode(b"hello");
         let expect_c = block.id[0] == 0;
         assert_eq!(r.put(&block.id, &data).unwrap(), 2 + expect_c as usize);
-        assert_eq!(r.put(&block.id, &data).unwrap(), 0, "second put sends nothing");
+        assert_eq!(
+            r.put(&block.id, &data).unwrap(),
+            0,
+            "second put sends nothing"
+        );
         assert!(a.exists(&block.id).unwrap() && b.exists(&block.id).unwrap());
         assert_eq!(c.exists(&block.id).unwrap(), expect_c);
     }
@@ -183,7 +192,14 @@ mod tests {
         let mut r = Router::default();
         let other = if block.id[0] == 0 { 1 } else { 0 };
         r.add(other, other, mem("m"));
-        assert!(matches!(r.put(&block.id, &data), Err(StoreError::NotRoutable { .. })));
-        assert!(r.fetch(&block).unwrap_err().to_string().contains("no store covers"));
+        assert!(matches!(
+            r.put(&block.id, &data),
+            Err(StoreError::NotRoutable { .. })
+        ));
+        assert!(r
+            .fetch(&block)
+            .unwrap_err()
+            .to_string()
+            .contains("no store covers"));
     }
 }

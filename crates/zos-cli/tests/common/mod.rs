@@ -1,0 +1,258 @@
+//! Helpers shared by the end-to-end tests: the real `zos` binary, real servers started per
+//! test (Redis, Python's HTTP server), and a tree snapshot that compares everything an
+//! unpack must restore.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `zos` binary under test.
+pub fn zos() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_zos"))
+}
+
+/// Runs and expects success; returns stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn zos");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs and expects a clean failure (exit 1, not a panic's 101); returns stderr.
+pub fn fails(cmd: &mut Command) -> String {
+    let out: Output = cmd.output().expect("spawn zos");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{cmd:?} should fail cleanly; stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{cmd:?} panicked: {stderr}");
+    stderr
+}
+
+/// Whether a prerequisite is present. Under CI=true a missing one fails the test; elsewhere
+/// the test is skipped with a message.
+pub fn have(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{tool} is missing; run scripts/setup");
+        }
+        eprintln!("SKIP: {tool} not installed (run scripts/setup)");
+    }
+    found
+}
+
+/// Whether we run as root (device nodes and ownership need it). Same CI rule as [`have`].
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("this test needs root");
+        }
+        eprintln!("SKIP: needs root");
+    }
+    root
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} did not become ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A server process killed when dropped.
+pub struct Server {
+    child: Child,
+    /// Its TCP port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Server {
+    /// Stops it now (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A throwaway `redis-server` on a free loopback port, persisting nothing.
+pub fn redis() -> Server {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--databases", "16"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    wait_until("redis-server", || {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    });
+    Server { child, port }
+}
+
+/// Python's HTTP server serving `dir` read-only on a free loopback port.
+pub fn http_server(dir: &Path) -> Server {
+    let port = free_port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start python3 -m http.server");
+    wait_until("http server", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    Server { child, port }
+}
+
+/// Everything unpack must restore about one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub rdev: u64,
+    pub link: Option<PathBuf>,
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+    pub content: Option<[u8; 32]>,
+    /// The first path (in sorted order) sharing this entry's inode: equal for hardlinks.
+    pub same_inode_as: PathBuf,
+}
+
+/// A tree as a map from relative path to [`Entry`]. Directory sizes are left out: they
+/// depend on the filesystem, not on the content.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    let mut paths = vec![PathBuf::new()];
+    let mut i = 0;
+    while i < paths.len() {
+        let full = root.join(&paths[i]);
+        if std::fs::symlink_metadata(&full).unwrap().is_dir() {
+            let mut names: Vec<_> = std::fs::read_dir(&full)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            let base = paths[i].clone();
+            paths.extend(names.into_iter().map(|n| base.join(n)));
+        }
+        i += 1;
+    }
+    paths.sort();
+    let mut first_of_inode: BTreeMap<u64, PathBuf> = BTreeMap::new();
+    paths
+        .into_iter()
+        .map(|rel| {
+            let full = root.join(&rel);
+            let m = std::fs::symlink_metadata(&full).unwrap();
+            let xattrs = xattr::list(&full)
+                .unwrap()
+                .map(|n| {
+                    let v = xattr::get(&full, &n).unwrap().unwrap_or_default();
+                    (n.to_string_lossy().into_owned(), v)
+                })
+                .collect();
+            let same = first_of_inode
+                .entry(m.ino())
+                .or_insert_with(|| rel.clone())
+                .clone();
+            let entry = Entry {
+                mode: m.mode(),
+                uid: m.uid(),
+                gid: m.gid(),
+                size: if m.is_dir() { 0 } else { m.size() },
+                mtime: (m.mtime(), m.mtime_nsec()),
+                rdev: m.rdev(),
+                link: m.is_symlink().then(|| std::fs::read_link(&full).unwrap()),
+                xattrs,
+                content: m
+                    .is_file()
+                    .then(|| zos_flist::block::hash(&std::fs::read(&full).unwrap())),
+                same_inode_as: same,
+            };
+            (rel, entry)
+        })
+        .collect()
+}
+
+/// Asserts two trees are identical, naming the first difference.
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    let (a, b) = (snapshot(expected), snapshot(actual));
+    let names_a: Vec<_> = a.keys().collect();
+    let names_b: Vec<_> = b.keys().collect();
+    assert_eq!(names_a, names_b, "different entries");
+    for (path, ea) in &a {
+        assert_eq!(ea, &b[path], "entry {path:?} differs");
+    }
+}
+
+/// The ids of every block in a dir store.
+pub fn store_blocks(store: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(store).unwrap() {
+        let shard = shard.unwrap().path();
+        for block in std::fs::read_dir(&shard).unwrap() {
+            out.push(block.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Deterministic pseudo-random bytes (incompressible, so blocks are distinct).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
