@@ -467,3 +467,21 @@ fn bench_prints_a_table_with_its_floor() {
         assert!(out.contains(row), "missing {row:?} in:\n{out}");
     }
 }
+
+#[test]
+fn output_inside_the_tree_does_not_pack_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a"), b"a").unwrap();
+    let store = format!("dir://{}", tmp.path().join("store").display());
+    ok(zos()
+        .args(["flist", "pack"])
+        .arg(&src)
+        .arg("-o")
+        .arg(src.join("self.fl"))
+        .args(["--store", &store]));
+    let listing = ok(zos().args(["flist", "ls"]).arg(src.join("self.fl")));
+    assert_eq!(listing.lines().count(), 1, "only `a`: {listing}");
+    assert!(listing.ends_with(" a\n"), "{listing}");
+}

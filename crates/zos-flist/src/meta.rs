@@ -11,6 +11,9 @@ use std::collections::HashSet;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+/// Extended attributes of one entry: (name, value) pairs.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// An inode number inside an flist. The root is always 1.
 pub type Ino = u64;
 
@@ -238,7 +241,7 @@ impl Flist {
             path: path.to_owned(),
             has_zos: false,
         };
-        flist.check_schema().map_err(|reason| not_flist(reason))?;
+        flist.check_schema().map_err(not_flist)?;
         Ok(flist)
     }
 
@@ -472,7 +475,7 @@ impl Flist {
     }
 
     /// Extended attributes of an inode.
-    pub fn xattrs(&self, ino: Ino) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn xattrs(&self, ino: Ino) -> Result<Xattrs> {
         if !self.has_zos {
             return Ok(Vec::new());
         }

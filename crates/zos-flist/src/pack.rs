@@ -127,6 +127,9 @@ pub fn pack(
         .tempfile_in(parent)
         .at(parent)?;
     let writer = FlistWriter::create(tmp.path())?;
+    // When the output lies inside the tree, the half-written flist must not pack itself.
+    let tmp_meta = tmp.as_file().metadata().at(tmp.path())?;
+    let tmp_identity = (tmp_meta.dev(), tmp_meta.ino());
     for spec in &opts.stores {
         writer.add_route(&Route {
             start: spec.start,
@@ -154,6 +157,7 @@ pub fn pack(
                 first_names: HashMap::new(),
                 pending_links: HashMap::new(),
                 progress,
+                skip: tmp_identity,
             };
             walker.add(source, &meta, 0, Vec::new())?;
             walker.walk(source, pool)?;
@@ -189,6 +193,8 @@ struct Walker<'a> {
     /// Hardlinks waiting for their first name's blocks.
     pending_links: HashMap<Ino, Vec<Ino>>,
     progress: &'a dyn Progress,
+    /// (dev, ino) of the flist being written.
+    skip: (u64, u64),
 }
 
 impl Walker<'_> {
@@ -210,6 +216,9 @@ impl Walker<'_> {
             for name in names {
                 let path = dir.join(&name);
                 let meta = std::fs::symlink_metadata(&path).at(&path)?;
+                if (meta.dev(), meta.ino()) == self.skip {
+                    continue;
+                }
                 let ino = self.add(&path, &meta, dir_ino, name.as_bytes().to_vec())?;
                 if meta.is_dir() {
                     subdirs.push((path, ino));

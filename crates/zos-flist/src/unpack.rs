@@ -14,7 +14,7 @@
 
 use crate::block::{BlockRef, BLOCK_SIZE};
 use crate::error::{Error, IoContext, Result};
-use crate::meta::{Flist, Ino, Inode, Kind};
+use crate::meta::{Flist, Ino, Inode, Kind, Xattrs};
 use crate::pack::Progress;
 use crate::pool::{default_workers, with_workers};
 use crate::store::Router;
@@ -58,7 +58,7 @@ struct FileJob {
     file: File,
     inode: Inode,
     blocks: Vec<BlockRef>,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    xattrs: Xattrs,
     remaining: AtomicUsize,
 }
 
@@ -103,7 +103,7 @@ pub fn unpack(
         |seg: Segment| write_segment(&seg, &root, router, owners, progress),
         |pool| {
             let mut report = UnpackReport::default();
-            let mut dirs: Vec<(PathBuf, Inode, Vec<(Vec<u8>, Vec<u8>)>)> = Vec::new();
+            let mut dirs: Vec<(PathBuf, Inode, Xattrs)> = Vec::new();
             let mut links: Vec<(PathBuf, Ino)> = Vec::new();
             let link_targets = flist.hardlink_targets()?;
             let mut target_paths: HashMap<Ino, PathBuf> = HashMap::new();
@@ -330,8 +330,9 @@ fn write_segment(
         let path = root.join(&job.rel);
         apply_owner_mode(&job.file, &job.inode, owners).at(&path)?;
         for (name, value) in &job.xattrs {
-            xattr::FileExt::set_xattr(&job.file, std::ffi::OsStr::from_bytes(name), value)
-                .at(&path)?;
+            let set =
+                xattr::FileExt::set_xattr(&job.file, std::ffi::OsStr::from_bytes(name), value);
+            tolerate_xattr(&path, name, set)?;
         }
         stat::futimens(&job.file, &atime_now(), &mtime(&job.inode)).at(&path)?;
     }
@@ -347,12 +348,7 @@ fn apply_owner_mode(file: &File, inode: &Inode, owners: bool) -> std::io::Result
 
 /// Owner, mode, xattrs and times for anything that is not a regular file, by path and
 /// without following a final symlink.
-fn finish_node(
-    path: &Path,
-    inode: &Inode,
-    xattrs: &[(Vec<u8>, Vec<u8>)],
-    owners: bool,
-) -> Result<()> {
+fn finish_node(path: &Path, inode: &Inode, xattrs: &Xattrs, owners: bool) -> Result<()> {
     let is_link = inode.kind()? == Kind::Symlink;
     if owners {
         std::os::unix::fs::lchown(path, Some(inode.uid), Some(inode.gid)).at(path)?;
@@ -363,7 +359,8 @@ fn finish_node(
             .at(path)?;
     }
     for (name, value) in xattrs {
-        xattr::set(path, std::ffi::OsStr::from_bytes(name), value).at(path)?;
+        let set = xattr::set(path, std::ffi::OsStr::from_bytes(name), value);
+        tolerate_xattr(path, name, set)?;
     }
     stat::utimensat(
         nix::fcntl::AT_FDCWD,
@@ -374,6 +371,23 @@ fn finish_node(
     )
     .at(path)?;
     Ok(())
+}
+
+/// An xattr the target filesystem or our privileges cannot hold (`trusted.*` as a user,
+/// `user.*` on a filesystem without them) is reported and skipped, as tar does; any other
+/// failure stops the unpack.
+fn tolerate_xattr(path: &Path, name: &[u8], result: std::io::Result<()>) -> Result<()> {
+    match result {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => {
+            tracing::warn!(
+                "{}: extended attribute {} not restored: {e}",
+                path.display(),
+                String::from_utf8_lossy(name)
+            );
+            Ok(())
+        }
+        other => other.at(path),
+    }
 }
 
 fn atime_now() -> TimeSpec {
