@@ -48,7 +48,7 @@ impl Bar {
 impl zos_flist::Progress for Bar {
     fn entry(&self) {
         let n = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % 256 == 0 {
+        if n.is_multiple_of(256) {
             self.bar.set_message(format!("{n} files"));
         }
     }

@@ -43,7 +43,7 @@ fn redis_and_zdb_namespace_stores_round_trip() {
         ("zdb", format!("zdb://127.0.0.1:{}/5", server.port)),
     ] {
         let fl = tmp.path().join(format!("{name}.fl"));
-        let report = pack(&src, &fl, &[url.clone()]);
+        let report = pack(&src, &fl, std::slice::from_ref(&url));
         assert_eq!(report["blocks_sent"], 13, "{name}");
         let out = tmp.path().join(format!("out-{name}"));
         ok(zos().args(["flist", "unpack"]).arg(&fl).arg(&out));
