@@ -7,8 +7,19 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The reference-tool fixture in `shared/`, which sits beside the repository (or where
+/// `ZOS_SHARED` points).
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/rfs")
+    let shared = std::env::var_os("ZOS_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    let dir = shared.join("fixtures/rfs");
+    assert!(
+        dir.join("made-by-rfs.fl").is_file(),
+        "rfs fixture not found in {}: keep shared/ beside the repository or set ZOS_SHARED",
+        dir.display()
+    );
+    dir
 }
 
 fn extract_fixture_source(into: &Path) -> PathBuf {
