@@ -91,6 +91,14 @@ Example:\n  zos flist unpack app.fl ./rootfs\n  zos flist unpack app.fl ./rootfs
         #[command(flatten)]
         common: Common,
     },
+    /// Mount an flist read-only: blocks are fetched on first read, verified and cached
+    #[command(
+        after_help = "Examples:\n  zos flist mount app.fl /mnt/app            # foreground, Ctrl-C unmounts\n  \
+zos flist mount app.fl /mnt/app --daemon   # returns once mounted\n  zos flist umount /mnt/app"
+    )]
+    Mount(crate::mount::MountArgs),
+    /// Unmount a mounted flist
+    Umount(crate::mount::UmountArgs),
     /// List, set or remove an flist's tags, in place
     Tag {
         /// The .fl file
@@ -191,6 +199,8 @@ pub fn run(cmd: FlistCommand) -> Result<ExitCode> {
             stores,
             common,
         } => verify(&flist, &stores, &common),
+        FlistCommand::Mount(args) => crate::mount::mount(args),
+        FlistCommand::Umount(args) => crate::mount::umount(args),
         FlistCommand::Tag { flist, action } => tag(&flist, action.unwrap_or(TagAction::List)),
         FlistCommand::Store { flist, action } => store(&flist, action.unwrap_or(StoreAction::List)),
     }
@@ -210,8 +220,8 @@ fn parse_pair(s: &str) -> Result<(String, String)> {
 }
 
 /// The stores to read from: the override if given, else the flist's routes.
-fn router_for(flist: &Flist, over: &StoreOverride) -> Result<Router> {
-    let router = if over.stores.is_empty() {
+pub fn router_for(flist: &Flist, stores: &[String]) -> Result<Router> {
+    let router = if stores.is_empty() {
         let routes = flist.routes()?;
         if routes.is_empty() {
             bail!(
@@ -221,7 +231,7 @@ fn router_for(flist: &Flist, over: &StoreOverride) -> Result<Router> {
         }
         Router::from_routes(&routes)?
     } else {
-        Router::from_specs(&parse_specs(&over.stores)?)?
+        Router::from_specs(&parse_specs(stores)?)?
     };
     Ok(router)
 }
@@ -301,7 +311,7 @@ fn unpack(
     common: &Common,
 ) -> Result<ExitCode> {
     let flist = Flist::open(flist_path)?;
-    let router = router_for(&flist, over)?;
+    let router = router_for(&flist, &over.stores)?;
     let stats = flist.stats()?;
     let bar = Bar::new("unpacking", stats.total_bytes, common.quiet);
     let opts = zos_flist::UnpackOptions {
@@ -442,7 +452,7 @@ fn ls(path: &Path, inner: &str, json: bool) -> Result<ExitCode> {
 fn cat(path: &Path, inner: &str, over: &StoreOverride) -> Result<ExitCode> {
     let flist = Flist::open(path)?;
     let node = flist.resolve(inner)?;
-    let router = router_for(&flist, over)?;
+    let router = router_for(&flist, &over.stores)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     zos_flist::read_file(&flist, &router, inner, &node, &mut out)?;
@@ -452,7 +462,7 @@ fn cat(path: &Path, inner: &str, over: &StoreOverride) -> Result<ExitCode> {
 
 fn verify(path: &Path, over: &StoreOverride, common: &Common) -> Result<ExitCode> {
     let flist = Flist::open(path)?;
-    let router = router_for(&flist, over)?;
+    let router = router_for(&flist, &over.stores)?;
     let report = zos_flist::verify(&flist, &router, common.workers)?;
     if common.json {
         print_json(&report)?;

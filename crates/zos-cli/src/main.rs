@@ -4,6 +4,7 @@
 
 mod bench;
 mod flist;
+mod mount;
 mod progress;
 
 use clap::{Parser, Subcommand};

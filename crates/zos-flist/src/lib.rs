@@ -5,8 +5,10 @@
 #![warn(missing_docs)]
 
 pub mod block;
+pub mod cache;
 pub mod error;
 pub mod meta;
+pub mod mount;
 pub mod pack;
 mod pool;
 pub mod read;

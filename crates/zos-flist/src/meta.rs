@@ -7,7 +7,7 @@ use crate::block::{BlockRef, Hash, BLOCK_SIZE};
 use crate::error::{Error, Result};
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -489,16 +489,21 @@ impl Flist {
         self.db(r)
     }
 
-    /// Inodes that other names hardlink to.
-    pub fn hardlink_targets(&self) -> Result<HashSet<Ino>> {
+    /// For every inode that other names hardlink to: its total number of names.
+    pub fn hardlink_counts(&self) -> Result<HashMap<Ino, u32>> {
         if !self.has_zos {
-            return Ok(HashSet::new());
+            return Ok(HashMap::new());
         }
         let r = self
             .conn
-            .prepare("SELECT DISTINCT hardlink_of FROM zos_inode WHERE hardlink_of IS NOT NULL")
+            .prepare(
+                "SELECT hardlink_of, COUNT(*) + 1 FROM zos_inode WHERE hardlink_of IS NOT NULL \
+                 GROUP BY hardlink_of",
+            )
             .and_then(|mut s| {
-                let rows = s.query_map([], |r| r.get::<_, i64>(0).map(|v| v as Ino))?;
+                let rows = s.query_map([], |r| {
+                    Ok((r.get::<_, i64>(0)? as Ino, r.get::<_, i64>(1)? as u32))
+                })?;
                 rows.collect()
             });
         self.db(r)

@@ -105,7 +105,7 @@ pub fn unpack(
             let mut report = UnpackReport::default();
             let mut dirs: Vec<(PathBuf, Inode, Xattrs)> = Vec::new();
             let mut links: Vec<(PathBuf, Ino)> = Vec::new();
-            let link_targets = flist.hardlink_targets()?;
+            let link_targets = flist.hardlink_counts()?;
             let mut target_paths: HashMap<Ino, PathBuf> = HashMap::new();
             let mut in_flight = 0usize;
             let drain = |in_flight: &mut usize, wait: bool| -> Result<()> {
@@ -136,7 +136,7 @@ pub fn unpack(
                     links.push((rel.to_owned(), first));
                     return Ok(());
                 }
-                if link_targets.contains(&inode.ino) {
+                if link_targets.contains_key(&inode.ino) {
                     target_paths.insert(inode.ino, rel.to_owned());
                 }
                 match inode.kind()? {

@@ -1,0 +1,547 @@
+//! A read-only FUSE view of an flist: metadata answered from the `.fl` file, content fetched
+//! block by block on first read through the shared [`BlockCache`].
+//!
+//! An flist never changes, which is what makes this fast: entries, attributes and file pages
+//! are given to the kernel with long lifetimes (`FOPEN_KEEP_CACHE`), so a warm read never
+//! reaches this process. Directory listings are read once per `opendir` and served from
+//! memory, so `ls` of a large directory is linear. Sequential reads prefetch the next blocks.
+
+use crate::block::BlockRef;
+use crate::cache::BlockCache;
+use crate::error::{Error, Result};
+use crate::meta::{Flist, Ino, Inode, Kind, ROOT};
+use crossbeam_channel::{bounded, Sender};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Lifetime of entries and attributes in the kernel: the flist is immutable.
+const TTL: Duration = Duration::from_secs(3600);
+/// Blocks fetched ahead of a sequential reader.
+const PREFETCH_BLOCKS: u64 = 4;
+/// Largest read the kernel is told it may send (and readahead window).
+const MAX_READ: u32 = 1024 * 1024;
+
+/// The filesystem served for one mounted flist.
+pub struct FlistFs {
+    meta: Mutex<Flist>,
+    cache: Arc<BlockCache>,
+    /// Names per inode, for inodes with hardlinks (every other file has one).
+    nlinks: HashMap<Ino, u32>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<(u64, FileType, Vec<u8>)>>>>,
+    next_handle: AtomicU64,
+    prefetch: Sender<BlockRef>,
+    total_bytes: u64,
+    total_inodes: u64,
+}
+
+struct OpenFile {
+    blocks: Vec<BlockRef>,
+    size: u64,
+    /// Index of the last block read, to recognise sequential readers.
+    last_block: AtomicU64,
+}
+
+impl FlistFs {
+    /// Prepares to serve `flist`, reading content through `cache`.
+    pub fn new(flist: Flist, cache: Arc<BlockCache>) -> Result<FlistFs> {
+        let stats = flist.stats()?;
+        let nlinks = flist.hardlink_counts()?;
+        let (tx, rx) = bounded::<BlockRef>(64);
+        for _ in 0..2 {
+            let (rx, cache) = (rx.clone(), cache.clone());
+            std::thread::spawn(move || {
+                for block in rx {
+                    // Errors surface to the reader who needs the block; prefetch is a hint.
+                    let _ = cache.get(&block);
+                }
+            });
+        }
+        Ok(FlistFs {
+            meta: Mutex::new(flist),
+            cache,
+            nlinks,
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            prefetch: tx,
+            total_bytes: stats.total_bytes,
+            total_inodes: stats.files
+                + stats.dirs
+                + stats.symlinks
+                + stats.specials
+                + stats.hardlinks,
+        })
+    }
+
+    fn meta<T>(&self, f: impl FnOnce(&Flist) -> Result<T>) -> std::result::Result<T, Errno> {
+        let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        f(&meta).map_err(|e| {
+            tracing::error!("metadata: {e}");
+            Errno::EIO
+        })
+    }
+
+    /// The inode the kernel sees for an entry: hardlinks share their first name's.
+    fn visible_ino(inode: &Inode) -> u64 {
+        inode.hardlink_of.unwrap_or(inode.ino)
+    }
+
+    fn attr(&self, inode: &Inode) -> std::result::Result<FileAttr, Errno> {
+        let kind = match inode.kind().map_err(|_| Errno::EIO)? {
+            Kind::File => FileType::RegularFile,
+            Kind::Dir => FileType::Directory,
+            Kind::Symlink => FileType::Symlink,
+            Kind::Fifo => FileType::NamedPipe,
+            Kind::CharDevice => FileType::CharDevice,
+            Kind::BlockDevice => FileType::BlockDevice,
+            Kind::Socket => FileType::Socket,
+        };
+        let ino = Self::visible_ino(inode);
+        let time = |secs: i64, nsec: u32| {
+            if secs >= 0 {
+                UNIX_EPOCH + Duration::new(secs as u64, nsec)
+            } else {
+                UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+            }
+        };
+        let mtime = time(inode.mtime, inode.mtime_nsec);
+        Ok(FileAttr {
+            ino: INodeNo(ino),
+            size: inode.size,
+            blocks: inode.size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: time(inode.ctime, inode.ctime_nsec),
+            crtime: mtime,
+            kind,
+            perm: (inode.mode & 0o7777) as u16,
+            nlink: self.nlinks.get(&ino).copied().unwrap_or(1),
+            uid: inode.uid,
+            gid: inode.gid,
+            rdev: inode.rdev as u32,
+            blksize: 128 * 1024,
+            flags: 0,
+        })
+    }
+
+    fn handle(&self) -> u64 {
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
+        Kind::Socket => FileType::Socket,
+    }
+}
+
+impl Filesystem for FlistFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Larger requests and parallel lookups; refusals leave the kernel defaults.
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_CACHE_SYMLINKS);
+        let _ = config.set_max_readahead(MAX_READ);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.meta(|m| m.lookup(parent.0, name.as_bytes())) {
+            Ok(Some(inode)) => match self.attr(&inode) {
+                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+                Err(e) => reply.error(e),
+            },
+            Ok(None) => reply.error(Errno::ENOENT),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.meta(|m| m.inode(ino.0)) {
+            Ok(Some(inode)) => match self.attr(&inode) {
+                Ok(attr) => reply.attr(&TTL, &attr),
+                Err(e) => reply.error(e),
+            },
+            Ok(None) => reply.error(Errno::ENOENT),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.meta(|m| m.inode(ino.0)) {
+            Ok(Some(Inode {
+                link_target: Some(target),
+                ..
+            })) => reply.data(&target),
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        let loaded = self.meta(|m| {
+            let inode = m.inode(ino.0)?;
+            Ok(match inode {
+                Some(i) if i.kind()? == Kind::File => Some((m.blocks(i.ino)?, i.size)),
+                _ => None,
+            })
+        });
+        match loaded {
+            Ok(Some((blocks, size))) => {
+                let fh = self.handle();
+                let file = OpenFile {
+                    blocks,
+                    size,
+                    last_block: AtomicU64::new(u64::MAX),
+                };
+                self.files
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(fh, Arc::new(file));
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Ok(None) => reply.error(Errno::EISDIR),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let file = self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned();
+        let Some(file) = file else {
+            return reply.error(Errno::EBADF);
+        };
+        if offset >= file.size {
+            return reply.data(&[]);
+        }
+        let end = (offset + size as u64).min(file.size);
+        let bs = crate::block::BLOCK_SIZE as u64;
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        // Sequential: this read starts in the block after (or the same as) the last one.
+        let previous = file.last_block.swap(last, Ordering::Relaxed);
+        if previous == u64::MAX || first == previous || first == previous + 1 {
+            for ahead in last + 1..=(last + PREFETCH_BLOCKS).min(file.blocks.len() as u64 - 1) {
+                let _ = self.prefetch.try_send(file.blocks[ahead as usize]);
+            }
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for index in first..=last {
+            let block = &file.blocks[index as usize];
+            match self.cache.get(block) {
+                Ok(data) => {
+                    let start = if index == first {
+                        (offset - index * bs) as usize
+                    } else {
+                        0
+                    };
+                    let stop = ((end - index * bs) as usize).min(data.len());
+                    if start > stop {
+                        return reply.error(Errno::EIO);
+                    }
+                    out.extend_from_slice(&data[start..stop]);
+                }
+                Err(e) => {
+                    tracing::error!("read block {index} ({}): {e}", block.id_hex());
+                    return reply.error(Errno::EIO);
+                }
+            }
+        }
+        reply.data(&out);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: fuser::ReplyEmpty,
+    ) {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let listing = self.meta(|m| {
+            let Some(dir) = m.inode(ino.0)? else {
+                return Ok(None);
+            };
+            if dir.kind()? != Kind::Dir {
+                return Ok(None);
+            }
+            let children = m.children(dir.ino)?;
+            let mut entries = Vec::with_capacity(children.len() + 2);
+            entries.push((dir.ino, FileType::Directory, b".".to_vec()));
+            entries.push((dir.parent.max(ROOT), FileType::Directory, b"..".to_vec()));
+            for c in children {
+                entries.push((Self::visible_ino(&c), file_type(c.kind()?), c.name));
+            }
+            Ok(Some(entries))
+        });
+        match listing {
+            Ok(Some(entries)) => {
+                let fh = self.handle();
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(fh, Arc::new(entries));
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Ok(None) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned();
+        let Some(entries) = entries else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), i as u64 + 1, *kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: fuser::ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let bsize = 4096u64;
+        reply.statfs(
+            self.total_bytes.div_ceil(bsize),
+            0,
+            0,
+            self.total_inodes,
+            0,
+            bsize as u32,
+            255,
+            bsize as u32,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.meta(|m| m.xattrs(ino.0)) {
+            Ok(attrs) => match attrs.iter().find(|(n, _)| n.as_slice() == name.as_bytes()) {
+                Some((_, value)) => xattr_reply(reply, value, size),
+                None => reply.error(Errno::NO_XATTR),
+            },
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.meta(|m| m.xattrs(ino.0)) {
+            Ok(attrs) => {
+                let mut names = Vec::new();
+                for (n, _) in attrs {
+                    names.extend_from_slice(&n);
+                    names.push(0);
+                }
+                xattr_reply(reply, &names, size);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+/// The xattr protocol: a zero size asks for the length, a short buffer is ERANGE.
+fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if (size as usize) < value.len() {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Let users other than the mounting one read (needed for overlayfs and virtiofsd).
+    pub allow_other: bool,
+    /// Threads answering the kernel.
+    pub threads: usize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            allow_other: nix::unistd::geteuid().is_root(),
+            threads: 4,
+        }
+    }
+}
+
+/// A live mount; dropping it unmounts.
+pub struct Mounted {
+    session: fuser::BackgroundSession,
+}
+
+impl Mounted {
+    /// Waits until the filesystem is unmounted (by `zos flist umount` or `umount`).
+    pub fn wait(self) -> Result<()> {
+        self.session
+            .join()
+            .map_err(|e| Error::Invalid(format!("FUSE session ended with an error: {e}")))
+    }
+
+    /// Unmounts now and waits for the session to end.
+    pub fn unmount(self) -> Result<()> {
+        self.session
+            .umount_and_join()
+            .map_err(|e| Error::Invalid(format!("unmount failed: {e}")))
+    }
+}
+
+/// Mounts `flist` read-only at `mountpoint`. Returns once the kernel has the mount.
+pub fn mount(
+    flist: Flist,
+    cache: Arc<BlockCache>,
+    mountpoint: &std::path::Path,
+    opts: &MountOptions,
+) -> Result<Mounted> {
+    let meta = std::fs::metadata(mountpoint).map_err(|e| Error::Io {
+        path: mountpoint.to_owned(),
+        source: e,
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{}: mountpoint is not a directory",
+            mountpoint.display()
+        )));
+    }
+    let name = flist.path().display().to_string();
+    let fs = FlistFs::new(flist, cache)?;
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::FSName(format!("zos:{name}")),
+        fuser::MountOption::Subtype("zos".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::Suid,
+        fuser::MountOption::Dev,
+        fuser::MountOption::Exec,
+    ];
+    if opts.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(opts.threads.max(1));
+    let session = fuser::Session::new(fs, mountpoint, &config).map_err(|e| Error::Io {
+        path: mountpoint.to_owned(),
+        source: e,
+    })?;
+    let session = session.spawn().map_err(|e| Error::Io {
+        path: mountpoint.to_owned(),
+        source: e,
+    })?;
+    Ok(Mounted { session })
+}
+
+/// Unmounts a mounted flist (or any mount) at `mountpoint`. `lazy` detaches it even while
+/// files are open. Falls back to `fusermount3 -u` when not allowed to unmount directly.
+pub fn unmount(mountpoint: &std::path::Path, lazy: bool) -> Result<()> {
+    let flags = if lazy {
+        nix::mount::MntFlags::MNT_DETACH
+    } else {
+        nix::mount::MntFlags::empty()
+    };
+    match nix::mount::umount2(mountpoint, flags) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) => {
+            let mut cmd = std::process::Command::new("fusermount3");
+            cmd.arg("-u");
+            if lazy {
+                cmd.arg("-z");
+            }
+            let status = cmd.arg(mountpoint).status().map_err(|e| Error::Io {
+                path: "fusermount3".into(),
+                source: e,
+            })?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(Error::Invalid(format!(
+                    "{}: fusermount3 -u failed ({status})",
+                    mountpoint.display()
+                )))
+            }
+        }
+        Err(nix::errno::Errno::EINVAL) => Err(Error::Invalid(format!(
+            "{}: nothing is mounted there",
+            mountpoint.display()
+        ))),
+        Err(nix::errno::Errno::EBUSY) => Err(Error::Invalid(format!(
+            "{}: busy (files are open or a process is inside); close them or use --lazy",
+            mountpoint.display()
+        ))),
+        Err(e) => Err(Error::Io {
+            path: mountpoint.to_owned(),
+            source: e.into(),
+        }),
+    }
+}
