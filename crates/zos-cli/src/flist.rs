@@ -91,6 +91,8 @@ Example:\n  zos flist unpack app.fl ./rootfs\n  zos flist unpack app.fl ./rootfs
         #[command(flatten)]
         common: Common,
     },
+    /// Turn a Docker / OCI image (docker save tarball, OCI layout, or registry) into an flist
+    Import(crate::import::ImportArgs),
     /// Mount an flist read-only: blocks are fetched on first read, verified and cached
     #[command(
         after_help = "Examples:\n  zos flist mount app.fl /mnt/app            # foreground, Ctrl-C unmounts\n  \
@@ -199,6 +201,7 @@ pub fn run(cmd: FlistCommand) -> Result<ExitCode> {
             stores,
             common,
         } => verify(&flist, &stores, &common),
+        FlistCommand::Import(args) => crate::import::import(args),
         FlistCommand::Mount(args) => crate::mount::mount(args),
         FlistCommand::Umount(args) => crate::mount::umount(args),
         FlistCommand::Tag { flist, action } => tag(&flist, action.unwrap_or(TagAction::List)),

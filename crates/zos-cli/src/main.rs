@@ -4,6 +4,7 @@
 
 mod bench;
 mod flist;
+mod import;
 mod mount;
 mod progress;
 

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod error;
 pub mod meta;
 pub mod mount;
+pub mod oci;
 pub mod pack;
 mod pool;
 pub mod read;

@@ -1,0 +1,1 @@
+//! Docker / OCI image import (in progress).
