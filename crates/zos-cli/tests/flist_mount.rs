@@ -1,0 +1,417 @@
+//! End-to-end: `zos flist mount` with the real kernel FUSE driver. Metadata fidelity, lazy
+//! fetching, one fetch per block for concurrent readers, a store that stops answering, a
+//! corrupt or full cache, and clean errors.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A daemon mount, unmounted (lazily, so a failing test cannot wedge the next) when dropped.
+struct Mount {
+    point: PathBuf,
+}
+
+impl Mount {
+    fn new(fl: &Path, point: &Path, extra: &[&str]) -> Mount {
+        std::fs::create_dir_all(point).unwrap();
+        ok(zos()
+            .args(["flist", "mount", "--daemon"])
+            .arg(fl)
+            .arg(point)
+            .args(extra));
+        Mount {
+            point: point.to_owned(),
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = zos()
+            .args(["flist", "umount", "--lazy"])
+            .arg(&self.point)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn fuse_ready() -> bool {
+    have("fusermount3") && is_root()
+}
+
+fn pack(src: &Path, fl: &Path, store: &str) {
+    ok(zos()
+        .args(["flist", "pack", "-q"])
+        .arg(src)
+        .arg("-o")
+        .arg(fl)
+        .args(["--store", store]));
+}
+
+#[test]
+fn mounted_tree_matches_the_source_in_every_stat_field() {
+    if !fuse_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::create_dir_all(src.join("srv/deep/er")).unwrap();
+    std::fs::write(src.join("etc/hostname"), b"node\n").unwrap();
+    std::fs::write(src.join("srv/big"), noise(1_500_000, 4)).unwrap();
+    std::fs::hard_link(src.join("srv/big"), src.join("etc/big-link")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", src.join("etc/abs")).unwrap();
+    std::os::unix::fs::symlink("../srv/big", src.join("etc/rel")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        src.join("etc/hostname"),
+        std::fs::Permissions::from_mode(0o4750),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        src.join("srv/deep"),
+        std::fs::Permissions::from_mode(0o1777),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(src.join("srv/big"), Some(1000), Some(2000)).unwrap();
+    xattr::set(src.join("etc/hostname"), "user.role", b"primary").unwrap();
+    assert!(Command::new("mknod")
+        .arg(src.join("etc/null"))
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("mkfifo")
+        .arg(src.join("etc/fifo"))
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("touch")
+        .args(["-h", "-d", "2001-02-03 04:05:06.789"])
+        .arg(src.join("etc/abs"))
+        .status()
+        .unwrap()
+        .success());
+    let fl = tmp.path().join("app.fl");
+    pack(
+        &src,
+        &fl,
+        &format!("dir://{}", tmp.path().join("store").display()),
+    );
+
+    let cache = tmp.path().join("cache");
+    let m = Mount::new(
+        &fl,
+        &tmp.path().join("mnt"),
+        &["--cache", cache.to_str().unwrap()],
+    );
+    // Inode numbers differ across filesystems; everything else, hardlinks included, must match.
+    assert_same_tree(&src, &m.point);
+    let a = std::fs::metadata(m.point.join("srv/big")).unwrap();
+    let b = std::fs::metadata(m.point.join("etc/big-link")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (a.ino(), a.nlink()),
+        (b.ino(), 2),
+        "hardlinks share one inode"
+    );
+
+    // statfs answers with the flist's size and inode count.
+    let df = String::from_utf8(
+        Command::new("stat")
+            .args(["-f", "-c", "%b %S %c %l"])
+            .arg(&m.point)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let fields: Vec<u64> = df.split_whitespace().map(|f| f.parse().unwrap()).collect();
+    assert_eq!(fields[1], 4096);
+    assert_eq!(fields[0], (5 + 1_500_000u64).div_ceil(4096));
+    assert_eq!(
+        fields[2], 12,
+        "inodes: 5 dirs, 2 files, 1 hardlink, 2 symlinks, 2 specials"
+    );
+    assert_eq!(fields[3], 255);
+
+    // Read-only, whatever the mode bits say.
+    let err = std::fs::write(m.point.join("etc/new"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+
+    ok(zos().args(["flist", "umount"]).arg(&m.point));
+    assert_eq!(std::fs::read_dir(&m.point).unwrap().count(), 0, "unmounted");
+    let err = fails(zos().args(["flist", "umount"]).arg(&m.point));
+    assert!(err.contains("nothing is mounted there"), "{err}");
+}
+
+#[test]
+fn reads_fetch_only_the_blocks_they_touch_once_each() {
+    if !fuse_ready() || !have("python3") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("big"), noise(8 * 524_288, 11)).unwrap();
+    std::fs::write(src.join("small"), b"just this\n").unwrap();
+    let store = tmp.path().join("store");
+    let fl = tmp.path().join("app.fl");
+    pack(&src, &fl, &format!("dir://{}", store.display()));
+
+    // Serve the store over HTTP with a request log, to count what the mount fetches.
+    let log_path = tmp.path().join("http.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(&store)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let url = format!("http://127.0.0.1:{port}");
+    let cache = tmp.path().join("cache");
+    let m = Mount::new(
+        &fl,
+        &tmp.path().join("mnt"),
+        &["--cache", cache.to_str().unwrap(), "--store", &url],
+    );
+    let gets = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"GET /"))
+            .map(|l| {
+                l.split("GET /")
+                    .nth(1)
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect::<Vec<_>>()
+    };
+
+    assert_eq!(
+        std::fs::read(m.point.join("small")).unwrap(),
+        b"just this\n"
+    );
+    assert_eq!(
+        gets().len(),
+        1,
+        "reading one small file fetches one block: {:?}",
+        gets()
+    );
+    assert_eq!(store_blocks(&cache).len(), 1, "and caches only that block");
+
+    // Eight readers of the same 4 MiB file at once: every block fetched exactly once.
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let p = m.point.join("big");
+            std::thread::spawn(move || std::fs::read(p).unwrap())
+        })
+        .collect();
+    let expected = std::fs::read(src.join("big")).unwrap();
+    for r in readers {
+        assert!(
+            r.join().unwrap() == expected,
+            "content read through the mount differs"
+        );
+    }
+    let mut fetched = gets();
+    fetched.sort();
+    let before = fetched.len();
+    fetched.dedup();
+    assert_eq!(
+        before,
+        fetched.len(),
+        "a block was fetched twice: {fetched:?}"
+    );
+    assert_eq!(fetched.len(), 9);
+    drop(m);
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
+fn a_dead_store_fails_reads_with_eio_but_the_mount_stays_up() {
+    if !fuse_ready() || !have("redis-server") {
+        return;
+    }
+    let mut redis = redis();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("early"), b"read before the store died\n").unwrap();
+    std::fs::write(src.join("late"), noise(100_000, 2)).unwrap();
+    let fl = tmp.path().join("app.fl");
+    pack(&src, &fl, &format!("redis://127.0.0.1:{}", redis.port));
+    let cache = tmp.path().join("cache");
+    let m = Mount::new(
+        &fl,
+        &tmp.path().join("mnt"),
+        &["--cache", cache.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read(m.point.join("early")).unwrap(),
+        b"read before the store died\n"
+    );
+    redis.kill();
+    let err = std::fs::read(m.point.join("late")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // Still mounted, still serving metadata and what is cached.
+    assert_eq!(std::fs::read_dir(&m.point).unwrap().count(), 2);
+    assert_eq!(
+        std::fs::read(m.point.join("early")).unwrap(),
+        b"read before the store died\n"
+    );
+}
+
+#[test]
+fn a_corrupt_cached_block_is_fetched_again_and_a_full_cache_evicts() {
+    if !fuse_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let content = noise(6 * 524_288, 21);
+    std::fs::write(src.join("data"), &content).unwrap();
+    let fl = tmp.path().join("app.fl");
+    pack(
+        &src,
+        &fl,
+        &format!("dir://{}", tmp.path().join("store").display()),
+    );
+    let cache = tmp.path().join("cache");
+    let cache_arg = cache.to_str().unwrap().to_owned();
+    {
+        let m = Mount::new(&fl, &tmp.path().join("mnt1"), &["--cache", &cache_arg]);
+        assert!(std::fs::read(m.point.join("data")).unwrap() == content);
+    }
+    let cached = store_blocks(&cache);
+    assert_eq!(cached.len(), 6);
+    let mut bytes = std::fs::read(&cached[0]).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&cached[0], &bytes).unwrap();
+    {
+        let m = Mount::new(&fl, &tmp.path().join("mnt2"), &["--cache", &cache_arg]);
+        assert!(
+            std::fs::read(m.point.join("data")).unwrap() == content,
+            "corrupt cache served"
+        );
+    }
+    assert_ne!(
+        std::fs::read(&cached[0]).unwrap(),
+        bytes,
+        "the damaged file was replaced"
+    );
+
+    // A 1 MiB cache holds at most two blocks, yet the whole file reads correctly.
+    let small = tmp.path().join("small-cache");
+    let m = Mount::new(
+        &fl,
+        &tmp.path().join("mnt3"),
+        &["--cache", small.to_str().unwrap(), "--cache-size", "1M"],
+    );
+    assert!(std::fs::read(m.point.join("data")).unwrap() == content);
+    let used: u64 = store_blocks(&small)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        used <= 1024 * 1024,
+        "cache grew to {used} bytes past its 1 MiB limit"
+    );
+    assert!(used > 0);
+}
+
+#[test]
+fn large_directories_list_completely() {
+    if !fuse_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("many")).unwrap();
+    for i in 0..5000 {
+        std::fs::write(src.join(format!("many/entry-{i:05}")), b"").unwrap();
+    }
+    let fl = tmp.path().join("app.fl");
+    pack(
+        &src,
+        &fl,
+        &format!("dir://{}", tmp.path().join("store").display()),
+    );
+    let m = Mount::new(
+        &fl,
+        &tmp.path().join("mnt"),
+        &["--cache", tmp.path().join("c").to_str().unwrap()],
+    );
+    let mut names: Vec<_> = std::fs::read_dir(m.point.join("many"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 5000);
+    assert_eq!(names[4999], "entry-04999");
+}
+
+#[test]
+fn daemon_reports_mount_errors_before_returning() {
+    if !fuse_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a"), b"a").unwrap();
+    let fl = tmp.path().join("app.fl");
+    pack(
+        &src,
+        &fl,
+        &format!("dir://{}", tmp.path().join("store").display()),
+    );
+    let err = fails(
+        zos()
+            .args(["flist", "mount", "--daemon"])
+            .arg(&fl)
+            .arg(tmp.path().join("no-such-dir")),
+    );
+    assert!(err.contains("no-such-dir"), "{err}");
+    let err = fails(
+        zos()
+            .args(["flist", "mount", "--daemon"])
+            .arg(tmp.path().join("missing.fl"))
+            .arg(tmp.path()),
+    );
+    assert!(err.contains("missing.fl: not a usable flist"), "{err}");
+    let out = zos()
+        .args(["flist", "mount", "--cache-size", "lots"])
+        .arg(&fl)
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("512M or 2G"));
+}
