@@ -30,6 +30,9 @@ const PREFETCH_BLOCKS: u64 = 4;
 /// Largest read the kernel is told it may send (and readahead window).
 const MAX_READ: u32 = 1024 * 1024;
 
+/// A directory listing read at `opendir`: (inode, type, name) including `.` and `..`.
+type Listing = Arc<Vec<(u64, FileType, Vec<u8>)>>;
+
 /// The filesystem served for one mounted flist.
 pub struct FlistFs {
     meta: Mutex<Flist>,
@@ -37,7 +40,7 @@ pub struct FlistFs {
     /// Names per inode, for inodes with hardlinks (every other file has one).
     nlinks: HashMap<Ino, u32>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<(u64, FileType, Vec<u8>)>>>>,
+    dirs: Mutex<HashMap<u64, Listing>>,
     next_handle: AtomicU64,
     prefetch: Sender<BlockRef>,
     total_bytes: u64,
