@@ -18,25 +18,35 @@ pub enum BenchCommand {
     ///
     /// Generates a deterministic tree (20,000 text-like files of 1-16 KiB in 200 directories,
     /// plus four 128 MiB files that are half random, half repetitive), then measures, each as
-    /// a child process: `cp -a` of the tree (the floor), `zos flist pack` into a dir:// store,
-    /// `zos flist unpack` into a fresh directory (checked against the tree with `diff -r`), the
-    /// store size, and a second pack after changing 1% of the small files (how many blocks the
-    /// store already had). Prints wall time, throughput, peak RSS per step, and whether the
-    /// targets are met: pack >= 0.5x and unpack >= 0.7x the throughput of `cp -a`, peak RSS
-    /// < 256 MiB. A missed target is reported, not an error; a failing step or an unpacked tree
-    /// that differs from the source is.
+    /// a child process: `cp -a` of the tree (the floor), `zos flist pack` into a new, empty
+    /// dir:// store, `zos flist unpack` into a fresh directory (checked against the tree with
+    /// `diff -r`), the store size, and a second pack into that same store after changing 1% of
+    /// the small files (how many blocks the store already had). Each timed step runs `--runs`
+    /// times, every time on fresh state so it does the same work, with the repetitions
+    /// interleaved (cp, pack, unpack, cp, pack, unpack, …) so a slow phase of the disk hits all
+    /// steps alike; `sync` runs before each. Prints the median wall time of each step, the
+    /// throughput from it, the min-max range, the peak RSS (max over the runs), and whether the
+    /// targets are met, judged on the medians: pack >= 0.5x and unpack >= 0.7x the throughput of
+    /// `cp -a`, peak RSS < 256 MiB. A missed target is reported, not an error; a failing step or
+    /// an unpacked tree that differs from the source is.
     #[command(
         after_help = "Examples:\n  zos bench flist\n  zos bench flist --scale 0.01 --json\n  \
+zos bench flist --runs 5\n  \
 zos bench flist --dir /mnt/nvme/bench --keep"
     )]
     Flist {
-        /// Work directory (must be empty or not exist; needs about 4x the tree size, ~2.8 GB
-        /// at scale 1). Default: a fresh directory under /var/tmp
+        /// Work directory (must be empty or not exist; needs about 2x the tree size plus one
+        /// store of ~0.5x the tree per run, ~2.5 GB at scale 1 with 3 runs). Default: a fresh
+        /// directory under /var/tmp
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Keep the generated tree, copies, store and flists instead of removing them
+        /// Keep the generated tree, the flists, and the last run's copy, unpacked tree and store
+        /// instead of removing them (earlier runs' are removed as the benchmark goes)
         #[arg(long)]
         keep: bool,
+        /// How many times to time each step; the table shows the median and the min-max range
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        runs: u32,
         /// Multiply the number of files and the big-file size by this (0.01: 200 small files
         /// in 2 directories and four 1.28 MiB files), to run a quick version
         #[arg(long, default_value_t = 1.0)]
@@ -54,8 +64,9 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             dir,
             keep,
             scale,
+            runs,
             json,
-        } => bench_flist(dir, keep, scale, json),
+        } => bench_flist(dir, keep, scale, runs, json),
     }
 }
 
@@ -172,8 +183,13 @@ impl Shape {
 #[derive(Serialize)]
 struct Row {
     step: String,
+    /// Median over the runs.
     seconds: Option<f64>,
+    /// Wall seconds of each run, in run order (empty for a row that times nothing).
+    seconds_per_run: Vec<f64>,
+    /// From the median seconds.
     mb_per_s: Option<f64>,
+    /// Max over the runs.
     peak_rss_mib: Option<f64>,
     notes: String,
 }
@@ -201,6 +217,7 @@ struct Dedup {
 #[derive(Serialize)]
 struct Report {
     tree: Shape,
+    runs: usize,
     tree_bytes: u64,
     store_bytes: u64,
     store_blocks: u64,
@@ -317,8 +334,15 @@ fn sync() {
     unsafe { libc::sync() };
 }
 
-fn bench_flist(dir: Option<PathBuf>, keep: bool, scale: f64, json: bool) -> Result<ExitCode> {
+fn bench_flist(
+    dir: Option<PathBuf>,
+    keep: bool,
+    scale: f64,
+    runs: u32,
+    json: bool,
+) -> Result<ExitCode> {
     let shape = Shape::new(scale)?;
+    let n = usize::try_from(runs).context("--runs out of range")?;
     let exe = std::env::current_exe().context("finding the zos binary to benchmark")?;
     let work = WorkDir::new(dir, keep)?;
     progress(&format!("work directory {}", work.root.display()));
@@ -332,110 +356,115 @@ fn bench_flist(dir: Option<PathBuf>, keep: bool, scale: f64, json: bool) -> Resu
         shape.big_file_bytes as f64 / MIB as f64
     ));
     let tree_bytes = generate_tree(&tree, &shape)?;
-    let mb_s = |secs: f64| tree_bytes as f64 / 1e6 / secs;
-    let mut rows = Vec::new();
-
-    progress("cp -a…");
-    sync();
-    let cp = measure(
-        Command::new("cp").arg("-a").arg(&tree).arg(work.path("cp")),
-        "cp -a",
-    )?;
-    rows.push(Row {
-        step: "cp -a".into(),
-        seconds: Some(cp.seconds),
-        mb_per_s: Some(mb_s(cp.seconds)),
-        peak_rss_mib: Some(cp.peak_rss_mib()),
-        notes: "the floor: same tree, same run".into(),
-    });
-
-    progress("pack…");
-    let store = work.path("store");
-    let store_url = format!("dir://{}", store.display());
-    let fl1 = work.path("a.fl");
-    sync();
-    let pack1 = measure(
-        Command::new(&exe)
-            .args(["flist", "pack"])
+    // Outputs of a run are removed once no longer needed, so the work directory holds one copy
+    // at a time; with --keep, the last run's stay for inspection.
+    let discard = |path: &Path, run: usize| -> Result<()> {
+        if keep && run + 1 == n {
+            return Ok(());
+        }
+        std::fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))
+    };
+    let pack_cmd = |fl: &Path, store_url: &str| {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["flist", "pack"])
             .arg(&tree)
             .arg("-o")
-            .arg(&fl1)
-            .args(["--store", &store_url, "--quiet", "--json"]),
-        "zos flist pack",
-    )?;
-    let r1 = PackNumbers::parse(&pack1.stdout)?;
-    rows.push(Row {
-        step: "pack".into(),
-        seconds: Some(pack1.seconds),
-        mb_per_s: Some(mb_s(pack1.seconds)),
-        peak_rss_mib: Some(pack1.peak_rss_mib()),
-        notes: format!(
-            "{} files, {} blocks, {} sent",
-            r1.files, r1.blocks, r1.blocks_sent
-        ),
-    });
+            .arg(fl)
+            .args(["--store", store_url, "--quiet", "--json"]);
+        cmd
+    };
 
-    progress("unpack…");
-    let out = work.path("out");
-    sync();
-    let unpack = measure(
-        Command::new(&exe)
-            .args(["flist", "unpack"])
-            .arg(&fl1)
-            .arg(&out)
-            .arg("--quiet"),
-        "zos flist unpack",
-    )?;
-    progress("diff -r (checking the unpacked tree)…");
-    // A fast unpack that restores the wrong bytes is worthless, so a difference fails the run.
-    measure(
-        Command::new("diff")
-            .args(["-r", "-q", "--no-dereference"])
-            .arg(&tree)
-            .arg(&out),
-        "diff -r of the source tree and the unpacked tree",
-    )?;
-    rows.push(Row {
-        step: "unpack".into(),
-        seconds: Some(unpack.seconds),
-        mb_per_s: Some(mb_s(unpack.seconds)),
-        peak_rss_mib: Some(unpack.peak_rss_mib()),
-        notes: "fresh target; diff -r: identical".into(),
-    });
+    // Every repetition starts from fresh state (new copy target, new empty store and .fl, new
+    // unpack target), so each does the same work; interleaving them spreads slow disk phases
+    // (writeback) over all steps instead of one.
+    let mut cps = Vec::with_capacity(n);
+    let mut packs = Vec::with_capacity(n);
+    let mut pack_numbers = Vec::with_capacity(n);
+    let mut unpacks = Vec::with_capacity(n);
+    let mut stores = Vec::with_capacity(n);
+    let mut first_store = None;
+    for r in 0..n {
+        let run = format!("run {}/{n}", r + 1);
 
-    let (store_bytes, store_blocks) = dir_usage(&store)?;
-    let fl_bytes = std::fs::metadata(&fl1)
-        .with_context(|| format!("reading {}", fl1.display()))?
-        .len();
-    rows.push(Row {
-        step: "store size".into(),
-        seconds: None,
-        mb_per_s: None,
-        peak_rss_mib: None,
-        notes: format!(
-            "store {:.1} MiB in {} blocks + .fl {:.2} MiB = {:.3}x tree ({:.1} MiB)",
-            store_bytes as f64 / MIB as f64,
-            store_blocks,
-            fl_bytes as f64 / MIB as f64,
-            (store_bytes + fl_bytes) as f64 / tree_bytes as f64,
-            tree_bytes as f64 / MIB as f64
-        ),
-    });
+        progress(&format!("{run}: cp -a…"));
+        let copy = work.path(&format!("cp-{}", r + 1));
+        sync();
+        cps.push(measure(
+            Command::new("cp").arg("-a").arg(&tree).arg(&copy),
+            "cp -a",
+        )?);
+        discard(&copy, r)?;
 
+        progress(&format!("{run}: pack…"));
+        let store = work.path(&format!("store-{}", r + 1));
+        let store_url = format!("dir://{}", store.display());
+        let fl = work.path(&format!("a-{}.fl", r + 1));
+        sync();
+        let pack = measure(&mut pack_cmd(&fl, &store_url), "zos flist pack")?;
+        pack_numbers.push(PackNumbers::parse(&pack.stdout)?);
+        packs.push(pack);
+        if r == 0 {
+            // Before the second pack adds the changed files' blocks.
+            let (bytes, blocks) = dir_usage(&store)?;
+            let fl_bytes = std::fs::metadata(&fl)
+                .with_context(|| format!("reading {}", fl.display()))?
+                .len();
+            first_store = Some((bytes, blocks, fl_bytes));
+        }
+
+        progress(&format!("{run}: unpack…"));
+        let out = work.path(&format!("out-{}", r + 1));
+        sync();
+        unpacks.push(measure(
+            Command::new(&exe)
+                .args(["flist", "unpack"])
+                .arg(&fl)
+                .arg(&out)
+                .arg("--quiet"),
+            "zos flist unpack",
+        )?);
+        // A fast unpack that restores the wrong bytes is worthless, so a difference fails the
+        // run. Every run's unpack is checked: with the trees still in the page cache it is
+        // cheap next to the steps themselves.
+        progress(&format!("{run}: diff -r (checking the unpacked tree)…"));
+        let diff = measure(
+            Command::new("diff")
+                .args(["-r", "-q", "--no-dereference"])
+                .arg(&tree)
+                .arg(&out),
+            "diff -r of the source tree and the unpacked tree",
+        )?;
+        progress(&format!(
+            "{run}: diff -r: identical ({:.1} s)",
+            diff.seconds
+        ));
+        discard(&out, r)?;
+        stores.push((store, store_url));
+    }
+
+    // Each repetition packs the changed tree into the store its own first pack filled, so each
+    // finds the same blocks present.
     let changed = change_small_files(&tree, &shape)?;
-    progress(&format!("pack after changing {changed} small files (1%)…"));
-    let fl2 = work.path("b.fl");
-    sync();
-    let pack2 = measure(
-        Command::new(&exe)
-            .args(["flist", "pack"])
-            .arg(&tree)
-            .arg("-o")
-            .arg(&fl2)
-            .args(["--store", &store_url, "--quiet", "--json"]),
-        "zos flist pack (1% changed)",
-    )?;
-    let r2 = PackNumbers::parse(&pack2.stdout)?;
+    let mut packs2 = Vec::with_capacity(n);
+    let mut pack2_numbers = Vec::with_capacity(n);
+    for (r, (store, store_url)) in stores.iter().enumerate() {
+        progress(&format!(
+            "run {}/{n}: pack after changing {changed} small files (1%)…",
+            r + 1
+        ));
+        let fl = work.path(&format!("b-{}.fl", r + 1));
+        sync();
+        let pack2 = measure(&mut pack_cmd(&fl, store_url), "zos flist pack (1% changed)")?;
+        pack2_numbers.push(PackNumbers::parse(&pack2.stdout)?);
+        packs2.push(pack2);
+        discard(store, r)?;
+    }
+
+    let (store_bytes, store_blocks, fl_bytes) =
+        first_store.context("no run was made (--runs must be at least 1)")?;
+    let (Some(r1), Some(r2)) = (pack_numbers.first(), pack2_numbers.first()) else {
+        bail!("no run was made (--runs must be at least 1)");
+    };
     let dedup = Dedup {
         changed_files: changed,
         blocks: r2.blocks,
@@ -447,23 +476,68 @@ fn bench_flist(dir: Option<PathBuf>, keep: bool, scale: f64, json: bool) -> Resu
             r2.blocks_present as f64 / r2.blocks as f64
         },
     };
-    rows.push(Row {
-        step: "pack (1% changed)".into(),
-        seconds: Some(pack2.seconds),
-        mb_per_s: Some(mb_s(pack2.seconds)),
-        peak_rss_mib: Some(pack2.peak_rss_mib()),
-        notes: format!(
-            "{changed} files changed: {} blocks, {} sent, {} present, dedup {:.3}",
-            dedup.blocks, dedup.blocks_sent, dedup.blocks_present, dedup.dedup_ratio
+    let cp = Timing::of(&cps);
+    let pack1 = Timing::of(&packs);
+    let unpack = Timing::of(&unpacks);
+    let pack2 = Timing::of(&packs2);
+    let mb_s = |secs: f64| tree_bytes as f64 / 1e6 / secs;
+    let timed = |step: &str, t: &Timing, notes: String| Row {
+        step: step.into(),
+        seconds: Some(t.median),
+        seconds_per_run: t.seconds.clone(),
+        mb_per_s: Some(mb_s(t.median)),
+        peak_rss_mib: Some(t.peak_rss_mib),
+        notes: format!("{}; {notes}", t.spread()),
+    };
+    let rows = vec![
+        timed("cp -a", &cp, "the floor: same tree, same run".into()),
+        timed(
+            "pack",
+            &pack1,
+            format!(
+                "new store: {} files, {} blocks, {} sent{}",
+                r1.files,
+                r1.blocks,
+                r1.blocks_sent,
+                PackNumbers::differences(&pack_numbers)
+            ),
         ),
-    });
+        timed("unpack", &unpack, "fresh target; diff -r: identical".into()),
+        Row {
+            step: "store size".into(),
+            seconds: None,
+            seconds_per_run: Vec::new(),
+            mb_per_s: None,
+            peak_rss_mib: None,
+            notes: format!(
+                "store {:.1} MiB in {} blocks + .fl {:.2} MiB = {:.3}x tree ({:.1} MiB)",
+                store_bytes as f64 / MIB as f64,
+                store_blocks,
+                fl_bytes as f64 / MIB as f64,
+                (store_bytes + fl_bytes) as f64 / tree_bytes as f64,
+                tree_bytes as f64 / MIB as f64
+            ),
+        },
+        timed(
+            "pack (1% changed)",
+            &pack2,
+            format!(
+                "{changed} files changed: {} blocks, {} sent, {} present, dedup {:.3}{}",
+                dedup.blocks,
+                dedup.blocks_sent,
+                dedup.blocks_present,
+                dedup.dedup_ratio,
+                PackNumbers::differences(&pack2_numbers)
+            ),
+        ),
+    ];
 
     // Throughput ratios equal inverse time ratios: both move the same tree bytes.
-    let pack_ratio = cp.seconds / pack1.seconds;
-    let unpack_ratio = cp.seconds / unpack.seconds;
+    let pack_ratio = cp.median / pack1.median;
+    let unpack_ratio = cp.median / unpack.median;
     let max_rss = [&pack1, &unpack, &pack2]
         .iter()
-        .map(|m| m.peak_rss_mib())
+        .map(|t| t.peak_rss_mib)
         .fold(0.0, f64::max);
     let targets = vec![
         Target {
@@ -488,6 +562,7 @@ fn bench_flist(dir: Option<PathBuf>, keep: bool, scale: f64, json: bool) -> Resu
 
     let report = Report {
         tree: shape,
+        runs: n,
         tree_bytes,
         store_bytes,
         store_blocks,
@@ -505,6 +580,46 @@ fn bench_flist(dir: Option<PathBuf>, keep: bool, scale: f64, json: bool) -> Resu
     Ok(ExitCode::SUCCESS)
 }
 
+/// One step's measurements over all runs.
+struct Timing {
+    seconds: Vec<f64>,
+    median: f64,
+    peak_rss_mib: f64,
+}
+
+impl Timing {
+    fn of(runs: &[Measured]) -> Timing {
+        let seconds: Vec<f64> = runs.iter().map(|m| m.seconds).collect();
+        let mut sorted = seconds.clone();
+        sorted.sort_by(f64::total_cmp);
+        let mid = sorted.len() / 2;
+        let median = match sorted.len() {
+            0 => f64::NAN,
+            len if len % 2 == 1 => sorted[mid],
+            _ => (sorted[mid - 1] + sorted[mid]) / 2.0,
+        };
+        Timing {
+            seconds,
+            median,
+            peak_rss_mib: runs.iter().map(Measured::peak_rss_mib).fold(0.0, f64::max),
+        }
+    }
+
+    /// "median of 3, range 2.10–4.05 s", or "1 run".
+    fn spread(&self) -> String {
+        let min = self.seconds.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self
+            .seconds
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        match self.seconds.len() {
+            1 => "1 run".to_owned(),
+            n => format!("median of {n}, range {min:.2}–{max:.2} s"),
+        }
+    }
+}
+
 fn print_table(r: &Report) {
     let s = &r.tree;
     println!(
@@ -515,7 +630,13 @@ fn print_table(r: &Report) {
         s.big_file_bytes as f64 / MIB as f64,
         r.tree_bytes as f64 / 1e6
     );
-    println!("MB/s = tree bytes / wall seconds (1 MB = 1e6 bytes); peak RSS = ru_maxrss of that child process");
+    match r.runs {
+        1 => println!("seconds = wall time of 1 run"),
+        n => {
+            println!("seconds = median wall time of {n} runs, each on fresh state (range in notes)")
+        }
+    }
+    println!("MB/s = tree bytes / median seconds (1 MB = 1e6 bytes); peak RSS = max ru_maxrss of that child process over the runs");
     println!();
     let fmt = |v: Option<f64>, prec: usize| v.map_or("-".to_owned(), |v| format!("{v:.prec$}"));
     let header = ["step", "seconds", "MB/s", "peak RSS MiB", "notes"];
@@ -578,6 +699,7 @@ fn print_table(r: &Report) {
 }
 
 /// The fields of `zos flist pack --json` the report uses.
+#[derive(PartialEq)]
 struct PackNumbers {
     files: u64,
     blocks: u64,
@@ -600,6 +722,27 @@ impl PackNumbers {
             blocks_sent: field("blocks_sent")?,
             blocks_present: field("blocks_present")?,
         })
+    }
+
+    /// "" when every run packed the same numbers (they should: each starts from the same
+    /// state), else a note listing each run's, since the row shows the first run's.
+    fn differences(runs: &[PackNumbers]) -> String {
+        if runs.windows(2).all(|w| w[0] == w[1]) {
+            return String::new();
+        }
+        let each: Vec<String> = runs
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}/{}/{}/{}",
+                    p.files, p.blocks, p.blocks_sent, p.blocks_present
+                )
+            })
+            .collect();
+        format!(
+            " (run 1; runs differ, files/blocks/sent/present: {})",
+            each.join(", ")
+        )
     }
 }
 
