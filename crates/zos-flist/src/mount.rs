@@ -9,14 +9,14 @@
 use crate::block::BlockRef;
 use crate::cache::BlockCache;
 use crate::error::{Error, Result};
-use crate::meta::{Flist, Ino, Inode, Kind, ROOT};
+use crate::meta::{Flist, Ino, Inode, Kind};
 use crossbeam_channel::{bounded, Sender};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,8 +30,8 @@ const PREFETCH_BLOCKS: u64 = 4;
 /// Largest read the kernel is told it may send (and readahead window).
 const MAX_READ: u32 = 1024 * 1024;
 
-/// A directory listing read at `opendir`: (inode, type, name) including `.` and `..`.
-type Listing = Arc<Vec<(u64, FileType, Vec<u8>)>>;
+/// A directory listing read at `opendir`: (attributes, name), `.` and `..` first.
+type Listing = Arc<Vec<(FileAttr, Vec<u8>)>>;
 
 /// The filesystem served for one mounted flist.
 pub struct FlistFs {
@@ -39,6 +39,9 @@ pub struct FlistFs {
     cache: Arc<BlockCache>,
     /// Names per inode, for inodes with hardlinks (every other file has one).
     nlinks: HashMap<Ino, u32>,
+    /// Inodes that have extended attributes: `ls -l` asks for them on every entry, and most
+    /// have none, so those are answered without touching the metadata file.
+    with_xattrs: HashSet<Ino>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<u64, Listing>>,
     next_handle: AtomicU64,
@@ -59,6 +62,7 @@ impl FlistFs {
     pub fn new(flist: Flist, cache: Arc<BlockCache>) -> Result<FlistFs> {
         let stats = flist.stats()?;
         let nlinks = flist.hardlink_counts()?;
+        let with_xattrs = flist.inodes_with_xattrs()?;
         let (tx, rx) = bounded::<BlockRef>(64);
         for _ in 0..2 {
             let (rx, cache) = (rx.clone(), cache.clone());
@@ -73,6 +77,7 @@ impl FlistFs {
             meta: Mutex::new(flist),
             cache,
             nlinks,
+            with_xattrs,
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -100,15 +105,7 @@ impl FlistFs {
     }
 
     fn attr(&self, inode: &Inode) -> std::result::Result<FileAttr, Errno> {
-        let kind = match inode.kind().map_err(|_| Errno::EIO)? {
-            Kind::File => FileType::RegularFile,
-            Kind::Dir => FileType::Directory,
-            Kind::Symlink => FileType::Symlink,
-            Kind::Fifo => FileType::NamedPipe,
-            Kind::CharDevice => FileType::CharDevice,
-            Kind::BlockDevice => FileType::BlockDevice,
-            Kind::Socket => FileType::Socket,
-        };
+        let kind = file_type(inode.kind().map_err(|_| Errno::EIO)?);
         let ino = Self::visible_ino(inode);
         let time = |secs: i64, nsec: u32| {
             if secs >= 0 {
@@ -137,6 +134,14 @@ impl FlistFs {
         })
     }
 
+    fn listing(&self, fh: FileHandle) -> Option<Listing> {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
+    }
+
     fn handle(&self) -> u64 {
         self.next_handle.fetch_add(1, Ordering::Relaxed)
     }
@@ -157,8 +162,11 @@ fn file_type(kind: Kind) -> FileType {
 impl Filesystem for FlistFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Larger requests and parallel lookups; refusals leave the kernel defaults.
-        let _ = config
-            .add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_CACHE_SYMLINKS);
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_PARALLEL_DIROPS
+                | InitFlags::FUSE_CACHE_SYMLINKS
+                | InitFlags::FUSE_DO_READDIRPLUS,
+        );
         let _ = config.set_max_readahead(MAX_READ);
         Ok(())
     }
@@ -302,34 +310,46 @@ impl Filesystem for FlistFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let listing = self.meta(|m| {
+        let loaded = self.meta(|m| {
             let Some(dir) = m.inode(ino.0)? else {
                 return Ok(None);
             };
             if dir.kind()? != Kind::Dir {
                 return Ok(None);
             }
-            let children = m.children(dir.ino)?;
-            let mut entries = Vec::with_capacity(children.len() + 2);
-            entries.push((dir.ino, FileType::Directory, b".".to_vec()));
-            entries.push((dir.parent.max(ROOT), FileType::Directory, b"..".to_vec()));
-            for c in children {
-                entries.push((Self::visible_ino(&c), file_type(c.kind()?), c.name));
-            }
-            Ok(Some(entries))
+            let parent = match m.inode(dir.parent)? {
+                Some(p) => p,
+                None => dir.clone(),
+            };
+            Ok(Some((dir.clone(), parent, m.children(dir.ino)?)))
         });
-        match listing {
-            Ok(Some(entries)) => {
-                let fh = self.handle();
-                self.dirs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(fh, Arc::new(entries));
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        let (dir, parent, children) = match loaded {
+            Ok(Some(found)) => found,
+            Ok(None) => return reply.error(Errno::ENOTDIR),
+            Err(e) => return reply.error(e),
+        };
+        // Attributes are computed once here so readdirplus can hand them to the kernel with
+        // the names: a `find` or `ls -l` then needs no lookup per entry.
+        let mut entries = Vec::with_capacity(children.len() + 2);
+        for (node, name) in [(&dir, &b"."[..]), (&parent, &b".."[..])]
+            .into_iter()
+            .map(|(n, name)| (n.clone(), name.to_vec()))
+            .chain(children.into_iter().map(|c| {
+                let name = c.name.clone();
+                (c, name)
+            }))
+        {
+            match self.attr(&node) {
+                Ok(attr) => entries.push((attr, name)),
+                Err(e) => return reply.error(e),
             }
-            Ok(None) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(e),
         }
+        let fh = self.handle();
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, Arc::new(entries));
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn readdir(
@@ -340,17 +360,31 @@ impl Filesystem for FlistFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = self
-            .dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .cloned();
-        let Some(entries) = entries else {
+        let Some(entries) = self.listing(fh) else {
             return reply.error(Errno::EBADF);
         };
-        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), i as u64 + 1, *kind, OsStr::from_bytes(name)) {
+        for (i, (attr, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(attr.ino, i as u64 + 1, attr.kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(entries) = self.listing(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (attr, name)) in entries.iter().enumerate().skip(offset as usize) {
+            let name = OsStr::from_bytes(name);
+            if reply.add(attr.ino, i as u64 + 1, name, &TTL, attr, Generation(0)) {
                 break;
             }
         }
@@ -387,6 +421,13 @@ impl Filesystem for FlistFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.with_xattrs.is_empty() {
+            // ENOSYS makes the kernel stop asking for the rest of the mount's life.
+            return reply.error(Errno::ENOSYS);
+        }
+        if !self.with_xattrs.contains(&ino.0) {
+            return reply.error(Errno::NO_XATTR);
+        }
         match self.meta(|m| m.xattrs(ino.0)) {
             Ok(attrs) => match attrs.iter().find(|(n, _)| n.as_slice() == name.as_bytes()) {
                 Some((_, value)) => xattr_reply(reply, value, size),
@@ -397,6 +438,12 @@ impl Filesystem for FlistFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if self.with_xattrs.is_empty() {
+            return reply.error(Errno::ENOSYS);
+        }
+        if !self.with_xattrs.contains(&ino.0) {
+            return xattr_reply(reply, &[], size);
+        }
         match self.meta(|m| m.xattrs(ino.0)) {
             Ok(attrs) => {
                 let mut names = Vec::new();
