@@ -98,6 +98,9 @@ pub fn unpack(
         opts.workers
     };
     let root = staging.path().to_owned();
+    // A setgid parent would hand its group down to everything created inside; clear the bit
+    // so created files carry our own ids until their recorded owners are applied.
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).at(&root)?;
     let report = with_workers(
         workers,
         |seg: Segment| write_segment(&seg, &root, router, owners, progress),
@@ -106,6 +109,8 @@ pub fn unpack(
             let mut dirs: Vec<(PathBuf, Inode, Xattrs)> = Vec::new();
             let mut links: Vec<(PathBuf, Ino)> = Vec::new();
             let link_targets = flist.hardlink_counts()?;
+            // Most flists have few or no xattrs: ask the metadata only for inodes that have some.
+            let with_xattrs = flist.inodes_with_xattrs()?;
             let mut target_paths: HashMap<Ino, PathBuf> = HashMap::new();
             let mut in_flight = 0usize;
             let drain = |in_flight: &mut usize, wait: bool| -> Result<()> {
@@ -129,7 +134,11 @@ pub fn unpack(
             };
             flist.walk(|rel, inode| {
                 let path = root.join(rel);
-                let xattrs = flist.xattrs(inode.ino)?;
+                let xattrs = if with_xattrs.contains(&inode.ino) {
+                    flist.xattrs(inode.ino)?
+                } else {
+                    Vec::new()
+                };
                 report.entries += 1;
                 progress.entry();
                 if let Some(first) = inode.hardlink_of {
@@ -339,8 +348,19 @@ fn write_segment(
     Ok(())
 }
 
+/// Whether a file we created (so owned by our effective ids: the staging directory is made
+/// without setgid, so nothing inherits a group) needs a chown.
+fn needs_chown(inode: &Inode, owners: bool) -> bool {
+    owners
+        && (inode.uid, inode.gid)
+            != (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
+}
+
 fn apply_owner_mode(file: &File, inode: &Inode, owners: bool) -> std::io::Result<()> {
-    if owners {
+    if needs_chown(inode, owners) {
         std::os::unix::fs::fchown(file, Some(inode.uid), Some(inode.gid))?;
     }
     file.set_permissions(std::fs::Permissions::from_mode(inode.permissions()))
