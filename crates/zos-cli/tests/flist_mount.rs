@@ -163,31 +163,8 @@ fn reads_fetch_only_the_blocks_they_touch_once_each() {
 
     // Serve the store over HTTP with a request log, to count what the mount fetches.
     let log_path = tmp.path().join("http.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(&store)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let server = http_server_logging(&store, std::fs::File::create(&log_path).unwrap());
+    let port = server.port;
     let url = format!("http://127.0.0.1:{port}");
     let cache = tmp.path().join("cache");
     let m = Mount::new(
@@ -249,8 +226,6 @@ fn reads_fetch_only_the_blocks_they_touch_once_each() {
     );
     assert_eq!(fetched.len(), 9);
     drop(m);
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 #[test]

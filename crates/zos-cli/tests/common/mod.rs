@@ -128,6 +128,11 @@ pub fn redis() -> Server {
 
 /// Python's HTTP server serving `dir` read-only on a free loopback port.
 pub fn http_server(dir: &Path) -> Server {
+    http_server_logging(dir, Stdio::null())
+}
+
+/// The same, with its request log (one line per request) sent to `log`.
+pub fn http_server_logging(dir: &Path, log: impl Into<Stdio>) -> Server {
     let port = free_port();
     let child = Command::new("python3")
         .args([
@@ -140,7 +145,7 @@ pub fn http_server(dir: &Path) -> Server {
         ])
         .arg(dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("start python3 -m http.server");
     wait_until("http server", || {
