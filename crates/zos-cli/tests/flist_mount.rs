@@ -390,3 +390,53 @@ fn daemon_reports_mount_errors_before_returning() {
     assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("512M or 2G"));
 }
+
+#[test]
+fn sequential_reads_prefetch_the_next_blocks() {
+    if !fuse_ready() || !have("python3") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("seq"), noise(10 * 524_288, 31)).unwrap();
+    let store = tmp.path().join("store");
+    let fl = tmp.path().join("app.fl");
+    pack(&src, &fl, &format!("dir://{}", store.display()));
+    let log_path = tmp.path().join("http.log");
+    let server = http_server_logging(&store, std::fs::File::create(&log_path).unwrap());
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let cache = tmp.path().join("cache");
+    let m = Mount::new(
+        &fl,
+        &tmp.path().join("mnt"),
+        &["--cache", cache.to_str().unwrap(), "--store", &url],
+    );
+    // Read 4 KiB: the kernel asks for at most the first MiB, the mount fetches ahead.
+    use std::io::Read;
+    let mut head = [0u8; 4096];
+    std::fs::File::open(m.point.join("seq"))
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let fetched = loop {
+        let n = std::fs::read_to_string(&log_path)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"GET /"))
+            .count();
+        if n >= 5 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        fetched >= 5,
+        "only {fetched} blocks fetched after the first read"
+    );
+    assert!(
+        fetched < 10,
+        "a 4 KiB read should not pull the whole file ({fetched})"
+    );
+}

@@ -495,6 +495,21 @@ fn bench_prints_a_table_with_its_floor() {
     ] {
         assert!(out.contains(row), "missing {row:?} in:\n{out}");
     }
+    // The mount table may only be skipped where FUSE cannot be used at all.
+    let fuse = Path::new("/dev/fuse").exists() && have("fusermount3") && is_root();
+    if fuse || !out.contains("mount table skipped:") {
+        for row in [
+            "cold read",
+            "warm read",
+            "find + stat",
+            "ls -f",
+            "ls -l",
+            "lazy start",
+            "warm read / local throughput",
+        ] {
+            assert!(out.contains(row), "missing {row:?} in:\n{out}");
+        }
+    }
 }
 
 #[test]
