@@ -46,8 +46,9 @@ pub struct FlistFs {
     dirs: Mutex<HashMap<u64, Listing>>,
     next_handle: AtomicU64,
     prefetch: Sender<BlockRef>,
-    total_bytes: u64,
-    total_inodes: u64,
+    /// (content bytes, inodes) for statfs, counted on first use: counting walks every row,
+    /// which mount start-up should not wait for.
+    totals: std::sync::OnceLock<(u64, u64)>,
 }
 
 struct OpenFile {
@@ -60,7 +61,6 @@ struct OpenFile {
 impl FlistFs {
     /// Prepares to serve `flist`, reading content through `cache`.
     pub fn new(flist: Flist, cache: Arc<BlockCache>) -> Result<FlistFs> {
-        let stats = flist.stats()?;
         let nlinks = flist.hardlink_counts()?;
         let with_xattrs = flist.inodes_with_xattrs()?;
         let (tx, rx) = bounded::<BlockRef>(64);
@@ -82,12 +82,7 @@ impl FlistFs {
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             prefetch: tx,
-            total_bytes: stats.total_bytes,
-            total_inodes: stats.files
-                + stats.dirs
-                + stats.symlinks
-                + stats.specials
-                + stats.hardlinks,
+            totals: std::sync::OnceLock::new(),
         })
     }
 
@@ -165,7 +160,9 @@ impl Filesystem for FlistFs {
         let _ = config.add_capabilities(
             InitFlags::FUSE_PARALLEL_DIROPS
                 | InitFlags::FUSE_CACHE_SYMLINKS
-                | InitFlags::FUSE_DO_READDIRPLUS,
+                | InitFlags::FUSE_DO_READDIRPLUS
+                // Plain readdir for a bare `ls`, readdirplus once lookups follow a listing.
+                | InitFlags::FUSE_READDIRPLUS_AUTO,
         );
         let _ = config.set_max_readahead(MAX_READ);
         Ok(())
@@ -407,12 +404,22 @@ impl Filesystem for FlistFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let (bytes, inodes) = match self.totals.get() {
+            Some(t) => *t,
+            None => match self.meta(|m| m.stats()) {
+                Ok(s) => *self.totals.get_or_init(|| {
+                    let inodes = s.files + s.dirs + s.symlinks + s.specials + s.hardlinks;
+                    (s.total_bytes, inodes)
+                }),
+                Err(e) => return reply.error(e),
+            },
+        };
         let bsize = 4096u64;
         reply.statfs(
-            self.total_bytes.div_ceil(bsize),
+            bytes.div_ceil(bsize),
             0,
             0,
-            self.total_inodes,
+            inodes,
             0,
             bsize as u32,
             255,
