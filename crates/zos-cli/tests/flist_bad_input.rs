@@ -165,10 +165,7 @@ fn corrupt_and_missing_blocks_are_named_never_returned() {
     let id1 = blocks[1].id_hex();
     refused(&fl, &work, &format!("data/blob: block 1 ({id1})"));
     let err = fails(zos().args(["flist", "cat"]).arg(&fl).arg("/data/blob"));
-    assert!(
-        err.contains(&id1) && err.contains("corrupt block"),
-        "{err}"
-    );
+    assert!(err.contains(&id1) && err.contains("corrupt block"), "{err}");
 
     // Delete block 2 as well: verify lists both and fails.
     std::fs::remove_file(path_of(2)).unwrap();

@@ -265,7 +265,10 @@ fn round_trip_keeps_content_modes_owners_times_links_xattrs_and_specials() {
         std::fs::create_dir(&sgid).unwrap();
         std::os::unix::fs::chown(&sgid, None, Some(777)).unwrap();
         std::fs::set_permissions(&sgid, std::fs::Permissions::from_mode(0o2775)).unwrap();
-        ok(zos().args(["flist", "unpack"]).arg(&fl).arg(sgid.join("out")));
+        ok(zos()
+            .args(["flist", "unpack"])
+            .arg(&fl)
+            .arg(sgid.join("out")));
         assert_same_tree(&src, &sgid.join("out"));
     }
 }
