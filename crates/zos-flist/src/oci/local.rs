@@ -4,7 +4,9 @@
 //! place, so nothing is extracted and blobs stream straight from the archive.
 
 use super::digest::{read_limited, Digest, Verify};
-use super::spec::{self, Descriptor, LayerDesc, ManifestSource, Resolved, SMALL_BLOB_LIMIT};
+use super::spec::{
+    self, Descriptor, DescriptorExt, LayerDesc, ManifestSource, Resolved, SMALL_BLOB_LIMIT,
+};
 use super::Platform;
 use crate::error::{Error, IoContext, Result};
 use serde::Deserialize;
@@ -274,12 +276,6 @@ pub(crate) struct OciLayout {
     pub name: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct LayoutMarker {
-    image_layout_version: String,
-}
-
 impl OciLayout {
     fn blob(&self, digest: &Digest) -> Result<Box<dyn Read + '_>> {
         let path = format!("blobs/{}/{}", digest.algorithm(), digest.hex());
@@ -309,14 +305,14 @@ impl OciLayout {
     /// Finds the image (by name if one was given) and resolves it for `platform`.
     pub(crate) fn resolve(&mut self, platform: &Platform, explicit: bool) -> Result<Resolved> {
         let image = self.image.clone();
-        let marker: LayoutMarker =
+        let marker: oci_spec::image::OciLayout =
             serde_json::from_slice(&self.read_top("oci-layout")?).map_err(|e| {
                 Error::Invalid(format!("{image}: oci-layout is not a layout marker: {e}"))
             })?;
-        if !marker.image_layout_version.starts_with("1.") {
+        if !marker.image_layout_version().starts_with("1.") {
             return Err(Error::Invalid(format!(
                 "{image}: OCI layout version {} is not supported (only 1.x)",
-                marker.image_layout_version
+                marker.image_layout_version()
             )));
         }
         let index_bytes = self.read_top("index.json")?;
@@ -329,24 +325,23 @@ impl OciLayout {
             }
         };
         let names: Vec<String> = index
-            .manifests
+            .manifests()
             .iter()
-            .filter_map(|d| d.annotations.get(spec::REF_NAME).cloned())
+            .filter_map(|d| d.annotation(spec::REF_NAME).cloned())
             .collect();
         let chosen: Vec<&Descriptor> = match &self.name {
             Some(name) => index
-                .manifests
+                .manifests()
                 .iter()
                 .filter(|d| {
                     // `docker save` (25+) names images by tag in ref.name and in full in
                     // containerd's annotation; either is accepted.
-                    d.annotations.get(spec::REF_NAME) == Some(name)
-                        || d.annotations
-                            .get(spec::CONTAINERD_NAME)
+                    d.annotation(spec::REF_NAME) == Some(name)
+                        || d.annotation(spec::CONTAINERD_NAME)
                             .is_some_and(|full| same_tag(full, name))
                 })
                 .collect(),
-            None => index.manifests.iter().collect(),
+            None => index.manifests().iter().collect(),
         };
         let entry = match chosen.as_slice() {
             [] if self.name.is_some() => {
@@ -362,7 +357,7 @@ impl OciLayout {
                 )))
             }
             [one] => (*one).clone(),
-            several if several.iter().all(|d| d.platform.is_some()) => {
+            several if several.iter().all(|d| d.platform().is_some()) => {
                 let owned: Vec<Descriptor> = several.iter().map(|d| (*d).clone()).collect();
                 spec::pick_platform(&owned, platform, &image)?.clone()
             }
@@ -375,8 +370,8 @@ impl OciLayout {
                 )))
             }
         };
-        let digest = entry.digest(&image, "the index.json entry")?;
-        let bytes = self.read_blob(&digest, entry.size(), "manifest")?;
+        let digest = entry.checked_digest(&image, "the index.json entry")?;
+        let bytes = self.read_blob(&digest, Some(entry.size()), "manifest")?;
         spec::resolve(self, &image, bytes, digest, platform, explicit)
     }
 
@@ -394,11 +389,11 @@ impl OciLayout {
 
 impl ManifestSource for OciLayout {
     fn manifest(&mut self, descriptor: &Descriptor, digest: &Digest) -> Result<Vec<u8>> {
-        self.read_blob(digest, descriptor.size(), "manifest")
+        self.read_blob(digest, Some(descriptor.size()), "manifest")
     }
 
     fn small_blob(&mut self, descriptor: &Descriptor, digest: &Digest) -> Result<Vec<u8>> {
-        self.read_blob(digest, descriptor.size(), "config")
+        self.read_blob(digest, Some(descriptor.size()), "config")
     }
 }
 
@@ -541,7 +536,8 @@ impl DockerArchive {
             return Err(Error::Invalid(format!(
                 "{image}: this image is for {}/{}, not {platform}; leave out --platform to \
                  import it anyway",
-                config.os, config.architecture
+                config.os(),
+                config.architecture()
             )));
         }
         let diff_ids = spec::diff_ids(&config, entry.layers.len(), &image)?;

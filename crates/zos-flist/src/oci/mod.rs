@@ -63,23 +63,28 @@ pub struct ImageConfig {
 }
 
 impl ImageConfig {
-    fn from_config(config: &spec::ConfigFile) -> ImageConfig {
-        let run = config.config.as_ref();
-        let get =
-            |f: fn(&spec::RunConfig) -> Option<Vec<String>>| run.and_then(f).unwrap_or_default();
+    fn from_config(config: &spec::ImageConfiguration) -> ImageConfig {
+        let run = config.config().as_ref();
+        let get = |f: fn(&oci_spec::image::Config) -> &Option<Vec<String>>| {
+            run.and_then(|r| f(r).clone()).unwrap_or_default()
+        };
+        let mut exposed_ports = get(|r| r.exposed_ports());
+        exposed_ports.sort();
         ImageConfig {
-            entrypoint: get(|r| r.entrypoint.clone()),
-            cmd: get(|r| r.cmd.clone()),
-            env: get(|r| r.env.clone()),
-            working_dir: run.and_then(|r| r.working_dir.clone()).unwrap_or_default(),
-            user: run.and_then(|r| r.user.clone()).unwrap_or_default(),
-            exposed_ports: run
-                .and_then(|r| r.exposed_ports.as_ref())
-                .map(|p| p.keys().cloned().collect())
+            entrypoint: get(|r| r.entrypoint()),
+            cmd: get(|r| r.cmd()),
+            env: get(|r| r.env()),
+            working_dir: run
+                .and_then(|r| r.working_dir().clone())
                 .unwrap_or_default(),
-            labels: run.and_then(|r| r.labels.clone()).unwrap_or_default(),
-            os: config.os.clone(),
-            architecture: config.architecture.clone(),
+            user: run.and_then(|r| r.user().clone()).unwrap_or_default(),
+            exposed_ports,
+            labels: run
+                .and_then(|r| r.labels().as_ref())
+                .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+            os: config.os().to_string(),
+            architecture: config.architecture().to_string(),
         }
     }
 }
@@ -524,8 +529,8 @@ fn run(
 
     let platform = {
         let c = &resolved.config;
-        let mut p = format!("{}/{}", c.os, c.architecture);
-        if let Some(v) = c.variant.as_deref().filter(|v| !v.is_empty()) {
+        let mut p = format!("{}/{}", c.os(), c.architecture());
+        if let Some(v) = c.variant().as_deref().filter(|v| !v.is_empty()) {
             p = format!("{p}/{v}");
         }
         p

@@ -20,10 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const ACCEPT: &[&str] = &[
-    spec::OCI_INDEX,
-    spec::OCI_MANIFEST,
-    spec::DOCKER_LIST,
-    spec::DOCKER_MANIFEST,
+    oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
+    oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+    oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+    oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
 ];
 
 /// A registry image being imported.
@@ -287,7 +287,7 @@ impl ManifestSource for Registry {
         let reader = Verify::new(
             self.open_blob(digest, "image config")?,
             Some(digest.clone()),
-            descriptor.size(),
+            Some(descriptor.size()),
             false,
         );
         read_limited(reader, SMALL_BLOB_LIMIT)

@@ -1,87 +1,61 @@
 //! The parts of the OCI image spec (and Docker's v2 formats, its ancestors) an import reads:
 //! indexes, manifests, descriptors, the image config, and how an index entry is chosen for a
-//! platform. Everything here is parsed from untrusted input, so every field has a default and
-//! every problem becomes an error naming the image.
+//! platform. The documents themselves are `oci-spec`'s types (Docker's v2 formats are
+//! JSON-compatible with them for every field read here); this module classifies them, checks
+//! media types and picks platforms. Everything is parsed from untrusted input, so every
+//! problem becomes an error naming the image.
 
 use super::digest::Digest;
 use super::Platform;
 use crate::error::{Error, Result};
+pub(crate) use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
+use oci_spec::image::{MediaType, ToDockerV2S2};
 use serde::Deserialize;
-use std::collections::BTreeMap;
 
 /// Manifests and configs are small; anything larger is refused rather than loaded.
 pub(crate) const SMALL_BLOB_LIMIT: u64 = 16 << 20;
 
-/// Media types a registry is asked for, and that an import understands.
-pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub(crate) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-
 /// The annotation an OCI layout uses for the tag of an image in `index.json`.
-pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub(crate) use oci_spec::image::ANNOTATION_REF_NAME as REF_NAME;
 /// The annotation `docker save` and containerd add with the full image name.
 pub(crate) const CONTAINERD_NAME: &str = "io.containerd.image.name";
 
-/// A pointer to a blob: what it is, its digest and size, and for index entries the platform.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-pub(crate) struct Descriptor {
-    pub media_type: String,
-    pub digest: String,
-    pub size: Option<i64>,
-    pub platform: Option<PlatformSpec>,
-    pub annotations: BTreeMap<String, String>,
+/// Whether `media_type` is the OCI type `oci` or its Docker v2 schema 2 equivalent.
+fn is_type(media_type: &str, oci: &MediaType) -> bool {
+    media_type == oci.to_string() || oci.to_docker_v2s2().is_ok_and(|d| d == media_type)
 }
 
-/// The platform of an index entry, as the spec spells it.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(default)]
-pub(crate) struct PlatformSpec {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
-
-impl Descriptor {
+/// Reading a descriptor the way an import needs it.
+pub(crate) trait DescriptorExt {
     /// The digest, validated; `what` names the blob for the error.
-    pub(crate) fn digest(&self, image: &str, what: &str) -> Result<Digest> {
-        Digest::parse(&self.digest)
+    fn checked_digest(&self, image: &str, what: &str) -> Result<Digest>;
+    /// An annotation, if present.
+    fn annotation(&self, key: &str) -> Option<&String>;
+    /// `os/arch[/variant]`, for index entries with a platform.
+    fn platform_name(&self) -> Option<String>;
+}
+
+impl DescriptorExt for Descriptor {
+    fn checked_digest(&self, image: &str, what: &str) -> Result<Digest> {
+        Digest::parse(self.digest().as_ref())
             .map_err(|e| Error::Invalid(format!("{image}: {what} has a bad digest: {e}")))
     }
 
-    /// The declared size, if it is a sensible one.
-    pub(crate) fn size(&self) -> Option<u64> {
-        self.size.and_then(|s| u64::try_from(s).ok())
+    fn annotation(&self, key: &str) -> Option<&String> {
+        self.annotations().as_ref().and_then(|a| a.get(key))
     }
 
     fn platform_name(&self) -> Option<String> {
-        self.platform.as_ref().map(|p| {
-            let mut s = format!("{}/{}", p.os, normalize_arch(&p.architecture));
-            if let Some(v) = p.variant.as_deref().filter(|v| !v.is_empty()) {
+        self.platform().as_ref().map(|p| {
+            let arch = p.architecture().to_string();
+            let mut s = format!("{}/{}", p.os(), normalize_arch(&arch));
+            if let Some(v) = p.variant().as_deref().filter(|v| !v.is_empty()) {
                 s.push('/');
                 s.push_str(v);
             }
             s
         })
     }
-}
-
-/// An image index (OCI) or manifest list (Docker): one manifest per platform.
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-pub(crate) struct Index {
-    pub manifests: Vec<Descriptor>,
-}
-
-/// An image manifest: the config blob and the layers, bottom first.
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-pub(crate) struct Manifest {
-    pub config: Descriptor,
-    pub layers: Vec<Descriptor>,
 }
 
 /// Just enough of any manifest-like document to tell what it is.
@@ -97,8 +71,8 @@ struct Probe {
 
 /// A manifest-like document, classified.
 pub(crate) enum Document {
-    Index(Index),
-    Manifest(Manifest),
+    Index(Box<ImageIndex>),
+    Manifest(Box<ImageManifest>),
 }
 
 /// Classifies and parses a manifest or index. `what` says where it came from, for errors.
@@ -117,11 +91,9 @@ pub(crate) fn parse_document(bytes: &[u8], image: &str, what: &str) -> Result<Do
         )));
     }
     let media_type = probe.media_type.unwrap_or_default();
-    let is_index = media_type == OCI_INDEX
-        || media_type == DOCKER_LIST
+    let is_index = is_type(&media_type, &MediaType::ImageIndex)
         || (media_type.is_empty() && probe.manifests.is_some() && probe.layers.is_none());
-    let is_manifest = media_type == OCI_MANIFEST
-        || media_type == DOCKER_MANIFEST
+    let is_manifest = is_type(&media_type, &MediaType::ImageManifest)
         || (media_type.is_empty() && probe.layers.is_some());
     let bad = |e: serde_json::Error| {
         Error::Invalid(format!(
@@ -129,11 +101,13 @@ pub(crate) fn parse_document(bytes: &[u8], image: &str, what: &str) -> Result<Do
         ))
     };
     if is_index {
-        Ok(Document::Index(serde_json::from_slice(bytes).map_err(bad)?))
-    } else if is_manifest {
-        Ok(Document::Manifest(
+        Ok(Document::Index(Box::new(
             serde_json::from_slice(bytes).map_err(bad)?,
-        ))
+        )))
+    } else if is_manifest {
+        Ok(Document::Manifest(Box::new(
+            serde_json::from_slice(bytes).map_err(bad)?,
+        )))
     } else {
         Err(Error::Invalid(format!(
             "{image}: the {what} has media type {media_type:?}, which is not an image manifest \
@@ -151,47 +125,13 @@ pub(crate) fn snippet(bytes: &[u8]) -> String {
     text.trim().to_owned()
 }
 
-/// The image config blob: the runtime defaults and the uncompressed layer digests.
-#[derive(Debug, Deserialize, Default)]
-#[serde(default)]
-pub(crate) struct ConfigFile {
-    pub architecture: String,
-    pub os: String,
-    pub variant: Option<String>,
-    pub config: Option<RunConfig>,
-    pub rootfs: Option<RootFs>,
-}
-
-/// The `config` object of an image config (Docker's capitalised names).
-#[derive(Debug, Deserialize, Default)]
-#[serde(default)]
-pub(crate) struct RunConfig {
-    #[serde(rename = "Entrypoint")]
-    pub entrypoint: Option<Vec<String>>,
-    #[serde(rename = "Cmd")]
-    pub cmd: Option<Vec<String>>,
-    #[serde(rename = "Env")]
-    pub env: Option<Vec<String>>,
-    #[serde(rename = "WorkingDir")]
-    pub working_dir: Option<String>,
-    #[serde(rename = "User")]
-    pub user: Option<String>,
-    #[serde(rename = "ExposedPorts")]
-    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
-    #[serde(rename = "Labels")]
-    pub labels: Option<BTreeMap<String, String>>,
-}
-
-/// The layer list of an image config.
-#[derive(Debug, Deserialize, Default)]
-#[serde(default)]
-pub(crate) struct RootFs {
-    pub diff_ids: Vec<String>,
-}
-
 /// Parses an image config blob, checking its media type when the manifest gives one.
-pub(crate) fn parse_config(bytes: &[u8], media_type: &str, image: &str) -> Result<ConfigFile> {
-    if !media_type.is_empty() && media_type != OCI_CONFIG && media_type != DOCKER_CONFIG {
+pub(crate) fn parse_config(
+    bytes: &[u8],
+    media_type: &str,
+    image: &str,
+) -> Result<ImageConfiguration> {
+    if !media_type.is_empty() && !is_type(media_type, &MediaType::ImageConfig) {
         return Err(Error::Invalid(format!(
             "{image}: not a container image: its config has media type {media_type:?} (an OCI \
              artifact such as a Helm chart, a WebAssembly module or a signature?)"
@@ -231,11 +171,21 @@ fn variant_matches(want: &Platform, have: Option<&str>) -> bool {
     }
 }
 
+/// Whether an os, architecture and variant (of a config or an index entry) are `want`.
+fn platform_matches(os: &str, arch: &str, variant: Option<&str>, want: &Platform) -> bool {
+    os == want.os
+        && normalize_arch(arch) == normalize_arch(&want.architecture)
+        && variant_matches(want, variant)
+}
+
 /// Whether an image config (os, architecture, variant) is for `want`.
-pub(crate) fn config_matches(config: &ConfigFile, want: &Platform) -> bool {
-    config.os == want.os
-        && normalize_arch(&config.architecture) == normalize_arch(&want.architecture)
-        && variant_matches(want, config.variant.as_deref())
+pub(crate) fn config_matches(config: &ImageConfiguration, want: &Platform) -> bool {
+    platform_matches(
+        &config.os().to_string(),
+        &config.architecture().to_string(),
+        config.variant().as_deref(),
+        want,
+    )
 }
 
 /// Picks the entry of an index for `want`. Entries without a platform, or for the `unknown`
@@ -246,29 +196,35 @@ pub(crate) fn pick_platform<'a>(
     want: &Platform,
     image: &str,
 ) -> Result<&'a Descriptor> {
-    let arch = normalize_arch(&want.architecture);
     let candidates: Vec<&Descriptor> = manifests
         .iter()
         .filter(|d| {
-            d.platform.as_ref().is_some_and(|p| {
-                p.os == want.os
-                    && normalize_arch(&p.architecture) == arch
-                    && variant_matches(want, p.variant.as_deref())
+            d.platform().as_ref().is_some_and(|p| {
+                platform_matches(
+                    &p.os().to_string(),
+                    &p.architecture().to_string(),
+                    p.variant().as_deref(),
+                    want,
+                )
             })
         })
         .collect();
     let plain = candidates.iter().find(|d| {
-        d.platform
+        d.platform()
             .as_ref()
-            .is_some_and(|p| p.variant.as_deref().unwrap_or("").is_empty())
+            .is_some_and(|p| p.variant().as_deref().unwrap_or("").is_empty())
     });
     if let Some(d) = plain.or(candidates.first()) {
         return Ok(d);
     }
     let mut available: Vec<String> = manifests
         .iter()
-        .filter(|d| d.platform.as_ref().is_some_and(|p| p.os != "unknown"))
-        .filter_map(Descriptor::platform_name)
+        .filter(|d| {
+            d.platform()
+                .as_ref()
+                .is_some_and(|p| p.os().to_string() != "unknown")
+        })
+        .filter_map(DescriptorExt::platform_name)
         .collect();
     available.dedup();
     Err(Error::Invalid(if available.is_empty() {
@@ -318,7 +274,7 @@ pub(crate) struct Resolved {
     /// The image id: the digest of the config.
     pub config_digest: Digest,
     /// The parsed config.
-    pub config: ConfigFile,
+    pub config: ImageConfiguration,
     /// Layers, bottom first.
     pub layers: Vec<LayerDesc>,
 }
@@ -346,8 +302,8 @@ pub(crate) fn resolve(
         };
         match parse_document(&bytes, image, &what)? {
             Document::Index(index) => {
-                let entry = pick_platform(&index.manifests, platform, image)?;
-                let entry_digest = entry.digest(image, "an index entry")?;
+                let entry = pick_platform(index.manifests(), platform, image)?;
+                let entry_digest = entry.checked_digest(image, "an index entry")?;
                 index_digest = Some(digest);
                 bytes = source.manifest(entry, &entry_digest)?;
                 digest = entry_digest;
@@ -356,7 +312,7 @@ pub(crate) fn resolve(
                 return from_manifest(
                     source,
                     image,
-                    manifest,
+                    &manifest,
                     digest,
                     index_digest,
                     platform,
@@ -373,48 +329,50 @@ pub(crate) fn resolve(
 fn from_manifest(
     source: &mut dyn ManifestSource,
     image: &str,
-    manifest: Manifest,
+    manifest: &ImageManifest,
     digest: Digest,
     index_digest: Option<Digest>,
     platform: &Platform,
     explicit: bool,
 ) -> Result<Resolved> {
-    let config_digest = manifest.config.digest(image, "the config")?;
-    let bytes = source.small_blob(&manifest.config, &config_digest)?;
-    let config = parse_config(&bytes, &manifest.config.media_type, image)?;
+    let config_digest = manifest.config().checked_digest(image, "the config")?;
+    let bytes = source.small_blob(manifest.config(), &config_digest)?;
+    let media_type = manifest.config().media_type().to_string();
+    let config = parse_config(&bytes, &media_type, image)?;
     if explicit && !config_matches(&config, platform) {
         return Err(Error::Invalid(format!(
             "{image}: this image is for {}/{}{}, not {platform}; leave out --platform to import \
              it anyway",
-            config.os,
-            config.architecture,
+            config.os(),
+            config.architecture(),
             config
-                .variant
+                .variant()
                 .as_deref()
                 .map(|v| format!("/{v}"))
                 .unwrap_or_default()
         )));
     }
-    let diff_ids = diff_ids(&config, manifest.layers.len(), image)?;
+    let diff_ids = diff_ids(&config, manifest.layers().len(), image)?;
     let layers = manifest
-        .layers
+        .layers()
         .iter()
         .zip(diff_ids)
         .enumerate()
         .map(|(i, (d, diff_id))| {
-            if !d.media_type.is_empty() && !d.media_type.contains("tar") {
+            let media_type = d.media_type().to_string();
+            if !media_type.is_empty() && !media_type.contains("tar") {
                 return Err(Error::Invalid(format!(
                     "{image}: layer {} has media type {:?}, which is not a filesystem layer; \
                      this is not a container image",
                     i + 1,
-                    d.media_type
+                    media_type
                 )));
             }
             Ok(LayerDesc {
-                digest: Some(d.digest(image, &format!("layer {}", i + 1))?),
+                digest: Some(d.checked_digest(image, &format!("layer {}", i + 1))?),
                 diff_id: Some(diff_id),
-                size: d.size(),
-                media_type: d.media_type.clone(),
+                size: Some(d.size()),
+                media_type,
                 path: None,
             })
         })
@@ -429,12 +387,12 @@ fn from_manifest(
 }
 
 /// The config's `rootfs.diff_ids`, which must list exactly one digest per layer.
-pub(crate) fn diff_ids(config: &ConfigFile, layers: usize, image: &str) -> Result<Vec<Digest>> {
-    let ids = config
-        .rootfs
-        .as_ref()
-        .map(|r| r.diff_ids.as_slice())
-        .unwrap_or_default();
+pub(crate) fn diff_ids(
+    config: &ImageConfiguration,
+    layers: usize,
+    image: &str,
+) -> Result<Vec<Digest>> {
+    let ids = config.rootfs().diff_ids();
     if ids.len() != layers {
         return Err(Error::Invalid(format!(
             "{image}: the image config lists {} layer digests (rootfs.diff_ids) but the manifest \
@@ -456,18 +414,28 @@ pub(crate) fn diff_ids(config: &ConfigFile, layers: usize, image: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oci_spec::image::{Os, Platform as OciPlatform};
 
-    fn entry(os: &str, arch: &str, variant: Option<&str>, digest: &str) -> Descriptor {
-        Descriptor {
-            media_type: OCI_MANIFEST.into(),
-            digest: digest.into(),
-            platform: Some(PlatformSpec {
-                os: os.into(),
-                architecture: arch.into(),
-                variant: variant.map(str::to_owned),
-            }),
-            ..Descriptor::default()
-        }
+    /// A fake but well-formed digest standing for `name`.
+    fn fake_digest(name: &str) -> String {
+        let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex:0<64}")
+    }
+
+    fn entry(os: &str, arch: &str, variant: Option<&str>, name: &str) -> Descriptor {
+        let mut platform = OciPlatform::default();
+        platform.set_os(Os::from(os));
+        platform.set_architecture(arch.into());
+        platform.set_variant(variant.map(str::to_owned));
+        let mut d = Descriptor::new(
+            MediaType::ImageManifest,
+            0,
+            fake_digest(name)
+                .parse::<oci_spec::image::Digest>()
+                .unwrap(),
+        );
+        d.set_platform(Some(platform));
+        d
     }
 
     #[test]
@@ -478,13 +446,14 @@ mod tests {
             entry("linux", "arm64", Some("v8"), "arm64"),
             entry("linux", "amd64", None, "amd64"),
         ];
-        let pick =
-            |p: &str| pick_platform(&list, &p.parse().unwrap(), "img").map(|d| d.digest.clone());
-        assert_eq!(pick("linux/amd64").unwrap(), "amd64");
-        assert_eq!(pick("linux/x86_64").unwrap(), "amd64");
-        assert_eq!(pick("linux/arm64").unwrap(), "arm64");
-        assert_eq!(pick("linux/arm64/v8").unwrap(), "arm64");
-        assert_eq!(pick("linux/arm/v7").unwrap(), "armv7");
+        let pick = |p: &str| {
+            pick_platform(&list, &p.parse().unwrap(), "img").map(|d| d.digest().to_string())
+        };
+        assert_eq!(pick("linux/amd64").unwrap(), fake_digest("amd64"));
+        assert_eq!(pick("linux/x86_64").unwrap(), fake_digest("amd64"));
+        assert_eq!(pick("linux/arm64").unwrap(), fake_digest("arm64"));
+        assert_eq!(pick("linux/arm64/v8").unwrap(), fake_digest("arm64"));
+        assert_eq!(pick("linux/arm/v7").unwrap(), fake_digest("armv7"));
         let err = pick("linux/s390x").unwrap_err().to_string();
         assert!(
             err.contains("linux/arm/v7, linux/arm64/v8, linux/amd64"),
@@ -500,10 +469,19 @@ mod tests {
             parse_document(index, "i", "m"),
             Ok(Document::Index(_))
         ));
-        let manifest = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"{}","digest":"{}","size":2}},"layers":[]}}"#,
+            MediaType::ImageConfig,
+            fake_digest("config")
+        );
         assert!(matches!(
-            parse_document(manifest, "i", "m"),
+            parse_document(manifest.as_bytes(), "i", "m"),
             Ok(Document::Manifest(_))
+        ));
+        let docker = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#;
+        assert!(matches!(
+            parse_document(docker, "i", "m"),
+            Ok(Document::Index(_))
         ));
         let html = b"<html><body>hello</body></html>";
         let err = parse_document(html, "img", "manifest")
@@ -517,5 +495,18 @@ mod tests {
             .unwrap()
             .to_string()
             .contains("schema 1"));
+    }
+
+    #[test]
+    fn docker_config_media_type_is_accepted() {
+        let config = br#"{"architecture":"amd64","os":"linux","config":{"Cmd":["sh"],"ExposedPorts":{"80/tcp":{}}},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let c = parse_config(
+            config,
+            "application/vnd.docker.container.image.v1+json",
+            "i",
+        )
+        .unwrap();
+        assert!(config_matches(&c, &"linux/x86_64".parse().unwrap()));
+        assert!(parse_config(config, "application/vnd.wasm.config.v1+json", "i").is_err());
     }
 }
