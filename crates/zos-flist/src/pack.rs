@@ -6,7 +6,7 @@
 //! written under a temporary name next to the output and renamed into place only when every
 //! block is stored, so a failed pack leaves no `.fl` behind.
 
-use crate::block::{self, BlockRef, BLOCK_SIZE};
+use crate::block::{self, BlockRef, Hash, BLOCK_SIZE};
 use crate::error::{Error, IoContext, Result};
 use crate::meta::{FlistWriter, Ino, Inode, Route};
 use crate::pool::{default_workers, with_workers};
@@ -146,9 +146,10 @@ pub fn pack(
     } else {
         opts.workers
     };
+    let recent = RecentBlocks::default();
     let report = with_workers(
         workers,
-        |seg: Segment| process_segment(&seg, &router, progress),
+        |seg: Segment| process_segment(&seg, &router, &recent, progress),
         |pool| {
             let mut walker = Walker {
                 writer: &writer,
@@ -337,7 +338,46 @@ impl Walker<'_> {
 }
 
 /// Reads, encodes and stores the blocks of one segment of a file.
-fn process_segment(seg: &Segment, router: &Router, progress: &dyn Progress) -> Result<Outcome> {
+/// Block ids this pack has already sent or is sending, so two workers meeting the same content
+/// at the same moment send it once. Bounded: older ids are forgotten, and the stores' own
+/// `exists` check catches repeats that far apart.
+#[derive(Default)]
+struct RecentBlocks {
+    inner: Mutex<Recent>,
+}
+
+/// The ids, and the order they came in (to forget the oldest).
+#[derive(Default)]
+struct Recent {
+    set: HashSet<Hash>,
+    order: std::collections::VecDeque<Hash>,
+}
+
+impl RecentBlocks {
+    const CAPACITY: usize = 65_536;
+
+    /// Records `id`; false if it was already recorded.
+    fn first_time(&self, id: &Hash) -> bool {
+        let mut recent = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if !recent.set.insert(*id) {
+            return false;
+        }
+        recent.order.push_back(*id);
+        if recent.order.len() > Self::CAPACITY {
+            if let Some(old) = recent.order.pop_front() {
+                recent.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+fn process_segment(
+    seg: &Segment,
+    router: &Router,
+    recent: &RecentBlocks,
+    progress: &dyn Progress,
+) -> Result<Outcome> {
     let file = &seg.file;
     let seg_start = seg.index as u64 * SEGMENT_BLOCKS * BLOCK_SIZE as u64;
     let seg_end = (seg_start + SEGMENT_BLOCKS * BLOCK_SIZE as u64).min(file.size);
@@ -358,12 +398,16 @@ fn process_segment(seg: &Segment, router: &Router, progress: &dyn Progress) -> R
                 },
             })?;
         let (block, stored) = block::encode(&buf[..len]);
-        let copies = router.put(&block.id, &stored).map_err(|e| Error::Block {
-            file: file.path.display().to_string(),
-            index: (offset / BLOCK_SIZE as u64) as usize,
-            id: block.id_hex(),
-            reason: e.to_string(),
-        })?;
+        let copies = if !recent.first_time(&block.id) {
+            0
+        } else {
+            router.put(&block.id, &stored).map_err(|e| Error::Block {
+                file: file.path.display().to_string(),
+                index: (offset / BLOCK_SIZE as u64) as usize,
+                id: block.id_hex(),
+                reason: e.to_string(),
+            })?
+        };
         if copies == 0 {
             present += 1;
         }
