@@ -22,17 +22,8 @@ pub enum FlistCommand {
     Pack {
         /// Directory to pack (its contents become the flist's root)
         dir: PathBuf,
-        /// Where to write the .fl file (written atomically: only appears when complete)
-        #[arg(short, long)]
-        output: PathBuf,
-        #[arg(long = "store", required = true, help = STORE_HELP)]
-        stores: Vec<String>,
-        /// Set a tag on the new flist, repeatable: --tag version=1.0
-        #[arg(long = "tag", value_name = "KEY=VALUE")]
-        tags: Vec<String>,
-        /// Keep store passwords in the routes saved inside the flist (stripped by default)
-        #[arg(long)]
-        keep_passwords: bool,
+        #[command(flatten)]
+        new: NewFlist,
         #[command(flatten)]
         common: Common,
     },
@@ -159,29 +150,55 @@ pub struct StoreOverride {
     stores: Vec<String>,
 }
 
+/// Where a new flist goes and which stores receive its blocks (pack and import).
+#[derive(Args)]
+pub struct NewFlist {
+    /// Where to write the .fl file (written atomically: only appears when complete)
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[arg(long = "store", value_name = "URL", required = true, help = STORE_HELP)]
+    stores: Vec<String>,
+    /// Set a tag on the new flist, repeatable: --tag version=1.0
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    tags: Vec<String>,
+    /// Keep store passwords in the routes saved inside the flist (stripped by default)
+    #[arg(long)]
+    keep_passwords: bool,
+}
+
+impl NewFlist {
+    /// The library's pack options for these arguments.
+    pub fn pack_options(&self, workers: usize) -> Result<zos_flist::PackOptions> {
+        Ok(zos_flist::PackOptions {
+            stores: parse_specs(&self.stores)?,
+            keep_passwords: self.keep_passwords,
+            tags: self
+                .tags
+                .iter()
+                .map(|t| parse_pair(t))
+                .collect::<Result<_>>()?,
+            workers,
+        })
+    }
+}
+
+/// Options every long-running flist command takes.
 #[derive(Args)]
 pub struct Common {
     /// Worker threads (default: twice the number of cores)
     #[arg(long, default_value_t = 0, hide_default_value = true)]
-    workers: usize,
-    /// No progress bar
+    pub workers: usize,
+    /// No progress output
     #[arg(short, long)]
-    quiet: bool,
+    pub quiet: bool,
     /// Print the result as JSON
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 pub fn run(cmd: FlistCommand) -> Result<ExitCode> {
     match cmd {
-        FlistCommand::Pack {
-            dir,
-            output,
-            stores,
-            tags,
-            keep_passwords,
-            common,
-        } => pack(&dir, &output, &stores, &tags, keep_passwords, &common),
+        FlistCommand::Pack { dir, new, common } => pack(&dir, &new, &common),
         FlistCommand::Unpack {
             flist,
             target,
@@ -215,7 +232,7 @@ fn parse_specs(urls: &[String]) -> Result<Vec<StoreSpec>> {
         .collect()
 }
 
-fn parse_pair(s: &str) -> Result<(String, String)> {
+pub fn parse_pair(s: &str) -> Result<(String, String)> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => bail!("{s:?}: expected KEY=VALUE"),
@@ -244,20 +261,9 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-fn pack(
-    dir: &Path,
-    output: &Path,
-    stores: &[String],
-    tags: &[String],
-    keep_passwords: bool,
-    common: &Common,
-) -> Result<ExitCode> {
-    let opts = zos_flist::PackOptions {
-        stores: parse_specs(stores)?,
-        keep_passwords,
-        tags: tags.iter().map(|t| parse_pair(t)).collect::<Result<_>>()?,
-        workers: common.workers,
-    };
+fn pack(dir: &Path, new: &NewFlist, common: &Common) -> Result<ExitCode> {
+    let output = &new.output;
+    let opts = new.pack_options(common.workers)?;
     // Totals only feed the bar, so skip the extra walk when nobody sees it.
     let total = if Bar::visible(common.quiet) {
         tree_bytes(dir)
@@ -272,20 +278,25 @@ fn pack(
     if common.json {
         print_json(&report)?;
     } else {
-        println!(
-            "packed {} entries, {} files, {} in {:.1}s into {}",
-            report.entries,
-            report.files,
-            human(report.bytes),
-            started.elapsed().as_secs_f64(),
-            output.display()
-        );
-        println!(
-            "blocks: {} total, {} sent to stores, {} already present",
-            report.blocks, report.blocks_sent, report.blocks_present
-        );
+        print_pack_report(&report, started.elapsed(), output);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The human summary of a pack (also the end of an import).
+pub fn print_pack_report(report: &zos_flist::PackReport, took: std::time::Duration, output: &Path) {
+    println!(
+        "packed {} entries, {} files, {} in {:.1}s into {}",
+        report.entries,
+        report.files,
+        human(report.bytes),
+        took.as_secs_f64(),
+        output.display()
+    );
+    println!(
+        "blocks: {} total, {} sent to stores, {} already present",
+        report.blocks, report.blocks_sent, report.blocks_present
+    );
 }
 
 fn tree_bytes(dir: &Path) -> u64 {

@@ -1,15 +1,15 @@
 //! `zos flist import`: Docker / OCI images to flists. Parses arguments, shows progress and
 //! prints the result; the work is `zos_flist::oci::import`.
 
+use crate::flist::{Common, NewFlist};
 use crate::progress::{human, Bar};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use zos_flist::oci::{ImportOptions, ImportProgress, Platform};
-use zos_flist::{PackOptions, Progress, StoreSpec};
+use zos_flist::Progress;
 
 const AFTER_HELP: &str = "\
 IMAGE is one of:
@@ -45,35 +45,17 @@ pub struct ImportArgs {
     /// The image: a docker save tarball, an OCI layout (directory or tarball), or
     /// docker://HOST/NAME:TAG
     image: String,
-    /// Where to write the .fl file (written atomically: only appears when complete)
-    #[arg(short, long)]
-    output: PathBuf,
-    /// Store URL to push blocks to, repeatable, as for `zos flist pack` (see its --help):
-    /// dir:///path, zdb://host[:port]/ns, redis://host[:port]/db, with an optional 00-7f= range
-    #[arg(long = "store", value_name = "URL", required = true)]
-    stores: Vec<String>,
+    #[command(flatten)]
+    new: NewFlist,
     /// Platform to pick from a multi-platform image: os/arch[/variant]
     /// [default: linux/amd64]
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     platform: Option<String>,
-    /// Set a tag on the new flist, repeatable: --tag version=1.0
-    #[arg(long = "tag", value_name = "KEY=VALUE")]
-    tags: Vec<String>,
-    /// Keep store passwords in the routes saved inside the flist (stripped by default)
-    #[arg(long)]
-    keep_passwords: bool,
     /// Talk plain HTTP to the registry (always done for localhost / 127.0.0.0/8 / ::1)
     #[arg(long)]
     insecure: bool,
-    /// Worker threads for packing (default: twice the number of cores)
-    #[arg(long, default_value_t = 0, hide_default_value = true)]
-    workers: usize,
-    /// No progress: neither bars nor per-layer lines
-    #[arg(short, long)]
-    quiet: bool,
-    /// Print the result as JSON
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    common: Common,
 }
 
 /// Per-layer lines on stderr, and a bar per phase when stderr is a terminal.
@@ -133,20 +115,8 @@ impl ImportProgress for ImportBar {
     }
 }
 
-fn parse_pair(s: &str) -> Result<(String, String)> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => bail!("{s:?}: expected KEY=VALUE"),
-    }
-}
-
 /// Runs `zos flist import`.
 pub fn import(args: ImportArgs) -> Result<ExitCode> {
-    let stores = args
-        .stores
-        .iter()
-        .map(|u| StoreSpec::parse(u).map_err(anyhow::Error::from))
-        .collect::<Result<_>>()?;
     let platform = args
         .platform
         .as_deref()
@@ -161,35 +131,26 @@ pub fn import(args: ImportArgs) -> Result<ExitCode> {
         signal_hook::flag::register(sig, cancel.clone()).context("installing signal handlers")?;
     }
     let opts = ImportOptions {
-        pack: PackOptions {
-            stores,
-            keep_passwords: args.keep_passwords,
-            tags: args
-                .tags
-                .iter()
-                .map(|t| parse_pair(t))
-                .collect::<Result<_>>()?,
-            workers: args.workers,
-        },
+        pack: args.new.pack_options(args.common.workers)?,
         platform,
         insecure: args.insecure,
         cancel: Some(cancel),
     };
     let progress = ImportBar {
-        quiet: args.quiet,
+        quiet: args.common.quiet,
         bar: Mutex::new(Bar::new("resolving", 0, true)),
     };
     let started = std::time::Instant::now();
-    let result = zos_flist::oci::import(&args.image, &args.output, &opts, &progress);
+    let result = zos_flist::oci::import(&args.image, &args.new.output, &opts, &progress);
     progress.finish();
     let report = result.with_context(|| {
         format!(
             "importing {} into {} (nothing was written)",
             args.image,
-            args.output.display()
+            args.new.output.display()
         )
     })?;
-    if args.json {
+    if args.common.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -207,19 +168,7 @@ pub fn import(args: ImportArgs) -> Result<ExitCode> {
             String::new()
         }
     );
-    let pack = &report.pack;
-    println!(
-        "packed {} entries, {} files, {} in {:.1}s into {}",
-        pack.entries,
-        pack.files,
-        human(pack.bytes),
-        started.elapsed().as_secs_f64(),
-        args.output.display()
-    );
-    println!(
-        "blocks: {} total, {} sent to stores, {} already present",
-        pack.blocks, pack.blocks_sent, pack.blocks_present
-    );
+    crate::flist::print_pack_report(&report.pack, started.elapsed(), &args.new.output);
     if report.devices_skipped > 0 {
         println!(
             "skipped {} device node(s): creating them needs root",
