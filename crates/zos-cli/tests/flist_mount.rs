@@ -37,6 +37,17 @@ impl Drop for Mount {
     }
 }
 
+/// The paths requested from Python's HTTP server, in order, from its request log.
+fn fetched_paths(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split("\"GET /").nth(1))
+        .filter_map(|rest| rest.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}
+
 fn fuse_ready() -> bool {
     have("fusermount3") && is_root()
 }
@@ -172,22 +183,7 @@ fn reads_fetch_only_the_blocks_they_touch_once_each() {
         &tmp.path().join("mnt"),
         &["--cache", cache.to_str().unwrap(), "--store", &url],
     );
-    let gets = || {
-        std::fs::read_to_string(&log_path)
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains("\"GET /"))
-            .map(|l| {
-                l.split("GET /")
-                    .nth(1)
-                    .unwrap()
-                    .split(' ')
-                    .next()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect::<Vec<_>>()
-    };
+    let gets = || fetched_paths(&log_path);
 
     assert_eq!(
         std::fs::read(m.point.join("small")).unwrap(),
@@ -421,11 +417,7 @@ fn sequential_reads_prefetch_the_next_blocks() {
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let fetched = loop {
-        let n = std::fs::read_to_string(&log_path)
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains("\"GET /"))
-            .count();
+        let n = fetched_paths(&log_path).len();
         if n >= 5 || std::time::Instant::now() > deadline {
             break n;
         }
