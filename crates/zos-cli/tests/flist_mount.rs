@@ -432,3 +432,56 @@ fn sequential_reads_prefetch_the_next_blocks() {
         "a 4 KiB read should not pull the whole file ({fetched})"
     );
 }
+
+#[test]
+fn a_crafted_flist_gets_eio_not_a_dead_mount() {
+    if !fuse_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let fl = tmp.path().join("crafted.fl");
+    let w = zos_flist::FlistWriter::create(&fl).unwrap();
+    let store = format!("dir://{}", tmp.path().join("store").display());
+    w.add_route(&zos_flist::Route {
+        start: 0,
+        end: 255,
+        url: store,
+    })
+    .unwrap();
+    let node = |parent, name: &[u8], mode, size, mtime| zos_flist::Inode {
+        parent,
+        name: name.to_vec(),
+        mode,
+        size,
+        mtime,
+        mtime_nsec: 999_999_999,
+        ..Default::default()
+    };
+    w.add_inode(&node(0, b"/", libc::S_IFDIR | 0o755, 0, 0))
+        .unwrap();
+    // A file whose size promises blocks the flist does not list.
+    w.add_inode(&node(1, b"hollow", libc::S_IFREG | 0o644, 600_000, 0))
+        .unwrap();
+    // Times at the edge of what the kernel can represent.
+    w.add_inode(&node(1, b"far-future", libc::S_IFREG | 0o644, 0, i64::MAX))
+        .unwrap();
+    w.add_inode(&node(1, b"far-past", libc::S_IFREG | 0o644, 0, i64::MIN))
+        .unwrap();
+    w.finish().unwrap();
+
+    let m = Mount::new(
+        &fl,
+        &tmp.path().join("mnt"),
+        &["--cache", tmp.path().join("c").to_str().unwrap()],
+    );
+    let err = std::fs::read(m.point.join("hollow")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    for name in ["far-future", "far-past"] {
+        std::fs::metadata(m.point.join(name)).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_dir(&m.point).unwrap().count(),
+        3,
+        "mount still serving"
+    );
+}

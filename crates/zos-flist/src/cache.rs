@@ -132,18 +132,19 @@ impl BlockCache {
             }
         };
         if leader {
-            let result = self.load(block);
-            if let Ok(data) = &result {
+            // The guard publishes a result and clears the slot even if loading panics, so
+            // waiters are never left blocked on a fetch that will not finish.
+            let mut guard = Publish {
+                cache: self,
+                id: block.id,
+                slot: &slot,
+                result: Err("fetch abandoned".into()),
+            };
+            guard.result = self.load(block);
+            if let Ok(data) = &guard.result {
                 self.remember(block.id, data.clone());
             }
-            let (lock, cond) = &*slot;
-            *lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(result.clone());
-            cond.notify_all();
-            self.in_flight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&block.id);
-            return result;
+            return guard.result.clone();
         }
         let (lock, cond) = &*slot;
         let mut done = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -176,7 +177,7 @@ impl BlockCache {
         let path = self.path(&block.id);
         if let Ok(plain) = std::fs::read(&path) {
             if block::hash(&plain) == block.key {
-                self.touch(&block.id);
+                self.touch(&block.id, plain.len() as u64);
                 return Ok(Arc::new(plain));
             }
             // Damaged cache file: forget it and fetch the block again.
@@ -232,12 +233,18 @@ impl BlockCache {
         Ok(())
     }
 
-    fn touch(&self, id: &Hash) {
+    /// Marks a disk hit as recently used; a block another process cached is adopted into
+    /// this index so it counts against the limit and can be evicted.
+    fn touch(&self, id: &Hash, size: u64) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.tick += 1;
         let tick = state.tick;
-        if let Some(entry) = state.entries.get_mut(id) {
-            entry.0 = tick;
+        match state.entries.get_mut(id) {
+            Some(entry) => entry.0 = tick,
+            None => {
+                state.entries.insert(*id, (tick, size));
+                state.used += size;
+            }
         }
     }
 
@@ -251,32 +258,48 @@ impl BlockCache {
     /// Removes least recently used blocks until `incoming` more bytes fit under the limit,
     /// down to 90% of it so that a full cache does not sort its index on every insert.
     fn evict(&self, incoming: u64) {
-        let victims: Vec<Hash> = {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if state.used + incoming <= self.limit {
-                return;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.used + incoming <= self.limit {
+            return;
+        }
+        let mut by_age: Vec<(u64, Hash, u64)> = state
+            .entries
+            .iter()
+            .map(|(id, (tick, size))| (*tick, *id, *size))
+            .collect();
+        by_age.sort_unstable();
+        let goal = self.limit - self.limit / 10;
+        for (_, id, size) in by_age {
+            if state.used + incoming <= goal {
+                break;
             }
-            let mut by_age: Vec<(u64, Hash, u64)> = state
-                .entries
-                .iter()
-                .map(|(id, (tick, size))| (*tick, *id, *size))
-                .collect();
-            by_age.sort_unstable();
-            let goal = self.limit - self.limit / 10;
-            let mut victims = Vec::new();
-            for (_, id, size) in by_age {
-                if state.used + incoming <= goal {
-                    break;
-                }
-                state.entries.remove(&id);
-                state.used -= size;
-                victims.push(id);
-            }
-            victims
-        };
-        for id in victims {
+            state.entries.remove(&id);
+            state.used -= size;
+            // Unlinked under the lock, so a concurrent store of the same id cannot have its
+            // fresh file removed behind the index's back.
             let _ = std::fs::remove_file(self.path(&id));
         }
+    }
+}
+
+/// Hands the leader's result to the waiters of one in-flight fetch when dropped.
+struct Publish<'a> {
+    cache: &'a BlockCache,
+    id: Hash,
+    slot: &'a Slot,
+    result: Result<Shared, String>,
+}
+
+impl Drop for Publish<'_> {
+    fn drop(&mut self) {
+        let (lock, cond) = &**self.slot;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.result.clone());
+        cond.notify_all();
+        self.cache
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
     }
 }
 

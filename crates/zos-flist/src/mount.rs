@@ -102,12 +102,16 @@ impl FlistFs {
     fn attr(&self, inode: &Inode) -> std::result::Result<FileAttr, Errno> {
         let kind = file_type(inode.kind().map_err(|_| Errno::EIO)?);
         let ino = Self::visible_ino(inode);
+        // Times come from the flist, so out-of-range values must clamp, not overflow.
         let time = |secs: i64, nsec: u32| {
-            if secs >= 0 {
-                UNIX_EPOCH + Duration::new(secs as u64, nsec)
+            let whole = if secs >= 0 {
+                UNIX_EPOCH.checked_add(Duration::from_secs(secs as u64))
             } else {
-                UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-            }
+                UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))
+            };
+            whole
+                .and_then(|t| t.checked_add(Duration::from_nanos(u64::from(nsec.min(999_999_999)))))
+                .unwrap_or(UNIX_EPOCH)
         };
         let mtime = time(inode.mtime, inode.mtime_nsec);
         Ok(FileAttr {
@@ -213,6 +217,19 @@ impl Filesystem for FlistFs {
             })
         });
         match loaded {
+            // Every block but the last is full, so the count follows from the size; a flist
+            // that says otherwise would make reads index past its block list.
+            Ok(Some((blocks, size)))
+                if blocks.len() as u64 != size.div_ceil(crate::block::BLOCK_SIZE as u64) =>
+            {
+                tracing::error!(
+                    "inode {}: size {size} needs {} blocks, the flist lists {}",
+                    ino.0,
+                    size.div_ceil(crate::block::BLOCK_SIZE as u64),
+                    blocks.len()
+                );
+                reply.error(Errno::EIO)
+            }
             Ok(Some((blocks, size))) => {
                 let fh = self.handle();
                 let file = OpenFile {
@@ -260,14 +277,23 @@ impl Filesystem for FlistFs {
         // Sequential: this read starts in the block after (or the same as) the last one.
         let previous = file.last_block.swap(last, Ordering::Relaxed);
         if previous == u64::MAX || first == previous || first == previous + 1 {
-            for ahead in last + 1..=(last + PREFETCH_BLOCKS).min(file.blocks.len() as u64 - 1) {
-                let _ = self.prefetch.try_send(file.blocks[ahead as usize]);
+            for ahead in last + 1..=last + PREFETCH_BLOCKS {
+                if let Some(block) = file.blocks.get(ahead as usize) {
+                    let _ = self.prefetch.try_send(*block);
+                }
             }
         }
         let mut out = Vec::with_capacity((end - offset) as usize);
         for index in first..=last {
-            let block = &file.blocks[index as usize];
+            let Some(block) = file.blocks.get(index as usize) else {
+                return reply.error(Errno::EIO);
+            };
             match self.cache.get(block) {
+                // A block shorter than its place in the file would shift every later byte.
+                Ok(data) if data.len() as u64 != bs.min(file.size - index * bs) => {
+                    tracing::error!("block {index} ({}) has the wrong length", block.id_hex());
+                    return reply.error(Errno::EIO);
+                }
                 Ok(data) => {
                     let start = if index == first {
                         (offset - index * bs) as usize
@@ -275,9 +301,6 @@ impl Filesystem for FlistFs {
                         0
                     };
                     let stop = ((end - index * bs) as usize).min(data.len());
-                    if start > stop {
-                        return reply.error(Errno::EIO);
-                    }
                     out.extend_from_slice(&data[start..stop]);
                 }
                 Err(e) => {
