@@ -276,6 +276,9 @@ impl Tree {
                     _ => (SFlag::S_IFIFO, false),
                 };
                 if device && !self.owners {
+                    // The image replaces whatever lower layers had here, even if we cannot
+                    // create the node itself.
+                    self.remove(&rel)?;
                     self.skipped.devices += 1;
                     tracing::warn!("{shown}: device node not created (needs root)");
                     return Ok(());
@@ -291,6 +294,7 @@ impl Tree {
             }
             tar::EntryType::XGlobalHeader => return Ok(()),
             other => {
+                self.remove(&rel)?;
                 tracing::warn!("{shown}: tar entry type {other:?} is not a file; skipped");
                 return Ok(());
             }
