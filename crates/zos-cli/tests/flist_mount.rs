@@ -37,6 +37,25 @@ impl Drop for Mount {
     }
 }
 
+/// The block files and the whole-file copies in a cache directory.
+fn cache_files(cache: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut blocks = Vec::new();
+    let mut whole = Vec::new();
+    for sub in std::fs::read_dir(cache).unwrap() {
+        let sub = sub.unwrap();
+        let list = if sub.file_name() == "files" {
+            &mut whole
+        } else {
+            &mut blocks
+        };
+        for f in std::fs::read_dir(sub.path()).unwrap() {
+            list.push(f.unwrap().path());
+        }
+    }
+    blocks.sort();
+    (blocks, whole)
+}
+
 /// The paths requested from Python's HTTP server, in order, from its request log.
 fn fetched_paths(log: &Path) -> Vec<String> {
     std::fs::read_to_string(log)
@@ -280,22 +299,38 @@ fn a_corrupt_cached_block_is_fetched_again_and_a_full_cache_evicts() {
         let m = Mount::new(&fl, &tmp.path().join("mnt1"), &["--cache", &cache_arg]);
         assert!(std::fs::read(m.point.join("data")).unwrap() == content);
     }
-    let cached = store_blocks(&cache);
+    let (cached, whole) = cache_files(&cache);
     assert_eq!(cached.len(), 6);
-    let mut bytes = std::fs::read(&cached[0]).unwrap();
-    bytes[1000] ^= 0xff;
-    std::fs::write(&cached[0], &bytes).unwrap();
+    // The file was also assembled whole, for passthrough reads by later opens.
+    assert_eq!(whole.len(), 1);
+    assert!(std::fs::read(&whole[0]).unwrap() == content);
+    // Damage both a block and the whole copy: neither may be served.
+    let flip = |path: &Path| {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[1000] ^= 0xff;
+        std::fs::write(path, &bytes).unwrap();
+        bytes
+    };
+    let bad_block = flip(&cached[0]);
+    flip(&whole[0]);
     {
         let m = Mount::new(&fl, &tmp.path().join("mnt2"), &["--cache", &cache_arg]);
-        assert!(
-            std::fs::read(m.point.join("data")).unwrap() == content,
-            "corrupt cache served"
-        );
+        for _ in 0..2 {
+            assert!(
+                std::fs::read(m.point.join("data")).unwrap() == content,
+                "corrupt cache served"
+            );
+        }
     }
     assert_ne!(
         std::fs::read(&cached[0]).unwrap(),
-        bytes,
-        "the damaged file was replaced"
+        bad_block,
+        "the damaged block was replaced"
+    );
+    let (_, whole) = cache_files(&cache);
+    assert!(
+        std::fs::read(&whole[0]).unwrap() == content,
+        "whole copy rebuilt"
     );
 
     // A 1 MiB cache holds at most two blocks, yet the whole file reads correctly.
@@ -306,8 +341,10 @@ fn a_corrupt_cached_block_is_fetched_again_and_a_full_cache_evicts() {
         &["--cache", small.to_str().unwrap(), "--cache-size", "1M"],
     );
     assert!(std::fs::read(m.point.join("data")).unwrap() == content);
-    let used: u64 = store_blocks(&small)
+    let (blocks, whole) = cache_files(&small);
+    let used: u64 = blocks
         .iter()
+        .chain(&whole)
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum();
     assert!(

@@ -9,9 +9,12 @@
 
 use crate::block::{self, BlockRef, Hash};
 use crate::store::{FetchError, Router};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -40,8 +43,10 @@ pub struct BlockCache {
 
 #[derive(Default)]
 struct State {
-    /// Recency order: block id → (last use tick, size on disk).
+    /// Recency order: block id (or whole-file key) → (last use tick, size on disk).
     entries: HashMap<Hash, (u64, u64)>,
+    /// Which entries are whole files (under `files/`) rather than blocks.
+    whole: HashSet<Hash>,
     tick: u64,
     used: u64,
     /// Small in-memory LRU of decoded blocks.
@@ -64,30 +69,35 @@ impl BlockCache {
     pub fn open(dir: &Path, limit: u64, router: Router) -> std::io::Result<BlockCache> {
         std::fs::create_dir_all(dir)?;
         let mut found = Vec::new();
-        for shard in std::fs::read_dir(dir)? {
-            let shard = shard?;
-            if !shard.file_type()?.is_dir() {
+        for sub in std::fs::read_dir(dir)? {
+            let sub = sub?;
+            let name = sub.file_name().to_string_lossy().into_owned();
+            let whole = name == WHOLE_DIR;
+            let shard = name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if !sub.file_type()?.is_dir() || !(whole || shard) {
                 continue;
             }
-            for entry in std::fs::read_dir(shard.path())? {
+            for entry in std::fs::read_dir(sub.path())? {
                 let entry = entry?;
-                let name = entry.file_name();
-                let Some(id) = parse_id(&name.to_string_lossy()) else {
+                let Some(id) = parse_id(&entry.file_name().to_string_lossy()) else {
                     // Leftover temporary files from a crash: not blocks, remove them.
                     let _ = std::fs::remove_file(entry.path());
                     continue;
                 };
                 let meta = entry.metadata()?;
                 let used = meta.accessed().or_else(|_| meta.modified()).ok();
-                found.push((used, id, meta.len()));
+                found.push((used, id, meta.len(), whole));
             }
         }
-        found.sort_by_key(|(used, _, _)| *used);
+        found.sort_by_key(|(used, _, _, _)| *used);
         let mut state = State::default();
-        for (_, id, size) in found {
+        for (_, id, size, whole) in found {
             state.tick += 1;
             state.used += size;
             state.entries.insert(id, (state.tick, size));
+            if whole {
+                state.whole.insert(id);
+            }
         }
         let cache = BlockCache {
             dir: dir.to_owned(),
@@ -98,6 +108,94 @@ impl BlockCache {
         };
         cache.evict(0);
         Ok(cache)
+    }
+
+    /// Path of a cache entry: a whole file under `files/`, a block under its shard.
+    fn entry_path(&self, state: &State, id: &Hash) -> PathBuf {
+        if state.whole.contains(id) {
+            self.dir.join(WHOLE_DIR).join(hex::encode(id))
+        } else {
+            self.path(id)
+        }
+    }
+
+    /// The key of a whole file: the hash of its block ids in order.
+    pub fn whole_key(blocks: &[BlockRef]) -> Hash {
+        let ids: Vec<u8> = blocks.iter().flat_map(|b| b.id).collect();
+        block::hash(&ids)
+    }
+
+    /// Opens the assembled copy of a whole file, if the cache holds one of the right size.
+    pub fn open_whole(&self, key: &Hash, size: u64) -> Option<File> {
+        let path = self.dir.join(WHOLE_DIR).join(hex::encode(key));
+        let file = File::open(path).ok()?;
+        if file.metadata().ok()?.len() != size {
+            return None;
+        }
+        self.touch(key, size);
+        Some(file)
+    }
+
+    /// Checks a whole file against the keys of its blocks; a damaged copy is removed so the
+    /// file is read (and assembled) again from verified blocks.
+    pub fn verify_whole(&self, key: &Hash, file: &File, blocks: &[BlockRef]) -> bool {
+        let mut buf = vec![0u8; block::BLOCK_SIZE];
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let good = blocks.iter().enumerate().all(|(i, b)| {
+            let offset = i as u64 * block::BLOCK_SIZE as u64;
+            let len = (size.saturating_sub(offset)).min(block::BLOCK_SIZE as u64) as usize;
+            file.read_exact_at(&mut buf[..len], offset).is_ok() && block::hash(&buf[..len]) == b.key
+        });
+        if !good {
+            tracing::warn!(
+                "cached whole file {} is corrupt; dropping it",
+                hex::encode(key)
+            );
+            let path = self.dir.join(WHOLE_DIR).join(hex::encode(key));
+            self.forget(key);
+            let _ = std::fs::remove_file(path);
+        }
+        good
+    }
+
+    /// Starts assembling a whole file from its blocks as they are read, when it is small enough
+    /// to keep next to its blocks without crowding them out of the cache.
+    pub fn begin_whole(&self, key: Hash, size: u64, blocks: usize) -> Option<WholeFile> {
+        if size > self.limit / 4 {
+            return None;
+        }
+        let dir = self.dir.join(WHOLE_DIR);
+        std::fs::create_dir_all(&dir).ok()?;
+        let tmp = tempfile::NamedTempFile::new_in(&dir).ok()?;
+        tmp.as_file().set_len(size).ok()?;
+        Some(WholeFile {
+            key,
+            size,
+            tmp: Mutex::new(Some(tmp)),
+            written: Mutex::new(vec![false; blocks]),
+            remaining: AtomicUsize::new(blocks),
+        })
+    }
+
+    /// Moves a completed whole file into place and counts it against the limit.
+    fn adopt_whole(
+        &self,
+        key: Hash,
+        size: u64,
+        tmp: tempfile::NamedTempFile,
+    ) -> std::io::Result<()> {
+        self.evict(size);
+        tmp.persist(self.dir.join(WHOLE_DIR).join(hex::encode(key)))
+            .map_err(|e| e.error)?;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.tick += 1;
+        let tick = state.tick;
+        if let Some((_, old)) = state.entries.insert(key, (tick, size)) {
+            state.used -= old;
+        }
+        state.used += size;
+        state.whole.insert(key);
+        Ok(())
     }
 
     fn path(&self, id: &Hash) -> PathBuf {
@@ -253,6 +351,7 @@ impl BlockCache {
         if let Some((_, size)) = state.entries.remove(id) {
             state.used -= size;
         }
+        state.whole.remove(id);
     }
 
     /// Removes least recently used blocks until `incoming` more bytes fit under the limit,
@@ -276,9 +375,56 @@ impl BlockCache {
             state.entries.remove(&id);
             state.used -= size;
             // Unlinked under the lock, so a concurrent store of the same id cannot have its
-            // fresh file removed behind the index's back.
-            let _ = std::fs::remove_file(self.path(&id));
+            // fresh file removed behind the index's back. (An open whole file stays readable.)
+            let _ = std::fs::remove_file(self.entry_path(&state, &id));
+            state.whole.remove(&id);
         }
+    }
+}
+
+/// Subdirectory holding whole files assembled for passthrough reads.
+const WHOLE_DIR: &str = "files";
+
+/// A whole file being assembled in the cache from the blocks readers fetch, so that later
+/// opens can be served straight from it (FUSE passthrough) at the speed of the local disk.
+pub struct WholeFile {
+    key: Hash,
+    size: u64,
+    tmp: Mutex<Option<tempfile::NamedTempFile>>,
+    written: Mutex<Vec<bool>>,
+    remaining: AtomicUsize,
+}
+
+impl WholeFile {
+    /// Records block `index`; returns true once the file is complete and in the cache (or
+    /// abandoned after an error), so the caller can stop feeding it.
+    pub fn write(&self, cache: &BlockCache, index: usize, data: &[u8]) -> bool {
+        {
+            let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            match written.get_mut(index) {
+                Some(done) if !*done => *done = true,
+                _ => return false,
+            }
+        }
+        let mut tmp = self.tmp.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(file) = tmp.as_ref() else {
+            return true;
+        };
+        let offset = index as u64 * block::BLOCK_SIZE as u64;
+        if let Err(e) = file.as_file().write_all_at(data, offset) {
+            tracing::warn!("assembling a cached whole file: {e}");
+            *tmp = None;
+            return true;
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return false;
+        }
+        if let Some(done) = tmp.take() {
+            if let Err(e) = cache.adopt_whole(self.key, self.size, done) {
+                tracing::warn!("keeping a cached whole file: {e}");
+            }
+        }
+        true
     }
 }
 

@@ -7,14 +7,14 @@
 //! memory, so `ls` of a large directory is linear. Sequential reads prefetch the next blocks.
 
 use crate::block::BlockRef;
-use crate::cache::BlockCache;
+use crate::cache::{BlockCache, WholeFile};
 use crate::error::{Error, Result};
 use crate::meta::{Flist, Ino, Inode, Kind};
 use crossbeam_channel::{bounded, Sender};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -27,6 +27,8 @@ use std::time::{Duration, UNIX_EPOCH};
 const TTL: Duration = Duration::from_secs(3600);
 /// Blocks fetched ahead of a sequential reader.
 const PREFETCH_BLOCKS: u64 = 4;
+/// Files smaller than this are not worth a whole-file copy: the page cache serves them well.
+const WHOLE_FILE_MIN: u64 = 1024 * 1024;
 /// Largest read the kernel is told it may send (and readahead window).
 const MAX_READ: u32 = 1024 * 1024;
 
@@ -46,16 +48,30 @@ pub struct FlistFs {
     dirs: Mutex<HashMap<u64, Listing>>,
     next_handle: AtomicU64,
     prefetch: Sender<BlockRef>,
+    /// Whether the kernel accepted passthrough: opens of fully cached files are then served
+    /// by the kernel from the cache's whole-file copy, without a round trip per read.
+    passthrough: bool,
+    /// Backing files of inodes opened in passthrough, with their open count: the kernel wants
+    /// one backing id per inode for as long as any handle is open.
+    backing: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
+    /// Whole files being assembled from the blocks readers fetch.
+    building: Mutex<HashMap<u64, Arc<WholeFile>>>,
+    /// Whole files known good in this mount: assembled here from verified blocks, or checked
+    /// against their block keys at their first passthrough open.
+    verified: Mutex<HashSet<crate::block::Hash>>,
     /// (content bytes, inodes) for statfs, counted on first use: counting walks every row,
     /// which mount start-up should not wait for.
     totals: std::sync::OnceLock<(u64, u64)>,
 }
 
 struct OpenFile {
+    ino: u64,
     blocks: Vec<BlockRef>,
     size: u64,
     /// Index of the last block read, to recognise sequential readers.
     last_block: AtomicU64,
+    /// Set when the kernel reads this handle straight from a cached whole file.
+    backing: Option<Arc<BackingId>>,
 }
 
 impl FlistFs {
@@ -82,6 +98,10 @@ impl FlistFs {
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             prefetch: tx,
+            passthrough: false,
+            backing: Mutex::new(HashMap::new()),
+            building: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashSet::new()),
             totals: std::sync::OnceLock::new(),
         })
     }
@@ -133,6 +153,81 @@ impl FlistFs {
         })
     }
 
+    /// The passthrough backing for an open of `ino`, when the kernel supports passthrough and
+    /// the cache holds the whole file: shared with the inode's other open handles.
+    fn backing_for(
+        &self,
+        ino: u64,
+        blocks: &[BlockRef],
+        size: u64,
+        reply: &ReplyOpen,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough || size < WHOLE_FILE_MIN {
+            return None;
+        }
+        let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((id, count)) = backing.get_mut(&ino) {
+            *count += 1;
+            return Some(id.clone());
+        }
+        let key = BlockCache::whole_key(blocks);
+        let file = self.cache.open_whole(&key, size)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if !verified.contains(&key) {
+            if !self.cache.verify_whole(&key, &file, blocks) {
+                return None;
+            }
+            verified.insert(key);
+        }
+        drop(verified);
+        match reply.open_backing(&file) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                backing.insert(ino, (id.clone(), 1));
+                Some(id)
+            }
+            Err(e) => {
+                tracing::warn!("passthrough for inode {ino} refused: {e}");
+                None
+            }
+        }
+    }
+
+    /// Hands a block a reader fetched to the whole-file copy being assembled for its file.
+    fn feed_whole(&self, file: &OpenFile, index: usize, data: &[u8]) {
+        if !self.passthrough || file.size < WHOLE_FILE_MIN {
+            return;
+        }
+        let whole = {
+            let mut building = self.building.lock().unwrap_or_else(|e| e.into_inner());
+            match building.get(&file.ino) {
+                Some(w) => w.clone(),
+                None => {
+                    let key = BlockCache::whole_key(&file.blocks);
+                    if self.cache.open_whole(&key, file.size).is_some() {
+                        return;
+                    }
+                    let Some(w) = self.cache.begin_whole(key, file.size, file.blocks.len()) else {
+                        return;
+                    };
+                    let w = Arc::new(w);
+                    building.insert(file.ino, w.clone());
+                    w
+                }
+            }
+        };
+        if whole.write(&self.cache, index, data) {
+            self.verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(BlockCache::whole_key(&file.blocks));
+            self.building
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&file.ino);
+        }
+    }
+
     fn listing(&self, fh: FileHandle) -> Option<Listing> {
         self.dirs
             .lock()
@@ -169,6 +264,10 @@ impl Filesystem for FlistFs {
                 | InitFlags::FUSE_READDIRPLUS_AUTO,
         );
         let _ = config.set_max_readahead(MAX_READ);
+        // Passthrough stacks this filesystem on the cache's: depth 1 leaves room for the
+        // overlay a container's root is built from.
+        self.passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
         Ok(())
     }
 
@@ -232,16 +331,22 @@ impl Filesystem for FlistFs {
             }
             Ok(Some((blocks, size))) => {
                 let fh = self.handle();
+                let backing = self.backing_for(ino.0, &blocks, size, &reply);
                 let file = OpenFile {
+                    ino: ino.0,
                     blocks,
                     size,
                     last_block: AtomicU64::new(u64::MAX),
+                    backing: backing.clone(),
                 };
                 self.files
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(fh, Arc::new(file));
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                match backing {
+                    Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+                    None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                }
             }
             Ok(None) => reply.error(Errno::EISDIR),
             Err(e) => reply.error(e),
@@ -295,6 +400,7 @@ impl Filesystem for FlistFs {
                     return reply.error(Errno::EIO);
                 }
                 Ok(data) => {
+                    self.feed_whole(&file, index as usize, &data);
                     let start = if index == first {
                         (offset - index * bs) as usize
                     } else {
@@ -322,10 +428,20 @@ impl Filesystem for FlistFs {
         _flush: bool,
         reply: fuser::ReplyEmpty,
     ) {
-        self.files
+        let closed = self
+            .files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
+        if let Some(file) = closed.filter(|f| f.backing.is_some()) {
+            let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, count)) = backing.get_mut(&file.ino) {
+                *count -= 1;
+                if *count == 0 {
+                    backing.remove(&file.ino);
+                }
+            }
+        }
         reply.ok();
     }
 
