@@ -182,6 +182,7 @@ impl FlistFs {
         drop(verified);
         match reply.open_backing(&file) {
             Ok(id) => {
+                tracing::debug!("inode {ino}: passthrough to the cached whole file");
                 let id = Arc::new(id);
                 backing.insert(ino, (id.clone(), 1));
                 Some(id)
