@@ -106,7 +106,10 @@ impl BlockCache {
             state: Mutex::new(state),
             in_flight: Mutex::new(HashMap::new()),
         };
-        cache.evict(0);
+        {
+            let mut state = cache.state.lock().unwrap_or_else(|e| e.into_inner());
+            cache.evict_locked(&mut state, 0);
+        }
         Ok(cache)
     }
 
@@ -184,17 +187,37 @@ impl BlockCache {
         size: u64,
         tmp: tempfile::NamedTempFile,
     ) -> std::io::Result<()> {
-        self.evict(size);
-        tmp.persist(self.dir.join(WHOLE_DIR).join(hex::encode(key)))
-            .map_err(|e| e.error)?;
+        self.install(&key, size, true, tmp)
+    }
+
+    /// Moves a written temporary file into place and records it, making room first, all
+    /// under the lock: eviction and renames cannot interleave, so the files on disk and the
+    /// index always agree and concurrent inserts cannot together pass the limit.
+    fn install(
+        &self,
+        id: &Hash,
+        size: u64,
+        whole: bool,
+        tmp: tempfile::NamedTempFile,
+    ) -> std::io::Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.tick += 1;
-        let tick = state.tick;
-        if let Some((_, old)) = state.entries.insert(key, (tick, size)) {
+        if let Some((_, old)) = state.entries.remove(id) {
             state.used -= old;
         }
+        self.evict_locked(&mut state, size);
+        let path = if whole {
+            self.dir.join(WHOLE_DIR).join(hex::encode(id))
+        } else {
+            self.path(id)
+        };
+        tmp.persist(path).map_err(|e| e.error)?;
+        state.tick += 1;
+        let tick = state.tick;
+        state.entries.insert(*id, (tick, size));
         state.used += size;
-        state.whole.insert(key);
+        if whole {
+            state.whole.insert(*id);
+        }
         Ok(())
     }
 
@@ -314,21 +337,12 @@ impl BlockCache {
         if size > self.limit {
             return Ok(());
         }
-        self.evict(size);
         let path = self.path(id);
         let dir = path.parent().unwrap_or(&self.dir);
         std::fs::create_dir_all(dir)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         tmp.write_all(plain)?;
-        tmp.persist(&path).map_err(|e| e.error)?;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.tick += 1;
-        let tick = state.tick;
-        if let Some((_, old)) = state.entries.insert(*id, (tick, size)) {
-            state.used -= old;
-        }
-        state.used += size;
-        Ok(())
+        self.install(id, size, false, tmp)
     }
 
     /// Marks a disk hit as recently used; a block another process cached is adopted into
@@ -356,8 +370,7 @@ impl BlockCache {
 
     /// Removes least recently used blocks until `incoming` more bytes fit under the limit,
     /// down to 90% of it so that a full cache does not sort its index on every insert.
-    fn evict(&self, incoming: u64) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    fn evict_locked(&self, state: &mut State, incoming: u64) {
         if state.used + incoming <= self.limit {
             return;
         }
@@ -376,7 +389,7 @@ impl BlockCache {
             state.used -= size;
             // Unlinked under the lock, so a concurrent store of the same id cannot have its
             // fresh file removed behind the index's back. (An open whole file stays readable.)
-            let _ = std::fs::remove_file(self.entry_path(&state, &id));
+            let _ = std::fs::remove_file(self.entry_path(state, &id));
             state.whole.remove(&id);
         }
     }

@@ -51,6 +51,9 @@ pub struct FlistFs {
     /// Whether the kernel accepted passthrough: opens of fully cached files are then served
     /// by the kernel from the cache's whole-file copy, without a round trip per read.
     passthrough: bool,
+    /// Whether large files are opened with direct I/O until their whole copy exists (needs
+    /// passthrough, and mmap of direct-I/O files so programs can still be mapped).
+    direct_until_whole: bool,
     /// Backing files of inodes opened in passthrough, with their open count: the kernel wants
     /// one backing id per inode for as long as any handle is open.
     backing: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
@@ -99,6 +102,7 @@ impl FlistFs {
             next_handle: AtomicU64::new(1),
             prefetch: tx,
             passthrough: false,
+            direct_until_whole: false,
             backing: Mutex::new(HashMap::new()),
             building: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashSet::new()),
@@ -269,6 +273,10 @@ impl Filesystem for FlistFs {
         // overlay a container's root is built from.
         self.passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
+        self.direct_until_whole = self.passthrough
+            && config
+                .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+                .is_ok();
         Ok(())
     }
 
@@ -346,6 +354,12 @@ impl Filesystem for FlistFs {
                     .insert(fh, Arc::new(file));
                 match backing {
                     Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+                    // A file on its way to a whole copy is read around the FUSE page cache:
+                    // pages cached now would have to be dropped when a later open switches the
+                    // inode to passthrough, which costs more than the read saves.
+                    None if self.direct_until_whole && size >= WHOLE_FILE_MIN => {
+                        reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                    }
                     None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
                 }
             }
