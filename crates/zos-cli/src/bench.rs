@@ -1237,7 +1237,7 @@ fn bench_mount(inp: &MountInputs) -> Result<MountReport> {
             &local_read,
             true,
             read_rss,
-            "2nd read, same mount (page cache); cmp: identical",
+            "2nd read, same mount (passthrough where the kernel has it); cmp: identical",
         ),
         row(
             format!("3rd read {file}"),
