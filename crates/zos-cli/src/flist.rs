@@ -266,7 +266,7 @@ fn pack(dir: &Path, new: &NewFlist, common: &Common) -> Result<ExitCode> {
     let opts = new.pack_options(common.workers)?;
     // Totals only feed the bar, so skip the extra walk when nobody sees it.
     let total = if Bar::visible(common.quiet) {
-        tree_bytes(dir)
+        zos_flist::pack::content_bytes(dir)
     } else {
         0
     };
@@ -297,24 +297,6 @@ pub fn print_pack_report(report: &zos_flist::PackReport, took: std::time::Durati
         "blocks: {} total, {} sent to stores, {} already present",
         report.blocks, report.blocks_sent, report.blocks_present
     );
-}
-
-fn tree_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) if m.is_file() => total += m.len(),
-                _ => {}
-            }
-        }
-    }
-    total
 }
 
 fn unpack(

@@ -432,3 +432,24 @@ fn process_segment(
     }
     Ok(Outcome::Partial { sent, present })
 }
+
+/// Bytes of regular file content under `root`, hardlinks counted once (as pack counts them):
+/// the total a progress bar for packing `root` runs to. Unreadable parts are skipped.
+pub fn content_bytes(root: &Path) -> u64 {
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) if m.is_file() && seen.insert((m.dev(), m.ino())) => total += m.len(),
+                _ => {}
+            }
+        }
+    }
+    total
+}

@@ -22,9 +22,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::meta::Flist;
 use crate::pack::{PackOptions, PackReport, Progress};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -389,26 +388,6 @@ impl Progress for PackProgress<'_> {
     }
 }
 
-/// Bytes of regular file content under `root`, hardlinks counted once (as pack counts them).
-fn content_bytes(root: &Path) -> u64 {
-    let mut seen = HashSet::new();
-    let mut total = 0;
-    let mut stack = vec![root.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) if m.is_file() && seen.insert((m.dev(), m.ino())) => total += m.len(),
-                _ => {}
-            }
-        }
-    }
-    total
-}
-
 /// Imports `image` into a new flist at `output`. `image` is a path (a docker save tarball or
 /// an OCI layout, as a directory or tarball, optionally prefixed `docker-archive:`, `oci:` or
 /// `oci-archive:` and suffixed `:NAME` to pick one of several images), or
@@ -519,7 +498,7 @@ fn run(
             (IMAGE_REF_TAG.to_owned(), reference.clone()),
         ],
     );
-    progress.packing(content_bytes(&rootfs));
+    progress.packing(crate::pack::content_bytes(&rootfs));
     let staged = staging.join(name);
     let pack = crate::pack::pack(&rootfs, &staged, &pack_opts, &PackProgress(progress))?;
     if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
