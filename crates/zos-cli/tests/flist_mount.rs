@@ -37,6 +37,50 @@ impl Drop for Mount {
     }
 }
 
+/// A mount whose store is served over HTTP with a request log, so a test can count fetches.
+/// The server lives as long as the mount (dropped after it).
+struct HttpMount {
+    mount: Mount,
+    _server: Server,
+}
+
+impl std::ops::Deref for HttpMount {
+    type Target = Mount;
+    fn deref(&self) -> &Mount {
+        &self.mount
+    }
+}
+
+/// Packs `files` (under `dir/src`) into a dir store, serves the store over HTTP and mounts
+/// the flist reading from there, with a fresh cache at `dir/cache`. Returns the mount and
+/// the server's request log.
+fn mount_over_http(dir: &Path, files: &[(&str, &[u8])]) -> (HttpMount, PathBuf) {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for (name, content) in files {
+        std::fs::write(src.join(name), content).unwrap();
+    }
+    let store = dir.join("store");
+    let fl = dir.join("app.fl");
+    pack(&src, &fl, &format!("dir://{}", store.display()));
+    let log = dir.join("http.log");
+    let server = http_server_logging(&store, std::fs::File::create(&log).unwrap());
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let cache = dir.join("cache");
+    let mount = Mount::new(
+        &fl,
+        &dir.join("mnt"),
+        &["--cache", cache.to_str().unwrap(), "--store", &url],
+    );
+    (
+        HttpMount {
+            mount,
+            _server: server,
+        },
+        log,
+    )
+}
+
 /// The block files and the whole-file copies in a cache directory.
 fn cache_files(cache: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let mut blocks = Vec::new();
@@ -183,25 +227,9 @@ fn reads_fetch_only_the_blocks_they_touch_once_each() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("big"), noise(8 * 524_288, 11)).unwrap();
-    std::fs::write(src.join("small"), b"just this\n").unwrap();
-    let store = tmp.path().join("store");
-    let fl = tmp.path().join("app.fl");
-    pack(&src, &fl, &format!("dir://{}", store.display()));
-
-    // Serve the store over HTTP with a request log, to count what the mount fetches.
-    let log_path = tmp.path().join("http.log");
-    let server = http_server_logging(&store, std::fs::File::create(&log_path).unwrap());
-    let port = server.port;
-    let url = format!("http://127.0.0.1:{port}");
+    let big = noise(8 * 524_288, 11);
+    let (m, log_path) = mount_over_http(tmp.path(), &[("big", &big), ("small", b"just this\n")]);
     let cache = tmp.path().join("cache");
-    let m = Mount::new(
-        &fl,
-        &tmp.path().join("mnt"),
-        &["--cache", cache.to_str().unwrap(), "--store", &url],
-    );
     let gets = || fetched_paths(&log_path);
 
     assert_eq!(
@@ -214,7 +242,7 @@ fn reads_fetch_only_the_blocks_they_touch_once_each() {
         "reading one small file fetches one block: {:?}",
         gets()
     );
-    assert_eq!(store_blocks(&cache).len(), 1, "and caches only that block");
+    assert_eq!(cache_files(&cache).0.len(), 1, "and caches only that block");
 
     // Eight readers of the same 4 MiB file at once: every block fetched exactly once.
     let readers: Vec<_> = (0..8)
@@ -223,10 +251,9 @@ fn reads_fetch_only_the_blocks_they_touch_once_each() {
             std::thread::spawn(move || std::fs::read(p).unwrap())
         })
         .collect();
-    let expected = std::fs::read(src.join("big")).unwrap();
     for r in readers {
         assert!(
-            r.join().unwrap() == expected,
+            r.join().unwrap() == big,
             "content read through the mount differs"
         );
     }
@@ -240,7 +267,6 @@ fn reads_fetch_only_the_blocks_they_touch_once_each() {
         "a block was fetched twice: {fetched:?}"
     );
     assert_eq!(fetched.len(), 9);
-    drop(m);
 }
 
 #[test]
@@ -430,21 +456,7 @@ fn sequential_reads_prefetch_the_next_blocks() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("seq"), noise(10 * 524_288, 31)).unwrap();
-    let store = tmp.path().join("store");
-    let fl = tmp.path().join("app.fl");
-    pack(&src, &fl, &format!("dir://{}", store.display()));
-    let log_path = tmp.path().join("http.log");
-    let server = http_server_logging(&store, std::fs::File::create(&log_path).unwrap());
-    let url = format!("http://127.0.0.1:{}", server.port);
-    let cache = tmp.path().join("cache");
-    let m = Mount::new(
-        &fl,
-        &tmp.path().join("mnt"),
-        &["--cache", cache.to_str().unwrap(), "--store", &url],
-    );
+    let (m, log_path) = mount_over_http(tmp.path(), &[("seq", &noise(10 * 524_288, 31))]);
     // Read 4 KiB: the kernel asks for at most the first MiB, the mount fetches ahead.
     use std::io::Read;
     let mut head = [0u8; 4096];
