@@ -14,6 +14,18 @@ use std::fmt;
 /// Size of the plaintext pieces a file is cut into (the last piece may be shorter).
 pub const BLOCK_SIZE: usize = 512 * 1024;
 
+/// How many blocks a file of `size` bytes is cut into.
+pub fn block_count(size: u64) -> u64 {
+    size.div_ceil(BLOCK_SIZE as u64)
+}
+
+/// Plaintext length of block `index` of a file of `size` bytes: every block is full but the
+/// last. A block of any other length would shift the bytes after it.
+pub fn block_len(size: u64, index: u64) -> u64 {
+    size.saturating_sub(index * BLOCK_SIZE as u64)
+        .min(BLOCK_SIZE as u64)
+}
+
 /// A 32-byte BLAKE2b-256 digest: a block id or a block key.
 pub type Hash = [u8; 32];
 
@@ -129,6 +141,17 @@ mod tests {
 
     const KAT_FULL_KEY: &str = "027261138272f669975c00d5382550ca78d38de640eb9f73421656bdf09ba757";
     const KAT_FULL_ID: &str = "c8caf12f5b4e016d33f5430e46ade07850f41f96a729f842fcf7c071b599e7c7";
+
+    #[test]
+    fn block_counts_and_lengths_follow_the_size() {
+        let bs = BLOCK_SIZE as u64;
+        assert_eq!(block_count(0), 0);
+        assert_eq!(block_count(bs), 1);
+        assert_eq!(block_count(bs + 1), 2);
+        assert_eq!(block_len(bs + 1, 0), bs);
+        assert_eq!(block_len(bs + 1, 1), 1);
+        assert_eq!(block_len(bs, 1), 0);
+    }
 
     #[test]
     fn empty_block_round_trips() {

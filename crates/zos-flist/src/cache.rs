@@ -146,7 +146,7 @@ impl BlockCache {
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let good = blocks.iter().enumerate().all(|(i, b)| {
             let offset = i as u64 * block::BLOCK_SIZE as u64;
-            let len = (size.saturating_sub(offset)).min(block::BLOCK_SIZE as u64) as usize;
+            let len = block::block_len(size, i as u64) as usize;
             file.read_exact_at(&mut buf[..len], offset).is_ok() && block::hash(&buf[..len]) == b.key
         });
         if !good {

@@ -58,6 +58,23 @@ pub enum Error {
     Invalid(String),
 }
 
+impl Error {
+    /// Block `index` of `file` could not be read or stored, for `reason`.
+    pub(crate) fn block(
+        file: impl std::fmt::Display,
+        index: usize,
+        block: &crate::block::BlockRef,
+        reason: impl std::fmt::Display,
+    ) -> Error {
+        Error::Block {
+            file: file.to_string(),
+            index,
+            id: block.id_hex(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -327,13 +327,11 @@ impl Filesystem for FlistFs {
         match loaded {
             // Every block but the last is full, so the count follows from the size; a flist
             // that says otherwise would make reads index past its block list.
-            Ok(Some((blocks, size)))
-                if blocks.len() as u64 != size.div_ceil(crate::block::BLOCK_SIZE as u64) =>
-            {
+            Ok(Some((blocks, size))) if blocks.len() as u64 != crate::block::block_count(size) => {
                 tracing::error!(
                     "inode {}: size {size} needs {} blocks, the flist lists {}",
                     ino.0,
-                    size.div_ceil(crate::block::BLOCK_SIZE as u64),
+                    crate::block::block_count(size),
                     blocks.len()
                 );
                 reply.error(Errno::EIO)
@@ -410,7 +408,7 @@ impl Filesystem for FlistFs {
             };
             match self.cache.get(block) {
                 // A block shorter than its place in the file would shift every later byte.
-                Ok(data) if data.len() as u64 != bs.min(file.size - index * bs) => {
+                Ok(data) if data.len() as u64 != crate::block::block_len(file.size, index) => {
                     tracing::error!("block {index} ({}) has the wrong length", block.id_hex());
                     return reply.error(Errno::EIO);
                 }

@@ -401,11 +401,9 @@ fn process_segment(
         let copies = if !recent.first_time(&block.id) {
             0
         } else {
-            router.put(&block.id, &stored).map_err(|e| Error::Block {
-                file: file.path.display().to_string(),
-                index: (offset / BLOCK_SIZE as u64) as usize,
-                id: block.id_hex(),
-                reason: e.to_string(),
+            router.put(&block.id, &stored).map_err(|e| {
+                let index = (offset / BLOCK_SIZE as u64) as usize;
+                Error::block(file.path.display(), index, &block, e)
             })?
         };
         if copies == 0 {

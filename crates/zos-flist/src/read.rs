@@ -22,12 +22,9 @@ pub fn read_file(
     }
     let mut written = 0;
     for (index, block) in flist.blocks(inode.ino)?.iter().enumerate() {
-        let plain = router.fetch(block).map_err(|e| Error::Block {
-            file: name.to_owned(),
-            index,
-            id: block.id_hex(),
-            reason: e.to_string(),
-        })?;
+        let plain = router
+            .fetch(block)
+            .map_err(|e| Error::block(name, index, block, e))?;
         out.write_all(&plain).map_err(|e| Error::Io {
             path: "<output>".into(),
             source: e,

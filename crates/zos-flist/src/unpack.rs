@@ -286,7 +286,7 @@ fn exists_error(rel: &Path, e: std::io::Error) -> Error {
 /// Every block but the last holds exactly BLOCK_SIZE bytes, so the count follows from the
 /// size; a mismatch means the metadata is damaged, and writing would produce wrong bytes.
 fn check_block_count(rel: &Path, inode: &Inode, blocks: &[BlockRef]) -> Result<()> {
-    let expected = inode.size.div_ceil(BLOCK_SIZE as u64);
+    let expected = crate::block::block_count(inode.size);
     if blocks.len() as u64 != expected {
         return Err(Error::UnsafeEntry {
             entry: rel.display().to_string(),
@@ -311,24 +311,18 @@ fn write_segment(
     let end = (seg.first_block + SEGMENT_BLOCKS).min(job.blocks.len());
     for index in seg.first_block..end {
         let block = &job.blocks[index];
-        let plain = router.fetch(block).map_err(|e| Error::Block {
-            file: job.rel.display().to_string(),
-            index,
-            id: block.id_hex(),
-            reason: e.to_string(),
-        })?;
+        let file = job.rel.display();
+        let plain = router
+            .fetch(block)
+            .map_err(|e| Error::block(&file, index, block, e))?;
         let offset = index as u64 * BLOCK_SIZE as u64;
-        let expected = (job.inode.size - offset).min(BLOCK_SIZE as u64);
+        let expected = crate::block::block_len(job.inode.size, index as u64);
         if plain.len() as u64 != expected {
-            return Err(Error::Block {
-                file: job.rel.display().to_string(),
-                index,
-                id: block.id_hex(),
-                reason: format!(
-                    "holds {} bytes where the file needs {expected}",
-                    plain.len()
-                ),
-            });
+            let reason = format!(
+                "holds {} bytes where the file needs {expected}",
+                plain.len()
+            );
+            return Err(Error::block(&file, index, block, reason));
         }
         job.file
             .write_all_at(&plain, offset)
