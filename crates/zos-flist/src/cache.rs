@@ -116,10 +116,15 @@ impl BlockCache {
     /// Path of a cache entry: a whole file under `files/`, a block under its shard.
     fn entry_path(&self, state: &State, id: &Hash) -> PathBuf {
         if state.whole.contains(id) {
-            self.dir.join(WHOLE_DIR).join(hex::encode(id))
+            self.whole_path(id)
         } else {
             self.path(id)
         }
+    }
+
+    /// Where the whole-file copy with this key lives.
+    fn whole_path(&self, key: &Hash) -> PathBuf {
+        self.dir.join(WHOLE_DIR).join(hex::encode(key))
     }
 
     /// The key of a whole file: the hash of its block ids in order.
@@ -130,7 +135,7 @@ impl BlockCache {
 
     /// Opens the assembled copy of a whole file, if the cache holds one of the right size.
     pub fn open_whole(&self, key: &Hash, size: u64) -> Option<File> {
-        let path = self.dir.join(WHOLE_DIR).join(hex::encode(key));
+        let path = self.whole_path(key);
         let file = File::open(path).ok()?;
         if file.metadata().ok()?.len() != size {
             return None;
@@ -154,7 +159,7 @@ impl BlockCache {
                 "cached whole file {} is corrupt; dropping it",
                 hex::encode(key)
             );
-            let path = self.dir.join(WHOLE_DIR).join(hex::encode(key));
+            let path = self.whole_path(key);
             self.forget(key);
             let _ = std::fs::remove_file(path);
         }
@@ -206,7 +211,7 @@ impl BlockCache {
         }
         self.evict_locked(&mut state, size);
         let path = if whole {
-            self.dir.join(WHOLE_DIR).join(hex::encode(id))
+            self.whole_path(id)
         } else {
             self.path(id)
         };

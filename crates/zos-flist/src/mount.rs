@@ -75,6 +75,9 @@ struct OpenFile {
     last_block: AtomicU64,
     /// Set when the kernel reads this handle straight from a cached whole file.
     backing: Option<Arc<BackingId>>,
+    /// Key of the file's whole copy in the cache, for files that get one (passthrough is on
+    /// and the file is large enough); computed once here rather than on every read.
+    whole: Option<crate::block::Hash>,
 }
 
 impl FlistFs {
@@ -162,26 +165,23 @@ impl FlistFs {
     fn backing_for(
         &self,
         ino: u64,
+        key: &crate::block::Hash,
         blocks: &[BlockRef],
         size: u64,
         reply: &ReplyOpen,
     ) -> Option<Arc<BackingId>> {
-        if !self.passthrough || size < WHOLE_FILE_MIN {
-            return None;
-        }
         let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((id, count)) = backing.get_mut(&ino) {
             *count += 1;
             return Some(id.clone());
         }
-        let key = BlockCache::whole_key(blocks);
-        let file = self.cache.open_whole(&key, size)?;
+        let file = self.cache.open_whole(key, size)?;
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        if !verified.contains(&key) {
-            if !self.cache.verify_whole(&key, &file, blocks) {
+        if !verified.contains(key) {
+            if !self.cache.verify_whole(key, &file, blocks) {
                 return None;
             }
-            verified.insert(key);
+            verified.insert(*key);
         }
         drop(verified);
         match reply.open_backing(&file) {
@@ -200,7 +200,16 @@ impl FlistFs {
 
     /// Hands a block a reader fetched to the whole-file copy being assembled for its file.
     fn feed_whole(&self, file: &OpenFile, index: usize, data: &[u8]) {
-        if !self.passthrough || file.size < WHOLE_FILE_MIN {
+        let Some(key) = file.whole else {
+            return;
+        };
+        // Already whole and good in this mount: nothing to assemble, and no I/O on this path.
+        if self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key)
+        {
             return;
         }
         let whole = {
@@ -208,7 +217,6 @@ impl FlistFs {
             match building.get(&file.ino) {
                 Some(w) => w.clone(),
                 None => {
-                    let key = BlockCache::whole_key(&file.blocks);
                     if self.cache.open_whole(&key, file.size).is_some() {
                         return;
                     }
@@ -225,7 +233,7 @@ impl FlistFs {
             self.verified
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(BlockCache::whole_key(&file.blocks));
+                .insert(key);
             self.building
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -338,13 +346,19 @@ impl Filesystem for FlistFs {
             }
             Ok(Some((blocks, size))) => {
                 let fh = self.handle();
-                let backing = self.backing_for(ino.0, &blocks, size, &reply);
+                let whole = (self.passthrough && size >= WHOLE_FILE_MIN)
+                    .then(|| BlockCache::whole_key(&blocks));
+                let gets_whole = whole.is_some();
+                let backing = whole
+                    .as_ref()
+                    .and_then(|key| self.backing_for(ino.0, key, &blocks, size, &reply));
                 let file = OpenFile {
                     ino: ino.0,
                     blocks,
                     size,
                     last_block: AtomicU64::new(u64::MAX),
                     backing: backing.clone(),
+                    whole,
                 };
                 self.files
                     .lock()
@@ -355,7 +369,7 @@ impl Filesystem for FlistFs {
                     // A file on its way to a whole copy is read around the FUSE page cache:
                     // pages cached now would have to be dropped when a later open switches the
                     // inode to passthrough, which costs more than the read saves.
-                    None if self.direct_until_whole && size >= WHOLE_FILE_MIN => {
+                    None if self.direct_until_whole && gets_whole => {
                         reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
                     }
                     None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
