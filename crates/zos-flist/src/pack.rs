@@ -9,7 +9,7 @@
 use crate::block::{self, BlockRef, Hash, BLOCK_SIZE};
 use crate::error::{Error, IoContext, Result};
 use crate::meta::{FlistWriter, Ino, Inode, Route};
-use crate::pool::{default_workers, with_workers};
+use crate::pool::{default_workers, with_workers, SEGMENT_BLOCKS};
 use crate::store::{Router, StoreSpec};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Blocks per job: big enough to amortise the hand-off, small enough to split a large file.
-const SEGMENT_BLOCKS: u64 = 16;
+/// Bytes per job: a segment of blocks.
+const SEGMENT_BYTES: u64 = SEGMENT_BLOCKS as u64 * BLOCK_SIZE as u64;
 
 /// What to pack into and how.
 #[derive(Debug, Clone, Default)]
@@ -225,7 +225,7 @@ impl Walker<'_> {
                     subdirs.push((path, ino));
                 } else if self.in_flight.contains(&ino) {
                     let file = File::open(&path).at(&path)?;
-                    let segments = meta.len().div_ceil(SEGMENT_BLOCKS * BLOCK_SIZE as u64);
+                    let segments = meta.len().div_ceil(SEGMENT_BYTES);
                     let pending = Arc::new(PendingFile {
                         ino,
                         path: path.clone(),
@@ -379,10 +379,10 @@ fn process_segment(
     progress: &dyn Progress,
 ) -> Result<Outcome> {
     let file = &seg.file;
-    let seg_start = seg.index as u64 * SEGMENT_BLOCKS * BLOCK_SIZE as u64;
-    let seg_end = (seg_start + SEGMENT_BLOCKS * BLOCK_SIZE as u64).min(file.size);
+    let seg_start = seg.index as u64 * SEGMENT_BYTES;
+    let seg_end = (seg_start + SEGMENT_BYTES).min(file.size);
     let mut buf = vec![0u8; BLOCK_SIZE];
-    let mut blocks = Vec::with_capacity(SEGMENT_BLOCKS as usize);
+    let mut blocks = Vec::with_capacity(SEGMENT_BLOCKS);
     let (mut sent, mut present) = (0, 0);
     let mut offset = seg_start;
     while offset < seg_end {

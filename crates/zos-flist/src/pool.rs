@@ -29,6 +29,10 @@ impl<J, R> Pool<J, R> {
     }
 }
 
+/// Blocks per job when pack or unpack splits a file: big enough to amortise the hand-off,
+/// small enough that one large file keeps every core busy.
+pub(crate) const SEGMENT_BLOCKS: usize = 16;
+
 /// Number of workers: the cores, doubled so that store round-trips overlap with hashing.
 pub(crate) fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()) * 2

@@ -16,7 +16,7 @@ use crate::block::{BlockRef, BLOCK_SIZE};
 use crate::error::{Error, IoContext, Result};
 use crate::meta::{Flist, Ino, Inode, Kind, Xattrs};
 use crate::pack::Progress;
-use crate::pool::{default_workers, with_workers};
+use crate::pool::{default_workers, with_workers, SEGMENT_BLOCKS};
 use crate::store::Router;
 use nix::sys::stat::{self, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
@@ -27,8 +27,6 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-
-const SEGMENT_BLOCKS: usize = 16;
 
 /// How to unpack.
 #[derive(Debug, Clone, Default)]
