@@ -7,6 +7,7 @@ mod flist;
 mod import;
 mod mount;
 mod progress;
+mod vm;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -17,6 +18,8 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    place: vm::Place,
 }
 
 #[derive(Subcommand)]
@@ -24,6 +27,25 @@ enum Command {
     /// Make, inspect and restore flists (container images as metadata + content-addressed blocks)
     #[command(subcommand)]
     Flist(flist::FlistCommand),
+    /// Run an flist as a micro-VM, print its console, exit with its exit code (like
+    /// `docker run --rm`)
+    #[command(after_help = "Entrypoint, cmd, env, working dir and user come from the image \
+config stored by `zos flist import`; flags override them. An flist with /boot/vmlinuz (and no \
+image config) boots its own kernel; one with /image.raw or /image.qcow2 boots that disk.\n\
+Examples:\n  zos run alpine.fl -- echo hello\n  zos run app.fl --cpus 2 --memory 1G -e MODE=prod -v data:/data")]
+    Run {
+        #[command(flatten)]
+        vm: vm::VmArgs,
+        /// Start in the background, print the VM's name and keep it (see `zos vm`)
+        #[arg(long, short = 'd')]
+        detach: bool,
+    },
+    /// Create, start, stop, pause, resume, inspect and remove VMs one step at a time
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
+    /// Disks that outlive VMs, formatted ext4, mounted with `zos run --volume NAME:/path`
+    #[command(subcommand)]
+    Volume(vm::VolumeCommand),
     /// Measure zos against a floor measured in the same run, and print a table
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -47,6 +69,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Flist(cmd) => flist::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Run { vm, detach } => vm::run(vm, cli.place, detach),
+        Command::Vm(cmd) => vm::vm(cmd, cli.place),
+        Command::Volume(cmd) => vm::volume(cmd, cli.place),
     };
     match result {
         Ok(code) => code,

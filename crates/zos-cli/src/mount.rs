@@ -50,14 +50,14 @@ pub struct UmountArgs {
     lazy: bool,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     parse_size::Config::new()
         .with_binary()
         .parse_size(s)
         .map_err(|e| format!("{s:?}: {e}; use a size like 512M or 2G"))
 }
 
-fn default_cache_dir() -> PathBuf {
+pub(crate) fn default_cache_dir() -> PathBuf {
     if nix_is_root() {
         return PathBuf::from("/var/cache/zos/blocks");
     }
@@ -68,7 +68,7 @@ fn default_cache_dir() -> PathBuf {
     base.join("zos/blocks")
 }
 
-fn nix_is_root() -> bool {
+pub(crate) fn nix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

@@ -1,0 +1,80 @@
+//! The contract between the host and `zos-init`, PID 1 of every zos container micro-VM.
+//!
+//! The host appends a tiny cpio archive holding [`CONFIG_PATH`] to the shared initramfs (Linux
+//! unpacks concatenated archives as one), so each VM gets its own configuration without
+//! rebuilding the base image. `zos-init` reads it, brings the guest up and runs the process;
+//! when the process ends it writes one [`ExitReport`] line to the virtio-serial port named
+//! [`STATUS_PORT`] and powers the VM off. The host sends [`Control`] lines on [`CONTROL_PORT`].
+#![warn(missing_docs)]
+
+use serde::{Deserialize, Serialize};
+
+/// Where the per-VM config lives in the initramfs.
+pub const CONFIG_PATH: &str = "/zos/config.json";
+/// Name of the virtio-serial port the exit report is written to (`/dev/virtio-ports/<name>`).
+pub const STATUS_PORT: &str = "zos.status";
+/// Name of the virtio-serial port the host sends [`Control`] lines on.
+pub const CONTROL_PORT: &str = "zos.control";
+/// The virtio-fs tag of the container's root filesystem.
+pub const ROOT_TAG: &str = "rootfs";
+
+/// Everything `zos-init` needs to know about its VM.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GuestConfig {
+    /// Kernel modules to load, in order: paths inside the initramfs.
+    pub modules: Vec<String>,
+    /// The guest's hostname.
+    pub hostname: String,
+    /// Extra disks to mount once the root is up.
+    #[serde(default)]
+    pub disks: Vec<GuestDisk>,
+    /// The process to run as the container.
+    pub process: Process,
+}
+
+/// A virtio-blk disk to mount inside the guest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GuestDisk {
+    /// The disk's virtio serial number, found in `/sys/block/vd*/serial` (at most 20 bytes).
+    pub serial: String,
+    /// Absolute path inside the container where the disk is mounted (created if missing).
+    pub mount_at: String,
+    /// Filesystem type, e.g. `ext4`.
+    pub fstype: String,
+}
+
+/// The container's process, resolved by the host from the image config and the user's flags.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Process {
+    /// Program and arguments; `argv[0]` is looked up in the process's `PATH` if it has no `/`.
+    pub argv: Vec<String>,
+    /// Environment as `KEY=VALUE` strings, exactly as given to the process.
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    pub cwd: String,
+    /// `user`, `uid`, `user:group` or `uid:gid`, resolved against the container's
+    /// `/etc/passwd` and `/etc/group`; empty means root.
+    #[serde(default)]
+    pub user: String,
+}
+
+/// The single line `zos-init` writes on [`STATUS_PORT`] before powering off.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExitReport {
+    /// The container's exit code; `128 + N` when it was killed by signal N (as Docker reports).
+    pub code: i32,
+    /// Set when the process could not be started at all (then `code` is 126 or 127, as a
+    /// shell reports), or the guest could not be set up (then `code` is 125).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A line the host sends on [`CONTROL_PORT`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Control {
+    /// Deliver this signal number to the container's process.
+    Signal(i32),
+    /// Clean power-down: SIGTERM to the process, then power off once it has exited.
+    Stop,
+}

@@ -1,0 +1,227 @@
+//! Bringing the guest up: early mounts, modules, the virtio-fs root, switching into it, the
+//! container's mounts, hostname and disks.
+
+use crate::sys::{self, mount};
+use std::io;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use zos_init::{GuestConfig, GuestDisk, CONFIG_PATH, ROOT_TAG};
+
+const NEWROOT: &str = "/newroot";
+/// How long devices get to show up after their driver loads.
+const DEVICE_WAIT: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(10);
+
+fn mount_at(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), String> {
+    mkdir(target)?;
+    mount(source, target, Some(fstype), flags, data)
+        .map_err(|e| format!("mounting {fstype} on {target}: {e}"))
+}
+
+fn mkdir(path: impl AsRef<Path>) -> Result<(), String> {
+    let path = path.as_ref();
+    std::fs::create_dir_all(path).map_err(|e| format!("creating {}: {e}", path.display()))
+}
+
+/// Brings the guest from the bare initramfs to the container's root, everything mounted.
+pub fn setup() -> Result<GuestConfig, String> {
+    early_mounts()?;
+    let text =
+        std::fs::read_to_string(CONFIG_PATH).map_err(|e| format!("reading {CONFIG_PATH}: {e}"))?;
+    let config: GuestConfig =
+        serde_json::from_str(&text).map_err(|e| format!("parsing {CONFIG_PATH}: {e}"))?;
+    for module in &config.modules {
+        sys::load_module(module).map_err(|e| format!("loading module {module}: {e}"))?;
+    }
+    mount_root()?;
+    // The initramfs stays in RAM for the VM's life: drop what is no longer needed.
+    for file in config
+        .modules
+        .iter()
+        .map(String::as_str)
+        .chain([CONFIG_PATH, "/init"])
+    {
+        let _ = std::fs::remove_file(file);
+    }
+    switch_root()?;
+    container_mounts()?;
+    if !config.hostname.is_empty() {
+        sys::sethostname(&config.hostname)
+            .map_err(|e| format!("setting hostname {:?}: {e}", config.hostname))?;
+    }
+    write_hosts(&config.hostname)?;
+    // Best effort: without it only localhost networking is missing, not worth failing for.
+    let _ = sys::loopback_up();
+    for disk in &config.disks {
+        mount_disk(disk)?;
+    }
+    Ok(config)
+}
+
+/// /proc, /sys and /dev in the initramfs, and the console on stdin, stdout and stderr.
+fn early_mounts() -> Result<(), String> {
+    let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    for (fstype, target, flags) in [
+        ("proc", "/proc", nosuid),
+        ("sysfs", "/sys", nosuid),
+        ("devtmpfs", "/dev", libc::MS_NOSUID),
+    ] {
+        match mount_at(fstype, target, fstype, flags, None) {
+            Err(_) if is_mountpoint(target) => {}
+            other => other?,
+        }
+    }
+    console_stdio();
+    Ok(())
+}
+
+/// Whether something is mounted on `path` (its device differs from its parent's).
+fn is_mountpoint(path: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev());
+    let path = Path::new(path);
+    matches!((dev(path), path.parent().map(dev)), (Ok(a), Some(Ok(b))) if a != b)
+}
+
+/// Points fds 0-2 at /dev/console, whatever the kernel managed to open for us.
+fn console_stdio() {
+    // SAFETY: opening a constant path; no close-on-exec because it is duplicated onto 0-2 for
+    // the container's process to inherit.
+    let fd = unsafe { libc::open(c"/dev/console".as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
+    if fd < 0 {
+        return;
+    }
+    for target in 0..3 {
+        if fd != target {
+            // SAFETY: `fd` is open; dup2 replaces `target` atomically.
+            unsafe { libc::dup2(fd, target) };
+        }
+    }
+    if fd > 2 {
+        // SAFETY: `fd` is ours and no longer needed.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Mounts the virtio-fs root, waiting for the device to appear after its driver loads.
+fn mount_root() -> Result<(), String> {
+    mkdir(NEWROOT)?;
+    let start = Instant::now();
+    loop {
+        match mount(ROOT_TAG, NEWROOT, Some("virtiofs"), 0, None) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT | libc::ENODEV | libc::EINVAL)
+                ) && start.elapsed() < DEVICE_WAIT =>
+            {
+                std::thread::sleep(POLL)
+            }
+            Err(e) => {
+                return Err(format!(
+                    "mounting the virtio-fs root (tag {ROOT_TAG:?}) on {NEWROOT}: {e}"
+                ))
+            }
+        }
+    }
+}
+
+/// Moves /dev, /proc and /sys into the new root and makes it `/`.
+fn switch_root() -> Result<(), String> {
+    for dir in ["/dev", "/proc", "/sys"] {
+        let target = format!("{NEWROOT}{dir}");
+        mkdir(&target)?;
+        mount(dir, &target, None, libc::MS_MOVE, None)
+            .map_err(|e| format!("moving {dir} to {target}: {e}"))?;
+    }
+    std::env::set_current_dir(NEWROOT).map_err(|e| format!("chdir {NEWROOT}: {e}"))?;
+    mount(".", "/", None, libc::MS_MOVE, None)
+        .map_err(|e| format!("moving {NEWROOT} to /: {e}"))?;
+    sys::chroot(".").map_err(|e| format!("chroot {NEWROOT}: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+/// The mounts a container expects on top of /dev, /proc and /sys.
+fn container_mounts() -> Result<(), String> {
+    let data = Some("newinstance,ptmxmode=0666,mode=0620,gid=5");
+    mount_at(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        data,
+    )?;
+    let tmpfs_flags = libc::MS_NOSUID | libc::MS_NODEV;
+    mount_at("shm", "/dev/shm", "tmpfs", tmpfs_flags, Some("mode=1777"))?;
+    mount_at("tmpfs", "/tmp", "tmpfs", tmpfs_flags, Some("mode=1777"))?;
+    // What Docker's /dev has and devtmpfs lacks; ptmx is a device node there on most kernels.
+    for (link, target) in [
+        ("/dev/ptmx", "pts/ptmx"),
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        if std::fs::symlink_metadata(link).is_err() {
+            std::os::unix::fs::symlink(target, link)
+                .map_err(|e| format!("creating {link}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a minimal /etc/hosts when the image has none.
+fn write_hosts(hostname: &str) -> Result<(), String> {
+    if std::fs::symlink_metadata("/etc/hosts").is_ok() {
+        return Ok(());
+    }
+    mkdir("/etc")?;
+    let line = format!("127.0.0.1\tlocalhost {hostname}")
+        .trim_end()
+        .to_string()
+        + "\n";
+    std::fs::write("/etc/hosts", line).map_err(|e| format!("writing /etc/hosts: {e}"))
+}
+
+/// The block device (e.g. `vdb`) whose virtio serial is `serial`.
+fn find_disk(serial: &str) -> io::Result<Option<String>> {
+    for entry in std::fs::read_dir("/sys/block")? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("vd") {
+            continue;
+        }
+        let found = std::fs::read_to_string(format!("/sys/block/{name}/serial"))
+            .is_ok_and(|s| s.trim() == serial);
+        // The device node follows the sysfs entry: wait for both.
+        if found && Path::new("/dev").join(&name).exists() {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
+}
+
+fn mount_disk(disk: &GuestDisk) -> Result<(), String> {
+    let start = Instant::now();
+    let name = loop {
+        match find_disk(&disk.serial) {
+            Ok(Some(name)) => break name,
+            Ok(None) if start.elapsed() < DEVICE_WAIT => std::thread::sleep(POLL),
+            Ok(None) => return Err(format!("no disk with serial {:?} appeared", disk.serial)),
+            Err(e) => return Err(format!("listing /sys/block: {e}")),
+        }
+    };
+    let target = Path::new("/").join(&disk.mount_at);
+    let target = target.to_string_lossy();
+    let device = format!("/dev/{name}");
+    mount_at(&device, &target, &disk.fstype, 0, None)
+        .map_err(|e| format!("disk {:?} ({device}): {e}", disk.serial))?;
+    crate::shutdown::remember_mount(&target);
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! The serial console log of a VM: QEMU appends to it (`append=on`, so truncating it under
+//! QEMU is safe), and it is rotated by copy-and-truncate once it grows past a limit.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// How many rotated logs are kept beside the live one (`console.log.1` …).
+pub const KEEP: usize = 2;
+
+/// Rotates `log` if it is larger than `max_bytes`: `.1` → `.2`, live → `.1`, live truncated.
+pub fn rotate_if_large(log: &Path, max_bytes: u64) -> std::io::Result<bool> {
+    let len = match fs::metadata(log) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len <= max_bytes {
+        return Ok(false);
+    }
+    for i in (1..KEEP).rev() {
+        let from = numbered(log, i);
+        if from.exists() {
+            fs::rename(&from, numbered(log, i + 1))?;
+        }
+    }
+    fs::copy(log, numbered(log, 1))?;
+    fs::OpenOptions::new().write(true).open(log)?.set_len(0)?;
+    Ok(true)
+}
+
+fn numbered(log: &Path, i: usize) -> PathBuf {
+    let mut name = log.as_os_str().to_owned();
+    name.push(format!(".{i}"));
+    PathBuf::from(name)
+}
+
+/// The last `lines` lines of the log (reading at most the last 64 KiB), lossily decoded.
+pub fn tail(log: &Path, lines: usize) -> String {
+    let Ok(mut file) = fs::File::open(log) else {
+        return String::from("(no console output)");
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(64 * 1024);
+    let mut buf = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut buf).is_err() {
+        return String::from("(console log unreadable)");
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    let from = all.len().saturating_sub(lines);
+    let out = all[from..].join("\n");
+    if out.trim().is_empty() {
+        String::from("(no console output)")
+    } else {
+        out
+    }
+}
+
+/// Follows a log like `tail -f` that survives rotation: when the file shrinks below our
+/// offset it was truncated, and reading restarts at its beginning.
+pub struct Follower {
+    path: PathBuf,
+    offset: u64,
+}
+
+impl Follower {
+    /// Starts at the beginning of the log.
+    pub fn new(path: &Path) -> Follower {
+        Follower {
+            path: path.to_path_buf(),
+            offset: 0,
+        }
+    }
+
+    /// Whatever was appended since the last call.
+    pub fn read_new(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut file = match fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata()?.len();
+        if len < self.offset {
+            self.offset = 0;
+        }
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf)?;
+        self.offset += buf.len() as u64;
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_keeps_the_newest_logs_and_the_follower_survives_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let mut f = Follower::new(&log);
+        assert!(f.read_new().unwrap().is_empty());
+        for round in 0..4 {
+            fs::write(&log, format!("round {round}\n").repeat(100)).unwrap();
+            assert!(f.read_new().unwrap().starts_with(b"round"));
+            assert!(rotate_if_large(&log, 10).unwrap());
+        }
+        assert_eq!(fs::metadata(&log).unwrap().len(), 0);
+        assert!(fs::read_to_string(numbered(&log, 1)).unwrap().starts_with("round 3"));
+        assert!(fs::read_to_string(numbered(&log, 2)).unwrap().starts_with("round 2"));
+        assert!(!numbered(&log, 3).exists());
+        fs::write(&log, "a\nb\nc\n").unwrap();
+        assert_eq!(f.read_new().unwrap(), b"a\nb\nc\n");
+        assert_eq!(tail(&log, 2), "b\nc");
+        assert!(!rotate_if_large(&log, 1000).unwrap());
+    }
+}

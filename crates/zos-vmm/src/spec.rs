@@ -1,0 +1,126 @@
+//! What a VM is made of: the data model kept apart from the machinery that runs it.
+
+use crate::disk::DiskFormat;
+use crate::host::Accel;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Everything needed to (re)start a VM; stored with it, so a restarted manager can start it
+/// again exactly as created.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VmSpec {
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// The guest's hostname.
+    pub hostname: String,
+    /// Accelerator; `Auto` picks KVM only on hardware virtualization.
+    #[serde(default)]
+    pub accel: Accel,
+    /// The flist the VM boots from and how.
+    pub boot: Boot,
+    /// Extra virtio-blk disks.
+    #[serde(default)]
+    pub disks: Vec<DiskAttach>,
+}
+
+/// Where an flist's blocks come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FlistSource {
+    /// The `.fl` file (absolute).
+    pub path: PathBuf,
+    /// Stores to read blocks from instead of the flist's own routes (empty: its routes).
+    #[serde(default)]
+    pub stores: Vec<String>,
+}
+
+/// How the VM boots.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Boot {
+    /// A container: the flist (plus a private writable layer) is the root filesystem over
+    /// virtio-fs, the boot kit's kernel boots, and `zos-init` runs the process.
+    Container {
+        /// The image.
+        flist: FlistSource,
+        /// Size limit of the writable layer, bytes.
+        root_size: u64,
+        /// The process to run.
+        process: zos_init::Process,
+    },
+    /// The flist carries its own kernel: it boots with the flist (plus a writable layer) as
+    /// its root over virtio-fs, and a NoCloud seed disk for cloud-init.
+    Kernel {
+        /// The image.
+        flist: FlistSource,
+        /// Size limit of the writable layer, bytes.
+        root_size: u64,
+        /// Kernel path inside the flist, e.g. `/boot/vmlinuz`.
+        kernel: String,
+        /// Initrd path inside the flist, if it has one.
+        initrd: Option<String>,
+        /// Extra kernel command line.
+        #[serde(default)]
+        cmdline: String,
+        /// The cloud-init seed.
+        seed: SeedSpec,
+    },
+    /// The flist carries a disk image: the VM boots it through firmware from a copy-on-write
+    /// overlay, with a NoCloud seed disk for cloud-init.
+    Image {
+        /// The image.
+        flist: FlistSource,
+        /// The image path inside the flist, e.g. `/image.raw`.
+        image: String,
+        /// The image's format.
+        format: DiskFormat,
+        /// The cloud-init seed.
+        seed: SeedSpec,
+    },
+}
+
+impl Boot {
+    /// The flist of any boot mode.
+    pub fn flist(&self) -> &FlistSource {
+        match self {
+            Boot::Container { flist, .. } | Boot::Kernel { flist, .. } | Boot::Image { flist, .. } => {
+                flist
+            }
+        }
+    }
+
+    /// A short name of the mode, for messages.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Boot::Container { .. } => "container",
+            Boot::Kernel { .. } => "vm (kernel)",
+            Boot::Image { .. } => "vm (disk image)",
+        }
+    }
+}
+
+/// What a VM-mode guest learns from its NoCloud seed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SeedSpec {
+    /// Authorized SSH public keys.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// cloud-init user-data, verbatim.
+    #[serde(default)]
+    pub user_data: Option<String>,
+    /// cloud-init network-config (v2), verbatim.
+    #[serde(default)]
+    pub network_config: Option<String>,
+}
+
+/// A disk attached to a VM.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DiskAttach {
+    /// The image file on the host.
+    pub path: PathBuf,
+    /// Its format.
+    pub format: DiskFormat,
+    /// Where a container mounts it (ignored in VM mode, where the guest decides).
+    pub mount_at: String,
+}
