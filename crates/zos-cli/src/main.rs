@@ -18,8 +18,6 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
-    place: vm::Place,
 }
 
 #[derive(Subcommand)]
@@ -31,7 +29,7 @@ enum Command {
     /// `docker run --rm`)
     #[command(after_help = "Entrypoint, cmd, env, working dir and user come from the image \
 config stored by `zos flist import`; flags override them. An flist with /boot/vmlinuz (and no \
-image config) boots its own kernel; one with /image.raw or /image.qcow2 boots that disk.\n\
+image config) boots its own kernel, with the flist as its root and a cloud-init seed disk.\n\
 Examples:\n  zos run alpine.fl -- echo hello\n  zos run app.fl --cpus 2 --memory 1G -e MODE=prod -v data:/data")]
     Run {
         #[command(flatten)]
@@ -39,13 +37,23 @@ Examples:\n  zos run alpine.fl -- echo hello\n  zos run app.fl --cpus 2 --memory
         /// Start in the background, print the VM's name and keep it (see `zos vm`)
         #[arg(long, short = 'd')]
         detach: bool,
+        #[command(flatten)]
+        place: vm::Place,
     },
     /// Create, start, stop, pause, resume, inspect and remove VMs one step at a time
-    #[command(subcommand)]
-    Vm(vm::VmCommand),
+    Vm {
+        #[command(subcommand)]
+        cmd: vm::VmCommand,
+        #[command(flatten)]
+        place: vm::Place,
+    },
     /// Disks that outlive VMs, formatted ext4, mounted with `zos run --volume NAME:/path`
-    #[command(subcommand)]
-    Volume(vm::VolumeCommand),
+    Volume {
+        #[command(subcommand)]
+        cmd: vm::VolumeCommand,
+        #[command(flatten)]
+        place: vm::Place,
+    },
     /// Measure zos against a floor measured in the same run, and print a table
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -69,9 +77,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Flist(cmd) => flist::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
-        Command::Run { vm, detach } => vm::run(vm, cli.place, detach),
-        Command::Vm(cmd) => vm::vm(cmd, cli.place),
-        Command::Volume(cmd) => vm::volume(cmd, cli.place),
+        Command::Run { vm, detach, place } => vm::run(vm, place, detach),
+        Command::Vm { cmd, place } => vm::vm(cmd, place),
+        Command::Volume { cmd, place } => vm::volume(cmd, place),
     };
     match result {
         Ok(code) => code,

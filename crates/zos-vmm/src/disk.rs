@@ -175,7 +175,7 @@ pub fn create_disk(path: &Path, size_bytes: u64, format: DiskFormat) -> Result<(
             min: MIN_DISK_SIZE,
         });
     }
-    if size_bytes % SECTOR_SIZE != 0 {
+    if !size_bytes.is_multiple_of(SECTOR_SIZE) {
         return Err(DiskError::Unaligned { size: size_bytes });
     }
     refuse_existing(path)?;

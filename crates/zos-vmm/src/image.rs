@@ -2,7 +2,6 @@
 //! container, the process Docker would run (entrypoint, cmd, env, working dir, user), checked
 //! against the flist's files before any VM starts.
 
-use crate::disk::DiskFormat;
 use crate::spec::{Boot, FlistSource, SeedSpec};
 use crate::{Error, Result};
 use zos_flist::oci::ImageConfig;
@@ -33,15 +32,9 @@ pub struct Overrides {
 /// Kernel paths a VM-mode flist may carry, and its optional initrds.
 const KERNELS: &[&str] = &["/boot/vmlinuz", "/vmlinuz"];
 const INITRDS: &[&str] = &["/boot/initrd.img", "/initrd.img"];
-/// Disk images a VM-mode flist may carry.
-const IMAGES: &[(&str, DiskFormat)] = &[
-    ("/image.raw", DiskFormat::Raw),
-    ("/image.qcow2", DiskFormat::Qcow2),
-];
 
 /// Decides how `source` boots. An imported image (one with an image config) is a container;
-/// otherwise a kernel in the flist makes it a kernel VM, a disk image an image VM, and
-/// anything else a container whose command the user must give.
+/// otherwise a kernel in the flist makes it a kernel VM, and anything else a container whose command the user must give.
 pub fn plan(source: FlistSource, overrides: &Overrides) -> Result<Boot> {
     let flist = Flist::open(&source.path)?;
     let config = zos_flist::oci::image_config(&flist)?;
@@ -54,14 +47,6 @@ pub fn plan(source: FlistSource, overrides: &Overrides) -> Result<Boot> {
                 kernel: kernel.to_string(),
                 initrd: initrd.map(|s| s.to_string()),
                 cmdline: String::new(),
-                seed: overrides.seed.clone(),
-            });
-        }
-        if let Some((image, format)) = IMAGES.iter().find(|(p, _)| is_file(&flist, p)) {
-            return Ok(Boot::Image {
-                flist: source,
-                image: image.to_string(),
-                format: *format,
                 seed: overrides.seed.clone(),
             });
         }

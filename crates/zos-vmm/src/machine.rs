@@ -193,7 +193,6 @@ const VIRTIOFS: &str = "virtiofs.sock";
 const INITRD: &str = "initrd.cpio";
 const PIDFILE: &str = "qemu.pid";
 const SEED: &str = "cidata.img";
-const OVERLAY: &str = "disk.qcow2";
 
 impl Vmm {
     /// A manager over `cfg.root` (created if missing).
@@ -227,9 +226,8 @@ impl Vmm {
             .prefix(&format!(".{name}."))
             .tempdir_in(&self.cfg.root)
             .map_err(|e| Error::io(format!("creating a dir in {}", self.cfg.root.display()), e))?;
-        if let Boot::Container { root_size, .. } | Boot::Kernel { root_size, .. } = &spec.boot {
-            disk::create_disk(&Layers::of(staging.path()).image, *root_size, DiskFormat::Raw)?;
-        }
+        let (Boot::Container { root_size, .. } | Boot::Kernel { root_size, .. }) = &spec.boot;
+        disk::create_disk(&Layers::of(staging.path()).image, *root_size, DiskFormat::Raw)?;
         let record = Record {
             name: name.to_string(),
             spec,
@@ -352,10 +350,7 @@ impl Vmm {
         let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
         let mem = format!("{}M", spec.memory_mib);
         let accel = spec.accel.resolve();
-        let machine = match spec.boot {
-            Boot::Image { .. } => format!("q35,accel={},memory-backend=mem", accel.as_str()),
-            _ => format!("microvm,accel={},memory-backend=mem", accel.as_str()),
-        };
+        let machine = format!("microvm,accel={},memory-backend=mem", accel.as_str());
         let cpu = if accel == Accel::Kvm { "host" } else { "max" };
         let timing = if accel == Accel::Tcg { host::tcg_kernel_args() } else { String::new() };
         push(&["-M", &machine, "-cpu", cpu, "-smp", &spec.cpus.to_string(), "-m", &mem]);
@@ -366,10 +361,7 @@ impl Vmm {
         push(&["-chardev", &format!("file,id=con,path={},append=on", path_arg(&dir.join(CONSOLE))?)]);
         push(&["-serial", "chardev:con"]);
         push(&["-qmp", &format!("unix:{},server=on,wait=off", sock(QMP)?)]);
-        let (blk, serial_bus) = match spec.boot {
-            Boot::Image { .. } => ("virtio-blk-pci", "virtio-serial-pci"),
-            _ => ("virtio-blk-device", "virtio-serial-device"),
-        };
+        let blk = "virtio-blk-device";
         match &spec.boot {
             Boot::Container { flist, process, .. } => {
                 started.mount = Some(rootfs::mount_root(flist, &layers, &helper)?);
@@ -399,7 +391,7 @@ impl Vmm {
                 push(&["-append", &format!("console=ttyS0 panic=-1 {timing} {verbosity}")]);
                 push_virtiofs(&mut args, &sock(VIRTIOFS)?);
                 let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-                push(&["-device", serial_bus]);
+                push(&["-device", "virtio-serial-device"]);
                 push(&["-chardev", &format!("file,id=exit,path={}", path_arg(&dir.join(EXIT))?)]);
                 push(&["-device", &format!("virtserialport,chardev=exit,name={}", zos_init::STATUS_PORT)]);
                 push(&["-chardev", &format!("socket,id=ctl,path={},server=on,wait=off", sock(CONTROL)?)]);
@@ -423,20 +415,6 @@ impl Vmm {
                 );
                 push(&["-append", line.trim_end()]);
                 push_virtiofs(&mut args, &sock(VIRTIOFS)?);
-                self.write_seed(dir, spec, seed)?;
-                push_disk(&mut args, blk, "seed", &dir.join(SEED), "raw", "zos-seed", true)?;
-            }
-            Boot::Image { flist, image, format, seed } => {
-                started.mount = Some(rootfs::mount_flist(flist, &layers.lower, &helper)?);
-                let backing = layers.lower.join(image.trim_start_matches('/'));
-                if !backing.is_file() {
-                    return Err(Error::Invalid(format!("the flist has no disk image at {image}")));
-                }
-                let overlay = dir.join(OVERLAY);
-                if !overlay.exists() {
-                    disk::create_overlay(&backing, *format, &overlay)?;
-                }
-                push_disk(&mut args, blk, "root", &overlay, "qcow2", "zos-root", false)?;
                 self.write_seed(dir, spec, seed)?;
                 push_disk(&mut args, blk, "seed", &dir.join(SEED), "raw", "zos-seed", true)?;
             }

@@ -66,27 +66,13 @@ pub enum Boot {
         /// The cloud-init seed.
         seed: SeedSpec,
     },
-    /// The flist carries a disk image: the VM boots it through firmware from a copy-on-write
-    /// overlay, with a NoCloud seed disk for cloud-init.
-    Image {
-        /// The image.
-        flist: FlistSource,
-        /// The image path inside the flist, e.g. `/image.raw`.
-        image: String,
-        /// The image's format.
-        format: DiskFormat,
-        /// The cloud-init seed.
-        seed: SeedSpec,
-    },
 }
 
 impl Boot {
     /// The flist of any boot mode.
     pub fn flist(&self) -> &FlistSource {
         match self {
-            Boot::Container { flist, .. } | Boot::Kernel { flist, .. } | Boot::Image { flist, .. } => {
-                flist
-            }
+            Boot::Container { flist, .. } | Boot::Kernel { flist, .. } => flist,
         }
     }
 
@@ -95,7 +81,6 @@ impl Boot {
         match self {
             Boot::Container { .. } => "container",
             Boot::Kernel { .. } => "vm (kernel)",
-            Boot::Image { .. } => "vm (disk image)",
         }
     }
 }
