@@ -14,6 +14,30 @@ use std::time::{Duration, Instant};
 /// Benchmarks, each printing one table.
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// Time micro-VM starts and measure their memory against a bare QEMU boot
+    ///
+    /// Packs two images (busybox; busybox plus a 1 GiB file) whose image config prints a
+    /// marker, then measures, interleaved over --runs: a bare `qemu-system-x86_64` boot of the
+    /// boot kit's kernel and initramfs until `/init` prints (the floor), and `zos run` of each
+    /// image until the marker reaches its stdout (create, flist mount, overlay, virtiofsd,
+    /// QEMU, boot, entrypoint). Then ten `zos run` at once (time until all exited), and host
+    /// memory per idle 256 MiB container: PSS of QEMU, virtiofsd and the flist mount, mean
+    /// over three. Target: `zos run` within 1.25x of the bare boot (medians).
+    #[command(after_help = "Examples:\n  zos bench vm\n  zos bench vm --runs 5 --json")]
+    Vm {
+        /// Work directory (default: a fresh directory under /var/tmp)
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the work directory
+        #[arg(long)]
+        keep: bool,
+        /// Repetitions of each timed boot (the median is reported)
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Time flist pack, unpack and mount against `cp -a` and local reads of the same tree
     ///
     /// Generates a deterministic tree (20,000 text-like files of 1-16 KiB in 200 directories,
@@ -76,6 +100,12 @@ zos bench flist --dir /mnt/nvme/bench --keep"
 /// Runs one benchmark command.
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
+        BenchCommand::Vm {
+            dir,
+            keep,
+            runs,
+            json,
+        } => crate::bench_vm::bench_vm(dir, keep, runs, json),
         BenchCommand::Flist {
             dir,
             keep,

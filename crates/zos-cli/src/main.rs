@@ -3,6 +3,7 @@
 //! its arguments, calls a library crate and prints the result.
 
 mod bench;
+mod bench_vm;
 mod flist;
 mod import;
 mod mount;
@@ -27,10 +28,12 @@ enum Command {
     Flist(flist::FlistCommand),
     /// Run an flist as a micro-VM, print its console, exit with its exit code (like
     /// `docker run --rm`)
-    #[command(after_help = "Entrypoint, cmd, env, working dir and user come from the image \
+    #[command(
+        after_help = "Entrypoint, cmd, env, working dir and user come from the image \
 config stored by `zos flist import`; flags override them. An flist with /boot/vmlinuz (and no \
 image config) boots its own kernel, with the flist as its root and a cloud-init seed disk.\n\
-Examples:\n  zos run alpine.fl -- echo hello\n  zos run app.fl --cpus 2 --memory 1G -e MODE=prod -v data:/data")]
+Examples:\n  zos run alpine.fl -- echo hello\n  zos run app.fl --cpus 2 --memory 1G -e MODE=prod -v data:/data"
+    )]
     Run {
         #[command(flatten)]
         vm: vm::VmArgs,

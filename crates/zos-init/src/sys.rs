@@ -178,6 +178,10 @@ pub fn sync() {
 /// Powers the VM off; never returns, because PID 1 exiting panics the kernel.
 pub fn power_off() -> ! {
     sync();
+    // The kernel's "reboot: Power down" line is printed at emergency level, past any
+    // loglevel; the console is the container's output, so stop kernel messages reaching it.
+    // (klogctl's console-off keeps level 1, which still lets emergency lines through.)
+    let _ = std::fs::write("/proc/sys/kernel/printk", "0");
     // SAFETY: reboot with a valid command; on success it does not return.
     unsafe { libc::reboot(libc::RB_POWER_OFF) };
     loop {
