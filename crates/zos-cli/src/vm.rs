@@ -47,7 +47,11 @@ impl Place {
         let root = std::path::absolute(self.data_dir().join("vms"))?;
         let zos = std::env::current_exe().context("finding the zos binary")?;
         let cache = self.cache.clone().unwrap_or_else(default_cache_dir);
-        Ok(Vmm::new(VmmConfig::new(root, zos, std::path::absolute(cache)?))?)
+        Ok(Vmm::new(VmmConfig::new(
+            root,
+            zos,
+            std::path::absolute(cache)?,
+        ))?)
     }
 }
 
@@ -118,7 +122,11 @@ impl VmArgs {
         for key in &self.ssh_keys {
             let text = std::fs::read_to_string(key)
                 .with_context(|| format!("reading SSH key {}", key.display()))?;
-            seed.ssh_keys.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
+            seed.ssh_keys.extend(
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_string),
+            );
         }
         if let Some(path) = &self.user_data {
             seed.user_data = Some(
@@ -135,7 +143,8 @@ impl VmArgs {
             env: self.env.clone(),
             workdir: self.workdir.clone(),
             user: self.user.clone(),
-            root_size: self.root_size,
+            // Whole MiB: disk images want whole sectors, and nobody means a byte count here.
+            root_size: self.root_size.div_ceil(1 << 20) << 20,
             seed,
         };
         let boot = image::plan(
@@ -153,7 +162,11 @@ impl VmArgs {
         Ok(VmSpec {
             cpus: self.cpus,
             memory_mib: self.memory.div_ceil(1 << 20),
-            hostname: self.hostname.clone().unwrap_or_else(|| name.to_string()),
+            // Underscores are fine in VM names but not in hostnames.
+            hostname: self
+                .hostname
+                .clone()
+                .unwrap_or_else(|| name.replace('_', "-")),
             accel: self.accel,
             boot,
             disks,
@@ -199,7 +212,9 @@ fn find_volume(place: &Place, name: &str) -> Result<Option<(PathBuf, DiskFormat)
 fn check_volume_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         && !name.starts_with(['-', '_']);
     if !ok {
         bail!("bad volume name {name:?}: use 1-64 letters, digits, '-' and '_'");
@@ -370,7 +385,10 @@ pub fn vm(cmd: VmCommand, place: Place) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
-                println!("{:<20} {:<12} {:<16} {:>4} {:>8} {:>10}", "NAME", "STATE", "MODE", "CPUS", "MEMORY", "HOST MEM");
+                println!(
+                    "{:<20} {:<12} {:<16} {:>4} {:>8} {:>10}",
+                    "NAME", "STATE", "MODE", "CPUS", "MEMORY", "HOST MEM"
+                );
                 for i in all {
                     println!(
                         "{:<20} {:<12} {:<16} {:>4} {:>7}M {:>10}",
@@ -379,7 +397,8 @@ pub fn vm(cmd: VmCommand, place: Place) -> Result<ExitCode> {
                         i.spec.boot.mode(),
                         i.spec.cpus,
                         i.spec.memory_mib,
-                        i.memory_bytes.map_or("-".into(), |b| format!("{:.1}M", b as f64 / 1048576.0))
+                        i.memory_bytes
+                            .map_or("-".into(), |b| format!("{:.1}M", b as f64 / 1048576.0))
                     );
                 }
             }
@@ -454,7 +473,10 @@ pub fn volume(cmd: VolumeCommand, place: Place) -> Result<ExitCode> {
             println!("{name}");
         }
         VolumeCommand::Ls => {
-            println!("{:<24} {:<6} {:>10} {:>10}", "NAME", "FORMAT", "SIZE", "ON DISK");
+            println!(
+                "{:<24} {:<6} {:>10} {:>10}",
+                "NAME", "FORMAT", "SIZE", "ON DISK"
+            );
             let mut entries: Vec<PathBuf> = match std::fs::read_dir(&dir) {
                 Ok(d) => d.flatten().map(|e| e.path()).collect(),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -465,7 +487,16 @@ pub fn volume(cmd: VolumeCommand, place: Place) -> Result<ExitCode> {
                 let Some(stem) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
                     continue;
                 };
-                let info = disk::disk_info(&path)?;
+                if stem.starts_with('.') {
+                    continue; // a create in progress, or one a crash interrupted
+                }
+                let info = match disk::disk_info(&path) {
+                    Ok(info) => info,
+                    Err(e) => {
+                        eprintln!("warning: {}: {e}", path.display());
+                        continue;
+                    }
+                };
                 println!(
                     "{:<24} {:<6} {:>9}M {:>9}M",
                     stem,
@@ -476,8 +507,8 @@ pub fn volume(cmd: VolumeCommand, place: Place) -> Result<ExitCode> {
             }
         }
         VolumeCommand::Rm { name } => {
-            let (file, _) = find_volume(&place, &name)?
-                .with_context(|| format!("no volume named {name:?}"))?;
+            let (file, _) =
+                find_volume(&place, &name)?.with_context(|| format!("no volume named {name:?}"))?;
             remove_volume(&file)?;
             println!("{name} removed");
         }

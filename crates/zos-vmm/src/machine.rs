@@ -227,7 +227,11 @@ impl Vmm {
             .tempdir_in(&self.cfg.root)
             .map_err(|e| Error::io(format!("creating a dir in {}", self.cfg.root.display()), e))?;
         let (Boot::Container { root_size, .. } | Boot::Kernel { root_size, .. }) = &spec.boot;
-        disk::create_disk(&Layers::of(staging.path()).image, *root_size, DiskFormat::Raw)?;
+        disk::create_disk(
+            &Layers::of(staging.path()).image,
+            *root_size,
+            DiskFormat::Raw,
+        )?;
         let record = Record {
             name: name.to_string(),
             spec,
@@ -264,9 +268,29 @@ impl Vmm {
                 "--accel kvm asked for, but this host has no /dev/kvm: use --accel auto".into(),
             ));
         }
+        let (Boot::Container { root_size, .. } | Boot::Kernel { root_size, .. }) = &spec.boot;
+        if *root_size < disk::MIN_DISK_SIZE || root_size % 512 != 0 {
+            return Err(Error::Invalid(format!(
+                "root size {root_size} bytes: use at least 16M, in whole 512-byte sectors"
+            )));
+        }
+        let hostname_ok = !spec.hostname.is_empty()
+            && spec.hostname.len() <= 63
+            && spec.hostname.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !spec.hostname.starts_with('-')
+            && !spec.hostname.ends_with('-');
+        if !hostname_ok {
+            return Err(Error::Invalid(format!(
+                "bad hostname {:?}: use 1-63 letters, digits and '-'",
+                spec.hostname
+            )));
+        }
         let flist = &spec.boot.flist().path;
         if !flist.is_file() {
-            return Err(Error::Invalid(format!("flist {} not found", flist.display())));
+            return Err(Error::Invalid(format!(
+                "flist {} not found",
+                flist.display()
+            )));
         }
         if matches!(spec.boot, Boot::Container { .. }) {
             BootKit::locate(&self.cfg.bootkit)?;
@@ -277,6 +301,13 @@ impl Vmm {
             let info = disk::disk_info(&d.path).map_err(|e| {
                 Error::Invalid(format!("disk {} cannot be used: {e}", d.path.display()))
             })?;
+            if info.backing_filename.is_some() {
+                // A backing file would let a disk read any file of the host.
+                return Err(Error::Invalid(format!(
+                    "disk {} has a backing file; attach a disk without one",
+                    d.path.display()
+                )));
+            }
             if info.format != d.format {
                 return Err(Error::Invalid(format!(
                     "disk {} is {}, not {}",
@@ -352,13 +383,41 @@ impl Vmm {
         let accel = spec.accel.resolve();
         let machine = format!("microvm,accel={},memory-backend=mem", accel.as_str());
         let cpu = if accel == Accel::Kvm { "host" } else { "max" };
-        let timing = if accel == Accel::Tcg { host::tcg_kernel_args() } else { String::new() };
-        push(&["-M", &machine, "-cpu", cpu, "-smp", &spec.cpus.to_string(), "-m", &mem]);
+        let timing = if accel == Accel::Tcg {
+            host::tcg_kernel_args()
+        } else {
+            String::new()
+        };
+        push(&[
+            "-M",
+            &machine,
+            "-cpu",
+            cpu,
+            "-smp",
+            &spec.cpus.to_string(),
+            "-m",
+            &mem,
+        ]);
         // virtio-fs needs the guest RAM shareable with virtiofsd.
-        push(&["-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on")]);
-        push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        push(&[
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        ]);
+        push(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]);
         let sock = |file: &str| socket_path(dir, file);
-        push(&["-chardev", &format!("file,id=con,path={},append=on", path_arg(&dir.join(CONSOLE))?)]);
+        push(&[
+            "-chardev",
+            &format!(
+                "file,id=con,path={},append=on",
+                path_arg(&dir.join(CONSOLE))?
+            ),
+        ]);
         push(&["-serial", "chardev:con"]);
         push(&["-qmp", &format!("unix:{},server=on,wait=off", sock(QMP)?)]);
         let blk = "virtio-blk-device";
@@ -384,26 +443,55 @@ impl Vmm {
                     process: process.clone(),
                 };
                 bootkit::write_vm_initrd(&base, &config, &dir.join(INITRD))?;
-                push(&["-kernel", &path_arg(&kit.kernel)?, "-initrd", &path_arg(&dir.join(INITRD))?]);
+                push(&[
+                    "-kernel",
+                    &path_arg(&kit.kernel)?,
+                    "-initrd",
+                    &path_arg(&dir.join(INITRD))?,
+                ]);
                 // ZOS_KERNEL_ARGS (e.g. "loglevel=7") shows the kernel's boot messages.
-                let verbosity = std::env::var("ZOS_KERNEL_ARGS")
-                    .unwrap_or_else(|_| "quiet loglevel=3".into());
-                push(&["-append", &format!("console=ttyS0 panic=-1 {timing} {verbosity}")]);
+                let verbosity =
+                    std::env::var("ZOS_KERNEL_ARGS").unwrap_or_else(|_| "quiet loglevel=3".into());
+                push(&[
+                    "-append",
+                    &format!("console=ttyS0 panic=-1 {timing} {verbosity}"),
+                ]);
                 push_virtiofs(&mut args, &sock(VIRTIOFS)?);
                 let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
                 push(&["-device", "virtio-serial-device"]);
-                push(&["-chardev", &format!("file,id=exit,path={}", path_arg(&dir.join(EXIT))?)]);
-                push(&["-device", &format!("virtserialport,chardev=exit,name={}", zos_init::STATUS_PORT)]);
-                push(&["-chardev", &format!("socket,id=ctl,path={},server=on,wait=off", sock(CONTROL)?)]);
-                push(&["-device", &format!("virtserialport,chardev=ctl,name={}", zos_init::CONTROL_PORT)]);
+                push(&[
+                    "-chardev",
+                    &format!("file,id=exit,path={}", path_arg(&dir.join(EXIT))?),
+                ]);
+                push(&[
+                    "-device",
+                    &format!("virtserialport,chardev=exit,name={}", zos_init::STATUS_PORT),
+                ]);
+                push(&[
+                    "-chardev",
+                    &format!("socket,id=ctl,path={},server=on,wait=off", sock(CONTROL)?),
+                ]);
+                push(&[
+                    "-device",
+                    &format!("virtserialport,chardev=ctl,name={}", zos_init::CONTROL_PORT),
+                ]);
             }
-            Boot::Kernel { flist, kernel, initrd, cmdline, seed, .. } => {
+            Boot::Kernel {
+                flist,
+                kernel,
+                initrd,
+                cmdline,
+                seed,
+                ..
+            } => {
                 started.mount = Some(rootfs::mount_root(flist, &layers, &helper)?);
                 started.virtiofsd = Some(self.start_virtiofsd(dir, &layers.merged)?);
                 let inside = |p: &str| layers.lower.join(p.trim_start_matches('/'));
                 let kernel_path = inside(kernel);
                 if !kernel_path.is_file() {
-                    return Err(Error::Invalid(format!("the flist has no kernel at {kernel}")));
+                    return Err(Error::Invalid(format!(
+                        "the flist has no kernel at {kernel}"
+                    )));
                 }
                 push(&["-kernel", &path_arg(&kernel_path)?]);
                 if let Some(initrd) = initrd {
@@ -416,19 +504,37 @@ impl Vmm {
                 push(&["-append", line.trim_end()]);
                 push_virtiofs(&mut args, &sock(VIRTIOFS)?);
                 self.write_seed(dir, spec, seed)?;
-                push_disk(&mut args, blk, "seed", &dir.join(SEED), "raw", "zos-seed", true)?;
+                push_disk(
+                    &mut args,
+                    blk,
+                    "seed",
+                    &dir.join(SEED),
+                    "raw",
+                    "zos-seed",
+                    true,
+                )?;
             }
         }
         for (i, d) in spec.disks.iter().enumerate() {
-            push_disk(&mut args, blk, &format!("d{i}"), &d.path, d.format.as_qemu(), &disk_serial(i), false)?;
+            push_disk(
+                &mut args,
+                blk,
+                &format!("d{i}"),
+                &d.path,
+                d.format.as_qemu(),
+                &disk_serial(i),
+                false,
+            )?;
         }
         self.run_qemu(dir, args)
     }
 
     fn write_seed(&self, dir: &Path, spec: &VmSpec, seed: &crate::spec::SeedSpec) -> Result<()> {
         let path = dir.join(SEED);
-        let _ = fs::remove_file(&path);
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         cidata::write_seed(
             &cidata::Seed {
                 instance_id: name,
@@ -572,7 +678,13 @@ impl Vmm {
         self.qmp_state_change(name, "cont", VmState::Paused, VmState::Running)
     }
 
-    fn qmp_state_change(&self, name: &str, cmd: &str, from: VmState, to: VmState) -> Result<VmInfo> {
+    fn qmp_state_change(
+        &self,
+        name: &str,
+        cmd: &str,
+        from: VmState,
+        to: VmState,
+    ) -> Result<VmInfo> {
         let dir = self.existing(name)?;
         let _lock = lock(&dir)?;
         let mut record = self.refresh(&dir)?;
@@ -613,9 +725,14 @@ impl Vmm {
             teardown(&dir, None, None);
         }
         // Renamed first, so a crash half-way never leaves a VM that looks whole.
-        let doomed = self.cfg.root.join(format!(".deleted.{name}.{}", std::process::id()));
-        fs::rename(&dir, &doomed).map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
-        fs::remove_dir_all(&doomed).map_err(|e| Error::io(format!("removing {}", doomed.display()), e))
+        let doomed = self
+            .cfg
+            .root
+            .join(format!(".deleted.{name}.{}", std::process::id()));
+        fs::rename(&dir, &doomed)
+            .map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
+        fs::remove_dir_all(&doomed)
+            .map_err(|e| Error::io(format!("removing {}", doomed.display()), e))
     }
 
     /// The VM's state, reconciled with its processes.
@@ -710,8 +827,8 @@ impl Vmm {
                 });
             }
         }
-        record.state = lost_helper
-            .unwrap_or_else(|| self.exit_state(dir, &record.spec, rt.stop_requested));
+        record.state =
+            lost_helper.unwrap_or_else(|| self.exit_state(dir, &record.spec, rt.stop_requested));
         teardown(dir, rt.virtiofsd, rt.mount);
         record.runtime = None;
         save(dir, &record)?;
@@ -798,7 +915,10 @@ fn push_virtiofs(args: &mut Vec<OsString>, socket: &str) {
         "-chardev".to_string(),
         format!("socket,id=vfs,path={socket}"),
         "-device".to_string(),
-        format!("vhost-user-fs-device,chardev=vfs,tag={}", zos_init::ROOT_TAG),
+        format!(
+            "vhost-user-fs-device,chardev=vfs,tag={}",
+            zos_init::ROOT_TAG
+        ),
     ] {
         args.push(a.into());
     }
@@ -814,7 +934,10 @@ fn push_disk(
     read_only: bool,
 ) -> Result<()> {
     let ro = if read_only { ",readonly=on" } else { "" };
-    let drive = format!("id={id},file={},format={format},if=none,cache=unsafe{ro}", path_arg(path)?);
+    let drive = format!(
+        "id={id},file={},format={format},if=none,cache=unsafe{ro}",
+        path_arg(path)?
+    );
     for a in [
         "-drive".to_string(),
         drive,
@@ -833,9 +956,9 @@ fn disk_serial(i: usize) -> String {
 
 /// A path for a QEMU option value: commas would split the option, so they are refused.
 fn path_arg(p: &Path) -> Result<String> {
-    let s = p
-        .to_str()
-        .ok_or_else(|| Error::Invalid(format!("{} is not UTF-8; QEMU cannot take it", p.display())))?;
+    let s = p.to_str().ok_or_else(|| {
+        Error::Invalid(format!("{} is not UTF-8; QEMU cannot take it", p.display()))
+    })?;
     if s.contains(',') {
         return Err(Error::Invalid(format!(
             "{s} contains a comma, which QEMU options cannot carry: use another data dir"
@@ -859,7 +982,13 @@ fn send_control(dir: &Path, control: &Control) -> Result<()> {
     let path = dir.join(CONTROL);
     let line = serde_json::to_string(control).map_err(|e| Error::Invalid(e.to_string()))? + "\n";
     let mut stream = UnixStream::connect(&path).map_err(|e| {
-        Error::io(format!("connecting to the guest's control channel {}", path.display()), e)
+        Error::io(
+            format!(
+                "connecting to the guest's control channel {}",
+                path.display()
+            ),
+            e,
+        )
     })?;
     stream
         .write_all(line.as_bytes())
@@ -870,7 +999,9 @@ fn send_control(dir: &Path, control: &Control) -> Result<()> {
 fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         && !name.starts_with(['-', '_']);
     if ok {
         Ok(())
@@ -914,7 +1045,10 @@ fn lock(dir: &Path) -> Result<DirLock> {
     // SAFETY: flock on a descriptor we own; it is released when the file is closed.
     let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
     if r != 0 {
-        return Err(Error::io(format!("locking {}", path.display()), std::io::Error::last_os_error()));
+        return Err(Error::io(
+            format!("locking {}", path.display()),
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(DirLock(file))
 }
