@@ -280,12 +280,8 @@ fn idle_memory(work: &Path, fl: &Path, n: usize) -> Result<(f64, String)> {
         let out = zos(work)
             .args(["run", "-d", "--memory", "256M", "--name", &name])
             .arg(fl)
-            .args([
-                "--",
-                "/bin/sh",
-                "-c",
-                &format!("echo {MARK}; exec sleep 100000"),
-            ])
+            // The image's entrypoint is `sh -c`: this replaces its command.
+            .args(["--", &format!("echo {MARK}; exec sleep 100000")])
             .output()?;
         if !out.status.success() {
             bail!(

@@ -99,7 +99,12 @@ fn an_flist_with_a_kernel_boots_it_with_the_flist_as_root_and_a_seed_disk() {
     );
     let fl = tmp.path().join("k.fl");
     let store = format!("dir://{}", tmp.path().join("store").display());
-    ok(zos().args(["flist", "pack"]).arg(&root).arg("-o").arg(&fl).args(["--store", &store]));
+    ok(zos()
+        .args(["flist", "pack"])
+        .arg(&root)
+        .arg("-o")
+        .arg(&fl)
+        .args(["--store", &store]));
     let data = tmp.path().join("data");
     let cache = tmp.path().join("cache");
     let out = ok(zos()
@@ -109,13 +114,22 @@ fn an_flist_with_a_kernel_boots_it_with_the_flist_as_root_and_a_seed_disk() {
         .arg(&data)
         .arg("--cache")
         .arg(&cache));
-    assert!(out.contains("vm-mode up:"), "the flist's init did not run:\n{out}");
+    assert!(
+        out.contains("vm-mode up:"),
+        "the flist's init did not run:\n{out}"
+    );
     assert!(
         out.contains("rootfstype=virtiofs root=rootfs"),
         "root over virtio-fs expected:\n{out}"
     );
-    assert!(out.contains("disk serial zos-seed"), "no NoCloud seed disk:\n{out}");
-    assert!(out.contains("wrote written"), "the root is not writable:\n{out}");
+    assert!(
+        out.contains("disk serial zos-seed"),
+        "no NoCloud seed disk:\n{out}"
+    );
+    assert!(
+        out.contains("wrote written"),
+        "the root is not writable:\n{out}"
+    );
     // `zos run` removes the VM afterwards.
     let left: Vec<_> = std::fs::read_dir(data.join("vms")).unwrap().collect();
     assert!(left.is_empty(), "VM dirs left behind: {left:?}");

@@ -87,7 +87,8 @@ impl BootKit {
     /// use, then reused until either changes. Returns its path and the modules' load order
     /// (paths inside the image, as [`GuestConfig::modules`] wants them).
     pub fn initramfs(&self, init: &Path) -> Result<(PathBuf, Vec<String>)> {
-        let init_bytes = fs::read(init).map_err(|e| Error::io(format!("reading {}", init.display()), e))?;
+        let init_bytes =
+            fs::read(init).map_err(|e| Error::io(format!("reading {}", init.display()), e))?;
         check_static(init, &init_bytes)?;
         let order = self.module_order()?;
         let mut hash = Sha256::new();
@@ -137,10 +138,8 @@ impl BootKit {
         let text = fs::read_to_string(&dep_file)
             .map_err(|e| Error::io(format!("reading {}", dep_file.display()), e))?;
         let deps = parse_modules_dep(&text);
-        let by_name: HashMap<String, &String> = deps
-            .keys()
-            .map(|path| (module_name(path), path))
-            .collect();
+        let by_name: HashMap<String, &String> =
+            deps.keys().map(|path| (module_name(path), path)).collect();
         let mut order = Vec::new();
         for wanted in WANTED_MODULES {
             let path = by_name.get(*wanted).ok_or_else(|| {
@@ -267,7 +266,10 @@ impl<W: Write> Archive<W> {
     }
 
     fn entry(&mut self, builder: cpio::newc::Builder, data: &[u8]) -> Result<()> {
-        let w = self.w.take().ok_or_else(|| Error::Invalid("archive finished".into()))?;
+        let w = self
+            .w
+            .take()
+            .ok_or_else(|| Error::Invalid("archive finished".into()))?;
         let size = u32::try_from(data.len())
             .map_err(|_| Error::Invalid("an initramfs file is over 4 GiB".into()))?;
         self.ino += 1;
@@ -300,7 +302,10 @@ impl<W: Write> Archive<W> {
     }
 
     fn finish(&mut self) -> Result<()> {
-        let w = self.w.take().ok_or_else(|| Error::Invalid("archive finished".into()))?;
+        let w = self
+            .w
+            .take()
+            .ok_or_else(|| Error::Invalid("archive finished".into()))?;
         cpio::newc::trailer(w).map_err(|e| Error::io("writing the initramfs".into(), e))?;
         Ok(())
     }
@@ -354,7 +359,10 @@ mod tests {
         assert!(pos("virtio_ring.ko") < pos("/virtio.ko"));
         assert!(pos("/virtio.ko") < pos("virtiofs.ko"));
         assert!(pos("fuse.ko") < pos("virtiofs.ko"));
-        assert_eq!(module_name("kernel/drivers/char/hw_random/virtio-rng.ko"), "virtio_rng");
+        assert_eq!(
+            module_name("kernel/drivers/char/hw_random/virtio-rng.ko"),
+            "virtio_rng"
+        );
     }
 
     #[test]

@@ -108,8 +108,12 @@ mod tests {
             assert!(rotate_if_large(&log, 10).unwrap());
         }
         assert_eq!(fs::metadata(&log).unwrap().len(), 0);
-        assert!(fs::read_to_string(numbered(&log, 1)).unwrap().starts_with("round 3"));
-        assert!(fs::read_to_string(numbered(&log, 2)).unwrap().starts_with("round 2"));
+        assert!(fs::read_to_string(numbered(&log, 1))
+            .unwrap()
+            .starts_with("round 3"));
+        assert!(fs::read_to_string(numbered(&log, 2))
+            .unwrap()
+            .starts_with("round 2"));
         assert!(!numbered(&log, 3).exists());
         fs::write(&log, "a\nb\nc\n").unwrap();
         assert_eq!(f.read_new().unwrap(), b"a\nb\nc\n");

@@ -191,9 +191,9 @@ pub fn create_disk(path: &Path, size_bytes: u64, format: DiskFormat) -> Result<(
     raw.as_file()
         .set_len(size_bytes)
         .map_err(|e| io_error(format!("sizing {}", raw.path().display()), e))?;
-    // Lazy init: the inode tables and journal are zeroed by the guest kernel in the
-    // background on first mount instead of being written here, which keeps creation fast
-    // and the raw file (and the qcow2 made from it) sparse.
+    // Lazy init: the inode tables are zeroed by the guest kernel in the background after
+    // the first mount and the journal is not zeroed at all, instead of both being written
+    // here, which keeps creation fast and the raw file (and the qcow2 made from it) sparse.
     run(
         &mkfs,
         &[
@@ -251,7 +251,8 @@ pub fn create_overlay(
         .map_err(|e| io_error(format!("resolving backing file {}", backing.display()), e))?;
     let qemu_img = find_tool("qemu-img", BIN_DIRS)?;
     let overlay = temp_next_to(path)?;
-    // qemu-img opens the backing to take its size (and checks it is in backing_format).
+    // qemu-img opens the backing to take its size, so it fails here, not at boot, if the
+    // backing is missing or not readable as backing_format.
     run(
         &qemu_img,
         &[

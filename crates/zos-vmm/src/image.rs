@@ -77,8 +77,15 @@ fn check_platform(flist: &Flist, config: &ImageConfig) -> Result<()> {
 
 /// The container's process, as Docker composes it, with its program found in the flist.
 fn process(flist: &Flist, config: &ImageConfig, o: &Overrides) -> Result<zos_init::Process> {
-    let entrypoint = o.entrypoint.clone().unwrap_or_else(|| config.entrypoint.clone());
-    let cmd = if o.cmd.is_empty() { config.cmd.clone() } else { o.cmd.clone() };
+    let entrypoint = o
+        .entrypoint
+        .clone()
+        .unwrap_or_else(|| config.entrypoint.clone());
+    let cmd = if o.cmd.is_empty() {
+        config.cmd.clone()
+    } else {
+        o.cmd.clone()
+    };
     let argv: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
     let Some(program) = argv.first() else {
         return Err(Error::Invalid(format!(
@@ -103,10 +110,17 @@ fn process(flist: &Flist, config: &ImageConfig, o: &Overrides) -> Result<zos_ini
         return Err(Error::Invalid(format!(
             "{}: {program:?} not found in the image{}",
             flist.path().display(),
-            if program.contains('/') { String::new() } else { format!(" (searched PATH={path_var})") }
+            if program.contains('/') {
+                String::new()
+            } else {
+                format!(" (searched PATH={path_var})")
+            }
         )));
     }
-    let cwd = o.workdir.clone().unwrap_or_else(|| config.working_dir.clone());
+    let cwd = o
+        .workdir
+        .clone()
+        .unwrap_or_else(|| config.working_dir.clone());
     Ok(zos_init::Process {
         argv,
         env,
@@ -174,5 +188,7 @@ pub fn follow(flist: &Flist, path: &str) -> Option<Inode> {
 }
 
 fn components(path: &str) -> impl DoubleEndedIterator<Item = String> + '_ {
-    path.split('/').filter(|p| !p.is_empty()).map(str::to_string)
+    path.split('/')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
 }

@@ -87,11 +87,20 @@ mod tests {
 
     #[test]
     fn a_finished_child_is_gone_and_a_live_one_is_not() {
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let p = ProcRef::of(child.id() as i32).unwrap();
         assert!(p.alive());
-        let other = ProcRef { start_time: p.start_time + 1, ..p };
-        assert!(!other.alive(), "a different start time is a different process");
+        let other = ProcRef {
+            start_time: p.start_time + 1,
+            ..p
+        };
+        assert!(
+            !other.alive(),
+            "a different start time is a different process"
+        );
         p.terminate(Duration::from_secs(2));
         assert!(!p.alive());
         let _ = child.try_wait();

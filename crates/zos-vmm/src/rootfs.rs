@@ -80,7 +80,9 @@ pub(crate) fn mount_flist(flist: &FlistSource, at: &Path, helper: &MountHelper) 
         .spawn()
         .map_err(|e| Error::io(format!("starting {} flist mount", helper.zos.display()), e))?;
     let stdout = child.stdout.take();
-    let first = stdout.and_then(|s| BufReader::new(s).lines().next()).and_then(|l| l.ok());
+    let first = stdout
+        .and_then(|s| BufReader::new(s).lines().next())
+        .and_then(|l| l.ok());
     if first.as_deref() == Some("ready") {
         if let Some(p) = ProcRef::of(child.id() as i32) {
             return Ok(p);
@@ -136,7 +138,8 @@ pub(crate) fn mount_root(
 }
 
 fn mount_overlay(target: &Path, options: &str) -> Result<()> {
-    let c = |s: &[u8]| CString::new(s).map_err(|_| Error::Invalid("a path holds a NUL byte".into()));
+    let c =
+        |s: &[u8]| CString::new(s).map_err(|_| Error::Invalid("a path holds a NUL byte".into()));
     let source = c(b"overlay")?;
     let target_c = c(target.as_os_str().as_bytes())?;
     let data = c(options.as_bytes())?;
