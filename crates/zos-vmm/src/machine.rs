@@ -426,7 +426,14 @@ impl Vmm {
                 started.mount = Some(rootfs::mount_root(flist, &layers, &helper)?);
                 started.virtiofsd = Some(self.start_virtiofsd(dir, &layers.merged)?);
                 let kit = BootKit::locate(&self.cfg.bootkit)?;
-                let (base, modules) = kit.initramfs(&self.init_path()?)?;
+                let (base, mut modules) = kit.initramfs(&self.init_path()?)?;
+                // Each module costs boot time under TCG: load only what this VM has devices
+                // for (no network devices yet; block only with disks).
+                modules.retain(|m| {
+                    let unused_net = m.contains("failover") || m.ends_with("virtio_net.ko");
+                    let unused_blk = spec.disks.is_empty() && m.ends_with("virtio_blk.ko");
+                    !unused_net && !unused_blk
+                });
                 let config = GuestConfig {
                     modules,
                     hostname: spec.hostname.clone(),
