@@ -657,13 +657,21 @@ impl Vmm {
                 // A frozen guest cannot act on a stop request.
                 let _ = Qmp::connect(&dir.join(QMP)).and_then(|mut q| q.execute("cont", None));
             }
-            let asked = match record.spec.boot {
-                Boot::Container { .. } => send_control(&dir, &Control::Stop).is_ok(),
-                _ => Qmp::connect(&dir.join(QMP))
-                    .and_then(|mut q| q.execute("system_powerdown", None))
-                    .is_ok(),
-            };
-            if !asked || !qemu.wait_gone(timeout) {
+            // The request is repeated every second until the deadline: a guest that is still
+            // booting has not opened its control port (or ACPI) yet, and would miss just one.
+            let deadline = Instant::now() + timeout;
+            let mut gone = false;
+            while !gone && Instant::now() < deadline {
+                let _ = match record.spec.boot {
+                    Boot::Container { .. } => send_control(&dir, &Control::Stop),
+                    Boot::Kernel { .. } => Qmp::connect(&dir.join(QMP))
+                        .and_then(|mut q| q.execute("system_powerdown", None))
+                        .map(drop),
+                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                gone = qemu.wait_gone(left.min(Duration::from_secs(1)));
+            }
+            if !gone {
                 tracing::info!(vm = name, "guest did not power off in time; killing QEMU");
                 let _ = Qmp::connect(&dir.join(QMP)).and_then(|mut q| q.execute("quit", None));
                 if !qemu.wait_gone(Duration::from_secs(2)) {
