@@ -36,7 +36,7 @@ Examples:\n  zos run alpine.fl -- echo hello\n  zos run app.fl --cpus 2 --memory
     )]
     Run {
         #[command(flatten)]
-        vm: vm::VmArgs,
+        vm: Box<vm::VmArgs>,
         /// Start in the background, print the VM's name and keep it (see `zos vm`)
         #[arg(long, short = 'd')]
         detach: bool,
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Flist(cmd) => flist::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
-        Command::Run { vm, detach, place } => vm::run(vm, place, detach),
+        Command::Run { vm, detach, place } => vm::run(*vm, place, detach),
         Command::Vm { cmd, place } => vm::vm(cmd, place),
         Command::Volume { cmd, place } => vm::volume(cmd, place),
     };

@@ -303,7 +303,7 @@ pub enum VmCommand {
     /// Create a VM from an flist without starting it
     Create {
         #[command(flatten)]
-        vm: VmArgs,
+        vm: Box<VmArgs>,
     },
     /// Start a created or stopped VM (its writable layer is kept across stop and start)
     Start {

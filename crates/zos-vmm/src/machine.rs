@@ -276,7 +276,10 @@ impl Vmm {
         }
         let hostname_ok = !spec.hostname.is_empty()
             && spec.hostname.len() <= 63
-            && spec.hostname.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && spec
+                .hostname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
             && !spec.hostname.starts_with('-')
             && !spec.hostname.ends_with('-');
         if !hostname_ok {
