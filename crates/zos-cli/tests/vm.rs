@@ -88,9 +88,14 @@ impl Fixture {
         cmd
     }
 
-    /// `zos run FLIST ARGS…` on the untagged flist.
+    /// `zos run FLIST ARGS…` on the untagged flist; fails the test if it takes over 2 minutes
+    /// (the fixture's drop then removes the VM).
     fn run(&self, args: &[&str]) -> Output {
-        self.zos("run").arg(&self.fl).args(args).output().unwrap()
+        output_within(
+            self.zos("run").arg(&self.fl).args(args),
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|out| panic!("zos run {args:?} hung; {}", describe(&out)))
     }
 
     /// Everything in the VMs dir, hidden staging or deleted dirs included.
@@ -204,6 +209,46 @@ fn describe(out: &Output) -> String {
         text(&out.stdout),
         text(&out.stderr)
     )
+}
+
+/// Runs `cmd` to completion, or kills it after `limit`: `Err` then, with what it printed.
+fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output, Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zos");
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let (status, in_time) = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break (status, true);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break (child.wait().unwrap(), false);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    if in_time {
+        Ok(out)
+    } else {
+        Err(out)
+    }
 }
 
 /// Mount points at or below `path`, from the host's mount table.
@@ -619,7 +664,20 @@ fn a_guest_kernel_panic_fails_the_run_with_the_console_tail() {
         return;
     }
     let f = Fixture::new();
-    let out = f.run(&["--", "/bin/sh", "-c", "echo c > /proc/sysrq-trigger"]);
+    // The guest must power off by itself after a panic (panic=-1, -no-reboot).
+    let run = output_within(
+        f.zos("run")
+            .arg(&f.fl)
+            .args(["--", "/bin/sh", "-c", "echo c > /proc/sysrq-trigger"]),
+        Duration::from_secs(60),
+    );
+    let out = run.unwrap_or_else(|out| {
+        panic!(
+            "QEMU still runs a minute after the guest panicked (stuck in the kernel's reboot \
+             fallbacks; the kernel command line lacks reboot=t); {}",
+            describe(&out)
+        )
+    });
     assert_eq!(code_of(&out), 1, "{}", describe(&out));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("panic"), "{}", describe(&out));

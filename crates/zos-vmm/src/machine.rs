@@ -175,6 +175,10 @@ struct Runtime {
     mount: Option<ProcRef>,
     /// Set by stop, so the exit that follows is a stop, not a crash.
     stop_requested: bool,
+    /// Length of the console log when this boot started: a panic is looked for after it, not
+    /// in an earlier boot's output.
+    #[serde(default)]
+    console_start: u64,
 }
 
 /// The manager: runs and tracks VMs under its root.
@@ -352,6 +356,7 @@ impl Vmm {
             let _ = fs::remove_file(dir.join(stale));
         }
         let mut started = Started::default();
+        let console_start = fs::metadata(dir.join(CONSOLE)).map_or(0, |m| m.len());
         match self.launch(&dir, &record.spec, &mut started) {
             Ok(qemu) => {
                 record.runtime = Some(Runtime {
@@ -359,6 +364,7 @@ impl Vmm {
                     virtiofsd: started.virtiofsd,
                     mount: started.mount,
                     stop_requested: false,
+                    console_start,
                 });
                 record.state = VmState::Running;
                 save(&dir, &record)?;
@@ -464,7 +470,9 @@ impl Vmm {
                     std::env::var("ZOS_KERNEL_ARGS").unwrap_or_else(|_| "quiet loglevel=3".into());
                 push(&[
                     "-append",
-                    &format!("console=ttyS0 panic=-1 {timing} {verbosity}"),
+                    // reboot=t: after a panic a triple fault resets at once (microvm has no
+                    // keyboard controller to try first), and -no-reboot makes that an exit.
+                    &format!("console=ttyS0 panic=-1 reboot=t {timing} {verbosity}"),
                 ]);
                 push_virtiofs(&mut args, &sock(VIRTIOFS)?);
                 let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
@@ -845,8 +853,7 @@ impl Vmm {
                 });
             }
         }
-        record.state =
-            lost_helper.unwrap_or_else(|| self.exit_state(dir, &record.spec, rt.stop_requested));
+        record.state = lost_helper.unwrap_or_else(|| self.exit_state(dir, &record.spec, &rt));
         teardown(dir, rt.virtiofsd, rt.mount);
         record.runtime = None;
         save(dir, &record)?;
@@ -854,7 +861,8 @@ impl Vmm {
     }
 
     /// Why QEMU is gone: the container's exit report, a stop, a power-off, or a crash.
-    fn exit_state(&self, dir: &Path, spec: &VmSpec, stop_requested: bool) -> VmState {
+    fn exit_state(&self, dir: &Path, spec: &VmSpec, rt: &Runtime) -> VmState {
+        let stop_requested = rt.stop_requested;
         let report = fs::read_to_string(dir.join(EXIT)).ok().and_then(|text| {
             text.lines()
                 .find_map(|l| serde_json::from_str::<ExitReport>(l.trim()).ok())
@@ -866,7 +874,9 @@ impl Vmm {
             };
         }
         let tail = console::tail(&dir.join(CONSOLE), 30);
-        let panicked = tail.contains("Kernel panic");
+        // The panic line comes before a long call trace: look through this boot's output.
+        let panicked = console::since(&dir.join(CONSOLE), rt.console_start)
+            .contains("Kernel panic - not syncing");
         if stop_requested && !panicked {
             return VmState::Stopped;
         }
