@@ -210,13 +210,7 @@ fn find_volume(place: &Place, name: &str) -> Result<Option<(PathBuf, DiskFormat)
 }
 
 fn check_volume_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && !name.starts_with(['-', '_']);
-    if !ok {
+    if !zos_vmm::is_valid_name(name) {
         bail!("bad volume name {name:?}: use 1-64 letters, digits, '-' and '_'");
     }
     Ok(())

@@ -23,6 +23,17 @@ pub mod spec;
 
 pub use machine::{VmInfo, VmState, Vmm, VmmConfig};
 
+/// Whether `name` can name a VM or a volume: 1-64 letters, digits, `-` and `_`, starting with
+/// a letter or digit (names become directory and file names).
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !name.starts_with(['-', '_'])
+}
+
 /// What can go wrong running a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

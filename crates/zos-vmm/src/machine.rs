@@ -1025,13 +1025,7 @@ fn send_control(dir: &Path, control: &Control) -> Result<()> {
 
 /// VM names: used as directory names and hostnames by default.
 fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && !name.starts_with(['-', '_']);
-    if ok {
+    if crate::is_valid_name(name) {
         Ok(())
     } else {
         Err(Error::Invalid(format!(
