@@ -353,6 +353,9 @@ pub enum VmCommand {
     Wait {
         /// The VM
         name: String,
+        /// Give up (exit 1, the VM left running) after this long, e.g. 5m
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
     },
 }
 
@@ -421,7 +424,17 @@ pub fn vm(cmd: VmCommand, place: Place) -> Result<ExitCode> {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        VmCommand::Wait { name } => return finish(vmm.wait(&name, None)?),
+        VmCommand::Wait { name, timeout } => {
+            let info = vmm.wait(&name, timeout)?;
+            if info.state.is_active() {
+                bail!(
+                    "{name} is still {} after {}; it was left as it is",
+                    info.state,
+                    humantime::format_duration(timeout.unwrap_or_default())
+                );
+            }
+            return finish(info);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

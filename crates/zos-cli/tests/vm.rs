@@ -435,7 +435,7 @@ fn a_vm_keeps_its_writable_layer_across_starts_and_shares_it_with_no_other() {
     for boot in 1..=2 {
         let out = ok(f.zos("vm").args(["start", "a"]));
         assert_eq!(out.trim(), "a running", "boot {boot}");
-        ok(f.zos("vm").args(["wait", "a"]));
+        ok(f.zos("vm").args(["wait", "a", "--timeout", "5m"]));
         assert_eq!(f.status("a").0, "a exited (0)", "boot {boot}");
     }
     let logs = ok(f.zos("vm").args(["logs", "a"]));
@@ -456,7 +456,7 @@ fn a_vm_keeps_its_writable_layer_across_starts_and_shares_it_with_no_other() {
     assert!(row("b").contains("created"), "{ps}");
 
     ok(f.zos("vm").args(["start", "b"]));
-    ok(f.zos("vm").args(["wait", "b"]));
+    ok(f.zos("vm").args(["wait", "b", "--timeout", "5m"]));
     let logs = ok(f.zos("vm").args(["logs", "b"]));
     assert!(has_line(&logs, "done"), "b did not run:\n{logs}");
     assert!(

@@ -89,6 +89,21 @@ pub struct DiskInfo {
     /// with a backing file could read any host file through it: refuse those unless the
     /// backing is one of ours.
     pub backing_filename: Option<String>,
+    /// The external data file of a qcow2 image (`data_file`): like a backing file, a way for
+    /// an image from outside to reach host files, so it is refused the same way.
+    pub data_file: Option<String>,
+}
+
+impl DiskInfo {
+    /// Why an image from outside (a user's disk, an flist's disk image) must not be opened:
+    /// it refers to another file on the host.
+    pub fn external_reference(&self) -> Option<String> {
+        match (&self.backing_filename, &self.data_file) {
+            (Some(b), _) => Some(format!("it has a backing file ({b})")),
+            (None, Some(d)) => Some(format!("it has an external data file ({d})")),
+            (None, None) => None,
+        }
+    }
 }
 
 /// What can go wrong creating or inspecting a disk.
@@ -292,6 +307,19 @@ pub fn disk_info(path: &Path) -> Result<DiskInfo, DiskError> {
         actual_size: Option<u64>,
         #[serde(default)]
         backing_filename: Option<String>,
+        #[serde(default)]
+        format_specific: Option<FormatSpecific>,
+    }
+    #[derive(Deserialize)]
+    struct FormatSpecific {
+        #[serde(default)]
+        data: Option<FormatData>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    struct FormatData {
+        #[serde(default)]
+        data_file: Option<String>,
     }
 
     let qemu_img = find_tool("qemu-img", BIN_DIRS)?;
@@ -321,6 +349,10 @@ pub fn disk_info(path: &Path) -> Result<DiskInfo, DiskError> {
         virtual_size: info.virtual_size,
         actual_size: info.actual_size.unwrap_or(0),
         backing_filename: info.backing_filename,
+        data_file: info
+            .format_specific
+            .and_then(|f| f.data)
+            .and_then(|d| d.data_file),
     })
 }
 
@@ -705,6 +737,42 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, DiskError::Io { .. }), "{err}");
         assert_eq!(names_in(dir.path()), vec!["base.raw"]);
+    }
+
+    #[test]
+    fn images_that_reach_other_host_files_are_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        create_disk(&base, MIN_DISK_SIZE, DiskFormat::Raw).unwrap();
+        let plain = disk_info(&base).unwrap();
+        assert_eq!(plain.external_reference(), None);
+
+        let overlay = dir.path().join("over.qcow2");
+        create_overlay(&base, DiskFormat::Raw, &overlay).unwrap();
+        let why = disk_info(&overlay).unwrap().external_reference().unwrap();
+        assert!(
+            why.contains("backing file") && why.contains("base.raw"),
+            "{why}"
+        );
+
+        let with_data_file = dir.path().join("data.qcow2");
+        let out = Command::new(qemu_img())
+            .args(["create", "-q", "-f", "qcow2", "-o"])
+            .arg(format!("data_file={}", dir.path().join("d.raw").display()))
+            .arg(&with_data_file)
+            .arg("1M")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let why = disk_info(&with_data_file)
+            .unwrap()
+            .external_reference()
+            .unwrap();
+        assert!(why.contains("data file") && why.contains("d.raw"), "{why}");
     }
 
     #[test]

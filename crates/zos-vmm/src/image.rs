@@ -2,6 +2,7 @@
 //! container, the process Docker would run (entrypoint, cmd, env, working dir, user), checked
 //! against the flist's files before any VM starts.
 
+use crate::disk::DiskFormat;
 use crate::spec::{Boot, FlistSource, SeedSpec};
 use crate::{Error, Result};
 use zos_flist::oci::ImageConfig;
@@ -32,21 +33,42 @@ pub struct Overrides {
 /// Kernel paths a VM-mode flist may carry, and its optional initrds.
 const KERNELS: &[&str] = &["/boot/vmlinuz", "/vmlinuz"];
 const INITRDS: &[&str] = &["/boot/initrd.img", "/initrd.img"];
+/// Disk images a VM-mode flist may carry instead of a kernel.
+const DISK_IMAGES: &[(&str, DiskFormat)] = &[
+    ("/image.raw", DiskFormat::Raw),
+    ("/image.qcow2", DiskFormat::Qcow2),
+];
 
 /// Decides how `source` boots. An imported image (one with an image config) is a container;
-/// otherwise a kernel in the flist makes it a kernel VM, and anything else a container whose command the user must give.
+/// otherwise a kernel in the flist makes it a kernel VM, a disk image a disk VM, and anything
+/// else a container whose command the user must give.
+///
+/// Paths inside the flist are stored with their symlinks resolved inside the flist: the host
+/// later opens them through the flist mount, where an absolute symlink would point into the
+/// host's own filesystem.
 pub fn plan(source: FlistSource, overrides: &Overrides) -> Result<Boot> {
     let flist = Flist::open(&source.path)?;
     let config = zos_flist::oci::image_config(&flist)?;
     if config.is_none() {
-        if let Some(kernel) = KERNELS.iter().find(|p| is_file(&flist, p)) {
-            let initrd = INITRDS.iter().find(|p| is_file(&flist, p));
+        if let Some(kernel) = KERNELS.iter().find_map(|p| real_file(&flist, p)) {
+            let initrd = INITRDS.iter().find_map(|p| real_file(&flist, p));
             return Ok(Boot::Kernel {
                 flist: source,
                 root_size: overrides.root_size,
-                kernel: kernel.to_string(),
-                initrd: initrd.map(|s| s.to_string()),
+                kernel,
+                initrd,
                 cmdline: String::new(),
+                seed: overrides.seed.clone(),
+            });
+        }
+        if let Some((image, format)) = DISK_IMAGES
+            .iter()
+            .find_map(|(p, f)| Some((real_file(&flist, p)?, *f)))
+        {
+            return Ok(Boot::Disk {
+                flist: source,
+                image,
+                format,
                 seed: overrides.seed.clone(),
             });
         }
@@ -145,14 +167,25 @@ fn find_program(flist: &Flist, program: &str, path_var: &str) -> Result<Option<S
 }
 
 fn is_file(flist: &Flist, path: &str) -> bool {
-    matches!(follow(flist, path), Some(node) if node.kind().ok() == Some(Kind::File))
+    real_file(flist, path).is_some()
+}
+
+/// The symlink-free path of the regular file `path` names inside the flist.
+fn real_file(flist: &Flist, path: &str) -> Option<String> {
+    let (real, node) = resolve(flist, path)?;
+    (node.kind().ok() == Some(Kind::File)).then_some(real)
 }
 
 /// Resolves `path` inside the flist, following symlinks (absolute ones from the flist's
 /// root, as the guest sees them), at most 40 of them like the kernel.
 pub fn follow(flist: &Flist, path: &str) -> Option<Inode> {
+    resolve(flist, path).map(|(_, node)| node)
+}
+
+/// Like [`follow`], also giving the path with every symlink resolved.
+fn resolve(flist: &Flist, path: &str) -> Option<(String, Inode)> {
     let mut pending: Vec<String> = components(path).rev().collect();
-    let mut stack: Vec<Inode> = vec![flist.resolve("/").ok()?];
+    let mut stack: Vec<(String, Inode)> = vec![(String::new(), flist.resolve("/").ok()?)];
     let mut hops = 0;
     while let Some(part) = pending.pop() {
         match part.as_str() {
@@ -165,7 +198,7 @@ pub fn follow(flist: &Flist, path: &str) -> Option<Inode> {
             }
             _ => {}
         }
-        let dir = stack.last()?;
+        let (_, dir) = stack.last()?;
         if dir.kind().ok()? != Kind::Dir {
             return None;
         }
@@ -182,9 +215,15 @@ pub fn follow(flist: &Flist, path: &str) -> Option<Inode> {
             pending.extend(components(&target).rev());
             continue;
         }
-        stack.push(node);
+        stack.push((part, node));
     }
-    stack.pop()
+    let real = stack
+        .iter()
+        .skip(1)
+        .map(|(name, _)| format!("/{name}"))
+        .collect::<String>();
+    let (_, node) = stack.pop()?;
+    Some((if real.is_empty() { "/".into() } else { real }, node))
 }
 
 fn components(path: &str) -> impl DoubleEndedIterator<Item = String> + '_ {

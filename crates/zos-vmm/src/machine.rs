@@ -197,6 +197,11 @@ const VIRTIOFS: &str = "virtiofs.sock";
 const INITRD: &str = "initrd.cpio";
 const PIDFILE: &str = "qemu.pid";
 const SEED: &str = "cidata.img";
+/// The copy-on-write overlay a disk-image VM boots from.
+const ROOT_OVERLAY: &str = "root.qcow2";
+/// SeaBIOS built for `microvm`: it boots from virtio-mmio disks (QEMU's own microvm
+/// firmware, qboot, only boots a kernel given with `-kernel`).
+const DISK_FIRMWARE: &str = "/usr/share/seabios/bios-microvm.bin";
 
 impl Vmm {
     /// A manager over `cfg.root` (created if missing).
@@ -230,12 +235,13 @@ impl Vmm {
             .prefix(&format!(".{name}."))
             .tempdir_in(&self.cfg.root)
             .map_err(|e| Error::io(format!("creating a dir in {}", self.cfg.root.display()), e))?;
-        let (Boot::Container { root_size, .. } | Boot::Kernel { root_size, .. }) = &spec.boot;
-        disk::create_disk(
-            &Layers::of(staging.path()).image,
-            *root_size,
-            DiskFormat::Raw,
-        )?;
+        if let Some(root_size) = spec.boot.root_size() {
+            disk::create_disk(
+                &Layers::of(staging.path()).image,
+                root_size,
+                DiskFormat::Raw,
+            )?;
+        }
         let record = Record {
             name: name.to_string(),
             spec,
@@ -272,11 +278,12 @@ impl Vmm {
                 "--accel kvm asked for, but this host has no /dev/kvm: use --accel auto".into(),
             ));
         }
-        let (Boot::Container { root_size, .. } | Boot::Kernel { root_size, .. }) = &spec.boot;
-        if *root_size < disk::MIN_DISK_SIZE || root_size % 512 != 0 {
-            return Err(Error::Invalid(format!(
-                "root size {root_size} bytes: use at least 16M, in whole 512-byte sectors"
-            )));
+        if let Some(root_size) = spec.boot.root_size() {
+            if root_size < disk::MIN_DISK_SIZE || root_size % 512 != 0 {
+                return Err(Error::Invalid(format!(
+                    "root size {root_size} bytes: use at least 16M, in whole 512-byte sectors"
+                )));
+            }
         }
         let hostname_ok = !spec.hostname.is_empty()
             && spec.hostname.len() <= 63
@@ -299,19 +306,26 @@ impl Vmm {
                 flist.display()
             )));
         }
-        if matches!(spec.boot, Boot::Container { .. }) {
-            BootKit::locate(&self.cfg.bootkit)?;
-            self.init_path()?;
+        match spec.boot {
+            Boot::Container { .. } => {
+                BootKit::locate(&self.cfg.bootkit)?;
+                self.init_path()?;
+            }
+            Boot::Disk { .. } if !Path::new(DISK_FIRMWARE).is_file() => {
+                return Err(Error::Invalid(format!(
+                    "booting a disk image needs the SeaBIOS firmware {DISK_FIRMWARE}: install the seabios package (scripts/setup)"
+                )));
+            }
+            _ => {}
         }
         let mut serials = std::collections::HashSet::new();
         for d in &spec.disks {
             let info = disk::disk_info(&d.path).map_err(|e| {
                 Error::Invalid(format!("disk {} cannot be used: {e}", d.path.display()))
             })?;
-            if info.backing_filename.is_some() {
-                // A backing file would let a disk read any file of the host.
+            if let Some(why) = info.external_reference() {
                 return Err(Error::Invalid(format!(
-                    "disk {} has a backing file; attach a disk without one",
+                    "disk {} cannot be attached: {why}; attach a disk without one",
                     d.path.display()
                 )));
             }
@@ -529,7 +543,57 @@ impl Vmm {
                     &dir.join(SEED),
                     "raw",
                     "zos-seed",
-                    true,
+                    DiskRole::ReadOnly,
+                )?;
+            }
+            Boot::Disk {
+                flist,
+                image,
+                format,
+                seed,
+            } => {
+                started.mount = Some(rootfs::mount_flist(flist, &layers.lower, &helper)?);
+                let base = layers.lower.join(image.trim_start_matches('/'));
+                let overlay = dir.join(ROOT_OVERLAY);
+                if !overlay.exists() {
+                    let info = disk::disk_info(&base).map_err(|e| {
+                        Error::Invalid(format!("the flist's disk image {image}: {e}"))
+                    })?;
+                    if info.format != *format {
+                        return Err(Error::Invalid(format!(
+                            "the flist's disk image {image} is {}, not {format}",
+                            info.format
+                        )));
+                    }
+                    if let Some(why) = info.external_reference() {
+                        return Err(Error::Invalid(format!(
+                            "the flist's disk image {image} cannot be booted: {why}"
+                        )));
+                    }
+                    // The overlay lives as long as the VM: writes survive stop and start.
+                    disk::create_overlay(&base, *format, &overlay)?;
+                }
+                push(&["-bios", DISK_FIRMWARE]);
+                // SeaBIOS would boot the first virtio disk it finds (the last one created):
+                // bootindex makes it this one.
+                push_disk(
+                    &mut args,
+                    blk,
+                    "root",
+                    &overlay,
+                    "qcow2",
+                    "zos-root",
+                    DiskRole::Boot,
+                )?;
+                self.write_seed(dir, spec, seed)?;
+                push_disk(
+                    &mut args,
+                    blk,
+                    "seed",
+                    &dir.join(SEED),
+                    "raw",
+                    "zos-seed",
+                    DiskRole::ReadOnly,
                 )?;
             }
         }
@@ -541,7 +605,7 @@ impl Vmm {
                 &d.path,
                 d.format.as_qemu(),
                 &disk_serial(i),
-                false,
+                DiskRole::Data,
             )?;
         }
         self.run_qemu(dir, args)
@@ -675,7 +739,7 @@ impl Vmm {
             while !gone && Instant::now() < deadline {
                 let _ = match record.spec.boot {
                     Boot::Container { .. } => send_control(&dir, &Control::Stop),
-                    Boot::Kernel { .. } => Qmp::connect(&dir.join(QMP))
+                    Boot::Kernel { .. } | Boot::Disk { .. } => Qmp::connect(&dir.join(QMP))
                         .and_then(|mut q| q.execute("system_powerdown", None))
                         .map(drop),
                 };
@@ -959,9 +1023,18 @@ fn push_disk(
     path: &Path,
     format: &str,
     serial: &str,
-    read_only: bool,
+    role: DiskRole,
 ) -> Result<()> {
-    let ro = if read_only { ",readonly=on" } else { "" };
+    let ro = if role == DiskRole::ReadOnly {
+        ",readonly=on"
+    } else {
+        ""
+    };
+    let boot = if role == DiskRole::Boot {
+        ",bootindex=0"
+    } else {
+        ""
+    };
     let drive = format!(
         "id={id},file={},format={format},if=none,cache=unsafe{ro}",
         path_arg(path)?
@@ -970,11 +1043,22 @@ fn push_disk(
         "-drive".to_string(),
         drive,
         "-device".to_string(),
-        format!("{device},drive={id},serial={serial}"),
+        format!("{device},drive={id},serial={serial}{boot}"),
     ] {
         args.push(a.into());
     }
     Ok(())
+}
+
+/// What a disk is to the guest.
+#[derive(PartialEq)]
+enum DiskRole {
+    /// Read-write data.
+    Data,
+    /// Read-only (the seed).
+    ReadOnly,
+    /// The disk the firmware boots.
+    Boot,
 }
 
 /// The virtio serial of the n-th extra disk, matched by `zos-init` in `/sys/block/*/serial`.

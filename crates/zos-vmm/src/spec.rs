@@ -66,13 +66,37 @@ pub enum Boot {
         /// The cloud-init seed.
         seed: SeedSpec,
     },
+    /// The flist carries a disk image: firmware (SeaBIOS) boots it from a qcow2 overlay
+    /// whose backing file is the image in the flist mount, so the guest's writes stay with
+    /// the VM and the image is never copied. A NoCloud seed disk comes along.
+    Disk {
+        /// The image.
+        flist: FlistSource,
+        /// The disk image's path inside the flist (no symlinks), e.g. `/image.qcow2`.
+        image: String,
+        /// Its format.
+        format: DiskFormat,
+        /// The cloud-init seed.
+        seed: SeedSpec,
+    },
 }
 
 impl Boot {
     /// The flist of any boot mode.
     pub fn flist(&self) -> &FlistSource {
         match self {
-            Boot::Container { flist, .. } | Boot::Kernel { flist, .. } => flist,
+            Boot::Container { flist, .. }
+            | Boot::Kernel { flist, .. }
+            | Boot::Disk { flist, .. } => flist,
+        }
+    }
+
+    /// Size limit of the writable root layer, for the modes that have one (a disk image's
+    /// overlay takes the image's size instead).
+    pub fn root_size(&self) -> Option<u64> {
+        match self {
+            Boot::Container { root_size, .. } | Boot::Kernel { root_size, .. } => Some(*root_size),
+            Boot::Disk { .. } => None,
         }
     }
 
@@ -81,6 +105,7 @@ impl Boot {
         match self {
             Boot::Container { .. } => "container",
             Boot::Kernel { .. } => "vm (kernel)",
+            Boot::Disk { .. } => "vm (disk image)",
         }
     }
 }
