@@ -1,0 +1,290 @@
+//! Rules a deployment must follow that serde cannot express.
+
+use crate::deployment::Deployment;
+use crate::size::ByteSize;
+use crate::workload::{WorkloadName, WorkloadSpec};
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// Everything wrong with a deployment, one problem per entry, each naming its place
+/// (e.g. `workloads[2] (name "web"): cpu must be at least 1`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationError(pub Vec<String>);
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("; "))
+    }
+}
+
+/// The smallest memory a zmachine boots with.
+pub const MIN_MEMORY: ByteSize = ByteSize(64 * ByteSize::MIB);
+
+/// Deployment names: 1 to 64 ASCII letters, digits, `_` or `-`. Wider than workload names
+/// because they only label things and never become host resource names on their own.
+pub fn is_valid_deployment_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Deployment {
+    /// Checks names, versions, references between workloads and resource limits, listing
+    /// every problem rather than the first.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let mut problems = Vec::new();
+        if !is_valid_deployment_name(&self.name) {
+            problems.push(format!(
+                "name {:?}: use 1 to 64 letters, digits, '_' or '-'",
+                self.name
+            ));
+        }
+        if self.workloads.is_empty() {
+            problems.push("workloads: a deployment needs at least one workload".to_string());
+        }
+        let zmounts: BTreeSet<&WorkloadName> = self
+            .workloads
+            .iter()
+            .filter(|w| matches!(w.spec, WorkloadSpec::Zmount(_)))
+            .map(|w| &w.name)
+            .collect();
+        let mut names = BTreeSet::new();
+        for (i, w) in self.workloads.iter().enumerate() {
+            let mut bad = |msg: String| {
+                problems.push(format!(
+                    "workloads[{i}] (name {:?}): {msg}",
+                    w.name.as_str()
+                ))
+            };
+            if !names.insert(&w.name) {
+                bad("name is used by an earlier workload".into());
+            }
+            if w.version > self.version {
+                bad(format!(
+                    "version {} is above the deployment's version {}",
+                    w.version, self.version
+                ));
+            }
+            match &w.spec {
+                WorkloadSpec::Zmachine(m) => {
+                    if m.flist.is_empty() {
+                        bad("flist is empty".into());
+                    }
+                    if m.cpu == 0 {
+                        bad("cpu must be at least 1".into());
+                    }
+                    if m.memory < MIN_MEMORY {
+                        bad(format!(
+                            "memory {} is below the minimum {MIN_MEMORY}",
+                            m.memory
+                        ));
+                    }
+                    for key in m.env.keys().filter(|k| k.is_empty() || k.contains('=')) {
+                        bad(format!(
+                            "env name {key:?} must be non-empty and contain no '='"
+                        ));
+                    }
+                    let mut points = BTreeSet::new();
+                    for mount in &m.mounts {
+                        if !zmounts.contains(&mount.name) {
+                            bad(format!(
+                                "mount {:?} is not a zmount in this deployment",
+                                mount.name.as_str()
+                            ));
+                        }
+                        if !mount.mountpoint.starts_with('/') || mount.mountpoint == "/" {
+                            bad(format!(
+                                "mountpoint {:?} must be an absolute path below /",
+                                mount.mountpoint
+                            ));
+                        }
+                        if !points.insert(&mount.mountpoint) {
+                            bad(format!("mountpoint {:?} is used twice", mount.mountpoint));
+                        }
+                    }
+                }
+                WorkloadSpec::Zmount(z) => {
+                    if z.size.0 == 0 {
+                        bad("size must be greater than 0".into());
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationError(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::*;
+
+    const EXAMPLE: &str = r#"
+name: hello
+description: a web app and its data
+workloads:
+  - name: data
+    type: zmount
+    data:
+      size: 1G
+  - name: web
+    type: zmachine
+    data:
+      flist: /var/lib/zos/flists/busybox.fl
+      cmd: ["sh", "-c", "echo hello"]
+      env: { GREETING: hi }
+      cpu: 1
+      memory: 256M
+      mounts:
+        - name: data
+          mountpoint: /data
+"#;
+
+    fn owner() -> PublicKey {
+        Keypair::from_seed(&[1; 32]).public()
+    }
+
+    fn example() -> Deployment {
+        DeploymentFile::from_yaml_str(EXAMPLE)
+            .unwrap()
+            .into_deployment(owner())
+    }
+
+    fn parse_err(yaml: &str) -> String {
+        DeploymentFile::from_yaml_str(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_the_example_file() {
+        let d = example();
+        d.validate().unwrap();
+        assert_eq!((d.name.as_str(), d.version, d.owner), ("hello", 0, owner()));
+        assert_eq!(
+            d.signature_requirement,
+            SignatureRequirement::owner_only(&owner())
+        );
+        assert_eq!(
+            d.workloads[0].spec,
+            WorkloadSpec::Zmount(ZMount {
+                size: ByteSize(1 << 30)
+            })
+        );
+        let WorkloadSpec::Zmachine(m) = &d.workloads[1].spec else {
+            panic!("not a zmachine")
+        };
+        assert_eq!(m.cmd, ["sh", "-c", "echo hello"]);
+        assert_eq!(m.env["GREETING"], "hi");
+        assert_eq!(
+            (m.cpu, m.memory, m.root_size),
+            (1, ByteSize(256 << 20), ByteSize(1 << 30))
+        );
+        assert!(m.entrypoint.is_empty());
+        assert_eq!(m.mounts[0].mountpoint, "/data");
+    }
+
+    #[test]
+    fn sizes_accept_integers_and_bad_sizes_name_the_path() {
+        let d = DeploymentFile::from_yaml_str(&EXAMPLE.replace("size: 1G", "size: 4096")).unwrap();
+        assert_eq!(
+            d.workloads[0].spec,
+            WorkloadSpec::Zmount(ZMount {
+                size: ByteSize(4096)
+            })
+        );
+        let err = parse_err(&EXAMPLE.replace("memory: 256M", "memory: 12X"));
+        assert!(
+            err.starts_with("workloads[1].data.memory: \"12X\": "),
+            "{err}"
+        );
+        assert!(err.contains("use a size like 512M or 2G"), "{err}");
+    }
+
+    #[test]
+    fn unknown_type_names_the_workload_and_the_choices() {
+        let err = parse_err(&EXAMPLE.replace("type: zmachine", "type: foo"));
+        assert!(
+            err.starts_with(
+                "workloads[1].type: unknown variant `foo`, expected `zmachine` or `zmount`"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn typos_and_bad_names_are_errors() {
+        let err = parse_err(&EXAMPLE.replace("name: web", "name: web-1"));
+        assert!(
+            err.starts_with("workloads[1].name: invalid workload name \"web-1\""),
+            "{err}"
+        );
+        let err = parse_err(&EXAMPLE.replace("cpu: 1", "cpus: 1"));
+        assert!(
+            err.starts_with("workloads[1].data.cpus: unknown field `cpus`"),
+            "{err}"
+        );
+        let err = parse_err(&EXAMPLE.replace("    type: zmount", "    kind: zmount"));
+        assert!(
+            err.starts_with("workloads[0]: unknown field `kind`, expected one of `name`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validation_names_each_problem() {
+        let problems = |edit: fn(&mut Deployment)| {
+            let mut d = example();
+            edit(&mut d);
+            d.validate().map_err(|e| e.0).unwrap_err()
+        };
+        assert_eq!(
+            problems(|d| d.name = "a b".into()),
+            [r#"name "a b": use 1 to 64 letters, digits, '_' or '-'"#]
+        );
+        assert_eq!(
+            problems(|d| d.workloads.clear()),
+            ["workloads: a deployment needs at least one workload"]
+        );
+        assert_eq!(
+            problems(|d| d.workloads[1].name = d.workloads[0].name.clone()),
+            [r#"workloads[1] (name "data"): name is used by an earlier workload"#]
+        );
+        assert_eq!(
+            problems(|d| d.workloads[1].version = 1),
+            [r#"workloads[1] (name "web"): version 1 is above the deployment's version 0"#]
+        );
+        assert_eq!(
+            problems(|d| d.workloads[0].spec = WorkloadSpec::Zmount(ZMount { size: ByteSize(0) })),
+            [r#"workloads[0] (name "data"): size must be greater than 0"#]
+        );
+        let p = problems(|d| {
+            let WorkloadSpec::Zmachine(m) = &mut d.workloads[1].spec else {
+                return;
+            };
+            m.cpu = 0;
+            m.memory = ByteSize(32 << 20);
+            m.env.insert("A=B".into(), "x".into());
+            m.mounts.push(Mount {
+                name: m.mounts[0].name.clone(),
+                mountpoint: "data".into(),
+            });
+            m.mounts.push(Mount {
+                name: "nope".to_string().try_into().unwrap(),
+                mountpoint: "/data".into(),
+            });
+        });
+        let web = r#"workloads[1] (name "web"): "#;
+        let expected = [
+            "cpu must be at least 1",
+            "memory 32 MiB is below the minimum 64 MiB",
+            r#"env name "A=B" must be non-empty and contain no '='"#,
+            r#"mountpoint "data" must be an absolute path below /"#,
+            r#"mount "nope" is not a zmount in this deployment"#,
+            r#"mountpoint "/data" is used twice"#,
+        ];
+        assert_eq!(p, expected.map(|e| format!("{web}{e}")));
+    }
+}
