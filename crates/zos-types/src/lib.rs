@@ -26,6 +26,7 @@
 //! e.g. `workloads[0].data.memory: "12X": ...`.
 #![warn(missing_docs)]
 
+pub mod api;
 mod canonical;
 mod deployment;
 mod keys;

@@ -1,0 +1,258 @@
+//! The HTTP/JSON API (see `zos_types::api` for the table of endpoints). Handlers check who
+//! calls, then hand the work to the engine on a blocking thread.
+
+use crate::engine::{ApiError, Engine};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use zos_types::api::ErrorBody;
+use zos_types::{Deployment, PublicKey, RequestAuth};
+
+/// How far a signed request's clock may be from the node's.
+const MAX_SKEW_SECS: u64 = 60;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Api {
+    engine: Arc<Engine>,
+    /// Signatures of requests seen within the skew window: a request is good once.
+    seen: Arc<Mutex<HashMap<[u8; 64], u64>>>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// The router over `engine`.
+pub fn router(engine: Arc<Engine>) -> Router {
+    let api = Api {
+        engine,
+        seen: Arc::default(),
+    };
+    Router::new()
+        .route("/v1/node", get(node_info))
+        .route("/v1/deployments", get(list).post(deploy))
+        .route(
+            "/v1/deployments/{name}",
+            get(get_one).put(update).delete(remove),
+        )
+        .route("/v1/deployments/{name}/logs/{workload}", get(logs))
+        .route("/v1/events", get(events))
+        .with_state(api)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Api {
+    /// The caller's key, from a signed, fresh, never-seen request.
+    fn caller(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<PublicKey, ApiError> {
+        let header = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ApiError::unauthorized("this request is not signed: send an Authorization: zos key=…,ts=…,sig=… header (the zos CLI does)"))?;
+        let auth =
+            RequestAuth::from_header(header).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        let now = unix_now();
+        auth.verify(method.as_str(), path, body, now, MAX_SKEW_SECS)
+            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|_, ts| ts.abs_diff(now) <= 2 * MAX_SKEW_SECS);
+        if seen.insert(auth.signature.0, auth.timestamp).is_some() {
+            return Err(ApiError::unauthorized(
+                "this signed request was already used: sign each request anew",
+            ));
+        }
+        Ok(auth.key)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::from(anyhow::anyhow!("a worker failed: {e}")))?
+}
+
+fn parse_deployment(body: &[u8]) -> Result<Deployment, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("the body is not UTF-8 JSON"))?;
+    Deployment::from_json_str(text).map_err(|e| ApiError::bad_request(format!("deployment: {e}")))
+}
+
+async fn node_info(
+    State(api): State<Api>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<zos_types::api::NodeInfo>, ApiError> {
+    api.caller(&method, &uri, &headers, b"")?;
+    Ok(Json(api.engine.info()))
+}
+
+async fn deploy(
+    State(api): State<Api>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Deployment>), ApiError> {
+    let d = parse_deployment(&body)?;
+    let engine = api.engine.clone();
+    let stored = blocking(move || engine.deploy(d)).await?;
+    Ok((StatusCode::CREATED, Json(stored)))
+}
+
+async fn update(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Deployment>, ApiError> {
+    let d = parse_deployment(&body)?;
+    let engine = api.engine.clone();
+    Ok(Json(blocking(move || engine.update(&name, d)).await?))
+}
+
+async fn list(
+    State(api): State<Api>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Deployment>>, ApiError> {
+    let owner = api.caller(&method, &uri, &headers, b"")?;
+    let engine = api.engine.clone();
+    Ok(Json(blocking(move || engine.list(&owner)).await?))
+}
+
+async fn get_one(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<Deployment>, ApiError> {
+    let owner = api.caller(&method, &uri, &headers, b"")?;
+    let engine = api.engine.clone();
+    Ok(Json(blocking(move || engine.get(&owner, &name)).await?))
+}
+
+async fn remove(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<Deployment>, ApiError> {
+    let owner = api.caller(&method, &uri, &headers, b"")?;
+    let engine = api.engine.clone();
+    Ok(Json(blocking(move || engine.delete(&owner, &name)).await?))
+}
+
+async fn logs(
+    State(api): State<Api>,
+    Path((name, workload)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let owner = api.caller(&method, &uri, &headers, b"")?;
+    let follow = query.get("follow").is_some_and(|v| v == "true" || v == "1");
+    let engine = api.engine.clone();
+    let (path, vm) = blocking(move || engine.console(&owner, &name, &workload)).await?;
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let engine = api.engine.clone();
+    // The log is read on a blocking thread; when following, until the VM is down and the
+    // log has nothing new, or the client is gone.
+    tokio::task::spawn_blocking(move || {
+        let mut follower = zos_vmm::console::Follower::new(&path);
+        loop {
+            let chunk = match follower.read_new() {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            let idle = chunk.is_empty();
+            if !idle && tx.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+                return;
+            }
+            if idle {
+                if !follow || !engine.vm_active(&vm) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    });
+    Ok(streamed(rx, "text/plain; charset=utf-8"))
+}
+
+async fn events(
+    State(api): State<Api>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let owner = api.caller(&method, &uri, &headers, b"")?;
+    let mut events = api.engine.subscribe();
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    tokio::spawn(async move {
+        loop {
+            let (who, event) = match events.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            };
+            if who != owner {
+                continue;
+            }
+            let Ok(mut line) = serde_json::to_vec(&event) else {
+                continue;
+            };
+            line.push(b'\n');
+            if tx.send(Ok(Bytes::from(line))).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(streamed(rx, "application/x-ndjson"))
+}
+
+/// A response whose body is what arrives on `rx`.
+fn streamed(
+    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    content_type: &'static str,
+) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, content_type)],
+        Body::from_stream(ReceiverStream::new(rx)),
+    )
+        .into_response()
+}

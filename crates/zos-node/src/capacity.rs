@@ -1,0 +1,136 @@
+//! What the node can hand out and what deployments hold: admission never overcommits memory,
+//! overcommits vCPUs by the configured ratio, and counts disks plus writable root layers.
+
+use crate::config::NodeConfig;
+use zos_types::api::Resources;
+use zos_types::{Deployment, ResultState, WorkloadSpec};
+
+/// The node's totals after its reserves.
+pub fn totals(cfg: &NodeConfig, disk_size: u64) -> Resources {
+    let cpus = (zos_vmm::host::cpus() as f64 * cfg.cpu_overcommit).floor() as u64;
+    Resources {
+        cpus,
+        memory: zos_vmm::host::memory_bytes().saturating_sub(cfg.reserve_memory.0),
+        disk: disk_size.saturating_sub(cfg.reserve_disk.0),
+    }
+}
+
+/// The size of the filesystem holding `dir`, in bytes.
+pub fn filesystem_size(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("path holds a NUL byte"))?;
+    // SAFETY: statvfs is plain data, zero is a valid bit pattern.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path and st a valid out pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_blocks * st.f_frsize)
+}
+
+/// What a deployment holds: its workloads that are not deleted.
+pub fn demand(d: &Deployment) -> Resources {
+    let mut r = Resources::default();
+    for w in &d.workloads {
+        if w.result
+            .as_ref()
+            .is_some_and(|r| r.state == ResultState::Deleted)
+        {
+            continue;
+        }
+        match &w.spec {
+            WorkloadSpec::Zmachine(m) => {
+                r.cpus += u64::from(m.cpu);
+                r.memory += m.memory.0;
+                r.disk += m.root_size.0;
+            }
+            WorkloadSpec::Zmount(m) => r.disk += m.size.0,
+        }
+    }
+    r
+}
+
+/// `a + b`.
+pub fn add(a: Resources, b: Resources) -> Resources {
+    Resources {
+        cpus: a.cpus + b.cpus,
+        memory: a.memory + b.memory,
+        disk: a.disk + b.disk,
+    }
+}
+
+/// `a - b`, floored at zero.
+pub fn sub(a: Resources, b: Resources) -> Resources {
+    Resources {
+        cpus: a.cpus.saturating_sub(b.cpus),
+        memory: a.memory.saturating_sub(b.memory),
+        disk: a.disk.saturating_sub(b.disk),
+    }
+}
+
+/// Whether `want` more fits in `free`; otherwise what is short, for the error.
+pub fn check_fits(want: Resources, free: Resources) -> Result<(), String> {
+    let mut short = Vec::new();
+    if want.memory > free.memory {
+        short.push(format!(
+            "memory: {} asked, {} free",
+            zos_types::ByteSize(want.memory),
+            zos_types::ByteSize(free.memory)
+        ));
+    }
+    if want.cpus > free.cpus {
+        short.push(format!("vCPUs: {} asked, {} free", want.cpus, free.cpus));
+    }
+    if want.disk > free.disk {
+        short.push(format!(
+            "disk: {} asked, {} free",
+            zos_types::ByteSize(want.disk),
+            zos_types::ByteSize(free.disk)
+        ));
+    }
+    if short.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the node cannot take this deployment ({})",
+            short.join("; ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortfalls_are_named() {
+        let free = Resources {
+            cpus: 4,
+            memory: 1 << 30,
+            disk: 10 << 30,
+        };
+        assert!(check_fits(
+            Resources {
+                cpus: 4,
+                memory: 1 << 30,
+                disk: 0
+            },
+            free
+        )
+        .is_ok());
+        let err = check_fits(
+            Resources {
+                cpus: 5,
+                memory: 2 << 30,
+                disk: 0,
+            },
+            free,
+        )
+        .unwrap_err();
+        assert!(err.contains("memory: 2 GiB asked, 1 GiB free"), "{err}");
+        assert!(err.contains("vCPUs: 5 asked, 4 free"), "{err}");
+        assert!(!err.contains("disk"), "{err}");
+        assert_eq!(sub(free, Resources { cpus: 9, ..free }).cpus, 0);
+    }
+}

@@ -1,0 +1,83 @@
+//! The zos node: takes signed deployments over HTTP, admits them against capacity, runs
+//! their workloads with `zos-vmm`, and keeps their state across restarts.
+//!
+//! - [`config`]: the operator's TOML file, read once at start;
+//! - [`store`]: deployments and results in an embedded database (redb);
+//! - [`engine`]: validation, signatures, admission, convergence, crash restarts;
+//! - [`provision`]: one workload to VMs and disks with `zos-vmm`;
+//! - [`api`]: the HTTP/JSON API on unix sockets and TCP.
+
+pub mod api;
+pub mod capacity;
+pub mod config;
+pub mod engine;
+pub mod provision;
+pub mod store;
+
+use anyhow::{Context, Result};
+use config::{Listen, NodeConfig};
+use std::future::IntoFuture;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// Runs the node with the config file at `config` (embedded defaults without one) until
+/// SIGINT or SIGTERM. VMs keep running when it stops; the next start reattaches to them.
+pub fn run(config: Option<&Path>) -> Result<()> {
+    let cfg = NodeConfig::load(config)?;
+    let listeners = cfg.listeners()?;
+    let engine = engine::Engine::open(cfg)?;
+    engine
+        .reconcile()
+        .context("reconciling with what runs on the host")?;
+    {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.monitor());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let app = api::router(engine.clone());
+        let mut servers = tokio::task::JoinSet::new();
+        for l in listeners {
+            match l {
+                Listen::Unix(path) => {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    let _ = std::fs::remove_file(&path);
+                    let listener = tokio::net::UnixListener::bind(&path)
+                        .with_context(|| format!("listening on {}", path.display()))?;
+                    // Anyone may connect: every request is authenticated by its signature.
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+                    eprintln!(
+                        "zos node {}: listening on unix://{}",
+                        engine.node_id(),
+                        path.display()
+                    );
+                    servers.spawn(axum::serve(listener, app.clone()).into_future());
+                }
+                Listen::Tcp(addr) => {
+                    let listener = tokio::net::TcpListener::bind(&addr)
+                        .await
+                        .with_context(|| format!("listening on {addr}"))?;
+                    eprintln!("zos node {}: listening on tcp://{addr}", engine.node_id());
+                    servers.spawn(axum::serve(listener, app.clone()).into_future());
+                }
+            }
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            r = servers.join_next() => {
+                if let Some(Ok(Err(e))) = r {
+                    return Err(anyhow::anyhow!("serving the API: {e}"));
+                }
+            }
+        }
+        eprintln!("zos node: stopping (VMs keep running)");
+        Ok(())
+    })
+}

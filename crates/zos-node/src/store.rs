@@ -1,0 +1,216 @@
+//! The node's state: every deployment with its workloads' results, in an embedded database
+//! (redb) so that each change is one transaction, durable before it is answered.
+//!
+//! Keys are `<owner hex>/<name>`: a deployment belongs to its owner's key, and two owners
+//! may use the same name. Deleted deployments stay, every result `deleted`, so an old
+//! signed version cannot be replayed to bring one back.
+
+use anyhow::{Context, Result};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+use zos_types::{Deployment, PublicKey};
+
+const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
+
+/// The deployment database.
+pub struct Store {
+    db: Database,
+}
+
+/// The database key of a deployment.
+pub fn key(owner: &PublicKey, name: &str) -> String {
+    format!("{owner}/{name}")
+}
+
+/// What [`Store::insert_new`] found in the way.
+pub enum Insert {
+    /// Stored.
+    Done,
+    /// A deployment of that owner and name exists (it is returned).
+    Exists(Box<Deployment>),
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = Database::create(path)
+            .with_context(|| format!("opening the node database {}", path.display()))?;
+        let txn = db.begin_write()?;
+        txn.open_table(DEPLOYMENTS)?;
+        txn.commit()?;
+        Ok(Store { db })
+    }
+
+    /// Stores `d` unless its owner already has a deployment of that name: the check and the
+    /// write are one transaction, so of two concurrent deploys exactly one wins.
+    pub fn insert_new(&self, d: &Deployment) -> Result<Insert> {
+        let k = key(&d.owner, &d.name);
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(DEPLOYMENTS)?;
+            if let Some(old) = table.get(k.as_str())? {
+                return Ok(Insert::Exists(Box::new(decode(old.value())?)));
+            }
+            table.insert(k.as_str(), encode(d)?.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(Insert::Done)
+    }
+
+    /// Replaces the stored deployment with `d` if the stored one still has version
+    /// `expected_version` (else returns the stored one, unchanged).
+    pub fn replace(&self, d: &Deployment, expected_version: u32) -> Result<Option<Deployment>> {
+        let k = key(&d.owner, &d.name);
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(DEPLOYMENTS)?;
+            let current = match table.get(k.as_str())? {
+                Some(v) => Some(decode(v.value())?),
+                None => None,
+            };
+            if let Some(current) = current {
+                if current.version != expected_version {
+                    return Ok(Some(current));
+                }
+            }
+            table.insert(k.as_str(), encode(d)?.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(None)
+    }
+
+    /// Changes a stored deployment in one transaction; `None` if it is not there.
+    pub fn modify<T>(
+        &self,
+        owner: &PublicKey,
+        name: &str,
+        f: impl FnOnce(&mut Deployment) -> T,
+    ) -> Result<Option<T>> {
+        let k = key(owner, name);
+        let txn = self.db.begin_write()?;
+        let out = {
+            let mut table = txn.open_table(DEPLOYMENTS)?;
+            let current = match table.get(k.as_str())? {
+                Some(v) => decode(v.value())?,
+                None => return Ok(None),
+            };
+            let mut d = current;
+            let out = f(&mut d);
+            table.insert(k.as_str(), encode(&d)?.as_slice())?;
+            out
+        };
+        txn.commit()?;
+        Ok(Some(out))
+    }
+
+    /// One deployment.
+    pub fn get(&self, owner: &PublicKey, name: &str) -> Result<Option<Deployment>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEPLOYMENTS)?;
+        let k = key(owner, name);
+        match table.get(k.as_str())? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The deployments of one owner, by name.
+    pub fn list(&self, owner: &PublicKey) -> Result<Vec<Deployment>> {
+        // `/` sorts right before `0`, so the owner's keys are the range [owner/, owner0).
+        let (from, to) = (format!("{owner}/"), format!("{owner}0"));
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEPLOYMENTS)?;
+        let mut out = Vec::new();
+        for entry in table.range(from.as_str()..to.as_str())? {
+            let (_, v) = entry?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Every deployment.
+    pub fn all(&self) -> Result<Vec<Deployment>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEPLOYMENTS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+fn encode(d: &Deployment) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(d)?)
+}
+
+fn decode(bytes: &[u8]) -> Result<Deployment> {
+    serde_json::from_slice(bytes).context("a stored deployment cannot be read")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zos_types::{DeploymentFile, Keypair};
+
+    fn deployment(key: &Keypair, name: &str) -> Deployment {
+        let file = DeploymentFile::from_yaml_str(&format!(
+            "name: {name}\nworkloads:\n  - name: data\n    type: zmount\n    data: {{ size: 1G }}\n"
+        ))
+        .unwrap();
+        file.into_deployment(key.public())
+    }
+
+    #[test]
+    fn one_insert_wins_and_owners_are_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let (a, b) = (Keypair::generate(), Keypair::generate());
+        assert!(matches!(
+            store.insert_new(&deployment(&a, "x")).unwrap(),
+            Insert::Done
+        ));
+        assert!(matches!(
+            store.insert_new(&deployment(&a, "x")).unwrap(),
+            Insert::Exists(_)
+        ));
+        assert!(matches!(
+            store.insert_new(&deployment(&b, "x")).unwrap(),
+            Insert::Done
+        ));
+        assert!(matches!(
+            store.insert_new(&deployment(&a, "y")).unwrap(),
+            Insert::Done
+        ));
+        let names: Vec<_> = store
+            .list(&a.public())
+            .unwrap()
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        assert_eq!(names, vec!["x", "y"]);
+        assert_eq!(store.list(&b.public()).unwrap().len(), 1);
+        assert_eq!(store.all().unwrap().len(), 3);
+
+        // A stale version does not overwrite.
+        let mut next = deployment(&a, "x");
+        next.version = 1;
+        assert!(store.replace(&next, 0).unwrap().is_none());
+        let stale = store.replace(&next, 0).unwrap().unwrap();
+        assert_eq!(stale.version, 1);
+        drop(store);
+        // Durable across reopen.
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        assert_eq!(store.get(&a.public(), "x").unwrap().unwrap().version, 1);
+        let changed = store
+            .modify(&a.public(), "y", |d| d.description = "z".into())
+            .unwrap();
+        assert!(changed.is_some());
+        assert_eq!(
+            store.get(&a.public(), "y").unwrap().unwrap().description,
+            "z"
+        );
+        assert!(store.modify(&b.public(), "y", |_| ()).unwrap().is_none());
+    }
+}
