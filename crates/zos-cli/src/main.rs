@@ -1,16 +1,20 @@
-//! `zos`: the command line of a zos compute node. Today it makes, inspects and restores
-//! flists; the node and deployments come next. Holds no business logic: every command parses
-//! its arguments, calls a library crate and prints the result.
+//! `zos`: the command line of a zos compute node. It makes, inspects and restores flists,
+//! runs VMs, runs the node, and deploys to it. Holds no business logic: every command parses
+//! its arguments, calls a library crate (or the node's API) and prints the result.
 
 mod bench;
 mod bench_vm;
+mod client;
+mod deploy;
 mod flist;
 mod import;
+mod key;
 mod mount;
 mod progress;
 mod vm;
 
 use clap::{Parser, Subcommand};
+use client::ClientArgs;
 use std::process::ExitCode;
 
 /// zos: run containers and VMs on a decentralized compute node.
@@ -60,6 +64,46 @@ Examples:\n  zos run alpine.fl -- echo hello\n  zos run app.fl --cpus 2 --memory
     /// Measure zos against a floor measured in the same run, and print a table
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Make and show the key that owns your deployments and signs your requests
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// Run a node, or ask one who it is and what it can still take
+    #[command(subcommand)]
+    Node(deploy::NodeCommand),
+    /// Create or update a deployment from a YAML (or JSON) file and wait until it runs
+    #[command(
+        after_help = "Workloads that did not change keep running; changed and new ones \
+are (re)created. Exits 1 if a workload ends in error.\n\
+Example:\n  zos deploy app.yaml\n  zos deploy app.yaml --node http://10.0.0.5:8080 --timeout 2m"
+    )]
+    Deploy(deploy::DeployArgs),
+    /// List your deployments on the node
+    Ps {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a deployment: its workloads, their settings and state
+    Get {
+        /// The deployment's name
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a workload's console log
+    #[command(after_help = "Example:\n  zos logs app/web -f")]
+    Logs(deploy::LogsArgs),
+    /// Remove a deployment and everything it runs
+    Rm {
+        /// The deployment's name
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print what happens to your deployments as it happens, until interrupted
+    Events {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +127,14 @@ fn main() -> ExitCode {
         Command::Run { vm, detach, place } => vm::run(*vm, place, detach),
         Command::Vm { cmd, place } => vm::vm(cmd, place),
         Command::Volume { cmd, place } => vm::volume(cmd, place),
+        Command::Key(cmd) => key::run(cmd),
+        Command::Node(cmd) => deploy::node(cmd),
+        Command::Deploy(args) => deploy::deploy(args),
+        Command::Ps { client } => deploy::ps(&client),
+        Command::Get { name, client } => deploy::get(&name, &client),
+        Command::Logs(args) => deploy::logs(&args),
+        Command::Rm { name, client } => deploy::rm(&name, &client),
+        Command::Events { client } => deploy::events(&client),
     };
     match result {
         Ok(code) => code,

@@ -8,9 +8,9 @@ use crate::provision::{self, VmOutcome};
 use crate::store::{self, Insert, Store};
 use anyhow::{Context, Result};
 use serde_json::json;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 use zos_types::api::{Event, NodeInfo, Resources};
@@ -96,7 +96,14 @@ pub struct Engine {
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     restarts: Mutex<HashMap<String, Restart>>,
     events: broadcast::Sender<(PublicKey, Event)>,
+    /// Deployments waiting for a worker.
+    queue: Mutex<VecDeque<(PublicKey, String)>>,
+    queued: Condvar,
 }
+
+/// Convergence workers: one per host CPU would starve the guests under TCG; two keep a slow
+/// VM boot from holding up everything else.
+pub const WORKERS: usize = 2;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -168,6 +175,8 @@ impl Engine {
             locks: Mutex::new(HashMap::new()),
             restarts: Mutex::new(HashMap::new()),
             events,
+            queue: Mutex::new(VecDeque::new()),
+            queued: Condvar::new(),
         }))
     }
 
@@ -396,13 +405,33 @@ impl Engine {
         locks.entry(store::key(owner, name)).or_default().clone()
     }
 
+    /// Queues a deployment for convergence (once, however often it is asked for).
     fn spawn_converge(self: &Arc<Self>, owner: PublicKey, name: String) {
-        let engine = Arc::clone(self);
-        std::thread::spawn(move || {
-            if let Err(e) = engine.converge(&owner, &name) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.iter().any(|(o, n)| *o == owner && *n == name) {
+            return;
+        }
+        queue.push_back((owner, name));
+        self.queued.notify_one();
+    }
+
+    /// Converges queued deployments, one at a time per worker; the node runs
+    /// [`WORKERS`] of these, so a burst of deployments does not start a burst of VMs.
+    pub fn worker(self: &Arc<Self>) {
+        loop {
+            let (owner, name) = {
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if let Some(job) = queue.pop_front() {
+                        break job;
+                    }
+                    queue = self.queued.wait(queue).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            if let Err(e) = self.converge(&owner, &name) {
                 tracing::error!(deployment = %name, error = %e.message, "converging failed");
             }
-        });
+        }
     }
 
     /// Makes the host match the stored deployment, until a pass finds nothing newer.

@@ -29,6 +29,10 @@ pub fn run(config: Option<&Path>) -> Result<()> {
     engine
         .reconcile()
         .context("reconciling with what runs on the host")?;
+    for _ in 0..engine::WORKERS {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.worker());
+    }
     {
         let engine = engine.clone();
         std::thread::spawn(move || engine.monitor());

@@ -7,13 +7,18 @@ use sha2::{Digest, Sha256};
 pub const REQUEST_DOMAIN: &[u8] = b"zos-request-v1\n";
 
 /// Proof that the holder of `key` sent a request at `timestamp`, carried in the
-/// `Authorization` header as `zos key=<hex>,ts=<secs>,sig=<hex>`.
+/// `Authorization` header as `zos key=<hex>,ts=<secs>,nonce=<n>,sig=<hex>`.
+///
+/// The random nonce makes two identical requests in the same second differ (Ed25519 is
+/// deterministic), so a node can accept each signature only once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestAuth {
     /// Who signed.
     pub key: PublicKey,
     /// When, in unix seconds; bounds how long a captured header can be replayed.
     pub timestamp: u64,
+    /// Random, so no two requests share a signature.
+    pub nonce: u64,
     /// Ed25519 signature of [`RequestAuth::message`].
     pub signature: SignatureBytes,
 }
@@ -21,8 +26,10 @@ pub struct RequestAuth {
 /// Why a request's `Authorization` header is not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestAuthError {
-    /// The header is not `zos key=<hex>,ts=<secs>,sig=<hex>`.
-    #[error("bad Authorization header: {0}; expected `zos key=<hex>,ts=<secs>,sig=<hex>`")]
+    /// The header is not `zos key=<hex>,ts=<secs>,nonce=<n>,sig=<hex>`.
+    #[error(
+        "bad Authorization header: {0}; expected `zos key=<hex>,ts=<secs>,nonce=<n>,sig=<hex>`"
+    )]
     Header(String),
     /// A key or signature in the header does not parse.
     #[error("bad Authorization header: {0}")]
@@ -44,9 +51,15 @@ pub enum RequestAuthError {
 
 impl RequestAuth {
     /// The 32 bytes signed: SHA-256 of [`REQUEST_DOMAIN`], then method (upper-cased),
-    /// path and query, decimal timestamp and the lowercase hex SHA-256 of the body,
-    /// separated by `\n`.
-    pub fn message(method: &str, path_and_query: &str, timestamp: u64, body: &[u8]) -> [u8; 32] {
+    /// path and query, decimal timestamp, decimal nonce and the lowercase hex SHA-256 of
+    /// the body, separated by `\n`.
+    pub fn message(
+        method: &str,
+        path_and_query: &str,
+        timestamp: u64,
+        nonce: u64,
+        body: &[u8],
+    ) -> [u8; 32] {
         let mut hash = Sha256::new();
         hash.update(REQUEST_DOMAIN);
         hash.update(method.to_ascii_uppercase());
@@ -55,11 +68,13 @@ impl RequestAuth {
         hash.update(b"\n");
         hash.update(timestamp.to_string());
         hash.update(b"\n");
+        hash.update(nonce.to_string());
+        hash.update(b"\n");
         hash.update(hex::encode(Sha256::digest(body)));
         hash.finalize().into()
     }
 
-    /// Signs a request.
+    /// Signs a request, with a fresh random nonce.
     pub fn sign(
         key: &Keypair,
         method: &str,
@@ -67,11 +82,26 @@ impl RequestAuth {
         timestamp: u64,
         body: &[u8],
     ) -> Self {
-        let signature = key.sign(&Self::message(method, path_and_query, timestamp, body));
+        use rand_core::RngCore;
+        let nonce = rand_core::OsRng.next_u64();
+        Self::sign_with_nonce(key, method, path_and_query, timestamp, nonce, body)
+    }
+
+    /// Signs a request with the given nonce (for known-answer tests).
+    pub fn sign_with_nonce(
+        key: &Keypair,
+        method: &str,
+        path_and_query: &str,
+        timestamp: u64,
+        nonce: u64,
+        body: &[u8],
+    ) -> Self {
+        let message = Self::message(method, path_and_query, timestamp, nonce, body);
         RequestAuth {
             key: key.public(),
             timestamp,
-            signature,
+            nonce,
+            signature: key.sign(&message),
         }
     }
 
@@ -92,7 +122,7 @@ impl RequestAuth {
                 max: max_skew_secs,
             });
         }
-        let message = Self::message(method, path_and_query, self.timestamp, body);
+        let message = Self::message(method, path_and_query, self.timestamp, self.nonce, body);
         self.key
             .verify(&message, &self.signature)
             .map_err(|_| RequestAuthError::BadSignature(self.key))
@@ -101,8 +131,8 @@ impl RequestAuth {
     /// The `Authorization` header value.
     pub fn to_header(&self) -> String {
         format!(
-            "zos key={},ts={},sig={}",
-            self.key, self.timestamp, self.signature
+            "zos key={},ts={},nonce={},sig={}",
+            self.key, self.timestamp, self.nonce, self.signature
         )
     }
 
@@ -117,7 +147,7 @@ impl RequestAuth {
         if !scheme.eq_ignore_ascii_case("zos") {
             return Err(bad(format!("scheme is {scheme:?}, not \"zos\"")));
         }
-        let (mut key, mut ts, mut sig) = (None, None, None);
+        let (mut key, mut ts, mut nonce, mut sig) = (None, None, None, None);
         for part in params.split(',') {
             let (name, val) = part
                 .trim()
@@ -126,6 +156,7 @@ impl RequestAuth {
             let slot = match name {
                 "key" => &mut key,
                 "ts" => &mut ts,
+                "nonce" => &mut nonce,
                 "sig" => &mut sig,
                 _ => return Err(bad(format!("unknown parameter {name:?}"))),
             };
@@ -135,11 +166,15 @@ impl RequestAuth {
         }
         let missing = |name: &str| bad(format!("{name} is missing"));
         let ts = ts.ok_or_else(|| missing("ts"))?;
+        let nonce = nonce.ok_or_else(|| missing("nonce"))?;
         Ok(RequestAuth {
             key: key.ok_or_else(|| missing("key"))?.parse()?,
             timestamp: ts
                 .parse()
                 .map_err(|_| bad(format!("ts {ts:?} is not unix seconds")))?,
+            nonce: nonce
+                .parse()
+                .map_err(|_| bad(format!("nonce {nonce:?} is not a number")))?,
             signature: sig.ok_or_else(|| missing("sig"))?.parse()?,
         })
     }
@@ -150,13 +185,20 @@ mod tests {
     use super::*;
 
     // Checked with Python's `cryptography` Ed25519 from the same seed over
-    // sha256(b"zos-request-v1\nGET\n/deployments/kat?x=1\n1700000000\n" + sha256(b"").hex).
-    const KAT_HEADER: &str = "zos key=8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c,ts=1700000000,sig=b72b41b05ceb0e37cdad4c7383a58897d6e2f1a37775cb04922ca8cb0042d511ee42cde2ecfcc315e0938780aaebb7baf1d3f7d87408c1026eddc5b1200a9905";
+    // sha256(b"zos-request-v1\nGET\n/deployments/kat?x=1\n1700000000\n7\n" + sha256(b"").hex).
+    const KAT_HEADER: &str = "zos key=8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c,ts=1700000000,nonce=7,sig=abadf56eff235ed250863fbe0602fbc79115d560079ce61e08f9320125a294a69c1861c6d987b307fae6f5c29cd07415d2a7b4b5ff2d73889a7b7d559972b704";
 
     #[test]
     fn known_answer_and_round_trip() {
         let key = Keypair::from_seed(&[1; 32]);
-        let auth = RequestAuth::sign(&key, "GET", "/deployments/kat?x=1", 1_700_000_000, b"");
+        let auth = RequestAuth::sign_with_nonce(
+            &key,
+            "GET",
+            "/deployments/kat?x=1",
+            1_700_000_000,
+            7,
+            b"",
+        );
         assert_eq!(auth.to_header(), KAT_HEADER);
         let parsed = RequestAuth::from_header(KAT_HEADER).unwrap();
         assert_eq!(parsed, auth);
@@ -183,7 +225,7 @@ mod tests {
         ));
         let err = |h: &str| RequestAuth::from_header(h).unwrap_err().to_string();
         assert!(err("Bearer abc").contains("scheme is \"Bearer\""));
-        assert!(err("zos key=00,ts=1,sig=00").contains("invalid public key"));
+        assert!(err("zos key=00,ts=1,nonce=1,sig=00").contains("invalid public key"));
         assert!(err(&KAT_HEADER.replace(",ts=1700000000", "")).contains("ts is missing"));
         assert!(err(&KAT_HEADER.replace("ts=1700000000", "ts=soon"))
             .contains("ts \"soon\" is not unix seconds"));

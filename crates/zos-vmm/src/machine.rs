@@ -366,6 +366,10 @@ impl Vmm {
                 what: "it is already running".into(),
             });
         }
+        // A start cut short (the manager killed half-way) can leave QEMU or virtiofsd
+        // running unrecorded, and mounts in place: end them before starting afresh.
+        kill_strays(&dir);
+        teardown(&dir, None, None);
         for stale in [EXIT, QMP, CONTROL, VIRTIOFS, PIDFILE] {
             let _ = fs::remove_file(dir.join(stale));
         }
@@ -989,6 +993,27 @@ impl Vmm {
 struct Started {
     virtiofsd: Option<ProcRef>,
     mount: Option<ProcRef>,
+}
+
+/// Kills a QEMU or virtiofsd of this VM that its record does not know of, found through
+/// their pid files (and checked to be about this VM's dir, in case the pid was reused).
+fn kill_strays(dir: &Path) {
+    let virtiofsd_pidfile = dir.join(format!("{VIRTIOFS}.pid"));
+    for pidfile in [dir.join(PIDFILE), virtiofsd_pidfile] {
+        let Some(pid) = fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let ours = String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy());
+        if let (true, Some(p)) = (ours, ProcRef::of(pid)) {
+            tracing::info!(pid, dir = %dir.display(), "ending a process left by an interrupted start");
+            p.signal(libc::SIGKILL);
+            p.wait_gone(Duration::from_secs(5));
+        }
+    }
 }
 
 /// Stops the helpers and removes the runtime leftovers of a VM whose QEMU is gone.

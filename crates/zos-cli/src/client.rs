@@ -1,0 +1,550 @@
+//! A small client for the node's HTTP/JSON API (see `zos_types::api`): every request signed
+//! with the user's key, over a unix socket or TCP, behind a blocking interface.
+//!
+//! Each request opens its own HTTP/1.1 connection: the CLI makes a handful of requests, so a
+//! connection pool would add nothing but code, and a fresh connection keeps a request that
+//! failed half-way from affecting the next one.
+
+use crate::key;
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite};
+use zos_types::api::ErrorBody;
+use zos_types::{Keypair, RequestAuth};
+
+/// Where `zos node run` listens unless configured otherwise.
+pub const DEFAULT_NODE: &str = "unix:///run/zos/node.sock";
+
+/// How long to wait for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a whole non-streaming request may take, connection included.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The flags every command that talks to a node takes.
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// The node's API: unix:///path/to.sock or http://HOST:PORT
+    #[arg(long, env = "ZOS_NODE", value_name = "URL", default_value = DEFAULT_NODE,
+          value_parser = NodeUrl::parse)]
+    pub node: NodeUrl,
+    /// Your key file (made by `zos key new`) [default: $XDG_CONFIG_HOME/zos/key.pem or
+    /// ~/.config/zos/key.pem]
+    #[arg(long, env = "ZOS_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Print the node's JSON answer (pretty-printed) instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ClientArgs {
+    /// Loads the key and makes a client for the node.
+    pub fn connect(&self) -> anyhow::Result<NodeClient> {
+        let key = key::load(self.key.as_deref())?;
+        Ok(NodeClient::new(self.node.clone(), key)?)
+    }
+}
+
+/// A node's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeUrl {
+    /// `unix:///abs/path.sock`.
+    Unix(PathBuf),
+    /// `http://HOST:PORT`.
+    Http {
+        /// `HOST:PORT` as written, for the `Host` header.
+        authority: String,
+        /// The host without IPv6 brackets, for connecting.
+        host: String,
+        /// The port (80 when left out).
+        port: u16,
+    },
+}
+
+impl NodeUrl {
+    /// Parses `unix:///abs/path.sock` or `http://HOST[:PORT]`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        const FORMS: &str = "use unix:///absolute/path.sock or http://HOST:PORT";
+        if let Some(path) = s.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "{s:?}: the socket path must be absolute, as in unix:///run/zos/node.sock"
+                ));
+            }
+            return Ok(NodeUrl::Unix(PathBuf::from(path)));
+        }
+        if let Some(rest) = s.strip_prefix("http://") {
+            let authority = rest.strip_suffix('/').unwrap_or(rest);
+            if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+                return Err(format!(
+                    "{s:?}: give only the host and port, as in http://10.0.0.5:8080"
+                ));
+            }
+            let parsed: hyper::http::uri::Authority = authority
+                .parse()
+                .map_err(|e| format!("{s:?}: {e}; {FORMS}"))?;
+            let host = parsed.host();
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            return Ok(NodeUrl::Http {
+                authority: authority.to_string(),
+                host: host.to_string(),
+                port: parsed.port_u16().unwrap_or(80),
+            });
+        }
+        if s.starts_with("https://") {
+            return Err(format!(
+                "{s:?}: https is not supported; reach a remote node over a tunnel \
+                 (ssh -L, WireGuard) and {FORMS}"
+            ));
+        }
+        Err(format!("{s:?} is not a node address; {FORMS}"))
+    }
+
+    fn host_header(&self) -> &str {
+        match self {
+            // Any name will do over a socket; the node does not route by host.
+            NodeUrl::Unix(_) => "localhost",
+            NodeUrl::Http { authority, .. } => authority,
+        }
+    }
+}
+
+impl fmt::Display for NodeUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeUrl::Unix(path) => write!(f, "unix://{}", path.display()),
+            NodeUrl::Http { authority, .. } => write!(f, "http://{authority}"),
+        }
+    }
+}
+
+/// Why a request to the node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens at the node's address, or we may not connect to it.
+    #[error("cannot reach the node at {node} ({cause}): {}", unreachable_hint(.cause))]
+    Unreachable {
+        /// The node's address.
+        node: String,
+        /// What connecting said.
+        cause: std::io::Error,
+    },
+    /// The node answered with an error status.
+    #[error("node: {message} (HTTP {status} for {method} {path})")]
+    Node {
+        /// The request's method.
+        method: Method,
+        /// The request's path and query.
+        path: String,
+        /// The answer's status.
+        status: StatusCode,
+        /// The node's `ErrorBody.error`, or the raw body when it sent none.
+        message: String,
+    },
+    /// The connection failed after it was made.
+    #[error("talking to the node at {node} ({method} {path}): {cause}")]
+    Transport {
+        /// The node's address.
+        node: String,
+        /// The request's method.
+        method: Method,
+        /// The request's path and query.
+        path: String,
+        /// What went wrong, with its causes.
+        cause: String,
+    },
+    /// The node took too long.
+    #[error("the node at {node} did not answer {method} {path} within {}s", .limit.as_secs())]
+    Timeout {
+        /// The node's address.
+        node: String,
+        /// The request's method.
+        method: Method,
+        /// The request's path and query.
+        path: String,
+        /// The limit that passed.
+        limit: Duration,
+    },
+    /// The node answered with something this client does not understand.
+    #[error(
+        "the node's answer to {method} {path} is not what zos expects ({detail}); \
+         are zos and the node the same version?"
+    )]
+    BadAnswer {
+        /// The request's method.
+        method: Method,
+        /// The request's path and query.
+        path: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// Writing streamed output failed.
+    #[error("writing output: {0}")]
+    Output(std::io::Error),
+    /// The request could not be built or the runtime not started (a bug, not a node problem).
+    #[error("preparing the request: {0}")]
+    Local(String),
+}
+
+impl ClientError {
+    /// The HTTP status, when the node answered with an error.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Node { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+fn unreachable_hint(cause: &std::io::Error) -> &'static str {
+    match cause.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "you may need root, or membership of the group owning the socket"
+        }
+        _ => "is `zos node run` running?",
+    }
+}
+
+/// A parsed JSON answer, with the JSON itself for `--json`.
+pub struct Answer<T> {
+    /// The answer as a typed value.
+    pub value: T,
+    /// The answer as the node sent it.
+    pub json: serde_json::Value,
+}
+
+impl<T> Answer<T> {
+    /// The JSON, pretty-printed.
+    pub fn pretty(&self) -> String {
+        serde_json::to_string_pretty(&self.json).unwrap_or_else(|_| self.json.to_string())
+    }
+}
+
+/// One request to make.
+struct Call<'a> {
+    method: Method,
+    path: &'a str,
+    body: Vec<u8>,
+}
+
+/// A client for one node, acting as one key.
+pub struct NodeClient {
+    url: NodeUrl,
+    key: Keypair,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl NodeClient {
+    /// A client for the node at `url`, signing with `key`.
+    pub fn new(url: NodeUrl, key: Keypair) -> Result<Self, ClientError> {
+        // One thread is plenty for one request at a time, and starts instantly.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Local(format!("starting the async runtime: {e}")))?;
+        Ok(NodeClient { url, key, runtime })
+    }
+
+    /// The key requests are signed with.
+    pub fn key(&self) -> &Keypair {
+        &self.key
+    }
+
+    /// `GET path`, parsed as `T`.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Answer<T>, ClientError> {
+        self.json_call(Method::GET, path, Vec::new())
+    }
+
+    /// `POST path` with `body` as JSON, the answer parsed as `T`.
+    pub fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<Answer<T>, ClientError> {
+        self.json_call(Method::POST, path, to_json(path, body)?)
+    }
+
+    /// `PUT path` with `body` as JSON, the answer parsed as `T`.
+    pub fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<Answer<T>, ClientError> {
+        self.json_call(Method::PUT, path, to_json(path, body)?)
+    }
+
+    /// `DELETE path`, the answer parsed as `T`.
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<Answer<T>, ClientError> {
+        self.json_call(Method::DELETE, path, Vec::new())
+    }
+
+    /// `GET path`, handing each piece of the body to `sink` as it arrives, until the node
+    /// ends it. No time limit once the answer has started: logs and events run for as long
+    /// as the user wants.
+    pub fn stream(
+        &self,
+        path: &str,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), ClientError> {
+        let call = Call {
+            method: Method::GET,
+            path,
+            body: Vec::new(),
+        };
+        self.runtime.block_on(async {
+            let mut body = self
+                .limit(&call, REPLY_TIMEOUT, self.send_checked(&call))
+                .await?;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| self.transport(&call, &e))?;
+                if let Some(data) = frame.data_ref() {
+                    sink(data).map_err(ClientError::Output)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn json_call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Answer<T>, ClientError> {
+        let call = Call { method, path, body };
+        let bytes = self
+            .runtime
+            .block_on(self.limit(&call, REPLY_TIMEOUT, async {
+                let body = self.send_checked(&call).await?;
+                let bytes = body
+                    .collect()
+                    .await
+                    .map_err(|e| self.transport(&call, &e))?;
+                Ok(bytes.to_bytes())
+            }))?;
+        let bad = |e: serde_json::Error| ClientError::BadAnswer {
+            method: call.method.clone(),
+            path: path.to_string(),
+            detail: e.to_string(),
+        };
+        Ok(Answer {
+            value: serde_json::from_slice(&bytes).map_err(bad)?,
+            json: serde_json::from_slice(&bytes).map_err(bad)?,
+        })
+    }
+
+    /// Sends `call` and checks the answer's status; returns the body to read.
+    async fn send_checked(&self, call: &Call<'_>) -> Result<Incoming, ClientError> {
+        let response = self.send(call).await?;
+        self.check_status(call, response).await
+    }
+
+    /// Connects, signs and sends `call`; returns once the answer's head has arrived.
+    async fn send(&self, call: &Call<'_>) -> Result<Response<Incoming>, ClientError> {
+        if !call.path.starts_with('/') {
+            return Err(ClientError::Local(format!(
+                "request path {:?} must start with /",
+                call.path
+            )));
+        }
+        // The path is sent exactly as signed: it becomes the request target unchanged.
+        // A clock before 1970 signs 0, which the node rejects with a clear skew error.
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let auth = RequestAuth::sign(
+            &self.key,
+            call.method.as_str(),
+            call.path,
+            timestamp,
+            &call.body,
+        );
+        let mut request = Request::builder()
+            .method(call.method.clone())
+            .uri(call.path)
+            .header(HOST, self.url.host_header())
+            .header(AUTHORIZATION, auth.to_header());
+        if !call.body.is_empty() {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(call.body.clone())))
+            .map_err(|e| ClientError::Local(format!("{} {}: {e}", call.method, call.path)))?;
+        let unreachable = |cause| ClientError::Unreachable {
+            node: self.url.to_string(),
+            cause,
+        };
+        let connect_timeout = || {
+            unreachable(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()),
+            ))
+        };
+        match &self.url {
+            NodeUrl::Unix(path) => {
+                let connect = tokio::net::UnixStream::connect(path);
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                    .await
+                    .map_err(|_| connect_timeout())?
+                    .map_err(unreachable)?;
+                self.exchange(call, stream, request).await
+            }
+            NodeUrl::Http { host, port, .. } => {
+                let connect = tokio::net::TcpStream::connect((host.as_str(), *port));
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                    .await
+                    .map_err(|_| connect_timeout())?
+                    .map_err(unreachable)?;
+                self.exchange(call, stream, request).await
+            }
+        }
+    }
+
+    async fn exchange<S>(
+        &self,
+        call: &Call<'_>,
+        stream: S,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.transport(call, &e))?;
+        // The connection task moves the bytes; its errors also surface through the sender
+        // and the body, where they are reported with the request they belong to.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| self.transport(call, &e))
+    }
+
+    /// Passes a success on; turns an error status into [`ClientError::Node`].
+    async fn check_status(
+        &self,
+        call: &Call<'_>,
+        response: Response<Incoming>,
+    ) -> Result<Incoming, ClientError> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response.into_body());
+        }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let message = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => e.error,
+            Err(_) => {
+                let text = String::from_utf8_lossy(&body);
+                let text = text.trim();
+                if text.is_empty() {
+                    status
+                        .canonical_reason()
+                        .unwrap_or("error without details")
+                        .to_string()
+                } else {
+                    text.chars().take(500).collect()
+                }
+            }
+        };
+        Err(ClientError::Node {
+            method: call.method.clone(),
+            path: call.path.to_string(),
+            status,
+            message,
+        })
+    }
+
+    async fn limit<T>(
+        &self,
+        call: &Call<'_>,
+        limit: Duration,
+        work: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        tokio::time::timeout(limit, work)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                node: self.url.to_string(),
+                method: call.method.clone(),
+                path: call.path.to_string(),
+                limit,
+            })?
+    }
+
+    fn transport(&self, call: &Call<'_>, e: &(dyn std::error::Error + 'static)) -> ClientError {
+        ClientError::Transport {
+            node: self.url.to_string(),
+            method: call.method.clone(),
+            path: call.path.to_string(),
+            cause: chain(e),
+        }
+    }
+}
+
+fn to_json(path: &str, body: &impl Serialize) -> Result<Vec<u8>, ClientError> {
+    serde_json::to_vec(body)
+        .map_err(|e| ClientError::Local(format!("encoding the body for {path}: {e}")))
+}
+
+/// An error and its causes, `outer: inner: innermost`.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_urls() {
+        assert_eq!(
+            NodeUrl::parse("unix:///run/zos/node.sock").unwrap(),
+            NodeUrl::Unix("/run/zos/node.sock".into())
+        );
+        let http = NodeUrl::parse("http://[::1]:8080/").unwrap();
+        assert_eq!(
+            http,
+            NodeUrl::Http {
+                authority: "[::1]:8080".into(),
+                host: "::1".into(),
+                port: 8080
+            }
+        );
+        assert_eq!(http.to_string(), "http://[::1]:8080");
+        assert!(matches!(
+            NodeUrl::parse("http://node.example").unwrap(),
+            NodeUrl::Http { port: 80, .. }
+        ));
+        let err = |s| NodeUrl::parse(s).unwrap_err();
+        assert!(err("unix://run/zos.sock").contains("must be absolute"));
+        assert!(err("http://h:1/v1").contains("only the host and port"));
+        assert!(err("https://h:1").contains("https is not supported"));
+        assert!(err("h:1").contains("unix:///absolute/path.sock or http://HOST:PORT"));
+    }
+}

@@ -1,0 +1,593 @@
+//! End-to-end: a real `zos node run` (unix socket and TCP), driven by the `zos` CLI and by
+//! raw signed HTTP requests. Deploy, update, delete with real VMs and disks; bad and forged
+//! requests; two owners; concurrent deploys; a `kill -9` of the node mid-provisioning; crash
+//! restarts.
+
+mod common;
+
+use common::{fails, ok, zos};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use zos_types::{Deployment, DeploymentFile, Keypair, RequestAuth};
+
+/// A node in a temp dir with two users' keys and a busybox flist.
+struct Node {
+    tmp: tempfile::TempDir,
+    child: Option<Child>,
+    fl: PathBuf,
+    extra_config: String,
+}
+
+impl Node {
+    fn start(extra_config: &str) -> Node {
+        let tmp = tempfile::tempdir_in("/tmp").unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        for applet in ["sh", "echo", "cat", "sleep", "df", "env", "hostname"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+        let fl = tmp.path().join("bb.fl");
+        let store = format!("dir://{}", tmp.path().join("store").display());
+        ok(zos()
+            .args(["flist", "pack", "-q"])
+            .arg(&root)
+            .arg("-o")
+            .arg(&fl)
+            .args(["--store", &store]));
+        for user in ["alice", "bob"] {
+            ok(zos()
+                .args(["key", "new", "-o"])
+                .arg(tmp.path().join(format!("{user}.pem"))));
+        }
+        let mut node = Node {
+            tmp,
+            child: None,
+            fl,
+            extra_config: extra_config.to_string(),
+        };
+        node.boot();
+        node
+    }
+
+    fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir().join("node.sock")
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir().join("node")
+    }
+
+    /// (Re)starts `zos node run`, waiting for its socket to answer.
+    fn boot(&mut self) {
+        let config = self.dir().join("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\nlisten = [\"unix://{}\"]\ncache_dir = {:?}\nreserve_memory = \"1G\"\n{}",
+                self.data(),
+                self.socket().display(),
+                self.dir().join("cache"),
+                self.extra_config
+            ),
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(self.socket());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir().join("node.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_zos"))
+            .args(["node", "run", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while UnixStream::connect(self.socket()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the node did not come up:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("node.log")).unwrap_or_default()
+    }
+
+    fn key(&self, user: &str) -> PathBuf {
+        self.dir().join(format!("{user}.pem"))
+    }
+
+    fn keypair(&self, user: &str) -> Keypair {
+        zos_types::read_key_file(&self.key(user)).unwrap()
+    }
+
+    /// `zos SUB --node … --key USER`.
+    fn cli(&self, user: &str, args: &[&str]) -> Command {
+        let mut cmd = zos();
+        cmd.args(args)
+            .arg("--node")
+            .arg(format!("unix://{}", self.socket().display()))
+            .arg("--key")
+            .arg(self.key(user));
+        cmd
+    }
+
+    fn write_yaml(&self, file: &str, text: &str) -> PathBuf {
+        let path = self.dir().join(file);
+        std::fs::write(&path, text.replace("FLIST", &self.fl.display().to_string())).unwrap();
+        path
+    }
+
+    /// A raw request over the unix socket, signed by `user` unless `None`.
+    fn http(&self, user: Option<&str>, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let auth = user.map(|u| {
+            RequestAuth::sign(&self.keypair(u), method, path, unix_now(), body).to_header()
+        });
+        raw_http(&self.socket(), method, path, auth.as_deref(), body)
+    }
+
+    /// Waits until no workload of `name` is `init`; returns the deployment as JSON.
+    fn settled(&self, user: &str, name: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            let (status, body) =
+                self.http(Some(user), "GET", &format!("/v1/deployments/{name}"), b"");
+            assert_eq!(status, 200, "{body}");
+            let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let busy = d["workloads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["result"]["state"] == "init");
+            if !busy {
+                return d;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still provisioning: {body}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn entries(&self, sub: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.data().join(sub))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Mounts under the node's data dir.
+    fn mounts(&self) -> Vec<String> {
+        let data = self.data().display().to_string();
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| m.starts_with(&data))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+        // Leave no VM behind a failed test: a plain `zos vm rm` of each.
+        for vm in self.entries("vms") {
+            let _ = zos()
+                .args(["vm", "rm", &vm, "--data-dir"])
+                .arg(self.data())
+                .output();
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// HTTP/1.1 over a unix socket, one request per connection.
+fn raw_http(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = UnixStream::connect(socket).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: node\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(a) = auth {
+        req.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+fn deployment(node: &Node, owner: &str, yaml: &str) -> Deployment {
+    let text = yaml.replace("FLIST", &node.fl.display().to_string());
+    DeploymentFile::from_yaml_str(&text)
+        .unwrap()
+        .into_deployment(node.keypair(owner).public())
+}
+
+fn signed_json(d: &mut Deployment, key: &Keypair) -> Vec<u8> {
+    d.sign(key);
+    serde_json::to_vec(d).unwrap()
+}
+
+const DISK_ONLY: &str =
+    "name: NAME\nworkloads:\n  - name: data\n    type: zmount\n    data: { size: 32M }\n";
+
+#[test]
+fn deploy_update_and_delete_a_container_with_a_disk() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") {
+        return;
+    }
+    let node = Node::start("");
+    let yaml = node.write_yaml(
+        "hello.yaml",
+        "name: hello\nworkloads:\n  - name: data\n    type: zmount\n    data: { size: 32M }\n  - name: web\n    type: zmachine\n    data:\n      flist: FLIST\n      cmd: [sh, -c, 'echo hello-from-zos $GREETING; df -m /data | tail -1; exec sleep 600']\n      env: { GREETING: hi }\n      memory: 256M\n      mounts: [{ name: data, mountpoint: /data }]\n",
+    );
+    let out = ok(node.cli("alice", &["deploy"]).arg(&yaml));
+    assert!(out.contains("web") && out.contains("ok"), "{out}");
+
+    // The container's output, through the API.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let logs = loop {
+        let logs = ok(&mut node.cli("alice", &["logs", "hello/web"]));
+        if logs.contains("/data") || Instant::now() > deadline {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(logs.contains("hello-from-zos hi"), "{logs}");
+    assert!(logs.contains("/data"), "the zmount is not mounted: {logs}");
+
+    let ps = ok(&mut node.cli("alice", &["ps"]));
+    assert!(ps.contains("hello"), "{ps}");
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&mut node.cli("alice", &["node", "info", "--json"]))).unwrap();
+    assert_eq!(info["used"]["memory"], 256 << 20, "{info}");
+    assert_eq!(info["used"]["cpus"], 1, "{info}");
+
+    // Another owner sees nothing of it and cannot touch it.
+    let ps = ok(&mut node.cli("bob", &["ps"]));
+    assert!(!ps.contains("hello"), "{ps}");
+    let err = fails(&mut node.cli("bob", &["get", "hello"]));
+    assert!(err.contains("no deployment named"), "{err}");
+    fails(&mut node.cli("bob", &["rm", "hello"]));
+    let err = fails(&mut node.cli("bob", &["logs", "hello/web"]));
+    assert!(err.contains("no deployment named"), "{err}");
+
+    // Update: the zmachine changes (replaced), the zmount is left as it is.
+    let before: serde_json::Value =
+        serde_json::from_str(&ok(&mut node.cli("alice", &["get", "hello", "--json"]))).unwrap();
+    let data_result = before["workloads"][0]["result"].clone();
+    std::fs::write(
+        &yaml,
+        std::fs::read_to_string(&yaml)
+            .unwrap()
+            .replace("GREETING: hi", "GREETING: there"),
+    )
+    .unwrap();
+    ok(node.cli("alice", &["deploy"]).arg(&yaml));
+    let after = node.settled("alice", "hello");
+    assert_eq!(after["version"], 1);
+    assert_eq!(after["workloads"][0]["version"], 0, "{after}");
+    assert_eq!(
+        after["workloads"][0]["result"], data_result,
+        "the zmount was touched"
+    );
+    assert_eq!(after["workloads"][1]["version"], 1);
+    let web = &after["workloads"][1]["result"];
+    assert_eq!(web["state"], "ok", "{after}");
+    assert!(
+        web["message"].as_str().unwrap().contains("replaced"),
+        "{web}"
+    );
+    assert_eq!(node.entries("vms").len(), 1);
+
+    // Delete: nothing left, the deployment listed as deleted.
+    let out = ok(&mut node.cli("alice", &["rm", "hello"]));
+    assert!(out.contains("removed"), "{out}");
+    let gone: serde_json::Value =
+        serde_json::from_str(&ok(&mut node.cli("alice", &["get", "hello", "--json"]))).unwrap();
+    for w in gone["workloads"].as_array().unwrap() {
+        assert_eq!(w["result"]["state"], "deleted", "{gone}");
+    }
+    assert!(node.entries("vms").is_empty(), "{:?}", node.entries("vms"));
+    assert!(
+        node.entries("disks").is_empty(),
+        "{:?}",
+        node.entries("disks")
+    );
+    assert!(node.mounts().is_empty(), "{:?}", node.mounts());
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&mut node.cli("alice", &["node", "info", "--json"]))).unwrap();
+    assert_eq!(info["used"]["memory"], 0, "{info}");
+}
+
+#[test]
+fn forged_stale_replayed_and_oversized_requests_are_refused() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") {
+        return;
+    }
+    let node = Node::start("");
+    let (alice, bob) = (node.keypair("alice"), node.keypair("bob"));
+
+    // Unsigned, signed by the wrong key, tampered after signing.
+    let mut d = deployment(&node, "alice", &DISK_ONLY.replace("NAME", "x"));
+    let (status, body) = node.http(
+        None,
+        "POST",
+        "/v1/deployments",
+        &serde_json::to_vec(&d).unwrap(),
+    );
+    assert_eq!(status, 401, "{body}");
+    let json = signed_json(&mut d.clone(), &bob);
+    let (status, body) = node.http(None, "POST", "/v1/deployments", &json);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains(&bob.public().to_string()), "{body}");
+    let mut tampered: serde_json::Value =
+        serde_json::from_slice(&signed_json(&mut d.clone(), &alice)).unwrap();
+    tampered["workloads"][0]["data"]["size"] = serde_json::json!(1 << 30);
+    let (status, body) = node.http(
+        None,
+        "POST",
+        "/v1/deployments",
+        tampered.to_string().as_bytes(),
+    );
+    assert_eq!(status, 401, "{body}");
+
+    // Malformed JSON and an unknown workload type name what is wrong.
+    let (status, body) = node.http(None, "POST", "/v1/deployments", b"{\"name\": 3}");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("name"), "{body}");
+    let mut unknown: serde_json::Value =
+        serde_json::from_slice(&signed_json(&mut d.clone(), &alice)).unwrap();
+    unknown["workloads"][0]["type"] = serde_json::json!("gpu");
+    let (status, body) = node.http(
+        None,
+        "POST",
+        "/v1/deployments",
+        unknown.to_string().as_bytes(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("workloads[0].type") && body.contains("gpu"),
+        "{body}"
+    );
+
+    // More memory than the node has free.
+    let mut big = deployment(
+        &node,
+        "alice",
+        "name: big\nworkloads:\n  - name: vm\n    type: zmachine\n    data: { flist: FLIST, cmd: [sh], memory: 1000G }\n",
+    );
+    let (status, body) = node.http(
+        None,
+        "POST",
+        "/v1/deployments",
+        &signed_json(&mut big, &alice),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("memory"), "{body}");
+
+    // Two concurrent deploys of one name: one wins, the other is told of the conflict.
+    let json = signed_json(&mut d, &alice);
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let a = s.spawn(|| raw_http(&node.socket(), "POST", "/v1/deployments", None, &json));
+        let b = s.spawn(|| raw_http(&node.socket(), "POST", "/v1/deployments", None, &json));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    let mut statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    statuses.sort();
+    assert_eq!(statuses, vec![201, 409], "{answers:?}");
+    let conflict = &answers.iter().find(|(s, _)| *s == 409).unwrap().1;
+    assert!(
+        conflict.contains("exists") && conflict.contains("version 1"),
+        "{conflict}"
+    );
+    node.settled("alice", "x");
+
+    // Updates go one version at a time; an old version replayed is refused.
+    let mut v1 = d.clone();
+    v1.version = 1;
+    v1.signatures.clear();
+    let v1_json = signed_json(&mut v1, &alice);
+    let (status, body) = node.http(None, "PUT", "/v1/deployments/x", &v1_json);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = node.http(None, "PUT", "/v1/deployments/x", &v1_json);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("version 2"), "{body}");
+    let (status, _) = node.http(None, "POST", "/v1/deployments", &json);
+    assert_eq!(status, 409);
+
+    // Reads: unsigned, stale, replayed, or of another owner's deployment.
+    let (status, _) = node.http(None, "GET", "/v1/deployments/x", b"");
+    assert_eq!(status, 401);
+    let stale =
+        RequestAuth::sign(&alice, "GET", "/v1/deployments/x", unix_now() - 600, b"").to_header();
+    let (status, body) = raw_http(
+        &node.socket(),
+        "GET",
+        "/v1/deployments/x",
+        Some(&stale),
+        b"",
+    );
+    assert_eq!(status, 401, "{body}");
+    let fresh = RequestAuth::sign(&alice, "GET", "/v1/deployments/x", unix_now(), b"").to_header();
+    let (status, _) = raw_http(
+        &node.socket(),
+        "GET",
+        "/v1/deployments/x",
+        Some(&fresh),
+        b"",
+    );
+    assert_eq!(status, 200);
+    let (status, body) = raw_http(
+        &node.socket(),
+        "GET",
+        "/v1/deployments/x",
+        Some(&fresh),
+        b"",
+    );
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("already used"), "{body}");
+    let (status, _) = node.http(Some("bob"), "GET", "/v1/deployments/x", b"");
+    assert_eq!(status, 404);
+    let (status, _) = node.http(Some("bob"), "DELETE", "/v1/deployments/x", b"");
+    assert_eq!(status, 404);
+    // Bob cannot pass off a deployment as Alice's.
+    let mut forged = deployment(&node, "alice", &DISK_ONLY.replace("NAME", "y"));
+    let (status, _) = node.http(
+        None,
+        "POST",
+        "/v1/deployments",
+        &signed_json(&mut forged, &bob),
+    );
+    assert_eq!(status, 401);
+    // And there is no route to anything else on the node.
+    let (status, _) = node.http(Some("alice"), "POST", "/v1/exec", b"ls");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn a_node_killed_mid_provisioning_comes_back_consistent() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") {
+        return;
+    }
+    let mut node = Node::start("");
+    let alice = node.keypair("alice");
+    let mut d = deployment(
+        &node,
+        "alice",
+        "name: k\nworkloads:\n  - name: data\n    type: zmount\n    data: { size: 32M }\n  - name: vm\n    type: zmachine\n    data:\n      flist: FLIST\n      cmd: [sh, -c, 'echo up; exec sleep 600']\n      mounts: [{ name: data, mountpoint: /data }]\n",
+    );
+    let (status, body) = node.http(
+        None,
+        "POST",
+        "/v1/deployments",
+        &signed_json(&mut d, &alice),
+    );
+    assert_eq!(status, 201, "{body}");
+    // Kill it while it provisions.
+    std::thread::sleep(Duration::from_millis(300));
+    node.kill9();
+    // Something nothing owns, left while the node is down.
+    std::fs::write(node.data().join("disks/000000000000-stray.raw"), b"x").unwrap();
+
+    node.boot();
+    let d = node.settled("alice", "k");
+    for w in d["workloads"].as_array().unwrap() {
+        assert_eq!(w["result"]["state"], "ok", "{d}\n{}", node.log());
+    }
+    let vms = node.entries("vms");
+    assert_eq!(vms.len(), 1, "{vms:?}");
+    assert!(vms[0].ends_with("-vm"), "{vms:?}");
+    let disks = node.entries("disks");
+    assert_eq!(disks.len(), 1, "{disks:?}");
+    assert!(disks[0].ends_with("-data.raw"), "{disks:?}");
+
+    // Restarting again reattaches to the running VM rather than booting another.
+    let pid_before =
+        std::fs::read_to_string(node.data().join("vms").join(&vms[0]).join("qemu.pid")).unwrap();
+    node.kill9();
+    node.boot();
+    let d = node.settled("alice", "k");
+    assert_eq!(d["workloads"][1]["result"]["state"], "ok", "{d}");
+    let pid_after =
+        std::fs::read_to_string(node.data().join("vms").join(&vms[0]).join("qemu.pid")).unwrap();
+    assert_eq!(pid_before, pid_after, "the VM was restarted");
+
+    ok(&mut node.cli("alice", &["rm", "k"]));
+    assert!(node.entries("vms").is_empty());
+    assert!(node.entries("disks").is_empty());
+    assert!(node.mounts().is_empty(), "{:?}", node.mounts());
+}
+
+#[test]
+fn a_crashing_zmachine_is_restarted_then_left_in_error_with_its_console() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") {
+        return;
+    }
+    let node = Node::start("max_restarts = 1\n");
+    let yaml = node.write_yaml(
+        "crash.yaml",
+        "name: crash\nworkloads:\n  - name: vm\n    type: zmachine\n    data: { flist: FLIST, cmd: [sh, -c, 'echo boom-$((1+2)); exit 3'] }\n",
+    );
+    ok(node.cli("alice", &["deploy", "--no-wait"]).arg(&yaml));
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let result = loop {
+        let d: serde_json::Value =
+            serde_json::from_str(&ok(&mut node.cli("alice", &["get", "crash", "--json"]))).unwrap();
+        let r = d["workloads"][0]["result"].clone();
+        if r["state"] == "error" {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never gave up: {d}\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let message = result["message"].as_str().unwrap();
+    assert!(message.contains("failed 2 times"), "{message}");
+    assert!(message.contains("exited (3)"), "{message}");
+    assert!(message.contains("boom-3"), "no console tail: {message}");
+    // It stays visible until its owner deletes it.
+    let ps = ok(&mut node.cli("alice", &["ps"]));
+    assert!(ps.contains("crash") && ps.contains("error"), "{ps}");
+    ok(&mut node.cli("alice", &["rm", "crash"]));
+    assert!(node.entries("vms").is_empty());
+}
