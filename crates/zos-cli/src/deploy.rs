@@ -339,10 +339,12 @@ fn summary_state(d: &Deployment) -> &'static str {
         .map_or("-", |s| s.map_or("init", state_name))
 }
 
-/// Runs `zos ps`.
-pub fn ps(args: &ClientArgs) -> Result<ExitCode> {
+/// Runs `zos ps`; deleted deployments only with `all`.
+pub fn ps(all: bool, args: &ClientArgs) -> Result<ExitCode> {
     let node = args.connect()?;
-    let mut list: Answer<Vec<Deployment>> = node.get(&format!("{API_PREFIX}/deployments"))?;
+    let query = if all { "?all=true" } else { "" };
+    let mut list: Answer<Vec<Deployment>> =
+        node.get(&format!("{API_PREFIX}/deployments{query}"))?;
     if args.json {
         println!("{}", list.pretty());
         return Ok(ExitCode::SUCCESS);

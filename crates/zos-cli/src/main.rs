@@ -79,6 +79,9 @@ Example:\n  zos deploy app.yaml\n  zos deploy app.yaml --node http://10.0.0.5:80
     Deploy(deploy::DeployArgs),
     /// List your deployments on the node
     Ps {
+        /// Also list deleted deployments
+        #[arg(long, short = 'a')]
+        all: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -130,7 +133,7 @@ fn main() -> ExitCode {
         Command::Key(cmd) => key::run(cmd),
         Command::Node(cmd) => deploy::node(cmd),
         Command::Deploy(args) => deploy::deploy(args),
-        Command::Ps { client } => deploy::ps(&client),
+        Command::Ps { all, client } => deploy::ps(all, &client),
         Command::Get { name, client } => deploy::get(&name, &client),
         Command::Logs(args) => deploy::logs(&args),
         Command::Rm { name, client } => deploy::rm(&name, &client),

@@ -140,13 +140,15 @@ async fn update(
 
 async fn list(
     State(api): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<Vec<Deployment>>, ApiError> {
     let owner = api.caller(&method, &uri, &headers, b"")?;
+    let all = query.get("all").is_some_and(|v| v == "true");
     let engine = api.engine.clone();
-    Ok(Json(blocking(move || engine.list(&owner)).await?))
+    Ok(Json(blocking(move || engine.list(&owner, all)).await?))
 }
 
 async fn get_one(

@@ -292,6 +292,8 @@ impl Engine {
                 d.version
             )));
         }
+        d.verify_update_from(&old.signature_requirement)
+            .map_err(|e| ApiError::unauthorized(format!("deployment {name:?}: {e} (the signatures must also satisfy version {}'s requirement)", old.version)))?;
         let revived = is_tombstone(&old);
         for w in &mut d.workloads {
             let before = old.workloads.iter().find(|o| o.name == w.name && !revived);
@@ -362,9 +364,15 @@ impl Engine {
             .ok_or_else(|| ApiError::not_found(format!("no deployment named {name:?}")))
     }
 
-    /// The caller's deployments.
-    pub fn list(&self, owner: &PublicKey) -> Result<Vec<Deployment>, ApiError> {
-        Ok(self.store.list(owner)?)
+    /// The caller's deployments; deleted ones only with `include_deleted`.
+    pub fn list(
+        &self,
+        owner: &PublicKey,
+        include_deleted: bool,
+    ) -> Result<Vec<Deployment>, ApiError> {
+        let mut all = self.store.list(owner)?;
+        all.retain(|d| include_deleted || !is_tombstone(d));
+        Ok(all)
     }
 
     /// Whether the VM `vm` is up (for ending a followed log).

@@ -9,7 +9,7 @@
 //! | `GET /v1/node`                                    | → [`NodeInfo`]                         |
 //! | `POST /v1/deployments`                            | `Deployment` → `Deployment` (201)      |
 //! | `PUT /v1/deployments/{name}`                      | `Deployment` (version + 1) → `Deployment` |
-//! | `GET /v1/deployments`                             | → `[Deployment]`, the caller's         |
+//! | `GET /v1/deployments[?all=true]`                  | → `[Deployment]`, the caller's (deleted ones only with `all`) |
 //! | `GET /v1/deployments/{name}`                      | → `Deployment` with results            |
 //! | `DELETE /v1/deployments/{name}`                   | → `Deployment`, every result `deleted` |
 //! | `GET /v1/deployments/{name}/logs/{workload}?follow=true` | → console log, `text/plain`, streamed while following |

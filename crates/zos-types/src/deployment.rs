@@ -176,7 +176,23 @@ impl Deployment {
     /// listed key, every `required` key must have signed, and the distinct signers' weights
     /// must reach `weight_required`. Repeated signatures by one key count once.
     pub fn verify_signatures(&self) -> Result<(), SignatureError> {
-        let req = &self.signature_requirement;
+        self.check_signatures(&self.signature_requirement, true)
+    }
+
+    /// For an update: the new version's signatures must also satisfy the requirement of
+    /// the version it replaces, or whoever can sign alone could write themselves a new
+    /// requirement and take the deployment over. Signers the old requirement does not list
+    /// count for nothing here (rather than failing), so a co-owner can be added.
+    pub fn verify_update_from(&self, old: &SignatureRequirement) -> Result<(), SignatureError> {
+        self.verify_signatures()?;
+        self.check_signatures(old, false)
+    }
+
+    fn check_signatures(
+        &self,
+        req: &SignatureRequirement,
+        strict: bool,
+    ) -> Result<(), SignatureError> {
         if req.weight_required == 0 {
             return Err(SignatureError::NoWeightRequired);
         }
@@ -188,7 +204,10 @@ impl Deployment {
         let mut signers = BTreeSet::new();
         for sig in &self.signatures {
             if !listed.contains(&sig.key) {
-                return Err(SignatureError::UnknownSigner(sig.key));
+                if strict {
+                    return Err(SignatureError::UnknownSigner(sig.key));
+                }
+                continue;
             }
             sig.key
                 .verify(&challenge, &sig.signature)
@@ -364,6 +383,46 @@ workloads:
         });
         assert_eq!(d.challenge(), before);
         d.verify_signatures().unwrap();
+    }
+
+    #[test]
+    fn an_update_must_satisfy_the_replaced_requirement() {
+        let (owner, old) = kat();
+        let co = Keypair::from_seed(&[2; 32]);
+        let request = |k: &Keypair, required| SignatureRequest {
+            key: k.public(),
+            weight: 1,
+            required,
+        };
+        let mut shared = old.clone();
+        shared.signature_requirement = SignatureRequirement {
+            requests: vec![request(&owner, true), request(&co, false)],
+            weight_required: 2,
+        };
+        // The co-owner alone writes a requirement naming only themselves: valid on its own,
+        // refused as an update of the shared version.
+        let mut takeover = shared.clone();
+        takeover.version = 1;
+        takeover.signature_requirement = SignatureRequirement {
+            requests: vec![request(&co, true)],
+            weight_required: 1,
+        };
+        takeover.sign(&co);
+        assert_eq!(takeover.verify_signatures(), Ok(()));
+        assert_eq!(
+            takeover.verify_update_from(&shared.signature_requirement),
+            Err(SignatureError::MissingRequired(owner.public()))
+        );
+        // The owner adding a co-owner: the new signer is simply not counted by the old rule.
+        let mut adding = old.clone();
+        adding.version = 1;
+        adding.signature_requirement = shared.signature_requirement.clone();
+        adding.sign(&owner);
+        adding.sign(&co);
+        assert_eq!(
+            adding.verify_update_from(&old.signature_requirement),
+            Ok(())
+        );
     }
 
     #[test]
