@@ -351,6 +351,10 @@ fn deploy_update_and_delete_a_container_with_a_disk() {
         node.entries("disks")
     );
     assert!(node.mounts().is_empty(), "{:?}", node.mounts());
+    let ps = ok(&mut node.cli("alice", &["ps"]));
+    assert!(!ps.contains("hello"), "{ps}");
+    let ps = ok(&mut node.cli("alice", &["ps", "--all"]));
+    assert!(ps.contains("hello") && ps.contains("deleted"), "{ps}");
     let info: serde_json::Value =
         serde_json::from_str(&ok(&mut node.cli("alice", &["node", "info", "--json"]))).unwrap();
     assert_eq!(info["used"]["memory"], 0, "{info}");
