@@ -10,7 +10,7 @@ use zos_vmm::bootkit::{self, BootKit};
 use zos_vmm::host;
 
 /// What the guest prints first; its arrival on `zos run`'s stdout ends a timing.
-const MARK: &str = "zos-bench-ready";
+pub(crate) const MARK: &str = "zos-bench-ready";
 
 /// Runs the VM benchmark and prints its table.
 pub fn bench_vm(dir: Option<PathBuf>, keep: bool, runs: usize, json: bool) -> Result<ExitCode> {
@@ -113,7 +113,7 @@ fn measure(work: &Path, runs: usize) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn zos(work: &Path) -> Command {
+pub(crate) fn zos(work: &Path) -> Command {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("zos"));
     let mut cmd = Command::new(exe);
     cmd.env("ZOS_DATA_DIR", work.join("data"))
@@ -123,7 +123,7 @@ fn zos(work: &Path) -> Command {
 
 /// Packs busybox (plus `extra` bytes of random data in one file) into an flist whose image
 /// config runs `echo MARK`.
-fn image(work: &Path, name: &str, extra: u64) -> Result<PathBuf> {
+pub(crate) fn image(work: &Path, name: &str, extra: u64) -> Result<PathBuf> {
     let root = work.join(format!("{name}-root"));
     std::fs::create_dir_all(root.join("bin"))?;
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("copying /bin/busybox")?;
@@ -230,7 +230,7 @@ fn bare_boot(kernel: &Path, initramfs: &Path) -> Result<f64> {
     t
 }
 
-fn zos_run_to_mark(work: &Path, fl: &Path) -> Result<f64> {
+pub(crate) fn zos_run_to_mark(work: &Path, fl: &Path) -> Result<f64> {
     let start = Instant::now();
     let mut child = zos(work)
         .arg("run")
@@ -366,13 +366,13 @@ fn list_vms(work: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s[s.len() / 2]
 }
 
-fn range(v: &[f64]) -> String {
+pub(crate) fn range(v: &[f64]) -> String {
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(0.0, f64::max);
     format!("median of {}, range {min:.2}-{max:.2} s", v.len())

@@ -3,6 +3,7 @@
 //! its arguments, calls a library crate (or the node's API) and prints the result.
 
 mod bench;
+mod bench_node;
 mod bench_vm;
 mod client;
 mod deploy;
