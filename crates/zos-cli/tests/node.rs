@@ -18,6 +18,8 @@ struct Node {
     tmp: tempfile::TempDir,
     child: Option<Child>,
     fl: PathBuf,
+    /// The TCP address the node also listens on.
+    tcp: String,
     extra_config: String,
 }
 
@@ -43,10 +45,17 @@ impl Node {
                 .args(["key", "new", "-o"])
                 .arg(tmp.path().join(format!("{user}.pem"))));
         }
+        // A free port: bound by the OS, released, then taken by the node.
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
         let mut node = Node {
             tmp,
             child: None,
             fl,
+            tcp,
             extra_config: extra_config.to_string(),
         };
         node.boot();
@@ -71,9 +80,10 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\nlisten = [\"unix://{}\"]\ncache_dir = {:?}\nreserve_memory = \"1G\"\n{}",
+                "data_dir = {:?}\nlisten = [\"unix://{}\", \"tcp://{}\"]\ncache_dir = {:?}\nreserve_memory = \"1G\"\n{}",
                 self.data(),
                 self.socket().display(),
+                self.tcp,
                 self.dir().join("cache"),
                 self.extra_config
             ),
@@ -277,8 +287,28 @@ fn deploy_update_and_delete_a_container_with_a_disk() {
         "hello.yaml",
         "name: hello\nworkloads:\n  - name: data\n    type: zmount\n    data: { size: 32M }\n  - name: web\n    type: zmachine\n    data:\n      flist: FLIST\n      cmd: [sh, -c, 'echo hello-from-zos $GREETING; df -m /data | tail -1; exec sleep 600']\n      env: { GREETING: hi }\n      memory: 256M\n      mounts: [{ name: data, mountpoint: /data }]\n",
     );
+    // The event stream, over TCP, from before the deploy.
+    let events_log = node.dir().join("events.txt");
+    let mut events = zos()
+        .args(["events", "--json", "--node"])
+        .arg(format!("http://{}", node.tcp))
+        .arg("--key")
+        .arg(node.key("alice"))
+        .stdout(std::fs::File::create(&events_log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     let out = ok(node.cli("alice", &["deploy"]).arg(&yaml));
     assert!(out.contains("web") && out.contains("ok"), "{out}");
+    let _ = events.kill();
+    let _ = events.wait();
+    let events = std::fs::read_to_string(&events_log).unwrap();
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("\"workload\":\"web\"") && l.contains("\"state\":\"ok\"")),
+        "no event for web becoming ok:\n{events}"
+    );
 
     // The container's output, through the API.
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -539,16 +539,7 @@ impl Vmm {
                 );
                 push(&["-append", line.trim_end()]);
                 push_virtiofs(&mut args, &sock(VIRTIOFS)?);
-                self.write_seed(dir, spec, seed)?;
-                push_disk(
-                    &mut args,
-                    blk,
-                    "seed",
-                    &dir.join(SEED),
-                    "raw",
-                    "zos-seed",
-                    DiskRole::ReadOnly,
-                )?;
+                self.attach_seed(&mut args, blk, dir, spec, seed)?;
             }
             Boot::Disk {
                 flist,
@@ -589,16 +580,7 @@ impl Vmm {
                     "zos-root",
                     DiskRole::Boot,
                 )?;
-                self.write_seed(dir, spec, seed)?;
-                push_disk(
-                    &mut args,
-                    blk,
-                    "seed",
-                    &dir.join(SEED),
-                    "raw",
-                    "zos-seed",
-                    DiskRole::ReadOnly,
-                )?;
+                self.attach_seed(&mut args, blk, dir, spec, seed)?;
             }
         }
         for (i, d) in spec.disks.iter().enumerate() {
@@ -613,6 +595,27 @@ impl Vmm {
             )?;
         }
         self.run_qemu(dir, args)
+    }
+
+    /// Writes the NoCloud seed and attaches it read-only (serial `zos-seed`).
+    fn attach_seed(
+        &self,
+        args: &mut Vec<OsString>,
+        device: &str,
+        dir: &Path,
+        spec: &VmSpec,
+        seed: &crate::spec::SeedSpec,
+    ) -> Result<()> {
+        self.write_seed(dir, spec, seed)?;
+        push_disk(
+            args,
+            device,
+            "seed",
+            &dir.join(SEED),
+            "raw",
+            "zos-seed",
+            DiskRole::ReadOnly,
+        )
     }
 
     fn write_seed(&self, dir: &Path, spec: &VmSpec, seed: &crate::spec::SeedSpec) -> Result<()> {
