@@ -245,8 +245,11 @@ fn raw_http(
         req.push_str(&format!("Authorization: {a}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    // One write: a node that answers before reading the body (a 404) may close early, and
+    // a second write would then fail with a broken pipe.
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    let _ = s.write_all(&bytes);
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
