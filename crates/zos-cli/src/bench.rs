@@ -51,8 +51,8 @@ pub enum BenchCommand {
     #[command(after_help = "Examples:\n  zos bench node\n  zos bench node --count 200 --runs 1")]
     Node {
         /// How many deployments to send (and keep stored for the restart)
-        #[arg(long, default_value_t = 1000)]
-        count: usize,
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+        count: u32,
         /// Repetitions of the deploy-to-running comparison (the median is reported)
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -136,7 +136,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             runs,
             keep,
             json,
-        } => crate::bench_node::bench_node(count, runs, keep, json),
+        } => crate::bench_node::bench_node(count as usize, runs, keep, json),
         BenchCommand::Flist {
             dir,
             keep,

@@ -203,7 +203,7 @@ fn read_deployment_file(path: &Path) -> Result<DeploymentFile> {
 fn bump_versions(new: &mut Deployment, old: &Deployment) -> Result<()> {
     let version = old.version.checked_add(1).with_context(|| {
         format!(
-            "deployment {} is at the last version ({}); remove it and deploy again",
+            "deployment {} is at the last version ({}); deploy it under a new name",
             old.name, old.version
         )
     })?;

@@ -533,6 +533,50 @@ fn forged_stale_replayed_and_oversized_requests_are_refused() {
         &signed_json(&mut forged, &bob),
     );
     assert_eq!(status, 401);
+    // Nor by naming himself the only signer of a deployment in her name.
+    let mut squat = deployment(&node, "alice", &DISK_ONLY.replace("NAME", "y"));
+    squat.signature_requirement = zos_types::SignatureRequirement::owner_only(&bob.public());
+    let (status, body) = node.http(
+        None,
+        "POST",
+        "/v1/deployments",
+        &signed_json(&mut squat, &bob),
+    );
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body.contains("owner") && body.contains("required"),
+        "{body}"
+    );
+    // A new deployment starts at version 0.
+    let mut late = deployment(&node, "alice", &DISK_ONLY.replace("NAME", "late"));
+    late.version = 5;
+    late.workloads[0].version = 5;
+    let (status, body) = node.http(
+        None,
+        "POST",
+        "/v1/deployments",
+        &signed_json(&mut late, &alice),
+    );
+    assert_eq!(status, 400, "{body}");
+    // An flist from inside the node's data dir (where guests write their disks) is refused.
+    std::fs::write(node.data().join("disks/evil.fl"), b"x").unwrap();
+    let mut evil = deployment(
+        &node,
+        "alice",
+        &format!(
+            "name: evil\nworkloads:\n  - name: vm\n    type: zmachine\n    data: {{ flist: {}, cmd: [sh] }}\n",
+            node.data().join("disks/evil.fl").display()
+        ),
+    );
+    let (status, body) = node.http(
+        None,
+        "POST",
+        "/v1/deployments",
+        &signed_json(&mut evil, &alice),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("data dir"), "{body}");
+    let _ = std::fs::remove_file(node.data().join("disks/evil.fl"));
     // And there is no route to anything else on the node.
     let (status, _) = node.http(Some("alice"), "POST", "/v1/exec", b"ls");
     assert_eq!(status, 404);

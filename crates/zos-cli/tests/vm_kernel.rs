@@ -299,6 +299,8 @@ fn an_flist_with_a_disk_image_boots_it_copy_on_write_with_a_seed_disk() {
         info.actual_size < 16 << 20,
         "the overlay looks like a full copy: {info:?}"
     );
+    // The disk the guest sees is the root size (`zos vm create`'s default, 2G).
+    assert_eq!(info.virtual_size, 2 << 30, "{info:?}");
 
     // Another VM of the same flist starts from the pristine image.
     ok(&mut vm(&["start", "b"]));

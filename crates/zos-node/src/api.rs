@@ -76,7 +76,7 @@ impl Api {
         let header = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ApiError::unauthorized("this request is not signed: send an Authorization: zos key=…,ts=…,sig=… header (the zos CLI does)"))?;
+            .ok_or_else(|| ApiError::unauthorized("this request is not signed: send an Authorization: zos key=…,ts=…,nonce=…,sig=… header (the zos CLI does)"))?;
         let auth =
             RequestAuth::from_header(header).map_err(|e| ApiError::unauthorized(e.to_string()))?;
         let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
@@ -206,7 +206,7 @@ async fn logs(
                 return;
             }
             if idle {
-                if !follow || !engine.vm_active(&vm) {
+                if !follow || tx.is_closed() || !engine.vm_active(&vm) {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(200));
@@ -227,7 +227,12 @@ async fn events(
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     tokio::spawn(async move {
         loop {
-            let (who, event) = match events.recv().await {
+            // A client that leaves while no events come must not keep this task.
+            let next = tokio::select! {
+                next = events.recv() => next,
+                () = tx.closed() => return,
+            };
+            let (who, event) = match next {
                 Ok(e) => e,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => return,

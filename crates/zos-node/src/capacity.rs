@@ -41,11 +41,11 @@ pub fn demand(d: &Deployment) -> Resources {
         }
         match &w.spec {
             WorkloadSpec::Zmachine(m) => {
-                r.cpus += u64::from(m.cpu);
-                r.memory += m.memory.0;
-                r.disk += m.root_size.0;
+                r.cpus = r.cpus.saturating_add(u64::from(m.cpu));
+                r.memory = r.memory.saturating_add(m.memory.0);
+                r.disk = r.disk.saturating_add(m.root_size.0);
             }
-            WorkloadSpec::Zmount(m) => r.disk += m.size.0,
+            WorkloadSpec::Zmount(m) => r.disk = r.disk.saturating_add(m.size.0),
         }
     }
     r
@@ -54,9 +54,9 @@ pub fn demand(d: &Deployment) -> Resources {
 /// `a + b`.
 pub fn add(a: Resources, b: Resources) -> Resources {
     Resources {
-        cpus: a.cpus + b.cpus,
-        memory: a.memory + b.memory,
-        disk: a.disk + b.disk,
+        cpus: a.cpus.saturating_add(b.cpus),
+        memory: a.memory.saturating_add(b.memory),
+        disk: a.disk.saturating_add(b.disk),
     }
 }
 

@@ -88,6 +88,8 @@ pub struct Engine {
     store: Store,
     vmm: Vmm,
     disks: PathBuf,
+    /// The node's data dir (absolute): no flist may come from inside it.
+    data: PathBuf,
     node_id: PublicKey,
     totals: Resources,
     /// What each live deployment holds; the lock also serializes admission.
@@ -169,6 +171,7 @@ impl Engine {
             store,
             vmm,
             disks,
+            data: data.clone(),
             node_id: key.public(),
             totals,
             held: Mutex::new(held),
@@ -202,16 +205,18 @@ impl Engine {
         let _ = self.events.send((d.owner, event));
     }
 
+    /// The admission lock and what live deployments hold. A panic elsewhere must not stop
+    /// admission for good, so a poisoned lock is taken over.
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Resources>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Capacity and identity.
     pub fn info(&self) -> NodeInfo {
         let used = self
-            .held
-            .lock()
-            .map(|h| {
-                h.values()
-                    .fold(Resources::default(), |a, b| capacity::add(a, *b))
-            })
-            .unwrap_or_default();
+            .held()
+            .values()
+            .fold(Resources::default(), |a, b| capacity::add(a, *b));
         NodeInfo {
             node_id: self.node_id,
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -222,25 +227,39 @@ impl Engine {
         }
     }
 
-    fn check(d: &Deployment) -> Result<(), ApiError> {
+    fn check(&self, d: &Deployment) -> Result<(), ApiError> {
         d.validate()
             .map_err(|e| ApiError::bad_request(format!("deployment {:?}: {e}", d.name)))?;
+        for (i, w) in d.workloads.iter().enumerate() {
+            if let WorkloadSpec::Zmachine(m) = &w.spec {
+                provision::check_flist(&m.flist, &self.data).map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "deployment {:?}: workloads[{i}] (name {:?}): {e}",
+                        d.name,
+                        w.name.as_str()
+                    ))
+                })?;
+            }
+        }
         d.verify_signatures()
             .map_err(|e| ApiError::unauthorized(format!("deployment {:?}: {e}", d.name)))
     }
 
     /// A new deployment: checked, admitted, stored, then provisioned in the background.
     pub fn deploy(self: &Arc<Self>, mut d: Deployment) -> Result<Deployment, ApiError> {
-        Self::check(&d)?;
+        self.check(&d)?;
+        if d.version != 0 {
+            return Err(ApiError::bad_request(format!(
+                "a new deployment starts at version 0 (got {}); to update {:?}, PUT it",
+                d.version, d.name
+            )));
+        }
         for w in &mut d.workloads {
             w.result = Some(result(ResultState::Init, "", serde_json::Value::Null));
         }
         let key = store::key(&d.owner, &d.name);
         {
-            let mut held = self
-                .held
-                .lock()
-                .map_err(|_| anyhow::anyhow!("admission lock poisoned"))?;
+            let mut held = self.held();
             let used = held
                 .values()
                 .fold(Resources::default(), |a, b| capacity::add(a, *b));
@@ -275,21 +294,21 @@ impl Engine {
                 d.name
             )));
         }
-        Self::check(&d)?;
+        self.check(&d)?;
         let key = store::key(&d.owner, &d.name);
-        let mut held = self
-            .held
-            .lock()
-            .map_err(|_| anyhow::anyhow!("admission lock poisoned"))?;
+        let mut held = self.held();
         let old = self.store.get(&d.owner, &d.name)?.ok_or_else(|| {
             ApiError::not_found(format!("no deployment named {name:?}: create it first"))
         })?;
-        if d.version != old.version + 1 {
+        let next = old.version.checked_add(1).ok_or_else(|| {
+            ApiError::conflict(format!(
+                "deployment {name:?} is at the last version: deploy under a new name"
+            ))
+        })?;
+        if d.version != next {
             return Err(ApiError::conflict(format!(
-                "deployment {name:?} is at version {}; an update must have version {} (got {})",
-                old.version,
-                old.version + 1,
-                d.version
+                "deployment {name:?} is at version {}; an update must have version {next} (got {})",
+                old.version, d.version
             )));
         }
         d.verify_update_from(&old.signature_requirement)
@@ -305,7 +324,13 @@ impl Engine {
                             w.name.as_str(), o.version, w.version, d.version
                         )));
                     }
-                    w.result = o.result.clone();
+                    // Deploying again retries what failed; the rest keeps running untouched.
+                    w.result = match &o.result {
+                        Some(r) if r.state == ResultState::Error => {
+                            Some(result(ResultState::Init, "", serde_json::Value::Null))
+                        }
+                        other => other.clone(),
+                    };
                 }
                 _ => w.result = Some(result(ResultState::Init, "", serde_json::Value::Null)),
             }
@@ -331,12 +356,20 @@ impl Engine {
         Ok(d)
     }
 
-    /// Tears a deployment down; it stays listed as deleted. Returns once its VMs and disks
-    /// are gone.
+    /// Tears a deployment down; it stays listed as deleted, its version one past the last
+    /// (so a revival must be signed after the delete, and an update racing the delete finds
+    /// its version taken). Returns once its VMs and disks are gone.
     pub fn delete(&self, owner: &PublicKey, name: &str) -> Result<Deployment, ApiError> {
+        let mut held = self.held();
+        if let Some(d) = self.store.get(owner, name)? {
+            if is_tombstone(&d) {
+                return Ok(d);
+            }
+        }
         let tombstone = self
             .store
             .modify(owner, name, |d| {
+                d.version = d.version.saturating_add(1);
                 for w in &mut d.workloads {
                     if !is_deleted(w) {
                         w.result = Some(result(
@@ -349,8 +382,11 @@ impl Engine {
                 d.clone()
             })?
             .ok_or_else(|| ApiError::not_found(format!("no deployment named {name:?}")))?;
-        if let Ok(mut held) = self.held.lock() {
-            held.remove(&store::key(owner, name));
+        held.remove(&store::key(owner, name));
+        drop(held);
+        if let Ok(mut restarts) = self.restarts.lock() {
+            let prefix = format!("{}-", provision::deployment_id(owner, name));
+            restarts.retain(|vm, _| !vm.starts_with(&prefix));
         }
         self.converge(owner, name)?;
         self.emit(&tombstone, None, ResultState::Deleted, "deleted");
@@ -527,6 +563,12 @@ impl Engine {
             if !matches!(state, Some(ResultState::Init | ResultState::Ok)) {
                 continue;
             }
+            // A VM boot takes seconds: if the deployment moved on (updated, deleted) meanwhile,
+            // stop here and let the next pass work from the new version.
+            let current = self.store.get(&d.owner, &d.name)?;
+            if current.is_none_or(|c| c.version != d.version || is_tombstone(&c)) {
+                return Ok(());
+            }
             let vm = provision::vm_name(&id, w.name.as_str());
             let bad_mount =
                 m.mounts
@@ -543,7 +585,11 @@ impl Engine {
                         )),
                     });
             let outcome = match bad_mount {
-                Some(e) => Err(e),
+                Some(e) => {
+                    // Without its disk it must not run on unmanaged.
+                    let _ = provision::remove_vm(&self.vmm, &vm, timeout);
+                    Err(e)
+                }
                 None => provision::vm_spec(w.name.as_str(), m, &self.disks, &id).and_then(|spec| {
                     provision::ensure_vm(
                         &self.vmm,
@@ -565,8 +611,11 @@ impl Engine {
                 Ok(VmOutcome::Finished) => result(ResultState::Ok, "exited (0)", data),
                 Err(e) => result(ResultState::Error, e, data),
             };
-            if let Ok(mut restarts) = self.restarts.lock() {
-                restarts.remove(&vm);
+            if state == Some(ResultState::Init) {
+                // A fresh (re)provisioning starts a new crash streak.
+                if let Ok(mut restarts) = self.restarts.lock() {
+                    restarts.remove(&vm);
+                }
             }
             let unchanged = w
                 .result
@@ -648,8 +697,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Watches zmachines until the process ends: a crashed one is restarted after 1, 2, 4…
-    /// seconds; after `max_restarts` crashes in a row it is left in `error` with the reason.
+    /// Watches zmachines until the process ends: a crashed one is restarted at once, then
+    /// after 2, 4, 8… (at most 64) seconds; after `max_restarts` crashes in a row it is left in `error` with the reason.
     pub fn monitor(self: &Arc<Self>) {
         loop {
             std::thread::sleep(Duration::from_secs(1));
@@ -661,10 +710,17 @@ impl Engine {
 
     fn monitor_once(&self) -> Result<()> {
         for d in self.store.all()? {
+            if is_tombstone(&d) {
+                continue;
+            }
             let id = provision::deployment_id(&d.owner, &d.name);
             let lock = self.lock_for(&d.owner, &d.name);
             // Busy deployments are being converged: look again next round.
             let Ok(_guard) = lock.try_lock() else {
+                continue;
+            };
+            // Read again under the lock: a convergence may have just changed it.
+            let Some(d) = self.store.get(&d.owner, &d.name)? else {
                 continue;
             };
             for w in &d.workloads {

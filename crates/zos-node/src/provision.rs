@@ -12,10 +12,35 @@ use zos_vmm::spec::{DiskAttach, FlistSource, SeedSpec, VmSpec};
 use zos_vmm::{VmState, Vmm};
 
 /// The host-side names of one deployment's resources: `<id>-<workload>`, where the id is a
-/// hash of owner and name (short enough for VM names, and no user text in host paths).
+/// hash of owner and name: no user text in host paths, and at 104 bits no one can make
+/// their deployment collide with another owner's (a VM name stays within 64 characters).
 pub fn deployment_id(owner: &PublicKey, name: &str) -> String {
     let digest = Sha256::digest(crate::store::key(owner, name).as_bytes());
-    hex::encode(&digest[..6])
+    hex::encode(&digest[..13])
+}
+
+/// Checks a zmachine's `flist` before it is accepted: an absolute path to a `.fl` file on
+/// the node, outside the node's own data (where users' disks live, which their guests
+/// write: a crafted file there must never be mounted as an flist).
+pub fn check_flist(flist: &str, data_dir: &Path) -> Result<(), String> {
+    let path = Path::new(flist);
+    if !path.is_absolute() || path.extension().is_none_or(|e| e != "fl") {
+        return Err(format!(
+            "flist {flist:?}: give the absolute path of a .fl file on the node"
+        ));
+    }
+    let real = std::fs::canonicalize(path)
+        .map_err(|_| format!("flist {flist:?} not found on the node"))?;
+    if !real.is_file() {
+        return Err(format!("flist {flist:?} is not a file"));
+    }
+    let data = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    if real.starts_with(&data) {
+        return Err(format!(
+            "flist {flist:?} is inside the node's data dir; flists must come from elsewhere"
+        ));
+    }
+    Ok(())
 }
 
 /// The VM of a zmachine.
@@ -55,12 +80,6 @@ pub fn ensure_zmount(path: &Path, m: &ZMount) -> Result<serde_json::Value, Strin
 /// The VM spec a zmachine asks for; the flist decides container or VM mode.
 pub fn vm_spec(workload: &str, m: &ZMachine, disks: &Path, id: &str) -> Result<VmSpec, String> {
     let flist = PathBuf::from(&m.flist);
-    if !flist.is_absolute() {
-        return Err(format!(
-            "flist {:?}: give the absolute path of a .fl file on the node",
-            m.flist
-        ));
-    }
     if !flist.is_file() {
         return Err(format!("flist {} not found on the node", flist.display()));
     }
@@ -175,5 +194,51 @@ pub fn remove_disk(path: &Path) -> Result<(), String> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(format!("removing {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_vm_names_and_differ_per_owner() {
+        let (a, b) = (
+            zos_types::Keypair::generate(),
+            zos_types::Keypair::generate(),
+        );
+        let id = deployment_id(&a.public(), "web");
+        assert_eq!(id.len(), 26);
+        assert_ne!(id, deployment_id(&b.public(), "web"));
+        assert_ne!(id, deployment_id(&a.public(), "web2"));
+        let longest = vm_name(&id, &"w".repeat(36));
+        assert!(zos_vmm::is_valid_name(&longest), "{longest}");
+    }
+
+    #[test]
+    fn flists_come_from_outside_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("node");
+        std::fs::create_dir_all(data.join("disks")).unwrap();
+        let outside = dir.path().join("app.fl");
+        std::fs::write(&outside, b"x").unwrap();
+        let inside = data.join("disks/x.fl");
+        std::fs::write(&inside, b"x").unwrap();
+        std::os::unix::fs::symlink(&inside, dir.path().join("link.fl")).unwrap();
+        let check = |p: &Path| check_flist(&p.display().to_string(), &data);
+        assert_eq!(check(&outside), Ok(()));
+        let err = check(&inside).unwrap_err();
+        assert!(err.contains("inside the node's data dir"), "{err}");
+        let err = check(&dir.path().join("link.fl")).unwrap_err();
+        assert!(err.contains("inside the node's data dir"), "{err}");
+        assert!(check_flist("app.fl", &data)
+            .unwrap_err()
+            .contains("absolute path"));
+        assert!(check_flist("/etc/passwd", &data)
+            .unwrap_err()
+            .contains(".fl file"));
+        assert!(check(&dir.path().join("none.fl"))
+            .unwrap_err()
+            .contains("not found"));
     }
 }

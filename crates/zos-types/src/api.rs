@@ -1,6 +1,6 @@
 //! The node's HTTP/JSON API: paths and the bodies that are not deployments.
 //!
-//! Every request carries an `Authorization: zos key=…,ts=…,sig=…` header ([`RequestAuth`]):
+//! Every request carries an `Authorization: zos key=…,ts=…,nonce=…,sig=…` header ([`RequestAuth`]):
 //! the caller is that key. Deploy and update are authorized by the deployment's own
 //! signatures; everything else by the header, and a caller only ever sees deployments it owns.
 //!

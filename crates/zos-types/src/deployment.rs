@@ -28,7 +28,8 @@ pub struct Deployment {
     /// Free text for humans.
     #[serde(default)]
     pub description: String,
-    /// Who must sign; empty means the owner alone (see [`Deployment::fill_defaults`]).
+    /// Who must sign; the owner always among the required keys. Files may leave it out
+    /// ([`Deployment::fill_defaults`] then makes it the owner alone); the wire form may not.
     #[serde(default)]
     pub signature_requirement: SignatureRequirement,
     /// Signatures over [`Deployment::challenge`]; not themselves signed.
@@ -102,6 +103,10 @@ pub enum SignatureError {
     /// A signature that does not match the deployment.
     #[error("signature by {0} does not verify (the deployment changed after signing, or the signature is corrupt)")]
     Invalid(PublicKey),
+    /// The owner is not a required signer: anyone could then sign a deployment in the
+    /// owner's name.
+    #[error("the owner {0} must be listed in signature_requirement.requests with required: true")]
+    OwnerNotRequired(PublicKey),
     /// A required key did not sign.
     #[error("missing required signature by {0}")]
     MissingRequired(PublicKey),
@@ -176,6 +181,14 @@ impl Deployment {
     /// listed key, every `required` key must have signed, and the distinct signers' weights
     /// must reach `weight_required`. Repeated signatures by one key count once.
     pub fn verify_signatures(&self) -> Result<(), SignatureError> {
+        let owner_required = self
+            .signature_requirement
+            .requests
+            .iter()
+            .any(|r| r.key == self.owner && r.required);
+        if !owner_required {
+            return Err(SignatureError::OwnerNotRequired(self.owner));
+        }
         self.check_signatures(&self.signature_requirement, true)
     }
 
@@ -183,8 +196,8 @@ impl Deployment {
     /// the version it replaces, or whoever can sign alone could write themselves a new
     /// requirement and take the deployment over. Signers the old requirement does not list
     /// count for nothing here (rather than failing), so a co-owner can be added.
+    /// Call it after [`Deployment::verify_signatures`].
     pub fn verify_update_from(&self, old: &SignatureRequirement) -> Result<(), SignatureError> {
-        self.verify_signatures()?;
         self.check_signatures(old, false)
     }
 
@@ -396,22 +409,30 @@ workloads:
         };
         let mut shared = old.clone();
         shared.signature_requirement = SignatureRequirement {
-            requests: vec![request(&owner, true), request(&co, false)],
+            requests: vec![request(&owner, true), request(&co, true)],
             weight_required: 2,
         };
-        // The co-owner alone writes a requirement naming only themselves: valid on its own,
-        // refused as an update of the shared version.
-        let mut takeover = shared.clone();
-        takeover.version = 1;
-        takeover.signature_requirement = SignatureRequirement {
+        // A deployment in the owner's name that does not need the owner: refused outright.
+        let mut squat = shared.clone();
+        squat.signature_requirement = SignatureRequirement {
             requests: vec![request(&co, true)],
             weight_required: 1,
         };
-        takeover.sign(&co);
+        squat.sign(&co);
+        assert_eq!(
+            squat.verify_signatures(),
+            Err(SignatureError::OwnerNotRequired(owner.public()))
+        );
+        // The owner alone drops the co-owner: valid on its own, refused as an update of the
+        // shared version.
+        let mut takeover = shared.clone();
+        takeover.version = 1;
+        takeover.signature_requirement = SignatureRequirement::owner_only(&owner.public());
+        takeover.sign(&owner);
         assert_eq!(takeover.verify_signatures(), Ok(()));
         assert_eq!(
             takeover.verify_update_from(&shared.signature_requirement),
-            Err(SignatureError::MissingRequired(owner.public()))
+            Err(SignatureError::MissingRequired(co.public()))
         );
         // The owner adding a co-owner: the new signer is simply not counted by the old rule.
         let mut adding = old.clone();

@@ -101,7 +101,7 @@ enum WorkloadType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZMachine {
-    /// Path or URL of the `.fl` file holding the root filesystem.
+    /// Absolute path of the `.fl` file on the node holding the root filesystem.
     pub flist: String,
     /// Replaces the image's entrypoint; empty keeps the image's.
     #[serde(default)]

@@ -250,7 +250,8 @@ pub fn create_disk(path: &Path, size_bytes: u64, format: DiskFormat) -> Result<(
 }
 
 /// Creates a qcow2 overlay at `path` over `backing` (read as `backing_format`): the guest
-/// sees the backing's content, and its writes go to the overlay only.
+/// sees the backing's content, and its writes go to the overlay only. Its size is the
+/// backing's, or `size` bytes (larger than the backing: the guest can grow into it).
 ///
 /// The backing path is recorded absolute (symlinks resolved), so the overlay works from any
 /// working directory; the backing must stay where it is for the overlay's lifetime. Its
@@ -260,6 +261,7 @@ pub fn create_overlay(
     backing: &Path,
     backing_format: DiskFormat,
     path: &Path,
+    size: Option<u64>,
 ) -> Result<(), DiskError> {
     refuse_existing(path)?;
     let backing = std::fs::canonicalize(backing)
@@ -268,20 +270,23 @@ pub fn create_overlay(
     let overlay = temp_next_to(path)?;
     // qemu-img opens the backing to take its size, so it fails here, not at boot, if the
     // backing is missing or not readable as backing_format.
-    run(
-        &qemu_img,
-        &[
-            "create".as_ref(),
-            "-q".as_ref(),
-            "-f".as_ref(),
-            "qcow2".as_ref(),
-            "-F".as_ref(),
-            backing_format.as_qemu().as_ref(),
-            "-b".as_ref(),
-            backing.as_os_str(),
-            tool_arg(overlay.path()).as_os_str(),
-        ],
-    )?;
+    let overlay_arg = tool_arg(overlay.path());
+    let size_arg = size.map(|s| s.to_string());
+    let mut args: Vec<&OsStr> = vec![
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        backing_format.as_qemu().as_ref(),
+        "-b".as_ref(),
+        backing.as_os_str(),
+        overlay_arg.as_os_str(),
+    ];
+    if let Some(size) = &size_arg {
+        args.push(size.as_ref());
+    }
+    run(&qemu_img, &args)?;
     persist(overlay, path)?;
     tracing::info!(
         path = %path.display(),
@@ -605,7 +610,7 @@ mod tests {
             assert!(matches!(err, DiskError::AlreadyExists { .. }), "{err}");
             assert!(err.to_string().contains("disk.raw"), "{err}");
         }
-        let err = create_overlay(&path, DiskFormat::Raw, &path).unwrap_err();
+        let err = create_overlay(&path, DiskFormat::Raw, &path, None).unwrap_err();
         assert!(matches!(err, DiskError::AlreadyExists { .. }), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"precious");
 
@@ -634,7 +639,7 @@ mod tests {
         // A non-canonical backing path is recorded resolved.
         let overlay = dir.path().join("vm.qcow2");
         let backing_spelled = dir.path().join("sub/../base.raw");
-        create_overlay(&backing_spelled, DiskFormat::Raw, &overlay).unwrap();
+        create_overlay(&backing_spelled, DiskFormat::Raw, &overlay, None).unwrap();
         assert_eq!(names_in(dir.path()), vec!["base.raw", "sub", "vm.qcow2"]);
 
         let canonical = std::fs::canonicalize(&backing).unwrap();
@@ -710,7 +715,7 @@ mod tests {
         }
 
         // Overwrite refused.
-        let err = create_overlay(&backing, DiskFormat::Raw, &overlay).unwrap_err();
+        let err = create_overlay(&backing, DiskFormat::Raw, &overlay, None).unwrap_err();
         assert!(matches!(err, DiskError::AlreadyExists { .. }), "{err}");
     }
 
@@ -720,8 +725,13 @@ mod tests {
         let backing = dir.path().join("base.raw");
         std::fs::write(&backing, vec![0u8; MIB as usize]).unwrap();
         // The backing is raw, not qcow2: qemu-img refuses to create the overlay.
-        let err =
-            create_overlay(&backing, DiskFormat::Qcow2, &dir.path().join("vm.qcow2")).unwrap_err();
+        let err = create_overlay(
+            &backing,
+            DiskFormat::Qcow2,
+            &dir.path().join("vm.qcow2"),
+            None,
+        )
+        .unwrap_err();
         let DiskError::Tool { stderr, .. } = &err else {
             panic!("{err}");
         };
@@ -733,6 +743,7 @@ mod tests {
             &dir.path().join("none"),
             DiskFormat::Raw,
             &dir.path().join("x"),
+            None,
         )
         .unwrap_err();
         assert!(matches!(err, DiskError::Io { .. }), "{err}");
@@ -748,7 +759,7 @@ mod tests {
         assert_eq!(plain.external_reference(), None);
 
         let overlay = dir.path().join("over.qcow2");
-        create_overlay(&base, DiskFormat::Raw, &overlay).unwrap();
+        create_overlay(&base, DiskFormat::Raw, &overlay, None).unwrap();
         let why = disk_info(&overlay).unwrap().external_reference().unwrap();
         assert!(
             why.contains("backing file") && why.contains("base.raw"),

@@ -69,6 +69,7 @@ pub fn plan(source: FlistSource, overrides: &Overrides) -> Result<Boot> {
                 flist: source,
                 image,
                 format,
+                root_size: overrides.root_size,
                 seed: overrides.seed.clone(),
             });
         }

@@ -235,10 +235,10 @@ impl Vmm {
             .prefix(&format!(".{name}."))
             .tempdir_in(&self.cfg.root)
             .map_err(|e| Error::io(format!("creating a dir in {}", self.cfg.root.display()), e))?;
-        if let Some(root_size) = spec.boot.root_size() {
+        if !matches!(spec.boot, Boot::Disk { .. }) {
             disk::create_disk(
                 &Layers::of(staging.path()).image,
-                root_size,
+                spec.boot.root_size(),
                 DiskFormat::Raw,
             )?;
         }
@@ -278,12 +278,11 @@ impl Vmm {
                 "--accel kvm asked for, but this host has no /dev/kvm: use --accel auto".into(),
             ));
         }
-        if let Some(root_size) = spec.boot.root_size() {
-            if root_size < disk::MIN_DISK_SIZE || root_size % 512 != 0 {
-                return Err(Error::Invalid(format!(
-                    "root size {root_size} bytes: use at least 16M, in whole 512-byte sectors"
-                )));
-            }
+        let root_size = spec.boot.root_size();
+        if root_size < disk::MIN_DISK_SIZE || !root_size.is_multiple_of(512) {
+            return Err(Error::Invalid(format!(
+                "root size {root_size} bytes: use at least 16M, in whole 512-byte sectors"
+            )));
         }
         let hostname_ok = !spec.hostname.is_empty()
             && spec.hostname.len() <= 63
@@ -545,6 +544,7 @@ impl Vmm {
                 flist,
                 image,
                 format,
+                root_size,
                 seed,
             } => {
                 started.mount = Some(rootfs::mount_flist(flist, &layers.lower, &helper)?);
@@ -565,8 +565,14 @@ impl Vmm {
                             "the flist's disk image {image} cannot be booted: {why}"
                         )));
                     }
+                    if info.virtual_size > *root_size {
+                        return Err(Error::Invalid(format!(
+                            "the flist's disk image {image} is {} bytes, more than the root size of {root_size}: give a larger root size",
+                            info.virtual_size
+                        )));
+                    }
                     // The overlay lives as long as the VM: writes survive stop and start.
-                    disk::create_overlay(&base, *format, &overlay)?;
+                    disk::create_overlay(&base, *format, &overlay, Some(*root_size))?;
                 }
                 push(&["-bios", DISK_FIRMWARE]);
                 // SeaBIOS would boot the first virtio disk it finds (the last one created):

@@ -76,6 +76,9 @@ pub enum Boot {
         image: String,
         /// Its format.
         format: DiskFormat,
+        /// Size of the disk the guest sees, bytes: at least the image's; the guest's writes
+        /// can grow the overlay to it and no further.
+        root_size: u64,
         /// The cloud-init seed.
         seed: SeedSpec,
     },
@@ -91,12 +94,13 @@ impl Boot {
         }
     }
 
-    /// Size limit of the writable root layer, for the modes that have one (a disk image's
-    /// overlay takes the image's size instead).
-    pub fn root_size(&self) -> Option<u64> {
+    /// Size limit of the writable root: the overlay's ext4 image, or the disk-image's
+    /// virtual size.
+    pub fn root_size(&self) -> u64 {
         match self {
-            Boot::Container { root_size, .. } | Boot::Kernel { root_size, .. } => Some(*root_size),
-            Boot::Disk { .. } => None,
+            Boot::Container { root_size, .. }
+            | Boot::Kernel { root_size, .. }
+            | Boot::Disk { root_size, .. } => *root_size,
         }
     }
 
