@@ -297,9 +297,40 @@ impl Engine {
         self.check(&d)?;
         let key = store::key(&d.owner, &d.name);
         let mut held = self.held();
-        let old = self.store.get(&d.owner, &d.name)?.ok_or_else(|| {
-            ApiError::not_found(format!("no deployment named {name:?}: create it first"))
-        })?;
+        let used = held
+            .iter()
+            .filter(|(k, _)| **k != key)
+            .fold(Resources::default(), |a, (_, b)| capacity::add(a, *b));
+        let free = capacity::sub(self.totals, used);
+        // Checked and written in one transaction, against the stored record as it is then:
+        // results recorded meanwhile are carried over, not lost.
+        let (owner, dname) = (d.owner, d.name.clone());
+        let demand = self
+            .store
+            .modify(&owner, &dname, |old| {
+                let next = Self::next_version(&mut d, old, free)?;
+                *old = next.clone();
+                d = next;
+                Ok::<_, ApiError>(capacity::demand(&d))
+            })?
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no deployment named {name:?}: create it first"))
+            })??;
+        held.insert(key, demand);
+        drop(held);
+        self.emit(&d, None, ResultState::Init, "updated");
+        self.spawn_converge(d.owner, d.name.clone());
+        Ok(d)
+    }
+
+    /// `d` as the successor of the stored `old`: version, signatures against the old
+    /// requirement, which workloads keep their results, and whether it fits in `free`.
+    fn next_version(
+        d: &mut Deployment,
+        old: &Deployment,
+        free: Resources,
+    ) -> Result<Deployment, ApiError> {
+        let name = &d.name;
         let next = old.version.checked_add(1).ok_or_else(|| {
             ApiError::conflict(format!(
                 "deployment {name:?} is at the last version: deploy under a new name"
@@ -311,17 +342,22 @@ impl Engine {
                 old.version, d.version
             )));
         }
-        d.verify_update_from(&old.signature_requirement)
-            .map_err(|e| ApiError::unauthorized(format!("deployment {name:?}: {e} (the signatures must also satisfy version {}'s requirement)", old.version)))?;
-        let revived = is_tombstone(&old);
+        d.verify_update_from(&old.signature_requirement).map_err(|e| {
+            ApiError::unauthorized(format!(
+                "deployment {name:?}: {e} (the signatures must also satisfy version {}'s requirement)",
+                old.version
+            ))
+        })?;
+        let revived = is_tombstone(old);
+        let version = d.version;
         for w in &mut d.workloads {
             let before = old.workloads.iter().find(|o| o.name == w.name && !revived);
             match before {
-                Some(o) if w.version < d.version => {
+                Some(o) if w.version < version => {
                     if o.spec != w.spec || o.version != w.version {
                         return Err(ApiError::bad_request(format!(
-                            "workload {:?} differs from version {} but its version is {}: give changed workloads version {}",
-                            w.name.as_str(), o.version, w.version, d.version
+                            "workload {:?} differs from version {} but its version is {}: give changed workloads version {version}",
+                            w.name.as_str(), o.version, w.version
                         )));
                     }
                     // Deploying again retries what failed; the rest keeps running untouched.
@@ -335,25 +371,8 @@ impl Engine {
                 _ => w.result = Some(result(ResultState::Init, "", serde_json::Value::Null)),
             }
         }
-        let demand = capacity::demand(&d);
-        let used = held
-            .iter()
-            .filter(|(k, _)| **k != key)
-            .fold(Resources::default(), |a, (_, b)| capacity::add(a, *b));
-        capacity::check_fits(demand, capacity::sub(self.totals, used))
-            .map_err(ApiError::unprocessable)?;
-        if let Some(now_stored) = self.store.replace(&d, old.version)? {
-            return Err(ApiError::conflict(format!(
-                "deployment {name:?} changed meanwhile (now version {}); retry with version {}",
-                now_stored.version,
-                now_stored.version + 1
-            )));
-        }
-        held.insert(key, demand);
-        drop(held);
-        self.emit(&d, None, ResultState::Init, "updated");
-        self.spawn_converge(d.owner, d.name.clone());
-        Ok(d)
+        capacity::check_fits(capacity::demand(d), free).map_err(ApiError::unprocessable)?;
+        Ok(d.clone())
     }
 
     /// Tears a deployment down; it stays listed as deleted, its version one past the last
@@ -504,10 +523,17 @@ impl Engine {
             .filter(|w| matches!(w.spec, WorkloadSpec::Zmachine(_)))
             .map(|w| provision::vm_name(&id, w.name.as_str()))
             .collect();
-        for vm in self.vmm.list().map_err(anyhow::Error::from)? {
-            if vm.name.starts_with(&format!("{id}-")) && !wanted_vms.contains(&vm.name) {
-                if let Err(e) = provision::remove_vm(&self.vmm, &vm.name, timeout) {
-                    tracing::warn!(vm = %vm.name, error = %e, "removing a VM");
+        // By name alone: asking every VM of the node for its state would make each
+        // deployment's pass cost as much as all VMs.
+        for entry in std::fs::read_dir(&self.vmm.config().root).map_err(anyhow::Error::from)? {
+            let vm = entry
+                .map_err(anyhow::Error::from)?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if vm.starts_with(&format!("{id}-")) && !wanted_vms.contains(&vm) {
+                if let Err(e) = provision::remove_vm(&self.vmm, &vm, timeout) {
+                    tracing::warn!(vm = %vm, error = %e, "removing a VM");
                 }
             }
         }

@@ -57,29 +57,8 @@ impl Store {
         Ok(Insert::Done)
     }
 
-    /// Replaces the stored deployment with `d` if the stored one still has version
-    /// `expected_version` (else returns the stored one, unchanged).
-    pub fn replace(&self, d: &Deployment, expected_version: u32) -> Result<Option<Deployment>> {
-        let k = key(&d.owner, &d.name);
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(DEPLOYMENTS)?;
-            let current = match table.get(k.as_str())? {
-                Some(v) => Some(decode(v.value())?),
-                None => None,
-            };
-            if let Some(current) = current {
-                if current.version != expected_version {
-                    return Ok(Some(current));
-                }
-            }
-            table.insert(k.as_str(), encode(d)?.as_slice())?;
-        }
-        txn.commit()?;
-        Ok(None)
-    }
-
-    /// Changes a stored deployment in one transaction; `None` if it is not there.
+    /// Changes a stored deployment in one transaction (read, `f`, write); `None` if it is
+    /// not there. Writers are serialized by the database, so nothing changes in between.
     pub fn modify<T>(
         &self,
         owner: &PublicKey,
@@ -193,12 +172,14 @@ mod tests {
         assert_eq!(store.list(&b.public()).unwrap().len(), 1);
         assert_eq!(store.all().unwrap().len(), 3);
 
-        // A stale version does not overwrite.
-        let mut next = deployment(&a, "x");
-        next.version = 1;
-        assert!(store.replace(&next, 0).unwrap().is_none());
-        let stale = store.replace(&next, 0).unwrap().unwrap();
-        assert_eq!(stale.version, 1);
+        // A change is one transaction; the closure sees the stored record.
+        let bumped = store
+            .modify(&a.public(), "x", |d| {
+                d.version += 1;
+                d.version
+            })
+            .unwrap();
+        assert_eq!(bumped, Some(1));
         drop(store);
         // Durable across reopen.
         let store = Store::open(&dir.path().join("db")).unwrap();
