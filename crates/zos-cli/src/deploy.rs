@@ -24,6 +24,20 @@ const POLL_INTERVAL: Duration = Duration::from_millis(300);
 #[derive(Subcommand)]
 pub enum NodeCommand {
     /// Run the node: serve the API and run deployments (usually as root, from systemd)
+    ///
+    /// Makes its identity on first start, reattaches to the VMs it left running, restarts
+    /// what should run and removes what no deployment owns. Stops on SIGINT or SIGTERM,
+    /// leaving VMs running for the next start.
+    #[command(after_help = "The config file is TOML; every key is optional:\n  \
+data_dir = \"/var/lib/zos/node\"              # identity, database, VMs, disks\n  \
+listen = [\"unix:///run/zos/node.sock\"]      # and/or \"tcp://IP:PORT\"\n  \
+reserve_memory = \"1G\"                       # never given to workloads\n  \
+reserve_disk = \"1G\"\n  \
+cpu_overcommit = 4.0                        # vCPUs per host CPU (memory is never overcommitted)\n  \
+disk = \"500G\"                               # default: the data dir's filesystem size\n  \
+cache_dir = \"/var/lib/zos/node/cache\"       # flist block cache\n  \
+max_restarts = 5                            # crashes in a row before a zmachine is left in error\n  \
+stop_timeout_secs = 10")]
     Run {
         /// The node's config file [default: built-in defaults]
         #[arg(long, value_name = "FILE")]
