@@ -274,7 +274,7 @@ impl Engine {
                         d.name,
                         old.version,
                         if is_tombstone(&old) { ", deleted" } else { "" },
-                        old.version + 1
+                        old.version.saturating_add(1)
                     )));
                 }
             }
