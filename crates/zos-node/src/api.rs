@@ -158,9 +158,10 @@ async fn get_one(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<Deployment>, ApiError> {
-    let owner = api.caller(&method, &uri, &headers, b"")?;
-    let engine = api.engine.clone();
-    Ok(Json(blocking(move || engine.get(&owner, &name)).await?))
+    one(api, name, method, uri, headers, |e, owner, name| {
+        e.get(owner, name)
+    })
+    .await
 }
 
 async fn remove(
@@ -170,9 +171,24 @@ async fn remove(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<Deployment>, ApiError> {
+    one(api, name, method, uri, headers, |e, owner, name| {
+        e.delete(owner, name)
+    })
+    .await
+}
+
+/// A signed request about one of the caller's deployments, answered with it.
+async fn one(
+    api: Api,
+    name: String,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    f: fn(&Engine, &PublicKey, &str) -> Result<Deployment, ApiError>,
+) -> Result<Json<Deployment>, ApiError> {
     let owner = api.caller(&method, &uri, &headers, b"")?;
     let engine = api.engine.clone();
-    Ok(Json(blocking(move || engine.delete(&owner, &name)).await?))
+    Ok(Json(blocking(move || f(&engine, &owner, &name)).await?))
 }
 
 async fn logs(
