@@ -324,6 +324,31 @@ fn deploy_update_and_delete_a_container_with_a_disk() {
     };
     assert!(logs.contains("hello-from-zos hi"), "{logs}");
     assert!(logs.contains("/data"), "the zmount is not mounted: {logs}");
+    // Following the log of a running VM streams what is there and stays open.
+    let mut follow = node
+        .cli("alice", &["logs", "hello/web", "-f"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = follow.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("hello-from-zos") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the followed log ended: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "logs -f exited while the VM runs"
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
 
     let ps = ok(&mut node.cli("alice", &["ps"]));
     assert!(ps.contains("hello"), "{ps}");
