@@ -10,7 +10,6 @@
 //! an escaped double-quoted scalar, so an instance id or a key's comment cannot inject YAML
 //! structure.
 
-use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Write};
@@ -121,26 +120,8 @@ pub fn write_seed(seed: &Seed, path: &Path) -> Result<(), CidataError> {
         what: format!("{what} {}", path.display()),
         source,
     };
-    let Some(name) = path.file_name() else {
-        return Err(io_err(
-            "writing NoCloud seed",
-            io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"),
-        ));
-    };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    // Named after the target so a temp left by a crash (the only way one survives: the
-    // NamedTempFile removes itself on drop) is recognisable.
-    let mut prefix = OsString::from(".");
-    prefix.push(name);
-    prefix.push(".");
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| io_err("creating a temp file for", e))?;
+    let mut tmp =
+        crate::fsutil::temp_next_to(path).map_err(|e| io_err("creating a temp file for", e))?;
     build_image(tmp.as_file_mut(), size, &files)
         .and_then(|()| tmp.as_file().sync_all())
         .map_err(|e| io_err("building NoCloud seed", e))?;

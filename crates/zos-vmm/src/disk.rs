@@ -9,7 +9,7 @@
 //! always a complete disk.
 
 use serde::{Deserialize, Serialize};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -377,27 +377,14 @@ fn refuse_existing(path: &Path) -> Result<(), DiskError> {
     }
 }
 
-/// A temp file in `path`'s directory (so the final rename stays on one filesystem), named
-/// after `path` so one left by a crash is recognisable.
+/// A temp file next to `path` (see [`crate::fsutil::temp_next_to`]).
 fn temp_next_to(path: &Path) -> Result<tempfile::NamedTempFile, DiskError> {
-    let Some(name) = path.file_name() else {
-        return Err(io_error(
-            format!("creating {}", path.display()),
-            io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"),
-        ));
-    };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut prefix = OsString::from(".");
-    prefix.push(name);
-    prefix.push(".");
-    tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| io_error(format!("creating a temp file in {}", dir.display()), e))
+    crate::fsutil::temp_next_to(path).map_err(|e| {
+        io_error(
+            format!("creating a temp file next to {}", path.display()),
+            e,
+        )
+    })
 }
 
 /// Flushes `tmp` to disk and renames it to `path`, unless something appeared at `path` in the
