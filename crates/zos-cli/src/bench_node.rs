@@ -2,7 +2,7 @@
 //! stored deployments, and deploy-to-running of a container next to `zos run` of the same
 //! image (the floor, same run).
 
-use crate::bench_vm::{image, median, range, zos_run_to_mark, MARK};
+use crate::bench_vm::{image, median, range, remove_vms, zos_run_to_mark, MARK};
 use crate::client::{NodeClient, NodeUrl};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -36,22 +36,7 @@ pub fn bench_node(count: usize, runs: usize, keep: bool, json: bool) -> Result<E
     let result = measure(&mut node, count.max(1), runs.max(1));
     node.stop();
     if !keep {
-        // VMs the run left (an error half-way) are removed with their mounts first.
-        let _ = Command::new(std::env::current_exe()?)
-            .args(["vm", "ps"])
-            .env("ZOS_DATA_DIR", work.join("node"))
-            .output();
-        for vm in std::fs::read_dir(work.join("node/vms"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = Command::new(std::env::current_exe()?)
-                .args(["vm", "rm"])
-                .arg(vm.file_name())
-                .env("ZOS_DATA_DIR", work.join("node"))
-                .output();
-        }
+        remove_vms(&work.join("node"));
         let _ = std::fs::remove_dir_all(&work);
     }
     let rows = result?;

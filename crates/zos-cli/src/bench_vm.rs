@@ -26,11 +26,7 @@ pub fn bench_vm(dir: Option<PathBuf>, keep: bool, runs: usize, json: bool) -> Re
     };
     let result = measure(&work, runs.max(1));
     if !keep {
-        // Any VM still around (an error half-way) is removed with its mounts first.
-        let _ = zos(&work).args(["vm", "ps", "--json"]).output();
-        for name in list_vms(&work) {
-            let _ = zos(&work).args(["vm", "rm", &name]).output();
-        }
+        remove_vms(&work.join("data"));
         let _ = std::fs::remove_dir_all(&work);
     }
     let rows = result?;
@@ -355,15 +351,30 @@ fn pss_mib(pid: i32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn list_vms(work: &Path) -> Vec<String> {
-    std::fs::read_dir(work.join("data/vms"))
+/// Removes, with their processes and mounts, the VMs a benchmark left under `data_dir` (an
+/// error half-way), before its work dir is deleted.
+pub(crate) fn remove_vms(data_dir: &Path) {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let zos = |args: &[&str]| {
+        Command::new(&exe)
+            .args(args)
+            .env("ZOS_DATA_DIR", data_dir)
+            .output()
+    };
+    let _ = zos(&["vm", "ps", "--json"]);
+    let names: Vec<String> = std::fs::read_dir(data_dir.join("vms"))
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| !n.starts_with('.'))
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    for name in names {
+        let _ = zos(&["vm", "rm", &name]);
+    }
 }
 
 pub(crate) fn median(v: &[f64]) -> f64 {
