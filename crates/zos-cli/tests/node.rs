@@ -32,14 +32,7 @@ impl Node {
         for applet in ["sh", "echo", "cat", "sleep", "df", "env", "hostname"] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
-        let fl = tmp.path().join("bb.fl");
-        let store = format!("dir://{}", tmp.path().join("store").display());
-        ok(zos()
-            .args(["flist", "pack", "-q"])
-            .arg(&root)
-            .arg("-o")
-            .arg(&fl)
-            .args(["--store", &store]));
+        let fl = common::pack(&root, tmp.path(), "bb.fl");
         for user in ["alice", "bob"] {
             ok(zos()
                 .args(["key", "new", "-o"])

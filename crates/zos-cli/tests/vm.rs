@@ -42,14 +42,7 @@ impl Fixture {
         )
         .unwrap();
         std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1001:\n").unwrap();
-        let fl = tmp.path().join("x.fl");
-        let store = format!("dir://{}", tmp.path().join("store").display());
-        ok(zos()
-            .args(["flist", "pack", "-q"])
-            .arg(&root)
-            .arg("-o")
-            .arg(&fl)
-            .args(["--store", &store]));
+        let fl = common::pack(&root, tmp.path(), "x.fl");
         Fixture { tmp, fl }
     }
 

@@ -54,19 +54,6 @@ fn initrd(dir: &Path, modules: &[&str], init: &str, out: &Path) {
     assert!(cpio.wait().unwrap().success());
 }
 
-/// Packs `root` into `<dir>/<name>` with its blocks in `<dir>/store`.
-fn pack(root: &Path, dir: &Path, name: &str) -> PathBuf {
-    let fl = dir.join(name);
-    let store = format!("dir://{}", dir.join("store").display());
-    ok(zos()
-        .args(["flist", "pack"])
-        .arg(root)
-        .arg("-o")
-        .arg(&fl)
-        .args(["--store", &store]));
-    fl
-}
-
 /// The virtio modules every test initrd loads, in dependency order.
 const VIRTIO: [&str; 4] = [
     "drivers/virtio/virtio_ring",
@@ -128,7 +115,7 @@ fn an_flist_with_a_kernel_boots_it_with_the_flist_as_root_and_a_seed_disk() {
          echo written > /written && echo \"wrote $(/bin/busybox cat /written)\"\n\
          /bin/busybox poweroff -f\n",
     );
-    let fl = pack(&root, tmp.path(), "k.fl");
+    let fl = common::pack(&root, tmp.path(), "k.fl");
     let data = tmp.path().join("data");
     let cache = tmp.path().join("cache");
     let out = ok(zos()
@@ -243,7 +230,7 @@ fn an_flist_with_a_disk_image_boots_it_copy_on_write_with_a_seed_disk() {
     disk_image(&initrd_img, &root.join("image.raw"));
     let original = std::fs::read(root.join("image.raw")).unwrap();
 
-    let fl = pack(&root, tmp.path(), "d.fl");
+    let fl = common::pack(&root, tmp.path(), "d.fl");
     let data = tmp.path().join("data");
     let vm = |args: &[&str]| {
         let mut cmd = zos();

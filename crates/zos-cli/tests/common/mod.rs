@@ -11,6 +11,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Packs `root` into `<dir>/<name>`, its blocks in the dir store `<dir>/store`; returns the
+/// flist's path.
+pub fn pack(root: &Path, dir: &Path, name: &str) -> PathBuf {
+    let fl = dir.join(name);
+    let store = format!("dir://{}", dir.join("store").display());
+    ok(zos()
+        .args(["flist", "pack", "-q"])
+        .arg(root)
+        .arg("-o")
+        .arg(&fl)
+        .args(["--store", &store]));
+    fl
+}
+
 /// The `zos` binary under test.
 pub fn zos() -> Command {
     Command::new(env!("CARGO_BIN_EXE_zos"))
