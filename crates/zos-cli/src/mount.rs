@@ -3,10 +3,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use zos_flist::cache::BlockCache;
 use zos_flist::Flist;
@@ -158,17 +157,7 @@ fn detach_stdout() -> Result<()> {
 /// first line: "ready" means mounted, anything else (or nothing) is the error.
 fn daemonize(args: &MountArgs) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("finding the zos binary")?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["flist", "mount", "--ready-on-stdout"])
-        .arg(absolute(&args.flist)?)
-        .arg(absolute(&args.mountpoint)?)
-        .arg(format!("--cache-size={}", args.cache_size));
-    if let Some(cache) = &args.cache {
-        cmd.arg("--cache").arg(absolute(cache)?);
-    }
-    for s in &args.stores {
-        cmd.arg(format!("--store={s}"));
-    }
+    let cache = args.cache.as_deref().map(absolute).transpose()?;
     let log = match &args.log {
         Some(path) => Stdio::from(
             std::fs::OpenOptions::new()
@@ -179,19 +168,18 @@ fn daemonize(args: &MountArgs) -> Result<ExitCode> {
         ),
         None => Stdio::null(),
     };
-    // Own process group: a Ctrl-C in the terminal that started it must not unmount it.
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .process_group(0)
-        .current_dir("/")
-        .spawn()
-        .context("starting the mount process")?;
-    let stdout = child.stdout.take().context("mount process has no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    match lines.next() {
-        Some(Ok(line)) if line == "ready" => {
+    let (mut child, lines, first) = zos_vmm::FlistMount {
+        zos: &exe,
+        flist: &absolute(&args.flist)?,
+        at: &absolute(&args.mountpoint)?,
+        cache: cache.as_deref(),
+        cache_size: args.cache_size,
+        stores: &args.stores,
+    }
+    .start(log)
+    .context("starting the mount process")?;
+    match first {
+        Some(line) if line == "ready" => {
             println!(
                 "mounted {} on {} (pid {})",
                 args.flist.display(),
@@ -202,7 +190,7 @@ fn daemonize(args: &MountArgs) -> Result<ExitCode> {
         }
         first => {
             let status = child.wait().context("waiting for the mount process")?;
-            let mut message: Vec<String> = first.and_then(|l| l.ok()).into_iter().collect();
+            let mut message: Vec<String> = first.into_iter().collect();
             message.extend(lines.map_while(|l| l.ok()));
             if message.is_empty() {
                 bail!("mount process exited ({status}) before the mount was ready");

@@ -8,12 +8,66 @@ use crate::proc::ProcRef;
 use crate::spec::FlistSource;
 use crate::{Error, Result};
 use std::ffi::CString;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Lines};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
+
+/// A `zos flist mount --ready-on-stdout` process to start: the one way flist mounts are
+/// brought up in the background, for VMs and for `zos flist mount --daemon`.
+pub struct FlistMount<'a> {
+    /// The `zos` binary.
+    pub zos: &'a Path,
+    /// The `.fl` file.
+    pub flist: &'a Path,
+    /// The mountpoint.
+    pub at: &'a Path,
+    /// The block cache dir (the mount's default without one).
+    pub cache: Option<&'a Path>,
+    /// The block cache's size limit in bytes.
+    pub cache_size: u64,
+    /// Stores to read blocks from instead of the flist's routes.
+    pub stores: &'a [String],
+}
+
+/// A started mount process, its stdout after the first line, and that first line: `ready`
+/// once mounted; otherwise (or `None`) the mount failed and the process says why.
+pub type Started = (Child, Lines<BufReader<ChildStdout>>, Option<String>);
+
+impl FlistMount<'_> {
+    /// Starts the process with `stderr` as its log, in its own process group (a Ctrl-C in
+    /// the terminal that started it must not take the mount away), and waits for its first
+    /// line.
+    pub fn start(&self, stderr: Stdio) -> std::io::Result<Started> {
+        let mut cmd = Command::new(self.zos);
+        cmd.args(["flist", "mount", "--ready-on-stdout"])
+            .arg(self.flist)
+            .arg(self.at)
+            .arg(format!("--cache-size={}", self.cache_size));
+        if let Some(cache) = self.cache {
+            cmd.arg("--cache").arg(cache);
+        }
+        for store in self.stores {
+            cmd.arg(format!("--store={store}"));
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .process_group(0)
+            .current_dir("/")
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("the mount process has no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().and_then(|l| l.ok());
+        Ok((child, lines, first))
+    }
+}
 
 /// The paths of one VM's layers.
 pub(crate) struct Layers {
@@ -59,30 +113,16 @@ pub(crate) fn mount_flist(flist: &FlistSource, at: &Path, helper: &MountHelper) 
         .append(true)
         .open(&helper.log)
         .map_err(|e| Error::io(format!("opening {}", helper.log.display()), e))?;
-    let mut cmd = Command::new(helper.zos);
-    cmd.args(["flist", "mount", "--ready-on-stdout"])
-        .arg(&flist.path)
-        .arg(at)
-        .arg("--cache")
-        .arg(helper.cache_dir)
-        .arg(format!("--cache-size={}", helper.cache_size));
-    for store in &flist.stores {
-        cmd.arg(format!("--store={store}"));
+    let (mut child, _, first) = FlistMount {
+        zos: helper.zos,
+        flist: &flist.path,
+        at,
+        cache: Some(helper.cache_dir),
+        cache_size: helper.cache_size,
+        stores: &flist.stores,
     }
-    // Its own process group: a Ctrl-C in the terminal of `zos run` must not take the root
-    // filesystem away from under the guest.
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .process_group(0)
-        .current_dir("/")
-        .spawn()
-        .map_err(|e| Error::io(format!("starting {} flist mount", helper.zos.display()), e))?;
-    let stdout = child.stdout.take();
-    let first = stdout
-        .and_then(|s| BufReader::new(s).lines().next())
-        .and_then(|l| l.ok());
+    .start(Stdio::from(log))
+    .map_err(|e| Error::io(format!("starting {} flist mount", helper.zos.display()), e))?;
     if first.as_deref() == Some("ready") {
         if let Some(p) = ProcRef::of(child.id() as i32) {
             return Ok(p);
