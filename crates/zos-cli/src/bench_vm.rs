@@ -340,15 +340,7 @@ fn pids_matching(pattern: &str, under: &Path) -> Vec<i32> {
 }
 
 fn pss_mib(pid: i32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let kib: f64 = text
-        .lines()
-        .find(|l| l.starts_with("Pss:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
+    zos_vmm::pss_bytes(pid).map(|b| b as f64 / (1024.0 * 1024.0))
 }
 
 /// Removes, with their processes and mounts, the VMs a benchmark left under `data_dir` (an

@@ -22,6 +22,7 @@ mod rootfs;
 pub mod spec;
 
 pub use machine::{VmInfo, VmState, Vmm, VmmConfig};
+pub use proc::pss_bytes;
 pub use rootfs::FlistMount;
 
 /// Whether `name` can name a VM or a volume: 1-64 letters, digits, `-` and `_`, starting with

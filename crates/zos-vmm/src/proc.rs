@@ -74,7 +74,7 @@ fn is_zombie(pid: i32) -> bool {
 }
 
 /// Proportional set size of a process in bytes (its fair share of shared pages).
-pub(crate) fn pss_bytes(pid: i32) -> Option<u64> {
+pub fn pss_bytes(pid: i32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     let line = text.lines().find(|l| l.starts_with("Pss:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
