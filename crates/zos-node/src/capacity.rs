@@ -60,6 +60,17 @@ pub fn add(a: Resources, b: Resources) -> Resources {
     }
 }
 
+/// What the deployments in `held` (keyed by deployment) hold together, leaving out
+/// `except` (the one being updated).
+pub fn total_held(
+    held: &std::collections::HashMap<String, Resources>,
+    except: Option<&str>,
+) -> Resources {
+    held.iter()
+        .filter(|(k, _)| Some(k.as_str()) != except)
+        .fold(Resources::default(), |a, (_, b)| add(a, *b))
+}
+
 /// `a - b`, floored at zero.
 pub fn sub(a: Resources, b: Resources) -> Resources {
     Resources {

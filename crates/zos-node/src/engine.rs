@@ -213,10 +213,7 @@ impl Engine {
 
     /// Capacity and identity.
     pub fn info(&self) -> NodeInfo {
-        let used = self
-            .held()
-            .values()
-            .fold(Resources::default(), |a, b| capacity::add(a, *b));
+        let used = capacity::total_held(&self.held(), None);
         NodeInfo {
             node_id: self.node_id,
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -260,9 +257,7 @@ impl Engine {
         let key = store::key(&d.owner, &d.name);
         {
             let mut held = self.held();
-            let used = held
-                .values()
-                .fold(Resources::default(), |a, b| capacity::add(a, *b));
+            let used = capacity::total_held(&held, None);
             let demand = capacity::demand(&d);
             capacity::check_fits(demand, capacity::sub(self.totals, used))
                 .map_err(ApiError::unprocessable)?;
@@ -297,10 +292,7 @@ impl Engine {
         self.check(&d)?;
         let key = store::key(&d.owner, &d.name);
         let mut held = self.held();
-        let used = held
-            .iter()
-            .filter(|(k, _)| **k != key)
-            .fold(Resources::default(), |a, (_, b)| capacity::add(a, *b));
+        let used = capacity::total_held(&held, Some(&key));
         let free = capacity::sub(self.totals, used);
         // Checked and written in one transaction, against the stored record as it is then:
         // results recorded meanwhile are carried over, not lost.
