@@ -19,12 +19,20 @@ use zos_types::{Deployment, PublicKey, RequestAuth};
 /// How far a signed request's clock may be from the node's.
 const MAX_SKEW_SECS: u64 = 60;
 
+/// Request signatures seen lately, with their timestamps.
+#[derive(Default)]
+struct Seen {
+    signatures: HashMap<[u8; 64], u64>,
+    /// The second of the last pruning.
+    pruned_at: u64,
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct Api {
     engine: Arc<Engine>,
     /// Signatures of requests seen within the skew window: a request is good once.
-    seen: Arc<Mutex<HashMap<[u8; 64], u64>>>,
+    seen: Arc<Mutex<Seen>>,
 }
 
 impl IntoResponse for ApiError {
@@ -84,8 +92,18 @@ impl Api {
         auth.verify(method.as_str(), path, body, now, MAX_SKEW_SECS)
             .map_err(|e| ApiError::unauthorized(e.to_string()))?;
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.retain(|_, ts| ts.abs_diff(now) <= 2 * MAX_SKEW_SECS);
-        if seen.insert(auth.signature.0, auth.timestamp).is_some() {
+        // Expired signatures go once a second, not on every request: at a thousand
+        // requests a second the map holds a couple of minutes of them.
+        if seen.pruned_at != now {
+            seen.pruned_at = now;
+            seen.signatures
+                .retain(|_, ts| ts.abs_diff(now) <= 2 * MAX_SKEW_SECS);
+        }
+        if seen
+            .signatures
+            .insert(auth.signature.0, auth.timestamp)
+            .is_some()
+        {
             return Err(ApiError::unauthorized(
                 "this signed request was already used: sign each request anew",
             ));
