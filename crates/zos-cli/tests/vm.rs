@@ -675,7 +675,9 @@ fn a_guest_kernel_panic_fails_the_run_with_the_console_tail() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("panic"), "{}", describe(&out));
     assert!(
-        stderr.contains("last console lines") && stderr.contains("sysrq"),
+        stderr.contains("console around the panic")
+            && stderr.contains("sysrq: Trigger a crash")
+            && stderr.contains("Kernel panic - not syncing"),
         "the console tail is part of the error; {}",
         describe(&out)
     );

@@ -74,6 +74,28 @@ pub fn since(log: &Path, offset: u64) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// The marker the Linux kernel prints when it panics.
+pub const PANIC_MARKER: &str = "Kernel panic - not syncing";
+
+/// The lines around the last kernel panic in `text`: a few lines before the panic line (what
+/// triggered it) and up to `lines` in all, or `None` if the kernel did not panic. The call
+/// trace after a panic can be long, so a plain tail may miss the line that says why.
+pub fn panic_excerpt(text: &str, lines: usize) -> Option<String> {
+    const BEFORE: usize = 4;
+    let all: Vec<&str> = text.lines().collect();
+    let at = all.iter().rposition(|l| l.contains(PANIC_MARKER))?;
+    let from = at.saturating_sub(BEFORE);
+    let to = (from + lines.max(BEFORE + 1)).min(all.len());
+    let mut out = all[from..to].join("\n");
+    if to < all.len() {
+        out.push_str(&format!(
+            "\n[… {} more lines in the console log]",
+            all.len() - to
+        ));
+    }
+    Some(out)
+}
+
 /// Follows a log like `tail -f` that survives rotation: when the file shrinks below our
 /// offset it was truncated, and reading restarts at its beginning. (Output that regrows the
 /// file past the old offset between two reads is not noticed; rotation happens at 1 MiB.)
@@ -113,6 +135,27 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_panic_excerpt_starts_before_the_panic_line_however_long_the_trace() {
+        let mut log = String::from("boot\nsysrq: Trigger a crash\n");
+        log.push_str("Kernel panic - not syncing: sysrq triggered crash\n");
+        for i in 0..100 {
+            log.push_str(&format!("trace {i}\n"));
+        }
+        let excerpt = panic_excerpt(&log, 10).unwrap();
+        let lines: Vec<&str> = excerpt.lines().collect();
+        assert_eq!(lines[0], "boot");
+        assert_eq!(lines[1], "sysrq: Trigger a crash");
+        assert!(lines[2].starts_with(PANIC_MARKER));
+        assert_eq!(lines.len(), 11, "{excerpt}");
+        assert_eq!(lines[10], "[… 93 more lines in the console log]");
+        assert_eq!(panic_excerpt("all fine\n", 10), None);
+        assert_eq!(
+            panic_excerpt("Kernel panic - not syncing: x\n", 10).as_deref(),
+            Some("Kernel panic - not syncing: x")
+        );
+    }
 
     #[test]
     fn rotation_keeps_the_newest_logs_and_the_follower_survives_it() {

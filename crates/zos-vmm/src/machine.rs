@@ -950,10 +950,11 @@ impl Vmm {
                 error: report.error,
             };
         }
-        let tail = console::tail(&dir.join(CONSOLE), 30);
-        // The panic line comes before a long call trace: look through this boot's output.
-        let panicked = console::since(&dir.join(CONSOLE), rt.console_start)
-            .contains("Kernel panic - not syncing");
+        // The panic line comes before a long call trace: look through this boot's output,
+        // and show the lines around it rather than the end of the trace.
+        let panic =
+            console::panic_excerpt(&console::since(&dir.join(CONSOLE), rt.console_start), 30);
+        let panicked = panic.is_some();
         if stop_requested && !panicked {
             return VmState::Stopped;
         }
@@ -966,8 +967,15 @@ impl Vmm {
         } else {
             "QEMU exited without an exit report from the guest (killed, or the guest died)"
         };
+        let console = match panic {
+            Some(excerpt) => format!("--- console around the panic ---\n{excerpt}"),
+            None => format!(
+                "--- last console lines ---\n{}",
+                console::tail(&dir.join(CONSOLE), 30)
+            ),
+        };
         VmState::Crashed {
-            reason: format!("{what}\n--- last console lines ---\n{tail}"),
+            reason: format!("{what}\n{console}"),
         }
     }
 
