@@ -551,19 +551,11 @@ fn every_lifecycle_step_is_a_new_manager_that_reattaches() {
     assert_eq!(ok(f.zos("vm").args(["resume", "s"])).trim(), "s running");
     assert_eq!(f.status("s").0, "s running");
 
-    // Once the container runs, a stop is its SIGTERM: `exec sleep` dies of it, 143.
+    // Once the container runs, a stop is its SIGTERM: `exec sleep` dies of it, 143. Had the
+    // request been ignored, the timeout's kill would leave no exit report: "s stopped".
     f.wait_for_console("s", "up", 1);
-    let started = Instant::now();
-    let out = ok(f.zos("vm").args(["stop", "s", "--timeout", "10s"]));
-    assert!(
-        out.trim() == "s exited (143)" || out.trim() == "s stopped",
-        "stop: {out}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "a running container ignored the stop request for {:?}",
-        started.elapsed()
-    );
+    let out = ok(f.zos("vm").args(["stop", "s", "--timeout", "120s"]));
+    assert_eq!(out.trim(), "s exited (143)", "the container's SIGTERM exit");
     assert_eq!(f.status("s").0, out.trim());
     f.assert_nothing_left_of(&f.vm_dir("s"));
 
