@@ -516,6 +516,28 @@ pub fn volume(cmd: VolumeCommand, place: Place) -> Result<ExitCode> {
         VolumeCommand::Rm { name } => {
             let (file, _) =
                 find_volume(&place, &name)?.with_context(|| format!("no volume named {name:?}"))?;
+            // A VM keeps its volumes in its record, stopped or not: removing one under it
+            // would lose the data it expects to find on its next start.
+            let this = std::fs::canonicalize(&file).ok();
+            let users: Vec<String> = place
+                .vmm()?
+                .list()?
+                .into_iter()
+                .filter(|vm| {
+                    vm.spec
+                        .disks
+                        .iter()
+                        .any(|d| std::fs::canonicalize(&d.path).ok() == this)
+                })
+                .map(|vm| vm.name)
+                .collect();
+            if !users.is_empty() {
+                bail!(
+                    "volume {name:?} is used by VM {}; remove {} first (zos vm rm NAME)",
+                    users.join(", "),
+                    if users.len() == 1 { "it" } else { "them" }
+                );
+            }
             remove_volume(&file)?;
             println!("{name} removed");
         }

@@ -214,6 +214,18 @@ fn mounted_tree_matches_the_source_in_every_stat_field() {
     // Read-only, whatever the mode bits say.
     let err = std::fs::write(m.point.join("etc/new"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    // The setuid bit above is shown, but the host never honours it, nor the device node.
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let point = m.point.to_str().unwrap();
+    let options = mounts
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(1) == Some(&point))
+        .and_then(|f| f.get(3).map(|o| o.to_string()))
+        .unwrap_or_else(|| panic!("{point} not in /proc/mounts"));
+    for want in ["ro", "nosuid", "nodev"] {
+        assert!(options.split(',').any(|o| o == want), "{want}: {options}");
+    }
 
     ok(zos().args(["flist", "umount"]).arg(&m.point));
     assert_eq!(std::fs::read_dir(&m.point).unwrap().count(), 0, "unmounted");

@@ -507,6 +507,15 @@ fn a_volume_outlives_the_vms_that_use_it() {
     );
     f.assert_no_vms_left("zos run");
 
+    // A VM that holds the volume, even one never started, keeps it from being removed.
+    ok(f.zos("vm")
+        .args(["create", "--name", "holder", "-v", "v1:/data"])
+        .arg(&f.fl)
+        .args(["--", "/bin/true"]));
+    let err = fails(f.zos("volume").args(["rm", "v1"]));
+    assert!(err.contains("used by VM holder"), "{err}");
+    ok(f.zos("vm").args(["rm", "holder"]));
+
     let out = ok(f.zos("volume").args(["rm", "v1"]));
     assert_eq!(out.trim(), "v1 removed");
     let ls = ok(f.zos("volume").arg("ls"));

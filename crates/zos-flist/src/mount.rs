@@ -706,8 +706,12 @@ pub fn mount(
         fuser::MountOption::FSName(format!("zos:{name}")),
         fuser::MountOption::Subtype("zos".into()),
         fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::Suid,
-        fuser::MountOption::Dev,
+        // An flist comes from users: with `allow_other`, a setuid-root program or a device
+        // node in it would be a way into the host for any local account. The bits still show
+        // in `stat`, so a guest that gets the tree over virtio-fs honours them in its own
+        // kernel, and the host's overlay copies them up unchanged.
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoDev,
         fuser::MountOption::Exec,
     ];
     if opts.allow_other {
