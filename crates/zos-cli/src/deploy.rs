@@ -522,6 +522,8 @@ pub fn events(args: &ClientArgs) -> Result<ExitCode> {
     })?;
     write_event(&mut out, &pending, args.json)?;
     out.flush()?;
+    // The node keeps the stream open as long as it runs.
+    eprintln!("zos: the node ended the event stream (it is stopping)");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{fails, ok, zos};
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -113,6 +113,14 @@ impl Node {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Stops the node the way a service manager does (SIGTERM); returns its exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the node runs");
+        // SAFETY: a plain kill(2) of our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap()
     }
 
     fn log(&self) -> String {
@@ -278,7 +286,7 @@ fn deploy_update_and_delete_a_container_with_a_disk() {
     if !common::is_root() || !common::have("qemu-system-x86_64") {
         return;
     }
-    let node = Node::start("");
+    let mut node = Node::start("");
     let yaml = node.write_yaml(
         "hello.yaml",
         "name: hello\nworkloads:\n  - name: data\n    type: zmount\n    data: { size: 32M }\n  - name: web\n    type: zmachine\n    data:\n      flist: FLIST\n      cmd: [sh, -c, 'echo hello-from-zos $GREETING; df -m /data | tail -1; exec sleep 600']\n      env: { GREETING: hi }\n      memory: 256M\n      mounts: [{ name: data, mountpoint: /data }]\n",
@@ -409,6 +417,35 @@ fn deploy_update_and_delete_a_container_with_a_disk() {
     let info: serde_json::Value =
         serde_json::from_str(&ok(&mut node.cli("alice", &["node", "info", "--json"]))).unwrap();
     assert_eq!(info["used"]["memory"], 0, "{info}");
+
+    // A node that stops ends its event streams cleanly, and the client says why.
+    let mut events = node
+        .cli("alice", &["events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // An event seen on the stream shows it is open before the node is stopped.
+    let last = node.write_yaml(
+        "last.yaml",
+        "name: last\nworkloads:\n  - name: d\n    type: zmount\n    data: { size: 16M }\n",
+    );
+    ok(node.cli("alice", &["deploy"]).arg(&last));
+    let mut lines = std::io::BufReader::new(events.stdout.take().unwrap()).lines();
+    let seen = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("last"));
+    assert!(seen.is_some(), "no event for the deployment on the stream");
+    let status = node.terminate();
+    assert!(status.success(), "node exit {status}:\n{}", node.log());
+    // The rest of the stream (the deployment's other events) ends with the node.
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().all(|l| l.contains("last")), "{rest:?}");
+    let out = events.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "zos events: {err}");
+    assert!(err.contains("the node ended the event stream"), "{err}");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use zos_types::api::ErrorBody;
 use zos_types::{Deployment, PublicKey, RequestAuth};
@@ -31,6 +31,8 @@ struct Seen {
 #[derive(Clone)]
 pub struct Api {
     engine: Arc<Engine>,
+    /// Becomes true when the node stops: streams end then.
+    stopping: watch::Receiver<bool>,
     /// Signatures of requests seen within the skew window: a request is good once.
     seen: Arc<Mutex<Seen>>,
 }
@@ -49,9 +51,10 @@ impl IntoResponse for ApiError {
 }
 
 /// The router over `engine`.
-pub fn router(engine: Arc<Engine>) -> Router {
+pub fn router(engine: Arc<Engine>, stopping: watch::Receiver<bool>) -> Router {
     let api = Api {
         engine,
+        stopping,
         seen: Arc::default(),
     };
     Router::new()
@@ -223,8 +226,9 @@ async fn logs(
     let (path, vm) = blocking(move || engine.console(&owner, &name, &workload)).await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let engine = api.engine.clone();
+    let stopping = api.stopping.clone();
     // The log is read on a blocking thread; when following, until the VM is down and the
-    // log has nothing new, or the client is gone.
+    // log has nothing new, the client is gone, or the node stops.
     tokio::task::spawn_blocking(move || {
         let mut follower = zos_vmm::console::Follower::new(&path);
         loop {
@@ -240,7 +244,7 @@ async fn logs(
                 return;
             }
             if idle {
-                if !follow || tx.is_closed() || !engine.vm_active(&vm) {
+                if !follow || tx.is_closed() || *stopping.borrow() || !engine.vm_active(&vm) {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(200));
@@ -258,13 +262,16 @@ async fn events(
 ) -> Result<Response, ApiError> {
     let owner = api.caller(&method, &uri, &headers, b"")?;
     let mut events = api.engine.subscribe();
+    let mut stopping = api.stopping.clone();
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     tokio::spawn(async move {
         loop {
-            // A client that leaves while no events come must not keep this task.
+            // A client that leaves while no events come must not keep this task; a stopping
+            // node ends the stream (dropping `tx` ends the body cleanly).
             let next = tokio::select! {
                 next = events.recv() => next,
                 () = tx.closed() => return,
+                _ = stopping.wait_for(|stop| *stop) => return,
             };
             let (who, event) = match next {
                 Ok(e) => e,

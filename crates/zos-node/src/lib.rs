@@ -20,6 +20,9 @@ use std::future::IntoFuture;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+/// How long a stopping node waits for open requests and streams to finish.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs the node with the config file at `config` (embedded defaults without one) until
 /// SIGINT or SIGTERM. VMs keep running when it stops; the next start reattaches to them.
 pub fn run(config: Option<&Path>) -> Result<()> {
@@ -42,7 +45,14 @@ pub fn run(config: Option<&Path>) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let app = api::router(engine.clone());
+        // Set once the node stops: open streams (events, followed logs) end cleanly, and the
+        // servers finish the requests they have.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let app = api::router(engine.clone(), stopping.clone());
+        let serve_until_stopped = |stopping: tokio::sync::watch::Receiver<bool>| async move {
+            let mut stopping = stopping;
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
         let mut servers = tokio::task::JoinSet::new();
         for l in listeners {
             match l {
@@ -60,14 +70,22 @@ pub fn run(config: Option<&Path>) -> Result<()> {
                         engine.node_id(),
                         path.display()
                     );
-                    servers.spawn(axum::serve(listener, app.clone()).into_future());
+                    servers.spawn(
+                        axum::serve(listener, app.clone())
+                            .with_graceful_shutdown(serve_until_stopped(stopping.clone()))
+                            .into_future(),
+                    );
                 }
                 Listen::Tcp(addr) => {
                     let listener = tokio::net::TcpListener::bind(&addr)
                         .await
                         .with_context(|| format!("listening on {addr}"))?;
                     eprintln!("zos node {}: listening on tcp://{addr}", engine.node_id());
-                    servers.spawn(axum::serve(listener, app.clone()).into_future());
+                    servers.spawn(
+                        axum::serve(listener, app.clone())
+                            .with_graceful_shutdown(serve_until_stopped(stopping.clone()))
+                            .into_future(),
+                    );
                 }
             }
         }
@@ -82,6 +100,12 @@ pub fn run(config: Option<&Path>) -> Result<()> {
             }
         }
         eprintln!("zos node: stopping (VMs keep running)");
+        let _ = stop.send(true);
+        // A client that does not read what it asked for must not hold the node up.
+        let _ = tokio::time::timeout(STOP_GRACE, async {
+            while servers.join_next().await.is_some() {}
+        })
+        .await;
         Ok(())
     })
 }
