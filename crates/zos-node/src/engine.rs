@@ -124,6 +124,14 @@ fn is_tombstone(d: &Deployment) -> bool {
     d.workloads.iter().all(is_deleted)
 }
 
+/// A zmachine whose VM should be up: the ones the monitor watches.
+fn is_running_zmachine(w: &Workload) -> bool {
+    matches!(w.spec, WorkloadSpec::Zmachine(_))
+        && w.result
+            .as_ref()
+            .is_some_and(|r| r.state == ResultState::Ok)
+}
+
 fn result(
     state: ResultState,
     message: impl Into<String>,
@@ -728,7 +736,7 @@ impl Engine {
 
     fn monitor_once(&self) -> Result<()> {
         for d in self.store.all()? {
-            if is_tombstone(&d) {
+            if is_tombstone(&d) || !d.workloads.iter().any(is_running_zmachine) {
                 continue;
             }
             let id = provision::deployment_id(&d.owner, &d.name);
@@ -741,11 +749,8 @@ impl Engine {
             let Some(d) = self.store.get(&d.owner, &d.name)? else {
                 continue;
             };
-            for w in &d.workloads {
+            for w in d.workloads.iter().filter(|w| is_running_zmachine(w)) {
                 let Some(r) = &w.result else { continue };
-                if r.state != ResultState::Ok || !matches!(w.spec, WorkloadSpec::Zmachine(_)) {
-                    continue;
-                }
                 let vm = provision::vm_name(&id, w.name.as_str());
                 let Ok(info) = self.vmm.status(&vm) else {
                     continue;
