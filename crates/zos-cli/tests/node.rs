@@ -439,6 +439,7 @@ fn deploy_update_and_delete_a_container_with_a_disk() {
     assert!(seen.is_some(), "no event for the deployment on the stream");
     let status = node.terminate();
     assert!(status.success(), "node exit {status}:\n{}", node.log());
+    assert!(!node.socket().exists(), "a stopped node leaves no socket");
     // The rest of the stream (the deployment's other events) ends with the node.
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().all(|l| l.contains("last")), "{rest:?}");

@@ -54,6 +54,7 @@ pub fn run(config: Option<&Path>) -> Result<()> {
             let _ = stopping.wait_for(|stop| *stop).await;
         };
         let mut servers = tokio::task::JoinSet::new();
+        let mut sockets = Vec::new();
         for l in listeners {
             match l {
                 Listen::Unix(path) => {
@@ -65,6 +66,7 @@ pub fn run(config: Option<&Path>) -> Result<()> {
                         .with_context(|| format!("listening on {}", path.display()))?;
                     // Anyone may connect: every request is authenticated by its signature.
                     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+                    sockets.push(path.clone());
                     eprintln!(
                         "zos node {}: listening on unix://{}",
                         engine.node_id(),
@@ -106,6 +108,10 @@ pub fn run(config: Option<&Path>) -> Result<()> {
             while servers.join_next().await.is_some() {}
         })
         .await;
+        // A socket file left behind would look like a node to whoever waits for one.
+        for path in sockets {
+            let _ = std::fs::remove_file(path);
+        }
         Ok(())
     })
 }

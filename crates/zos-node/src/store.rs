@@ -33,8 +33,15 @@ pub enum Insert {
 impl Store {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Store> {
-        let db = Database::create(path)
-            .with_context(|| format!("opening the node database {}", path.display()))?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
+                "the node database {} is in use: another `zos node run` has this data_dir; \
+                 stop it first, or give this one its own data_dir",
+                path.display()
+            ),
+            e => anyhow::Error::new(e)
+                .context(format!("opening the node database {}", path.display())),
+        })?;
         let txn = db.begin_write()?;
         txn.open_table(DEPLOYMENTS)?;
         txn.commit()?;
@@ -139,6 +146,15 @@ mod tests {
         ))
         .unwrap();
         file.into_deployment(key.public())
+    }
+
+    #[test]
+    fn a_database_in_use_is_refused_with_a_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let _first = Store::open(&path).unwrap();
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(err.contains("another `zos node run`"), "{err}");
     }
 
     #[test]
