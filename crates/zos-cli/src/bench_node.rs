@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 use zos_types::api::API_PREFIX;
-use zos_types::{Deployment, DeploymentFile, Keypair, ResultState};
+use zos_types::{Deployment, DeploymentFile, Keypair, PublicKey, ResultState};
 
 /// Concurrent clients sending deployments.
 const CLIENTS: usize = 4;
@@ -110,8 +110,8 @@ impl BenchNode {
     }
 }
 
-fn deployment(key: &Keypair, yaml: &str) -> Result<Deployment> {
-    let mut d = DeploymentFile::from_yaml_str(yaml)?.into_deployment(key.public());
+fn deployment(key: &Keypair, node: PublicKey, yaml: &str) -> Result<Deployment> {
+    let mut d = DeploymentFile::from_yaml_str(yaml)?.into_deployment(key.public(), node);
     d.sign(key);
     Ok(d)
 }
@@ -121,6 +121,7 @@ fn measure(node: &mut BenchNode, count: usize, runs: usize) -> Result<Vec<Row>> 
     eprintln!("bench node: building the image in {}", node.work.display());
     let fl = image(&node.work, "busybox", 0)?;
     node.start(&key)?;
+    let node_id = NodeClient::new(node.url(), key.clone())?.node_id()?;
     let mut rows = Vec::new();
 
     // Signed before the clock starts: what is timed is the node's side (signature check,
@@ -130,6 +131,7 @@ fn measure(node: &mut BenchNode, count: usize, runs: usize) -> Result<Vec<Row>> 
         .map(|i| {
             deployment(
                 &key,
+                node_id,
                 &format!("name: d{i:05}\nworkloads:\n  - name: data\n    type: zmount\n    data: {{ size: 16M }}\n"),
             )
         })
@@ -142,6 +144,7 @@ fn measure(node: &mut BenchNode, count: usize, runs: usize) -> Result<Vec<Row>> 
                 let (url, key) = (node.url(), key.clone());
                 s.spawn(move || -> Result<()> {
                     let client = NodeClient::new(url, key)?;
+                    client.pin_node_id(node_id);
                     for d in chunk {
                         client
                             .post::<serde_json::Value>(&format!("{API_PREFIX}/deployments"), d)?;
@@ -269,6 +272,7 @@ fn deploy_to_mark(client: &NodeClient, key: &Keypair, fl: &Path, i: usize) -> Re
     let name = format!("run{i}");
     let d = deployment(
         key,
+        client.node_id()?,
         &format!(
             "name: {name}\nworkloads:\n  - name: vm\n    type: zmachine\n    data: {{ flist: {} }}\n",
             fl.display()

@@ -19,8 +19,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite};
-use zos_types::api::ErrorBody;
-use zos_types::{Keypair, RequestAuth};
+use zos_types::api::{ErrorBody, NodeIdentity, API_PREFIX};
+use zos_types::{Keypair, PublicKey, RequestAuth};
 
 /// Where `zos node run` listens unless configured otherwise.
 pub const DEFAULT_NODE: &str = "unix:///run/zos/node.sock";
@@ -41,6 +41,10 @@ pub struct ClientArgs {
     /// ~/.config/zos/key.pem]
     #[arg(long, env = "ZOS_KEY", value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// The node's id (its public key, as `zos node info` shows). Requests and deployments
+    /// are signed for this node only; without it, zos asks the node at --node for its id
+    #[arg(long, env = "ZOS_NODE_ID", value_name = "HEX", value_parser = parse_node_id)]
+    pub node_id: Option<PublicKey>,
     /// Print the node's JSON answer (pretty-printed) instead of text
     #[arg(long)]
     pub json: bool,
@@ -50,8 +54,17 @@ impl ClientArgs {
     /// Loads the key and makes a client for the node.
     pub fn connect(&self) -> anyhow::Result<NodeClient> {
         let key = key::load(self.key.as_deref())?;
-        Ok(NodeClient::new(self.node.clone(), key)?)
+        let client = NodeClient::new(self.node.clone(), key)?;
+        if let Some(id) = self.node_id {
+            client.pin_node_id(id);
+        }
+        Ok(client)
     }
+}
+
+fn parse_node_id(s: &str) -> Result<PublicKey, String> {
+    s.parse()
+        .map_err(|e| format!("{e}; give the node's id as `zos node info` prints it"))
 }
 
 /// A node's address.
@@ -243,6 +256,8 @@ struct Call<'a> {
 pub struct NodeClient {
     url: NodeUrl,
     key: Keypair,
+    /// The node's id, which every signature names: pinned by the user, or asked once.
+    node_id: std::sync::OnceLock<PublicKey>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -254,7 +269,42 @@ impl NodeClient {
             .enable_all()
             .build()
             .map_err(|e| ClientError::Local(format!("starting the async runtime: {e}")))?;
-        Ok(NodeClient { url, key, runtime })
+        Ok(NodeClient {
+            url,
+            key,
+            node_id: std::sync::OnceLock::new(),
+            runtime,
+        })
+    }
+
+    /// Signs for `id` without asking the node: a node with another id then refuses.
+    pub fn pin_node_id(&self, id: PublicKey) {
+        let _ = self.node_id.set(id);
+    }
+
+    /// The node's id: pinned, or asked of the node (unsigned) the first time.
+    pub fn node_id(&self) -> Result<PublicKey, ClientError> {
+        self.runtime.block_on(self.fetch_node_id())
+    }
+
+    async fn fetch_node_id(&self) -> Result<PublicKey, ClientError> {
+        if let Some(id) = self.node_id.get() {
+            return Ok(*id);
+        }
+        let path = format!("{API_PREFIX}/node/id");
+        let call = Call {
+            method: Method::GET,
+            path: &path,
+            body: Vec::new(),
+        };
+        let identity: NodeIdentity = self
+            .limit(&call, REPLY_TIMEOUT, async {
+                let response = self.send_unsigned(&call, None).await?;
+                let body = self.check_status(&call, response).await?;
+                self.read_json(&call, body).await
+            })
+            .await?;
+        Ok(*self.node_id.get_or_init(|| identity.node_id))
     }
 
     /// The key requests are signed with.
@@ -324,25 +374,36 @@ impl NodeClient {
         body: Vec<u8>,
     ) -> Result<Answer<T>, ClientError> {
         let call = Call { method, path, body };
-        let bytes = self
-            .runtime
-            .block_on(self.limit(&call, REPLY_TIMEOUT, async {
-                let body = self.send_checked(&call).await?;
-                let bytes = body
-                    .collect()
-                    .await
-                    .map_err(|e| self.transport(&call, &e))?;
-                Ok(bytes.to_bytes())
-            }))?;
-        let bad = |e: serde_json::Error| ClientError::BadAnswer {
+        let json: serde_json::Value =
+            self.runtime
+                .block_on(self.limit(&call, REPLY_TIMEOUT, async {
+                    let body = self.send_checked(&call).await?;
+                    self.read_json(&call, body).await
+                }))?;
+        let value = serde_json::from_value(json.clone()).map_err(|e| self.bad_answer(&call, e))?;
+        Ok(Answer { value, json })
+    }
+
+    /// Reads a whole answer as JSON of type `T`.
+    async fn read_json<T: DeserializeOwned>(
+        &self,
+        call: &Call<'_>,
+        body: Incoming,
+    ) -> Result<T, ClientError> {
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| self.transport(call, &e))?
+            .to_bytes();
+        serde_json::from_slice(&bytes).map_err(|e| self.bad_answer(call, e))
+    }
+
+    fn bad_answer(&self, call: &Call<'_>, e: serde_json::Error) -> ClientError {
+        ClientError::BadAnswer {
             method: call.method.clone(),
-            path: path.to_string(),
+            path: call.path.to_string(),
             detail: e.to_string(),
-        };
-        Ok(Answer {
-            value: serde_json::from_slice(&bytes).map_err(bad)?,
-            json: serde_json::from_slice(&bytes).map_err(bad)?,
-        })
+        }
     }
 
     /// Sends `call` and checks the answer's status; returns the body to read.
@@ -351,14 +412,9 @@ impl NodeClient {
         self.check_status(call, response).await
     }
 
-    /// Connects, signs and sends `call`; returns once the answer's head has arrived.
+    /// Signs `call` for the node and sends it; returns once the answer's head has arrived.
     async fn send(&self, call: &Call<'_>) -> Result<Response<Incoming>, ClientError> {
-        if !call.path.starts_with('/') {
-            return Err(ClientError::Local(format!(
-                "request path {:?} must start with /",
-                call.path
-            )));
-        }
+        let node = self.fetch_node_id().await?;
         // The path is sent exactly as signed: it becomes the request target unchanged.
         // A clock before 1970 signs 0, which the node rejects with a clear skew error.
         let timestamp = SystemTime::now()
@@ -366,16 +422,34 @@ impl NodeClient {
             .map_or(0, |d| d.as_secs());
         let auth = RequestAuth::sign(
             &self.key,
+            &node,
             call.method.as_str(),
             call.path,
             timestamp,
             &call.body,
         );
+        self.send_unsigned(call, Some(auth.to_header())).await
+    }
+
+    /// Connects and sends `call` with `authorization`, if any, as its header.
+    async fn send_unsigned(
+        &self,
+        call: &Call<'_>,
+        authorization: Option<String>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        if !call.path.starts_with('/') {
+            return Err(ClientError::Local(format!(
+                "request path {:?} must start with /",
+                call.path
+            )));
+        }
         let mut request = Request::builder()
             .method(call.method.clone())
             .uri(call.path)
-            .header(HOST, self.url.host_header())
-            .header(AUTHORIZATION, auth.to_header());
+            .header(HOST, self.url.host_header());
+        if let Some(value) = authorization {
+            request = request.header(AUTHORIZATION, value);
+        }
         if !call.body.is_empty() {
             request = request.header(CONTENT_TYPE, "application/json");
         }

@@ -112,7 +112,7 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
         );
     }
     let node = args.client.connect()?;
-    let mut deployment = file.into_deployment(node.key().public());
+    let mut deployment = file.into_deployment(node.key().public(), node.node_id()?);
     // Versions are the node's bookkeeping: computed from what it holds, whatever the file says.
     deployment.version = 0;
     for w in &mut deployment.workloads {
@@ -608,7 +608,7 @@ workloads:
         let key = Keypair::from_seed(&[7; 32]);
         DeploymentFile::from_yaml_str(yaml)
             .unwrap()
-            .into_deployment(key.public())
+            .into_deployment(key.public(), Keypair::from_seed(&[3; 32]).public())
     }
 
     fn with_states(mut d: Deployment, states: &[Option<ResultState>]) -> Deployment {

@@ -11,7 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use zos_types::{Deployment, DeploymentFile, Keypair, RequestAuth};
+use zos_types::{Deployment, DeploymentFile, Keypair, PublicKey, RequestAuth};
 
 /// A node in a temp dir with two users' keys and a busybox flist.
 struct Node {
@@ -152,10 +152,19 @@ impl Node {
         path
     }
 
-    /// A raw request over the unix socket, signed by `user` unless `None`.
+    /// The node's id, from its one unsigned endpoint.
+    fn id(&self) -> PublicKey {
+        let (status, body) = raw_http(&self.socket(), "GET", "/v1/node/id", None, b"");
+        assert_eq!(status, 200, "{body}");
+        let identity: zos_types::api::NodeIdentity = serde_json::from_str(&body).unwrap();
+        identity.node_id
+    }
+
+    /// A raw request over the unix socket, signed by `user` for this node unless `None`.
     fn http(&self, user: Option<&str>, method: &str, path: &str, body: &[u8]) -> (u16, String) {
         let auth = user.map(|u| {
-            RequestAuth::sign(&self.keypair(u), method, path, unix_now(), body).to_header()
+            RequestAuth::sign(&self.keypair(u), &self.id(), method, path, unix_now(), body)
+                .to_header()
         });
         raw_http(&self.socket(), method, path, auth.as_deref(), body)
     }
@@ -270,7 +279,7 @@ fn deployment(node: &Node, owner: &str, yaml: &str) -> Deployment {
     let text = yaml.replace("FLIST", &node.fl.display().to_string());
     DeploymentFile::from_yaml_str(&text)
         .unwrap()
-        .into_deployment(node.keypair(owner).public())
+        .into_deployment(node.keypair(owner).public(), node.id())
 }
 
 fn signed_json(d: &mut Deployment, key: &Keypair) -> Vec<u8> {
@@ -548,8 +557,16 @@ fn forged_stale_replayed_and_oversized_requests_are_refused() {
     // Reads: unsigned, stale, replayed, or of another owner's deployment.
     let (status, _) = node.http(None, "GET", "/v1/deployments/x", b"");
     assert_eq!(status, 401);
-    let stale =
-        RequestAuth::sign(&alice, "GET", "/v1/deployments/x", unix_now() - 600, b"").to_header();
+    let id = node.id();
+    let stale = RequestAuth::sign(
+        &alice,
+        &id,
+        "GET",
+        "/v1/deployments/x",
+        unix_now() - 600,
+        b"",
+    )
+    .to_header();
     let (status, body) = raw_http(
         &node.socket(),
         "GET",
@@ -558,7 +575,8 @@ fn forged_stale_replayed_and_oversized_requests_are_refused() {
         b"",
     );
     assert_eq!(status, 401, "{body}");
-    let fresh = RequestAuth::sign(&alice, "GET", "/v1/deployments/x", unix_now(), b"").to_header();
+    let fresh =
+        RequestAuth::sign(&alice, &id, "GET", "/v1/deployments/x", unix_now(), b"").to_header();
     let (status, _) = raw_http(
         &node.socket(),
         "GET",
@@ -578,6 +596,41 @@ fn forged_stale_replayed_and_oversized_requests_are_refused() {
     assert!(body.contains("already used"), "{body}");
     let (status, _) = node.http(Some("bob"), "GET", "/v1/deployments/x", b"");
     assert_eq!(status, 404);
+    // Signed for another node (seen there, replayed here): refused, and said why.
+    let elsewhere = Keypair::generate().public();
+    let replayed = RequestAuth::sign(
+        &alice,
+        &elsewhere,
+        "DELETE",
+        "/v1/deployments/x",
+        unix_now(),
+        b"",
+    )
+    .to_header();
+    let (status, body) = raw_http(
+        &node.socket(),
+        "DELETE",
+        "/v1/deployments/x",
+        Some(&replayed),
+        b"",
+    );
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("signed for node"), "{body}");
+    let mut moved = deployment(&node, "alice", &DISK_ONLY.replace("NAME", "moved"));
+    moved.node = elsewhere;
+    let (status, body) = node.http(
+        None,
+        "POST",
+        "/v1/deployments",
+        &signed_json(&mut moved, &alice),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("signed for node"), "{body}");
+    // The CLI signs for the node it is told to expect, and so fails on any other.
+    let err = fails(&mut node.cli("alice", &["ps", "--node-id", &elsewhere.to_string()]));
+    assert!(err.contains("signed for node"), "{err}");
+    let ps = ok(&mut node.cli("alice", &["ps", "--node-id", &id.to_string()]));
+    assert!(ps.contains('x'), "{ps}");
     let (status, _) = node.http(Some("bob"), "DELETE", "/v1/deployments/x", b"");
     assert_eq!(status, 404);
     // Bob cannot pass off a deployment as Alice's.

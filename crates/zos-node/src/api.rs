@@ -59,6 +59,7 @@ pub fn router(engine: Arc<Engine>, stopping: watch::Receiver<bool>) -> Router {
     };
     Router::new()
         .route("/v1/node", get(node_info))
+        .route("/v1/node/id", get(node_identity))
         .route("/v1/deployments", get(list).post(deploy))
         .route(
             "/v1/deployments/{name}",
@@ -87,13 +88,20 @@ impl Api {
         let header = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ApiError::unauthorized("this request is not signed: send an Authorization: zos key=…,ts=…,nonce=…,sig=… header (the zos CLI does)"))?;
+            .ok_or_else(|| ApiError::unauthorized("this request is not signed: send an Authorization: zos key=…,node=…,ts=…,nonce=…,sig=… header (the zos CLI does)"))?;
         let auth =
             RequestAuth::from_header(header).map_err(|e| ApiError::unauthorized(e.to_string()))?;
         let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
         let now = unix_now();
-        auth.verify(method.as_str(), path, body, now, MAX_SKEW_SECS)
-            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        auth.verify(
+            &self.engine.node_id(),
+            method.as_str(),
+            path,
+            body,
+            now,
+            MAX_SKEW_SECS,
+        )
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         // Expired signatures go once a second, not on every request: at a thousand
         // requests a second the map holds a couple of minutes of them.
@@ -127,6 +135,14 @@ fn parse_deployment(body: &[u8]) -> Result<Deployment, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::bad_request("the body is not UTF-8 JSON"))?;
     Deployment::from_json_str(text).map_err(|e| ApiError::bad_request(format!("deployment: {e}")))
+}
+
+/// Unsigned: a client needs the node's key before it can sign anything for it.
+async fn node_identity(State(api): State<Api>) -> Json<zos_types::api::NodeIdentity> {
+    Json(zos_types::api::NodeIdentity {
+        node_id: api.engine.node_id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
 }
 
 async fn node_info(

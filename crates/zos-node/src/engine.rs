@@ -233,6 +233,13 @@ impl Engine {
     }
 
     fn check(&self, d: &Deployment) -> Result<(), ApiError> {
+        if d.node != self.node_id {
+            return Err(ApiError::bad_request(format!(
+                "deployment {:?} is signed for node {}, but this is node {}: sign it for this \
+                 node (zos deploy does)",
+                d.name, d.node, self.node_id
+            )));
+        }
         d.validate()
             .map_err(|e| ApiError::bad_request(format!("deployment {:?}: {e}", d.name)))?;
         for (i, w) in d.workloads.iter().enumerate() {

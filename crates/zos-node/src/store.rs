@@ -145,7 +145,7 @@ mod tests {
             "name: {name}\nworkloads:\n  - name: data\n    type: zmount\n    data: {{ size: 1G }}\n"
         ))
         .unwrap();
-        file.into_deployment(key.public())
+        file.into_deployment(key.public(), Keypair::from_seed(&[3; 32]).public())
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The node's HTTP/JSON API: paths and the bodies that are not deployments.
 //!
-//! Every request carries an `Authorization: zos key=…,ts=…,nonce=…,sig=…` header ([`RequestAuth`]):
-//! the caller is that key. Deploy and update are authorized by the deployment's own
-//! signatures; everything else by the header, and a caller only ever sees deployments it owns.
+//! Every request but `GET /v1/node/id` carries an
+//! `Authorization: zos key=…,node=…,ts=…,nonce=…,sig=…` header ([`RequestAuth`]): the caller
+//! is that key, and the request is good on the named node only. Deploy and update are
+//! authorized by the deployment's own signatures (which also name the node); everything else
+//! by the header, and a caller only ever sees deployments it owns.
 //!
 //! | method and path                                   | body → answer                          |
 //! |---------------------------------------------------|----------------------------------------|
+//! | `GET /v1/node/id` (no signature: what to sign for) | → [`NodeIdentity`]                    |
 //! | `GET /v1/node`                                    | → [`NodeInfo`]                         |
 //! | `POST /v1/deployments`                            | `Deployment` → `Deployment` (201)      |
 //! | `PUT /v1/deployments/{name}`                      | `Deployment` (version + 1) → `Deployment` |
@@ -30,6 +33,16 @@ pub const API_PREFIX: &str = "/v1";
 pub struct ErrorBody {
     /// What went wrong and what to do about it, for a human.
     pub error: String,
+}
+
+/// `GET /v1/node/id`: the node's identity, which clients sign their requests and
+/// deployments for. Public, as it reveals nothing of anyone's deployments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    /// The node's public key.
+    pub node_id: crate::PublicKey,
+    /// The zos version the node runs.
+    pub version: String,
 }
 
 /// `GET /v1/node`: who the node is and what it can still take.

@@ -22,6 +22,9 @@ pub struct Deployment {
     pub version: u32,
     /// The key that created the deployment.
     pub owner: PublicKey,
+    /// The node it is for (the node's public key): signed with the rest, so a deployment
+    /// seen by one node cannot be replayed onto another.
+    pub node: PublicKey,
     /// Free text for tools.
     #[serde(default)]
     pub metadata: String,
@@ -250,7 +253,7 @@ impl Deployment {
     }
 }
 
-/// A deployment as a user writes it: no owner, signatures or results; `version` and
+/// A deployment as a user writes it: no owner, node, signatures or results; `version` and
 /// `signature_requirement` optional.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -286,7 +289,7 @@ impl DeploymentFile {
 
     /// The unsigned deployment owned by `owner`, with defaults filled in: version 0,
     /// owner-only signing, and workload versions equal to the deployment's.
-    pub fn into_deployment(self, owner: PublicKey) -> Deployment {
+    pub fn into_deployment(self, owner: PublicKey, node: PublicKey) -> Deployment {
         let version = self.version.unwrap_or(0);
         let workloads = self
             .workloads
@@ -304,6 +307,7 @@ impl DeploymentFile {
             name: self.name,
             version,
             owner,
+            node,
             metadata: self.metadata,
             description: self.description,
             signature_requirement: self.signature_requirement.unwrap_or_default(),
@@ -333,21 +337,26 @@ workloads:
       mounts: [{ name: disk, mountpoint: /data }]
 ";
 
+    /// The node of the known answers: seed [3; 32].
+    fn kat_node() -> PublicKey {
+        Keypair::from_seed(&[3; 32]).public()
+    }
+
     fn kat() -> (Keypair, Deployment) {
         let key = Keypair::from_seed(&[1; 32]);
         let d = DeploymentFile::from_yaml_str(KAT_YAML)
             .unwrap()
-            .into_deployment(key.public());
+            .into_deployment(key.public(), kat_node());
         (key, d)
     }
 
-    // The exact signed bytes of KAT_YAML owned by seed [1; 32]. Note: keys sorted, sizes as
+    // The exact signed bytes of KAT_YAML owned by seed [1; 32], for the node of seed [3; 32]. Note: keys sorted, sizes as
     // integers, defaults written out, no `signatures`.
-    const KAT_BYTES: &str = r#"{"description":"","metadata":"","name":"kat","owner":"8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c","signature_requirement":{"requests":[{"key":"8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c","required":true,"weight":1}],"weight_required":1},"version":0,"workloads":[{"data":{"size":1073741824},"description":"","metadata":"","name":"disk","type":"zmount","version":0},{"data":{"cmd":[],"cpu":1,"entrypoint":[],"env":{"A":"first","Z":"last"},"flist":"https://hub.example/alpine.fl","memory":268435456,"mounts":[{"mountpoint":"/data","name":"disk"}],"root_size":1073741824},"description":"","metadata":"","name":"vm","type":"zmachine","version":0}]}"#;
+    const KAT_BYTES: &str = r#"{"description":"","metadata":"","name":"kat","node":"ed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d1","owner":"8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c","signature_requirement":{"requests":[{"key":"8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c","required":true,"weight":1}],"weight_required":1},"version":0,"workloads":[{"data":{"size":1073741824},"description":"","metadata":"","name":"disk","type":"zmount","version":0},{"data":{"cmd":[],"cpu":1,"entrypoint":[],"env":{"A":"first","Z":"last"},"flist":"https://hub.example/alpine.fl","memory":268435456,"mounts":[{"mountpoint":"/data","name":"disk"}],"root_size":1073741824},"description":"","metadata":"","name":"vm","type":"zmachine","version":0}]}"#;
     // Also checked outside Rust: `printf 'zos-deployment-v1\n%s' "$KAT_BYTES" | sha256sum`,
     // and the signature with Python's `cryptography` Ed25519 from the same seed.
-    const KAT_CHALLENGE: &str = "a461494921b57bdd68d68a471ab92835792283c6980eef3f894cedea62d09477";
-    const KAT_SIGNATURE: &str = "8652adc739b73b37a937b42afd3281fa89af9582d74275dd13e6ed4997f92c48a3c4e2f86d53e3b6500f5616d5a020054693f611117d19fe9d072085e109e608";
+    const KAT_CHALLENGE: &str = "f41dc210667f52b1d601640f943c8e6b5b751b3d0aeae486d42da433d5ef94f8";
+    const KAT_SIGNATURE: &str = "1a3b63d8b441a813da252a3352327671e3824e91ce502ba6cbb245b293361a9b1088f9326fc8511dd88d4a053151e05806f455c14ac1f5ec6a7e8ddd85eba407";
 
     #[test]
     fn known_answer() {

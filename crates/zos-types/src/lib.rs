@@ -15,13 +15,14 @@
 //! `signatures` member and every workload's `result` member left out entirely. Sizes are
 //! integers of bytes, keys lowercase hex; there are no floats. Every field name is ASCII, so
 //! their order is plain byte order; user-chosen keys (`env`) are sorted the JCS way.
-//! The domain prefix keeps a deployment signature from being valid for anything else.
+//! The domain prefix keeps a deployment signature from being valid for anything else, and
+//! the `node` member (the node's public key) keeps it from being valid on any other node.
 //!
-//! Reads over HTTP are signed per request; see [`RequestAuth`].
+//! Reads over HTTP are signed per request, also naming the node; see [`RequestAuth`].
 //!
 //! # Files users write
 //!
-//! [`DeploymentFile`] (YAML or JSON) leaves out the owner, signatures and results;
+//! [`DeploymentFile`] (YAML or JSON) leaves out the owner, node, signatures and results;
 //! [`DeploymentFile::into_deployment`] fills them in. Parse errors name the field path,
 //! e.g. `workloads[0].data.memory: "12X": ...`.
 #![warn(missing_docs)]

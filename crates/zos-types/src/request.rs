@@ -6,15 +6,18 @@ use sha2::{Digest, Sha256};
 /// Prefix of the hashed request message; keeps request and deployment signatures apart.
 pub const REQUEST_DOMAIN: &[u8] = b"zos-request-v1\n";
 
-/// Proof that the holder of `key` sent a request at `timestamp`, carried in the
-/// `Authorization` header as `zos key=<hex>,ts=<secs>,nonce=<n>,sig=<hex>`.
+/// Proof that the holder of `key` sent a request to `node` at `timestamp`, carried in the
+/// `Authorization` header as `zos key=<hex>,node=<hex>,ts=<secs>,nonce=<n>,sig=<hex>`.
 ///
 /// The random nonce makes two identical requests in the same second differ (Ed25519 is
-/// deterministic), so a node can accept each signature only once.
+/// deterministic), so a node can accept each signature only once; the node's key in the
+/// signed message keeps a request seen by one node from being replayed to another.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestAuth {
     /// Who signed.
     pub key: PublicKey,
+    /// The node the request is for (its public key, as `GET /v1/node/id` tells).
+    pub node: PublicKey,
     /// When, in unix seconds; bounds how long a captured header can be replayed.
     pub timestamp: u64,
     /// Random, so no two requests share a signature.
@@ -26,9 +29,9 @@ pub struct RequestAuth {
 /// Why a request's `Authorization` header is not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestAuthError {
-    /// The header is not `zos key=<hex>,ts=<secs>,nonce=<n>,sig=<hex>`.
+    /// The header is not `zos key=<hex>,node=<hex>,ts=<secs>,nonce=<n>,sig=<hex>`.
     #[error(
-        "bad Authorization header: {0}; expected `zos key=<hex>,ts=<secs>,nonce=<n>,sig=<hex>`"
+        "bad Authorization header: {0}; expected `zos key=<hex>,node=<hex>,ts=<secs>,nonce=<n>,sig=<hex>`"
     )]
     Header(String),
     /// A key or signature in the header does not parse.
@@ -44,16 +47,25 @@ pub enum RequestAuthError {
         /// The allowed distance.
         max: u64,
     },
+    /// The request was signed for another node.
+    #[error("the request is signed for node {signed_for}, but this is node {this}")]
+    WrongNode {
+        /// The node named in the request.
+        signed_for: PublicKey,
+        /// The node that received it.
+        this: PublicKey,
+    },
     /// The signature does not match this request.
     #[error("request signature by {0} does not verify")]
     BadSignature(PublicKey),
 }
 
 impl RequestAuth {
-    /// The 32 bytes signed: SHA-256 of [`REQUEST_DOMAIN`], then method (upper-cased),
-    /// path and query, decimal timestamp, decimal nonce and the lowercase hex SHA-256 of
-    /// the body, separated by `\n`.
+    /// The 32 bytes signed: SHA-256 of [`REQUEST_DOMAIN`], then the node's key in lowercase
+    /// hex, method (upper-cased), path and query, decimal timestamp, decimal nonce and the
+    /// lowercase hex SHA-256 of the body, separated by `\n`.
     pub fn message(
+        node: &PublicKey,
         method: &str,
         path_and_query: &str,
         timestamp: u64,
@@ -62,6 +74,8 @@ impl RequestAuth {
     ) -> [u8; 32] {
         let mut hash = Sha256::new();
         hash.update(REQUEST_DOMAIN);
+        hash.update(node.to_string());
+        hash.update(b"\n");
         hash.update(method.to_ascii_uppercase());
         hash.update(b"\n");
         hash.update(path_and_query);
@@ -74,9 +88,10 @@ impl RequestAuth {
         hash.finalize().into()
     }
 
-    /// Signs a request, with a fresh random nonce.
+    /// Signs a request to `node`, with a fresh random nonce.
     pub fn sign(
         key: &Keypair,
+        node: &PublicKey,
         method: &str,
         path_and_query: &str,
         timestamp: u64,
@@ -84,36 +99,46 @@ impl RequestAuth {
     ) -> Self {
         use rand_core::RngCore;
         let nonce = rand_core::OsRng.next_u64();
-        Self::sign_with_nonce(key, method, path_and_query, timestamp, nonce, body)
+        Self::sign_with_nonce(key, node, method, path_and_query, timestamp, nonce, body)
     }
 
     /// Signs a request with the given nonce (for known-answer tests).
     pub fn sign_with_nonce(
         key: &Keypair,
+        node: &PublicKey,
         method: &str,
         path_and_query: &str,
         timestamp: u64,
         nonce: u64,
         body: &[u8],
     ) -> Self {
-        let message = Self::message(method, path_and_query, timestamp, nonce, body);
+        let message = Self::message(node, method, path_and_query, timestamp, nonce, body);
         RequestAuth {
             key: key.public(),
+            node: *node,
             timestamp,
             nonce,
             signature: key.sign(&message),
         }
     }
 
-    /// Checks the timestamp is within `max_skew_secs` of `now` and the signature matches.
+    /// Checks the request is for `this_node`, the timestamp is within `max_skew_secs` of
+    /// `now`, and the signature matches.
     pub fn verify(
         &self,
+        this_node: &PublicKey,
         method: &str,
         path_and_query: &str,
         body: &[u8],
         now: u64,
         max_skew_secs: u64,
     ) -> Result<(), RequestAuthError> {
+        if self.node != *this_node {
+            return Err(RequestAuthError::WrongNode {
+                signed_for: self.node,
+                this: *this_node,
+            });
+        }
         let skew = now.abs_diff(self.timestamp);
         if skew > max_skew_secs {
             return Err(RequestAuthError::Skew {
@@ -122,7 +147,14 @@ impl RequestAuth {
                 max: max_skew_secs,
             });
         }
-        let message = Self::message(method, path_and_query, self.timestamp, self.nonce, body);
+        let message = Self::message(
+            &self.node,
+            method,
+            path_and_query,
+            self.timestamp,
+            self.nonce,
+            body,
+        );
         self.key
             .verify(&message, &self.signature)
             .map_err(|_| RequestAuthError::BadSignature(self.key))
@@ -131,8 +163,8 @@ impl RequestAuth {
     /// The `Authorization` header value.
     pub fn to_header(&self) -> String {
         format!(
-            "zos key={},ts={},nonce={},sig={}",
-            self.key, self.timestamp, self.nonce, self.signature
+            "zos key={},node={},ts={},nonce={},sig={}",
+            self.key, self.node, self.timestamp, self.nonce, self.signature
         )
     }
 
@@ -147,7 +179,7 @@ impl RequestAuth {
         if !scheme.eq_ignore_ascii_case("zos") {
             return Err(bad(format!("scheme is {scheme:?}, not \"zos\"")));
         }
-        let (mut key, mut ts, mut nonce, mut sig) = (None, None, None, None);
+        let (mut key, mut node, mut ts, mut nonce, mut sig) = (None, None, None, None, None);
         for part in params.split(',') {
             let (name, val) = part
                 .trim()
@@ -155,6 +187,7 @@ impl RequestAuth {
                 .ok_or_else(|| bad(format!("{part:?} is not name=value")))?;
             let slot = match name {
                 "key" => &mut key,
+                "node" => &mut node,
                 "ts" => &mut ts,
                 "nonce" => &mut nonce,
                 "sig" => &mut sig,
@@ -169,6 +202,7 @@ impl RequestAuth {
         let nonce = nonce.ok_or_else(|| missing("nonce"))?;
         Ok(RequestAuth {
             key: key.ok_or_else(|| missing("key"))?.parse()?,
+            node: node.ok_or_else(|| missing("node"))?.parse()?,
             timestamp: ts
                 .parse()
                 .map_err(|_| bad(format!("ts {ts:?} is not unix seconds")))?,
@@ -185,14 +219,16 @@ mod tests {
     use super::*;
 
     // Checked with Python's `cryptography` Ed25519 from the same seed over
-    // sha256(b"zos-request-v1\nGET\n/deployments/kat?x=1\n1700000000\n7\n" + sha256(b"").hex).
-    const KAT_HEADER: &str = "zos key=8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c,ts=1700000000,nonce=7,sig=abadf56eff235ed250863fbe0602fbc79115d560079ce61e08f9320125a294a69c1861c6d987b307fae6f5c29cd07415d2a7b4b5ff2d73889a7b7d559972b704";
+    // sha256(b"zos-request-v1\n" + NODE.hex + b"\nGET\n/deployments/kat?x=1\n1700000000\n7\n"
+    //        + sha256(b"").hex), NODE being the key of seed [3; 32].
+    const KAT_HEADER: &str = "zos key=8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c,node=ed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d1,ts=1700000000,nonce=7,sig=1f0b2103288e9df321f1ca2937300f0c899326b6ad240ad3c7ba4f644ded0608d64e8989d302861c463bbbef178bf02d081f8005a234ac7cfa8d58800c00ff01";
 
     #[test]
     fn known_answer_and_round_trip() {
         let key = Keypair::from_seed(&[1; 32]);
         let auth = RequestAuth::sign_with_nonce(
             &key,
+            &node(),
             "GET",
             "/deployments/kat?x=1",
             1_700_000_000,
@@ -203,14 +239,46 @@ mod tests {
         let parsed = RequestAuth::from_header(KAT_HEADER).unwrap();
         assert_eq!(parsed, auth);
         parsed
-            .verify("get", "/deployments/kat?x=1", b"", 1_700_000_030, 60)
+            .verify(
+                &node(),
+                "get",
+                "/deployments/kat?x=1",
+                b"",
+                1_700_000_030,
+                60,
+            )
             .unwrap();
+    }
+
+    fn node() -> PublicKey {
+        Keypair::from_seed(&[3; 32]).public()
     }
 
     #[test]
     fn rejects_wrong_request_skew_and_bad_headers() {
         let auth = RequestAuth::from_header(KAT_HEADER).unwrap();
-        let verify = |path, body: &[u8], now| auth.verify("GET", path, body, now, 60);
+        let verify = |path, body: &[u8], now| auth.verify(&node(), "GET", path, body, now, 60);
+        // Sent to another node: named, whatever else is right.
+        let other = Keypair::from_seed(&[4; 32]).public();
+        assert!(matches!(
+            auth.verify(&other, "GET", "/deployments/kat?x=1", b"", 1_700_000_000, 60),
+            Err(RequestAuthError::WrongNode { signed_for, this }) if signed_for == node() && this == other
+        ));
+        // Claiming another node in the header breaks the signature.
+        let moved =
+            RequestAuth::from_header(&KAT_HEADER.replace(&node().to_string(), &other.to_string()))
+                .unwrap();
+        assert!(matches!(
+            moved.verify(
+                &other,
+                "GET",
+                "/deployments/kat?x=1",
+                b"",
+                1_700_000_000,
+                60
+            ),
+            Err(RequestAuthError::BadSignature(_))
+        ));
         assert!(matches!(
             verify("/deployments/other", b"", 1_700_000_000),
             Err(RequestAuthError::BadSignature(_))
@@ -225,7 +293,10 @@ mod tests {
         ));
         let err = |h: &str| RequestAuth::from_header(h).unwrap_err().to_string();
         assert!(err("Bearer abc").contains("scheme is \"Bearer\""));
-        assert!(err("zos key=00,ts=1,nonce=1,sig=00").contains("invalid public key"));
+        assert!(err("zos key=00,node=00,ts=1,nonce=1,sig=00").contains("invalid public key"));
+        assert!(
+            err(&KAT_HEADER.replace(&format!(",node={}", node()), "")).contains("node is missing")
+        );
         assert!(err(&KAT_HEADER.replace(",ts=1700000000", "")).contains("ts is missing"));
         assert!(err(&KAT_HEADER.replace("ts=1700000000", "ts=soon"))
             .contains("ts \"soon\" is not unix seconds"));

@@ -151,7 +151,7 @@ workloads:
     fn example() -> Deployment {
         DeploymentFile::from_yaml_str(EXAMPLE)
             .unwrap()
-            .into_deployment(owner())
+            .into_deployment(owner(), Keypair::from_seed(&[3; 32]).public())
     }
 
     fn parse_err(yaml: &str) -> String {
