@@ -154,7 +154,7 @@ impl Engine {
         let key = identity(&data.join("identity.pem"))?;
         let disks = data.join("disks");
         std::fs::create_dir_all(&disks)?;
-        let store = Store::open(&data.join("node.redb"))?;
+        let store = Store::open(&data.join("node.redb"), &key.public())?;
         let zos = std::env::current_exe().context("finding the zos binary")?;
         let vmm = Vmm::new(VmmConfig::new(
             data.join("vms"),

@@ -31,8 +31,8 @@ pub enum Insert {
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path`.
-    pub fn open(path: &Path) -> Result<Store> {
+    /// Opens (or creates) the database at `path`, the database of node `node`.
+    pub fn open(path: &Path, node: &PublicKey) -> Result<Store> {
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
                 "the node database {} is in use: another `zos node run` has this data_dir; \
@@ -43,7 +43,7 @@ impl Store {
                 .context(format!("opening the node database {}", path.display())),
         })?;
         let txn = db.begin_write()?;
-        txn.open_table(DEPLOYMENTS)?;
+        name_the_node(&mut txn.open_table(DEPLOYMENTS)?, node)?;
         txn.commit()?;
         Ok(Store { db })
     }
@@ -131,6 +131,25 @@ fn encode(d: &Deployment) -> Result<Vec<u8>> {
     Ok(serde_json::to_vec(d)?)
 }
 
+/// Deployments stored before they named their node were all accepted by this node: they get
+/// its id, so every stored deployment reads as the current type does.
+fn name_the_node(table: &mut redb::Table<&str, &[u8]>, node: &PublicKey) -> Result<()> {
+    let mut older = Vec::new();
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        let mut value: serde_json::Value = serde_json::from_slice(v.value())
+            .with_context(|| format!("the stored deployment {} is not JSON", k.value()))?;
+        if let Some(map) = value.as_object_mut().filter(|m| !m.contains_key("node")) {
+            map.insert("node".into(), serde_json::json!(node.to_string()));
+            older.push((k.value().to_string(), serde_json::to_vec(&value)?));
+        }
+    }
+    for (k, v) in older {
+        table.insert(k.as_str(), v.as_slice())?;
+    }
+    Ok(())
+}
+
 fn decode(bytes: &[u8]) -> Result<Deployment> {
     serde_json::from_slice(bytes).context("a stored deployment cannot be read")
 }
@@ -145,22 +164,46 @@ mod tests {
             "name: {name}\nworkloads:\n  - name: data\n    type: zmount\n    data: {{ size: 1G }}\n"
         ))
         .unwrap();
-        file.into_deployment(key.public(), Keypair::from_seed(&[3; 32]).public())
+        file.into_deployment(key.public(), node())
+    }
+
+    fn node() -> PublicKey {
+        Keypair::from_seed(&[3; 32]).public()
+    }
+
+    #[test]
+    fn deployments_stored_before_they_named_their_node_get_this_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let d = deployment(&Keypair::from_seed(&[1; 32]), "old");
+        let mut old = serde_json::to_value(&d).unwrap();
+        old.as_object_mut().unwrap().remove("node");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(DEPLOYMENTS)
+                .unwrap()
+                .insert(key(&d.owner, &d.name).as_str(), old.to_string().as_bytes())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path, &node()).unwrap();
+        assert_eq!(store.get(&d.owner, "old").unwrap(), Some(d));
     }
 
     #[test]
     fn a_database_in_use_is_refused_with_a_hint() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.redb");
-        let _first = Store::open(&path).unwrap();
-        let err = Store::open(&path).err().unwrap().to_string();
+        let _first = Store::open(&path, &node()).unwrap();
+        let err = Store::open(&path, &node()).err().unwrap().to_string();
         assert!(err.contains("another `zos node run`"), "{err}");
     }
 
     #[test]
     fn one_insert_wins_and_owners_are_apart() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
+        let store = Store::open(&dir.path().join("db"), &node()).unwrap();
         let (a, b) = (Keypair::generate(), Keypair::generate());
         assert!(matches!(
             store.insert_new(&deployment(&a, "x")).unwrap(),
@@ -198,7 +241,7 @@ mod tests {
         assert_eq!(bumped, Some(1));
         drop(store);
         // Durable across reopen.
-        let store = Store::open(&dir.path().join("db")).unwrap();
+        let store = Store::open(&dir.path().join("db"), &node()).unwrap();
         assert_eq!(store.get(&a.public(), "x").unwrap().unwrap().version, 1);
         let changed = store
             .modify(&a.public(), "y", |d| d.description = "z".into())
