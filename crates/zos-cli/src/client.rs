@@ -299,7 +299,7 @@ impl NodeClient {
         };
         let identity: NodeIdentity = self
             .limit(&call, REPLY_TIMEOUT, async {
-                let response = self.send_unsigned(&call, None).await?;
+                let response = self.send_with(&call, None).await?;
                 let body = self.check_status(&call, response).await?;
                 self.read_json(&call, body).await
             })
@@ -428,11 +428,11 @@ impl NodeClient {
             timestamp,
             &call.body,
         );
-        self.send_unsigned(call, Some(auth.to_header())).await
+        self.send_with(call, Some(auth.to_header())).await
     }
 
     /// Connects and sends `call` with `authorization`, if any, as its header.
-    async fn send_unsigned(
+    async fn send_with(
         &self,
         call: &Call<'_>,
         authorization: Option<String>,

@@ -112,7 +112,9 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
         );
     }
     let node = args.client.connect()?;
-    let mut deployment = file.into_deployment(node.key().public(), node.node_id()?);
+    let owner = node.key().public();
+    // The node is named once the file is known to be good: asking its id is the first contact.
+    let mut deployment = file.into_deployment(owner, owner);
     // Versions are the node's bookkeeping: computed from what it holds, whatever the file says.
     deployment.version = 0;
     for w in &mut deployment.workloads {
@@ -120,6 +122,7 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
     }
     let invalid = |e: ValidationError| anyhow!("{}: {e}", args.file.display());
     deployment.validate().map_err(invalid)?;
+    deployment.node = node.node_id()?;
 
     let name = deployment.name.clone();
     let path = format!("{API_PREFIX}/deployments/{name}");

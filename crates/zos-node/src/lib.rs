@@ -49,8 +49,7 @@ pub fn run(config: Option<&Path>) -> Result<()> {
         // servers finish the requests they have.
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let app = api::router(engine.clone(), stopping.clone());
-        let serve_until_stopped = |stopping: tokio::sync::watch::Receiver<bool>| async move {
-            let mut stopping = stopping;
+        let serve_until_stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
             let _ = stopping.wait_for(|stop| *stop).await;
         };
         let mut servers = tokio::task::JoinSet::new();
