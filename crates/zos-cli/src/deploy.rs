@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 use zos_types::api::{Event, NodeInfo, Resources, API_PREFIX};
 use zos_types::{
-    is_valid_deployment_name, Deployment, DeploymentFile, Keypair, ResultState, ValidationError,
-    Workload, WorkloadName, WorkloadSpec,
+    is_valid_deployment_name, Deployment, DeploymentFile, ResultState, ValidationError, Workload,
+    WorkloadName, WorkloadSpec,
 };
 
 /// How often `zos deploy` asks the node how its workloads are doing.
@@ -96,14 +96,42 @@ pub struct DeployArgs {
     /// Return as soon as the node has accepted the deployment
     #[arg(long)]
     no_wait: bool,
+    /// Sign but do not send: write the signed deployment to OUT for its co-signers
+    /// (`zos sign OUT`), then send it with `zos deploy OUT`
+    #[arg(long, value_name = "OUT")]
+    sign_only: Option<PathBuf>,
     #[command(flatten)]
     client: ClientArgs,
 }
 
 /// Creates or updates a deployment, then waits for its workloads to settle.
 pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    if let Some(signed) = signed_deployment(&args.file, &text)? {
+        if args.sign_only.is_some() {
+            bail!(
+                "{} is already signed: co-signers add theirs with `zos sign {0}`",
+                args.file.display()
+            );
+        }
+        let node = args.client.connect()?;
+        signed.verify_signatures().map_err(|e| {
+            anyhow!(
+                "{}: {e}; every signer must first run `zos sign {0}`",
+                args.file.display()
+            )
+        })?;
+        eprintln!(
+            "sending {} version {}, signed by {} key(s)",
+            signed.name,
+            signed.version,
+            signed.signatures.len()
+        );
+        return send(&args, &node, signed);
+    }
     // Everything about the file is checked before the key is read or the node contacted.
-    let file = read_deployment_file(&args.file)?;
+    let file = parse_deployment_file(&args.file, &text)?;
     if file.version.is_some() || file.workloads.iter().any(|w| w.version.is_some()) {
         eprintln!(
             "note: the version fields in {} are ignored: `zos deploy` works them out from what \
@@ -126,7 +154,7 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
 
     let name = deployment.name.clone();
     let path = format!("{API_PREFIX}/deployments/{name}");
-    let accepted: Answer<Deployment> = match node.get::<Deployment>(&path) {
+    let action = match node.get::<Deployment>(&path) {
         Ok(old) => {
             bump_versions(&mut deployment, &old.value)?;
             deployment.validate().map_err(invalid)?;
@@ -135,26 +163,52 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
                 .iter()
                 .filter(|w| w.version == deployment.version)
                 .count();
-            eprintln!(
+            format!(
                 "updating {name} to version {} ({changed} of {} workloads changed)",
                 deployment.version,
                 deployment.workloads.len()
-            );
-            sign(&mut deployment, node.key());
-            node.put(&path, &deployment)?
+            )
         }
-        Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
-            eprintln!("creating {name}");
-            sign(&mut deployment, node.key());
-            node.post(&format!("{API_PREFIX}/deployments"), &deployment)?
-        }
+        Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => format!("creating {name}"),
         Err(e) => return Err(e.into()),
     };
+    deployment.sign(node.key());
+    if let Some(out) = &args.sign_only {
+        write_signed(out, &deployment)?;
+        eprintln!("{action}: signed and written to {}", out.display());
+        eprintln!("{}", signing_status(&deployment, out));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Err(e) = deployment.verify_signatures() {
+        bail!(
+            "{e}: {name} needs more signatures than yours; write it with `--sign-only OUT`, \
+             have each co-signer run `zos sign OUT`, then `zos deploy OUT`"
+        );
+    }
+    eprintln!("{action}");
+    send(&args, &node, deployment)
+}
 
-    let (last, settled) = if args.no_wait {
+/// Sends a signed deployment (a create at version 0, else an update) and, unless told not
+/// to, waits for its workloads; prints their results.
+fn send(args: &DeployArgs, node: &NodeClient, deployment: Deployment) -> Result<ExitCode> {
+    let name = deployment.name.clone();
+    let path = format!("{API_PREFIX}/deployments/{name}");
+    let accepted: Answer<Deployment> = if deployment.version == 0 {
+        node.post(&format!("{API_PREFIX}/deployments"), &deployment)?
+    } else {
+        node.put(&path, &deployment)?
+    };
+    // Reads are the owner's alone: a co-signer who sends it cannot follow it.
+    let owner = deployment.owner;
+    let followable = owner == node.key().public();
+    if !followable {
+        eprintln!("accepted; only its owner {owner} can follow it (`zos get {name}`)");
+    }
+    let (last, settled) = if args.no_wait || !followable {
         (accepted, true)
     } else {
-        wait(&node, &path, accepted, deployment.version, args.timeout)?
+        wait(node, &path, accepted, deployment.version, args.timeout)?
     };
     if args.client.json {
         println!("{}", last.pretty());
@@ -199,19 +253,109 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads and parses a deployment file; errors name the file and the field path.
-fn read_deployment_file(path: &Path) -> Result<DeploymentFile> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let is_json = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    let parsed = if is_json {
-        DeploymentFile::from_json_str(&text)
+/// Parses a deployment file; errors name the file and the field path.
+fn parse_deployment_file(path: &Path, text: &str) -> Result<DeploymentFile> {
+    let parsed = if is_json(path) {
+        DeploymentFile::from_json_str(text)
     } else {
-        DeploymentFile::from_yaml_str(&text)
+        DeploymentFile::from_yaml_str(text)
     };
     parsed.map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+fn is_json(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+}
+
+/// A deployment already signed (written by `--sign-only`, JSON with an owner), if `text`
+/// is one; users' own files have no owner.
+fn signed_deployment(path: &Path, text: &str) -> Result<Option<Deployment>> {
+    let has_owner = is_json(path)
+        && serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.get("owner").is_some());
+    if !has_owner {
+        return Ok(None);
+    }
+    Deployment::from_json_str(text)
+        .map(Some)
+        .map_err(|e| anyhow!("{}: a signed deployment, but {e}", path.display()))
+}
+
+/// Writes a signed deployment as JSON, whole or not at all.
+fn write_signed(path: &Path, d: &Deployment) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("writing next to {}", path.display()))?;
+    serde_json::to_writer_pretty(&mut tmp, d)?;
+    tmp.write_all(b"\n")?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Whether a signed deployment can be sent, or whose signature it still lacks.
+fn signing_status(d: &Deployment, file: &Path) -> String {
+    match d.verify_signatures() {
+        Ok(()) => format!(
+            "every signature needed is there: send it with `zos deploy {}`",
+            file.display()
+        ),
+        Err(e) => format!(
+            "not yet complete ({e}): each co-signer runs `zos sign {}`",
+            file.display()
+        ),
+    }
+}
+
+/// `zos sign FILE`.
+#[derive(Args)]
+pub struct SignArgs {
+    /// A deployment written by `zos deploy --sign-only`; your signature is added in place
+    file: PathBuf,
+    /// Your key file [default: $XDG_CONFIG_HOME/zos/key.pem or ~/.config/zos/key.pem]
+    #[arg(long, env = "ZOS_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+}
+
+/// Runs `zos sign`: shows what is signed, adds the caller's signature, says what is missing.
+pub fn sign_file(args: &SignArgs) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let mut d = signed_deployment(&args.file, &text)?.with_context(|| {
+        format!(
+            "{} is not a signed deployment; make one with `zos deploy FILE.yaml --sign-only {0}`",
+            args.file.display()
+        )
+    })?;
+    let key = crate::key::load(args.key.as_deref())?;
+    let me = key.public();
+    if !d.signature_requirement.requests.iter().any(|r| r.key == me) {
+        bail!(
+            "your key {me} is not among the signers of {} ({})",
+            d.name,
+            args.file.display()
+        );
+    }
+    // A co-signer should know what they put their name to.
+    eprintln!(
+        "signing {} version {} for node {}, owned by {}:",
+        d.name, d.version, d.node, d.owner
+    );
+    for w in &d.workloads {
+        eprintln!(
+            "  {} ({}), version {}",
+            w.name,
+            type_name(&w.spec),
+            w.version
+        );
+    }
+    d.sign(&key);
+    write_signed(&args.file, &d)?;
+    eprintln!("{}", signing_status(&d, &args.file));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Gives `new` the version after `old`'s, and each workload the version in which it last
@@ -235,17 +379,6 @@ fn bump_versions(new: &mut Deployment, old: &Deployment) -> Result<()> {
         w.version = unchanged.map_or(version, |o| o.version);
     }
     Ok(())
-}
-
-/// Adds our signature, warning when the deployment needs more than ours.
-fn sign(deployment: &mut Deployment, key: &Keypair) {
-    deployment.sign(key);
-    if let Err(e) = deployment.verify_signatures() {
-        eprintln!(
-            "warning: {e}; `zos deploy` adds only your signature, so the node will refuse \
-             this deployment until the other keys have signed"
-        );
-    }
 }
 
 /// Polls until no workload of `version` (or later) is still starting, printing each change
@@ -594,7 +727,7 @@ fn human_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zos_types::WorkloadResult;
+    use zos_types::{Keypair, WorkloadResult};
 
     const YAML: &str = "
 name: app

@@ -75,9 +75,15 @@ Examples:\n  zos run alpine.fl -- echo hello\n  zos run app.fl --cpus 2 --memory
     #[command(
         after_help = "Workloads that did not change keep running; changed and new ones \
 are (re)created. Exits 1 if a workload ends in error.\n\
-Example:\n  zos deploy app.yaml\n  zos deploy app.yaml --node http://10.0.0.5:8080 --timeout 2m"
+A deployment several keys must sign: the owner writes it with --sign-only, each co-signer \
+runs `zos sign`, and any of them sends the file with `zos deploy`.\n\
+Example:\n  zos deploy app.yaml\n  zos deploy app.yaml --node http://10.0.0.5:8080 --timeout 2m\n  \
+zos deploy shared.yaml --sign-only shared.json && zos sign shared.json --key bob.pem && \
+zos deploy shared.json"
     )]
     Deploy(deploy::DeployArgs),
+    /// Add your signature to a deployment written by `zos deploy --sign-only`
+    Sign(deploy::SignArgs),
     /// List your deployments on the node
     Ps {
         /// Also list deleted deployments
@@ -134,6 +140,7 @@ fn main() -> ExitCode {
         Command::Key(cmd) => key::run(cmd),
         Command::Node(cmd) => deploy::node(cmd),
         Command::Deploy(args) => deploy::deploy(args),
+        Command::Sign(args) => deploy::sign_file(&args),
         Command::Ps { all, client } => deploy::ps(all, &client),
         Command::Get { name, client } => deploy::get(&name, &client),
         Command::Logs(args) => deploy::logs(&args),

@@ -692,6 +692,81 @@ fn forged_stale_replayed_and_oversized_requests_are_refused() {
 }
 
 #[test]
+fn a_deployment_owned_by_two_keys_is_sent_only_with_both_signatures() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") {
+        return;
+    }
+    let node = Node::start("");
+    let (alice, bob) = (node.keypair("alice").public(), node.keypair("bob").public());
+    // Version 1 adds a disk to version 0.
+    let shared = |disks: &[&str]| {
+        let mut text = format!(
+            "name: shared\nsignature_requirement:\n  weight_required: 2\n  requests:\n    \
+             - {{ key: {alice}, weight: 1, required: true }}\n    \
+             - {{ key: {bob}, weight: 1, required: true }}\nworkloads:\n"
+        );
+        for disk in disks {
+            text.push_str(&format!(
+                "  - name: {disk}\n    type: zmount\n    data: {{ size: 16M }}\n"
+            ));
+        }
+        text
+    };
+    let yaml = node.write_yaml("shared.yaml", &shared(&["data"]));
+    let signed = node.dir().join("shared.json");
+    let bob_signs = || {
+        zos()
+            .arg("sign")
+            .arg(&signed)
+            .arg("--key")
+            .arg(node.key("bob"))
+            .output()
+            .unwrap()
+    };
+
+    for (version, disks) in [(0, &["data"][..]), (1, &["data", "more"][..])] {
+        std::fs::write(&yaml, shared(disks)).unwrap();
+        // Alice alone cannot send it, and is told how to get the other signature.
+        let err = fails(node.cli("alice", &["deploy"]).arg(&yaml));
+        assert!(
+            err.contains(&bob.to_string()) && err.contains("--sign-only"),
+            "{err}"
+        );
+        let sign_only = format!("--sign-only={}", signed.display());
+        ok(node.cli("alice", &["deploy", &sign_only]).arg(&yaml));
+        let err = fails(node.cli("alice", &["deploy"]).arg(&signed));
+        assert!(err.contains("zos sign"), "{err}");
+        // Bob sees what he signs, and then it is complete.
+        let out = bob_signs();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{said}");
+        assert!(
+            said.contains(&format!("signing shared version {version}"))
+                && said.contains("data (zmount)")
+                && said.contains("every signature needed"),
+            "{said}"
+        );
+        let d: Deployment =
+            Deployment::from_json_str(&std::fs::read_to_string(&signed).unwrap()).unwrap();
+        assert_eq!(d.signatures.len(), 2);
+        assert_eq!(d.version, version);
+        // Either of them sends it; only the owner can follow it.
+        let sender = if version == 0 { "bob" } else { "alice" };
+        ok(node.cli(sender, &["deploy"]).arg(&signed));
+        let got = node.settled("alice", "shared");
+        assert_eq!(got["version"], version, "{got}");
+        for (i, _) in disks.iter().enumerate() {
+            assert_eq!(got["workloads"][i]["result"]["state"], "ok", "{got}");
+        }
+    }
+    // A key that is not a signer has nothing to add.
+    let stranger = node.dir().join("carol.pem");
+    ok(zos().args(["key", "new", "-o"]).arg(&stranger));
+    let err = fails(zos().arg("sign").arg(&signed).arg("--key").arg(&stranger));
+    assert!(err.contains("not among the signers"), "{err}");
+}
+
+#[test]
 fn a_node_killed_mid_provisioning_comes_back_consistent() {
     if !common::is_root() || !common::have("qemu-system-x86_64") {
         return;
