@@ -338,6 +338,7 @@ fn build_image(file: &mut File, size: u64, files: &[(&str, &[u8])]) -> io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fsutil::names_in;
     use std::io::Read;
     use std::process::Command;
 
@@ -388,15 +389,6 @@ mod tests {
             dir_label,
             files,
         }
-    }
-
-    fn names_in(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
     }
 
     #[test]

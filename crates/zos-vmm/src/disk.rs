@@ -487,17 +487,9 @@ fn run(tool: &Path, args: &[&OsStr]) -> Result<Vec<u8>, DiskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fsutil::names_in;
 
     const MIB: u64 = 1 << 20;
-
-    fn names_in(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
 
     /// The ext4 superblock starts at byte 1024; its magic (0xEF53, little-endian) is at 0x38
     /// within it, and the volume name at 0x78.
@@ -552,17 +544,14 @@ mod tests {
         );
         // Read the start of the guest-visible disk back through qemu-img.
         let head = dir.path().join("head.raw");
-        let out = Command::new(qemu_img())
-            .args(["dd", "-f", "qcow2", "-O", "raw", "bs=1024", "count=2"])
-            .arg(format!("if={}", qcow2.display()))
-            .arg(format!("of={}", head.display()))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let (from, to) = (
+            format!("if={}", qcow2.display()),
+            format!("of={}", head.display()),
         );
+        let dd = [
+            "dd", "-f", "qcow2", "-O", "raw", "bs=1024", "count=2", &from, &to,
+        ];
+        run(&qemu_img(), &dd.map(OsStr::new)).unwrap();
         assert_ext4(&read_head(&head));
     }
 
@@ -639,12 +628,17 @@ mod tests {
             "{info:?}"
         );
         // And the backing format is recorded, so QEMU never probes it.
-        let out = Command::new(qemu_img())
-            .args(["info", "-U", "--output=json"])
-            .arg(&overlay)
-            .output()
-            .unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let info = run(
+            &qemu_img(),
+            &[
+                OsStr::new("info"),
+                OsStr::new("-U"),
+                OsStr::new("--output=json"),
+                overlay.as_os_str(),
+            ],
+        )
+        .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&info).unwrap();
         assert_eq!(json["backing-filename-format"], "raw", "{json}");
         assert_eq!(
             json["backing-filename"],
@@ -679,17 +673,9 @@ mod tests {
                 // The guest now sees the write over the backing's content, everything past
                 // it unchanged.
                 let flat = dir.path().join("flat.raw");
-                let out = Command::new(qemu_img())
-                    .args(["convert", "-f", "qcow2", "-O", "raw"])
-                    .arg(&overlay)
-                    .arg(&flat)
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                let convert = ["convert", "-f", "qcow2", "-O", "raw"].map(OsStr::new);
+                let files = [overlay.as_os_str(), flat.as_os_str()];
+                run(&qemu_img(), &[&convert[..], &files[..]].concat()).unwrap();
                 let flat = std::fs::read(&flat).unwrap();
                 assert_eq!(flat.len(), before.len());
                 assert!(flat[..4096].iter().all(|b| *b == 0xab));
@@ -754,18 +740,10 @@ mod tests {
         );
 
         let with_data_file = dir.path().join("data.qcow2");
-        let out = Command::new(qemu_img())
-            .args(["create", "-q", "-f", "qcow2", "-o"])
-            .arg(format!("data_file={}", dir.path().join("d.raw").display()))
-            .arg(&with_data_file)
-            .arg("1M")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let option = format!("data_file={}", dir.path().join("d.raw").display());
+        let file = with_data_file.to_string_lossy();
+        let create = ["create", "-q", "-f", "qcow2", "-o", &option, &file, "1M"];
+        run(&qemu_img(), &create.map(OsStr::new)).unwrap();
         let why = disk_info(&with_data_file)
             .unwrap()
             .external_reference()
@@ -792,17 +770,12 @@ mod tests {
 
         // A format QEMU knows but we do not use.
         let vmdk = dir.path().join("disk.vmdk");
-        let out = Command::new(qemu_img())
-            .args(["create", "-q", "-f", "vmdk"])
-            .arg(&vmdk)
-            .arg("1M")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let file = vmdk.to_string_lossy();
+        run(
+            &qemu_img(),
+            &["create", "-q", "-f", "vmdk", &file, "1M"].map(OsStr::new),
+        )
+        .unwrap();
         let err = disk_info(&vmdk).unwrap_err();
         assert!(
             matches!(&err, DiskError::UnsupportedFormat { format, .. } if format == "vmdk"),
