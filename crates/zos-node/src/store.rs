@@ -11,6 +11,10 @@ use std::path::Path;
 use zos_types::{Deployment, PublicKey};
 
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
+/// Facts about the database itself; `format` is the version of the stored deployments.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Format 2: every deployment names its node (format 1, before, had no `meta` table).
+const FORMAT: u64 = 2;
 
 /// The deployment database.
 pub struct Store {
@@ -43,7 +47,15 @@ impl Store {
                 .context(format!("opening the node database {}", path.display())),
         })?;
         let txn = db.begin_write()?;
-        name_the_node(&mut txn.open_table(DEPLOYMENTS)?, node)?;
+        {
+            let mut deployments = txn.open_table(DEPLOYMENTS)?;
+            let mut meta = txn.open_table(META)?;
+            // Upgraded once, not read through at every start.
+            if meta.get("format")?.map(|v| v.value()) != Some(FORMAT) {
+                name_the_node(&mut deployments, node)?;
+                meta.insert("format", FORMAT)?;
+            }
+        }
         txn.commit()?;
         Ok(Store { db })
     }
