@@ -508,13 +508,13 @@ impl Engine {
     fn converge(&self, owner: &PublicKey, name: &str) -> Result<(), ApiError> {
         let lock = self.lock_for(owner, name);
         let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mut d) = self.store.get(owner, name)? else {
+            return Ok(());
+        };
         loop {
-            let Some(d) = self.store.get(owner, name)? else {
-                return Ok(());
-            };
             self.converge_once(&d)?;
             match self.store.get(owner, name)? {
-                Some(now) if now.version != d.version => continue,
+                Some(now) if now.version != d.version => d = now,
                 _ => return Ok(()),
             }
         }
