@@ -50,10 +50,7 @@ pub struct UmountArgs {
 }
 
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
-    parse_size::Config::new()
-        .with_binary()
-        .parse_size(s)
-        .map_err(|e| format!("{s:?}: {e}; use a size like 512M or 2G"))
+    zos_types::ByteSize::parse(s).map(|b| b.0)
 }
 
 pub(crate) fn default_cache_dir() -> PathBuf {

@@ -1,6 +1,6 @@
 //! Progress bars on stderr for long flist operations; silent when stderr is not a terminal.
 
-use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -58,7 +58,7 @@ impl zos_flist::Progress for Bar {
     }
 }
 
-/// Formats a byte count for people.
+/// Formats a byte count for people (zos_types::ByteSize's one format).
 pub fn human(bytes: u64) -> String {
-    HumanBytes(bytes).to_string()
+    zos_types::ByteSize(bytes).to_string()
 }

@@ -27,14 +27,21 @@ impl ByteSize {
 }
 
 impl fmt::Display for ByteSize {
-    /// The largest binary unit that divides the size exactly, so nothing is rounded away.
+    /// For people: the largest binary unit the size reaches, with at most two decimals
+    /// (`512 MiB`, `1.5 GiB`, `22.04 GiB`, `1000 B`). The one size formatter of zos.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
-            if self.0 != 0 && self.0.is_multiple_of(1 << shift) {
-                return write!(f, "{} {unit}", self.0 >> shift);
-            }
+        const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+        let mut unit = 0;
+        while unit + 1 < UNITS.len() && self.0 >> (10 * (unit + 1)) > 0 {
+            unit += 1;
         }
-        write!(f, "{} B", self.0)
+        if unit == 0 {
+            return write!(f, "{} B", self.0);
+        }
+        let value = self.0 as f64 / (1u64 << (10 * unit)) as f64;
+        let text = format!("{value:.2}");
+        let text = text.trim_end_matches('0').trim_end_matches('.');
+        write!(f, "{text} {}", UNITS[unit])
     }
 }
 
@@ -75,8 +82,11 @@ mod tests {
         assert_eq!(size("4096"), 4096);
         assert!(serde_json::from_str::<ByteSize>("-1").is_err());
         assert_eq!(ByteSize(512 * ByteSize::MIB).to_string(), "512 MiB");
-        assert_eq!(ByteSize(1536 * ByteSize::MIB).to_string(), "1536 MiB");
+        assert_eq!(ByteSize(1536 * ByteSize::MIB).to_string(), "1.5 GiB");
         assert_eq!(ByteSize(1000).to_string(), "1000 B");
+        assert_eq!(ByteSize(1024).to_string(), "1 KiB");
+        assert_eq!(ByteSize(23_111_220 * 1024).to_string(), "22.04 GiB");
+        assert_eq!(ByteSize(u64::MAX).to_string(), "16384 PiB");
         assert_eq!(serde_json::to_string(&ByteSize(2048)).unwrap(), "2048");
         let err = ByteSize::parse("12X").unwrap_err();
         assert!(err.starts_with("\"12X\": ") && err.ends_with("use a size like 512M or 2G"));
