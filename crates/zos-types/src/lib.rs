@@ -48,8 +48,8 @@ pub use keys::{
 pub use parse::ParseError;
 pub use request::{RequestAuth, RequestAuthError, REQUEST_DOMAIN};
 pub use size::ByteSize;
-pub use validate::{is_valid_deployment_name, ValidationError, MIN_MEMORY};
+pub use validate::{is_valid_deployment_name, ValidationError};
 pub use workload::{
-    Mount, ResultState, Workload, WorkloadFile, WorkloadName, WorkloadResult, WorkloadSpec,
-    ZMachine, ZMount,
+    Mount, ResultState, Workload, WorkloadData, WorkloadFile, WorkloadName, WorkloadResult,
+    WorkloadSpec, ZMachine, ZMount, MIN_MEMORY, WORKLOAD_TYPES,
 };
