@@ -25,7 +25,6 @@
 //! [`DeploymentFile`] (YAML or JSON) leaves out the owner, node, signatures and results;
 //! [`DeploymentFile::into_deployment`] fills them in. Parse errors name the field path,
 //! e.g. `workloads[0].data.memory: "12X": ...`.
-#![warn(missing_docs)]
 
 pub mod api;
 mod canonical;
