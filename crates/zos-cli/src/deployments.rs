@@ -8,7 +8,7 @@ use clap::Args;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
-use zos_client::status::{state_label, state_name, summary_state, type_name};
+use zos_client::status::{state_label, state_name, summary_state};
 use zos_client::{check_deployment_name, EventLine};
 use zos_types::api::Event;
 use zos_types::{Deployment, WorkloadName, WorkloadSpec};
@@ -65,7 +65,7 @@ fn describe(d: &Deployment) -> String {
         out += &format!(
             "\n{} ({}, version {}): {}\n",
             w.name,
-            type_name(&w.spec),
+            w.spec.type_name(),
             w.version,
             state_label(w)
         );

@@ -1,6 +1,6 @@
 //! Text output shared by the commands that talk to a node.
 
-use zos_client::status::{state_label, type_name};
+use zos_client::status::state_label;
 use zos_types::Deployment;
 
 /// Left-aligned columns two spaces apart, headers first.
@@ -37,7 +37,7 @@ pub fn results_table(d: &Deployment) -> String {
         .map(|w| {
             vec![
                 w.name.to_string(),
-                type_name(&w.spec).to_string(),
+                w.spec.type_name().to_string(),
                 state_label(w).to_string(),
                 first_line(w.result.as_ref().map_or("", |r| &r.message)).to_string(),
             ]

@@ -7,7 +7,6 @@
 //! A deploy, in calls: [`DeploymentInput::read`] → [`plan`] → [`Plan::sign`] → either
 //! [`write_signed`] for co-signers (each runs [`cosign`]) or [`NodeClient::send`] →
 //! [`wait_until_settled`].
-#![warn(missing_docs)]
 
 mod api;
 mod error;

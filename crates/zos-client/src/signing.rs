@@ -1,7 +1,6 @@
 //! The signing flow: the next version of a deployment from the one the node holds, the
 //! owner's signature, co-signers' signatures, and what is still missing.
 
-use crate::status::type_name;
 use crate::{DeployError, NodeClient};
 use std::path::Path;
 use zos_types::{Deployment, DeploymentFile, Keypair, PublicKey, SignatureError};
@@ -134,7 +133,7 @@ pub fn describe_signing(d: &Deployment) -> String {
         text += &format!(
             "\n  {} ({}), version {}",
             w.name,
-            type_name(&w.spec),
+            w.spec.type_name(),
             w.version
         );
     }

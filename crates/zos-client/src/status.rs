@@ -1,6 +1,6 @@
 //! Pure summaries of a deployment's state, as every client shows them.
 
-use zos_types::{Deployment, ResultState, Workload, WorkloadSpec};
+use zos_types::{Deployment, ResultState, Workload};
 
 /// A workload's state; `None` before the node has written a result.
 pub fn state_of(w: &Workload) -> Option<ResultState> {
@@ -25,14 +25,6 @@ pub fn state_name(state: ResultState) -> &'static str {
         ResultState::Error => "error",
         ResultState::Paused => "paused",
         ResultState::Deleted => "deleted",
-    }
-}
-
-/// A workload type's name, as in deployment files.
-pub fn type_name(spec: &WorkloadSpec) -> &'static str {
-    match spec {
-        WorkloadSpec::Zmachine(_) => "zmachine",
-        WorkloadSpec::Zmount(_) => "zmount",
     }
 }
 
