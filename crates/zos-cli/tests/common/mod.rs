@@ -65,6 +65,8 @@ pub fn fails(cmd: &mut Command) -> String {
     stderr
 }
 
+/// The one skip guard (zos-testkit): every test binary includes this module, not all use it.
+#[allow(unused_imports)]
 pub use zos_testkit::{have, is_root};
 
 fn free_port() -> u16 {
