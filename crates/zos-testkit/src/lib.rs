@@ -23,21 +23,19 @@ pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
-/// Records that the calling test cannot check what it should, and why: under CI this panics
-/// (failing the test); elsewhere it prints and records the skip, and the test should return.
+/// Records that the calling test cannot check what it should, and why (say what to do about
+/// it, too): under CI this panics, failing the test; elsewhere it prints and records the skip,
+/// and the test should return.
 #[track_caller]
 pub fn skip(why: &str) {
     let test = current_test();
     if under_ci() {
-        panic!("{test} cannot run: {why}. Under CI=true nothing may be skipped: run scripts/setup (as root)");
+        panic!("{test} cannot run: {why}. Under CI=true nothing may be skipped");
     }
     let binary = current_binary();
     // Straight to the process's stderr: eprintln! output of a passing test is swallowed by the
     // harness, and a skip must be seen.
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "SKIP {binary}::{test}: {why} (run scripts/setup, as root)"
-    );
+    let _ = writeln!(std::io::stderr().lock(), "SKIP {binary}::{test}: {why}");
     if let Some(log) = std::env::var_os(SKIP_LOG_VAR) {
         record(Path::new(&log), &format!("{binary}\t{test}\t{why}\n"));
     }
@@ -50,7 +48,7 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
-        skip("needs root");
+        skip("needs root: run the tests as root");
     }
     root
 }
@@ -67,7 +65,7 @@ pub fn have(name: &str) -> bool {
 pub fn program(name: &str) -> Option<PathBuf> {
     let found = find(name, std::env::var_os("PATH"));
     if found.is_none() {
-        skip(&format!("{name} is not installed"));
+        skip(&format!("{name} is not installed: run scripts/setup"));
     }
     found
 }

@@ -693,7 +693,7 @@ mod tests {
         let stderr = String::from_utf8_lossy(&out.stderr);
         if stderr.contains("No module named 'yaml'") {
             zos_testkit::skip(&format!(
-                "PyYAML is not installed for {} (Debian: python3-yaml)",
+                "PyYAML is not installed for {} (Debian: python3-yaml): run scripts/setup",
                 python3.display()
             ));
             return;
