@@ -100,17 +100,6 @@ fn cache_files(cache: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
     (blocks, whole)
 }
 
-/// The paths requested from Python's HTTP server, in order, from its request log.
-fn fetched_paths(log: &Path) -> Vec<String> {
-    std::fs::read_to_string(log)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split("\"GET /").nth(1))
-        .filter_map(|rest| rest.split(' ').next())
-        .map(str::to_owned)
-        .collect()
-}
-
 fn fuse_ready() -> bool {
     have("fusermount3") && is_root()
 }
@@ -242,7 +231,7 @@ fn reads_fetch_only_the_blocks_they_touch_once_each() {
     let big = noise(8 * 524_288, 11);
     let (m, log_path) = mount_over_http(tmp.path(), &[("big", &big), ("small", b"just this\n")]);
     let cache = tmp.path().join("cache");
-    let gets = || fetched_paths(&log_path);
+    let gets = || http_gets(&log_path);
 
     assert_eq!(
         std::fs::read(m.point.join("small")).unwrap(),
@@ -476,14 +465,21 @@ fn sequential_reads_prefetch_the_next_blocks() {
         .unwrap()
         .read_exact(&mut head)
         .unwrap();
+    // Polls until the fetches stop growing for a second: stopping at the first 5 would pass a
+    // prefetch that goes on to pull the whole file.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let fetched = loop {
-        let n = fetched_paths(&log_path).len();
-        if n >= 5 || std::time::Instant::now() > deadline {
-            break n;
+    let settle = std::time::Duration::from_secs(1);
+    let (mut fetched, mut since) = (0, std::time::Instant::now());
+    loop {
+        let n = http_gets(&log_path).len();
+        if n != fetched {
+            (fetched, since) = (n, std::time::Instant::now());
+        }
+        if (fetched >= 5 && since.elapsed() >= settle) || std::time::Instant::now() > deadline {
+            break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    }
     assert!(
         fetched >= 5,
         "only {fetched} blocks fetched after the first read"

@@ -171,6 +171,24 @@ fn a_store_dying_mid_read_falls_back_to_the_next() {
         &[redis_url, format!("dir://{}", backup.display())],
     );
 
+    // The backup is read over HTTP with a request log, so the blocks it serves can be
+    // counted; Redis counts the GETs it answers. The flist's own routes are edited so the
+    // unpack still reads the stores the flist records, Redis first.
+    let backup_url = format!("dir://{}", backup.display());
+    let log_path = tmp.path().join("backup.log");
+    let backup_server = http_server_logging(&backup, std::fs::File::create(&log_path).unwrap());
+    let backup_http = format!("http://127.0.0.1:{}", backup_server.port);
+    ok(zos()
+        .args(["flist", "store"])
+        .arg(&fl)
+        .args(["rm", &backup_url]));
+    ok(zos()
+        .args(["flist", "store"])
+        .arg(&fl)
+        .args(["add", &backup_http]));
+    let blocks = store_blocks(&backup).len() as u64;
+    let gets_before = redis_calls(server.port, "get");
+
     let out = tmp.path().join("out");
     let mut child = zos()
         .args(["flist", "unpack", "--workers", "1"])
@@ -201,6 +219,7 @@ fn a_store_dying_mid_read_falls_back_to_the_next() {
         child.try_wait().unwrap().is_none(),
         "unpack finished before Redis could be killed"
     );
+    let from_redis = redis_calls(server.port, "get") - gets_before;
     server.kill();
     let result = child.wait_with_output().unwrap();
     assert!(
@@ -209,6 +228,18 @@ fn a_store_dying_mid_read_falls_back_to_the_next() {
         String::from_utf8_lossy(&result.stderr)
     );
     assert_same_tree(&src, &out);
+    // Redis served blocks before it died, and the backup served the rest: a router reading
+    // only the backup, or only Redis, fails one of these.
+    let from_backup = http_gets(&log_path).len() as u64;
+    assert!(from_redis > 0, "Redis served no block before it was killed");
+    assert!(
+        from_redis < blocks,
+        "Redis served every block ({from_redis}) before it was killed"
+    );
+    assert!(
+        from_backup > 0 && from_redis + from_backup >= blocks,
+        "{blocks} blocks: {from_redis} read from Redis before it died, {from_backup} from the backup"
+    );
 }
 
 #[test]

@@ -785,8 +785,36 @@ fn a_node_killed_mid_provisioning_comes_back_consistent() {
         &signed_json(&mut d, &alice),
     );
     assert_eq!(status, 201, "{body}");
-    // Kill it while it provisions.
-    std::thread::sleep(Duration::from_millis(300));
+    // Kill it while it provisions: once the deployment's disk or VM exists on disk and a
+    // workload is still `init`, so the kill is known to land mid-provisioning.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let started = !node.entries("disks").is_empty() || !node.entries("vms").is_empty();
+        let (status, body) = node.http(Some("alice"), "GET", "/v1/deployments/k", b"");
+        assert_eq!(status, 200, "{body}");
+        let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let states: Vec<String> = d["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["result"]["state"].as_str().unwrap_or("").to_owned())
+            .collect();
+        let busy = states.iter().any(|s| s == "init");
+        assert!(
+            busy,
+            "provisioning finished before the kill could land mid-way: {states:?}\n{}",
+            node.log()
+        );
+        if started {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no disk or VM of the deployment appeared in 60 s: {states:?}\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     node.kill9();
     // Something nothing owns, left while the node is down.
     std::fs::write(node.data().join("disks/000000000000-stray.raw"), b"x").unwrap();

@@ -653,7 +653,7 @@ mod tests {
         );
     }
 
-    /// Parses `meta-data` with PyYAML, the parser cloud-init uses, when it is installed.
+    /// Parses `meta-data` with PyYAML, the parser cloud-init uses.
     #[test]
     fn meta_data_parses_as_yaml_with_pyyaml() {
         // Control characters are refused by validation; U+2028 is not, and PyYAML would read
@@ -673,19 +673,16 @@ mod tests {
         });
         let script = "import sys, yaml, json; \
                       print(json.dumps(yaml.safe_load(sys.stdin.read())))";
-        let mut child = match Command::new("python3")
+        let Some(python3) = zos_testkit::program("python3") else {
+            return;
+        };
+        let mut child = Command::new(&python3)
             .args(["-c", script])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-        {
-            Ok(child) => child,
-            Err(e) => {
-                eprintln!("skipping the PyYAML check: python3: {e}");
-                return;
-            }
-        };
+            .unwrap_or_else(|e| panic!("starting {}: {e}", python3.display()));
         child
             .stdin
             .take()
@@ -695,7 +692,10 @@ mod tests {
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         if stderr.contains("No module named 'yaml'") {
-            eprintln!("skipping the PyYAML check: PyYAML is not installed");
+            zos_testkit::skip(&format!(
+                "PyYAML is not installed for {} (Debian: python3-yaml): run scripts/setup",
+                python3.display()
+            ));
             return;
         }
         assert!(out.status.success(), "{stderr}");
@@ -703,8 +703,8 @@ mod tests {
         assert_eq!(parsed, expected);
     }
 
-    /// Checks the image with dosfstools' `fsck.vfat` and with mtools, when installed. The fatfs
-    /// read-back always runs, so the test never passes on nothing.
+    /// Checks the image with dosfstools' `fsck.vfat` and with mtools (after the fatfs
+    /// read-back, which needs no tool).
     #[test]
     fn image_passes_external_tools() {
         let dir = tempfile::tempdir().unwrap();
@@ -718,41 +718,41 @@ mod tests {
         assert_eq!(label.trim_end(), "CIDATA");
         assert_eq!(files.len(), 3);
 
-        let mut checked = Vec::new();
-        let fsck = ["/usr/sbin/fsck.vfat", "/sbin/fsck.vfat", "fsck.vfat"]
-            .into_iter()
-            .find_map(|fsck| Command::new(fsck).arg("-n").arg(&path).output().ok());
-        if let Some(out) = fsck {
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "fsck.vfat: {stdout}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            checked.push("fsck.vfat");
-        }
+        let (Some(fsck), Some(mlabel), Some(mtype)) = (
+            zos_testkit::program("fsck.vfat"),
+            zos_testkit::program("mlabel"),
+            zos_testkit::program("mtype"),
+        ) else {
+            return;
+        };
+        let out = Command::new(&fsck)
+            .arg("-n")
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", fsck.display()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "fsck.vfat: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
 
-        let mtool = |args: &[&str]| {
-            Command::new(args[0])
-                .args(&args[1..])
+        let mtool = |tool: &Path, args: &[&str]| {
+            Command::new(tool)
+                .args(args)
                 .env("MTOOLS_SKIP_CHECK", "1")
                 .output()
-                .ok()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", tool.display()))
         };
         let img = path.to_str().unwrap();
-        if let Some(out) = mtool(&["mlabel", "-i", img, "-s", "::"]) {
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success(), "{stdout}");
-            assert!(stdout.contains("CIDATA"), "{stdout}");
-            for (name, data) in &files {
-                let out = mtool(&["mtype", "-i", img, &format!("::{name}")]).unwrap();
-                assert!(out.status.success(), "mtype {name}");
-                assert_eq!(&out.stdout, data, "{name}");
-            }
-            checked.push("mtools");
-        }
-        if checked.is_empty() {
-            eprintln!("fsck.vfat and mtools are not installed: checked with fatfs only");
+        let out = mtool(&mlabel, &["-i", img, "-s", "::"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert!(stdout.contains("CIDATA"), "{stdout}");
+        for (name, data) in &files {
+            let out = mtool(&mtype, &["-i", img, &format!("::{name}")]);
+            assert!(out.status.success(), "mtype {name}");
+            assert_eq!(&out.stdout, data, "{name}");
         }
     }
 }

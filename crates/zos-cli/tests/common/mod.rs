@@ -30,9 +30,19 @@ pub fn zos() -> Command {
     Command::new(env!("CARGO_BIN_EXE_zos"))
 }
 
+/// Runs `cmd`, naming its program if it cannot be started (not installed, say).
+fn output(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "cannot start {} ({e}); scripts/setup installs what the tests run",
+            cmd.get_program().to_string_lossy()
+        )
+    })
+}
+
 /// Runs and expects success; returns stdout.
 pub fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn zos");
+    let out = output(cmd);
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\nstdout: {}",
@@ -44,7 +54,7 @@ pub fn ok(cmd: &mut Command) -> String {
 
 /// Runs and expects a clean failure (exit 1, not a panic's 101); returns stderr.
 pub fn fails(cmd: &mut Command) -> String {
-    let out: Output = cmd.output().expect("spawn zos");
+    let out = output(cmd);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(
         out.status.code(),
@@ -55,35 +65,9 @@ pub fn fails(cmd: &mut Command) -> String {
     stderr
 }
 
-/// Whether a prerequisite is present. Under CI=true a missing one fails the test; elsewhere
-/// the test is skipped with a message.
-pub fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{tool} is missing; run scripts/setup");
-        }
-        eprintln!("SKIP: {tool} not installed (run scripts/setup)");
-    }
-    found
-}
-
-/// Whether we run as root (device nodes and ownership need it). Same CI rule as [`have`].
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("this test needs root");
-        }
-        eprintln!("SKIP: needs root");
-    }
-    root
-}
+/// The one skip guard (zos-testkit): every test binary includes this module, not all use it.
+#[allow(unused_imports)]
+pub use zos_testkit::{have, is_root};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -138,6 +122,41 @@ pub fn redis() -> Server {
         s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
     });
     Server { child, port }
+}
+
+/// How many times the Redis server on `port` has run `command` (lower case, e.g. "get"), from
+/// its `INFO commandstats`; 0 if it never has.
+pub fn redis_calls(port: u16, command: &str) -> u64 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis-server");
+    s.write_all(b"INFO commandstats\r\n").unwrap();
+    let mut reader = std::io::BufReader::new(s);
+    let mut header = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut header).unwrap();
+    // A bulk string: `$<length>\r\n<text>\r\n`.
+    let len: usize = header
+        .trim_end()
+        .strip_prefix('$')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected INFO reply from redis-server: {header:?}"));
+    let mut text = vec![0u8; len];
+    reader.read_exact(&mut text).unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The request paths in a Python HTTP server's log, one per GET.
+pub fn http_gets(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split("\"GET /").nth(1))
+        .filter_map(|rest| rest.split(' ').next())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Python's HTTP server serving `dir` read-only on a free loopback port.
