@@ -420,9 +420,8 @@ pub fn bench_mount(inp: &MountInputs) -> Result<MountReport> {
             true,
             read_rss,
             &format!(
-                "cold = fresh mount, empty cache, {dropped_files} store files and the .fl \
-                 dropped from the page cache (fsync + fadvise DONTNEED); random data, no \
-                 block dedups"
+                "cold = fresh mount, empty cache, {dropped_files} store files + .fl dropped \
+                 from the page cache (fsync, fadvise DONTNEED); random data, no block dedups"
             ),
         ),
         row(
@@ -531,7 +530,7 @@ pub fn bench_mount(inp: &MountInputs) -> Result<MountReport> {
 pub fn print_mount_table(m: &MountReport, runs: usize) {
     let s = &m.shape;
     println!(
-        "zos bench flist, mount (zos flist mount --daemon, FUSE): {} file read, {} entries walked, \
+        "zos-bench flist, mount (zos flist mount --daemon, FUSE): {} file read, {} entries walked, \
 {} entries listed, lazy start of a {} vs a {} image",
         ByteSize(s.read_file_bytes),
         s.tree_entries,

@@ -416,3 +416,39 @@ fn print(rows: &[Row]) {
         .collect();
     print_grid(["step", "value", "unit", "floor", "notes"], &cells);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zos_types::WorkloadResult;
+
+    fn with_state(key: &Keypair, name: &str, state: Option<ResultState>) -> Deployment {
+        let yaml = format!(
+            "name: {name}\nworkloads:\n  - name: data\n    type: zmount\n    data: {{ size: 16M }}\n"
+        );
+        let mut d = deployment(key, key.public(), &yaml).unwrap();
+        d.workloads[0].result = state.map(|state| WorkloadResult {
+            state,
+            message: format!("{name} says so"),
+            data: serde_json::Value::Null,
+            created: 0,
+        });
+        d
+    }
+
+    #[test]
+    fn a_deployment_in_error_counts_as_failed_not_done() {
+        let key = Keypair::generate();
+        let list = [
+            with_state(&key, "ok", Some(ResultState::Ok)),
+            with_state(&key, "bad", Some(ResultState::Error)),
+            with_state(&key, "new", Some(ResultState::Init)),
+            with_state(&key, "unseen", None),
+        ];
+        let t = Tally::of(&list);
+        assert_eq!((t.pending, t.failed), (2, 1));
+        assert_eq!(t.first_error.as_deref(), Some("bad: bad says so"));
+        let done = Tally::of(&list[..1]);
+        assert_eq!((done.pending, done.failed, done.first_error), (0, 0, None));
+    }
+}
