@@ -20,6 +20,7 @@ use zos_types::ByteSize;
 const PACK_TARGET: f64 = 0.5;
 const UNPACK_TARGET: f64 = 0.7;
 const RSS_TARGET_MIB: f64 = 256.0;
+
 /// One line of the table.
 #[derive(Serialize)]
 struct Row {
