@@ -10,7 +10,6 @@ mod image;
 mod measure;
 mod mount;
 mod node;
-mod node_api;
 mod pagecache;
 mod stats;
 mod table;

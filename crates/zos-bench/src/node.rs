@@ -3,7 +3,6 @@
 //! image (the floor, same run).
 
 use crate::image::{image, remove_vms, zos_run_to_mark, MARK};
-use crate::node_api::Api;
 use crate::stats::{median, Timing};
 use crate::table::{fmt, print_grid};
 use crate::workdir::WorkDir;
@@ -12,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitCode, Stdio};
 use std::time::{Duration, Instant};
-use zos_types::api::API_PREFIX;
+use zos_client::{NodeClient, NodeUrl};
 use zos_types::{Deployment, DeploymentFile, Keypair, PublicKey, ResultState};
 
 /// Concurrent clients sending deployments.
@@ -78,8 +77,8 @@ impl BenchNode {
         self.work.join("node.sock")
     }
 
-    fn api(&self, key: &Keypair) -> Result<Api> {
-        Api::new(self.socket(), key.clone())
+    fn api(&self, key: &Keypair) -> Result<NodeClient> {
+        NodeClient::new(NodeUrl::Unix(self.socket()), key.clone()).context("making the API client")
     }
 
     /// Starts the node; returns the seconds until its API answers.
@@ -112,10 +111,7 @@ impl BenchNode {
         );
         let api = self.api(key)?;
         loop {
-            if api
-                .get::<serde_json::Value>(&format!("{API_PREFIX}/node"))
-                .is_ok()
-            {
+            if api.node_info().is_ok() {
                 return Ok(start.elapsed().as_secs_f64());
             }
             if start.elapsed() > Duration::from_secs(120) {
@@ -218,7 +214,7 @@ fn measure(node: &mut BenchNode, count: usize, runs: usize) -> Result<Vec<Row>> 
                     let api = api?;
                     api.pin_node_id(node_id);
                     for d in chunk {
-                        api.post(&format!("{API_PREFIX}/deployments"), d)?;
+                        api.create(d)?;
                     }
                     Ok(())
                 })
@@ -247,7 +243,7 @@ fn measure(node: &mut BenchNode, count: usize, runs: usize) -> Result<Vec<Row>> 
     let api = node.api(&key)?;
     let start = Instant::now();
     let tally = loop {
-        let list: Vec<Deployment> = api.get(&format!("{API_PREFIX}/deployments"))?;
+        let list = api.deployments(false)?.value;
         let tally = Tally::of(&list);
         if tally.pending == 0 {
             break tally;
@@ -288,10 +284,7 @@ fn measure(node: &mut BenchNode, count: usize, runs: usize) -> Result<Vec<Row>> 
     let mut latencies: Vec<f64> = Vec::with_capacity(count);
     for i in 0..count {
         let start = Instant::now();
-        api.get::<serde_json::Value>(&format!(
-            "{API_PREFIX}/deployments/d{:05}",
-            (i * 7919) % count
-        ))?;
+        api.deployment(&format!("d{:05}", (i * 7919) % count))?;
         latencies.push(start.elapsed().as_secs_f64() * 1000.0);
     }
     latencies.sort_by(f64::total_cmp);
@@ -362,7 +355,7 @@ fn measure(node: &mut BenchNode, count: usize, runs: usize) -> Result<Vec<Row>> 
 /// Seconds from sending a signed deployment of `fl` until its console shows the marker (read
 /// through the API's log endpoint); the deployment is deleted afterwards. Fails as soon as
 /// the workload ends in error: a failed deployment has no time to report.
-fn deploy_to_mark(api: &Api, key: &Keypair, fl: &Path, i: usize) -> Result<f64> {
+fn deploy_to_mark(api: &NodeClient, key: &Keypair, fl: &Path, i: usize) -> Result<f64> {
     let name = format!("run{i}");
     let d = deployment(
         key,
@@ -373,20 +366,23 @@ fn deploy_to_mark(api: &Api, key: &Keypair, fl: &Path, i: usize) -> Result<f64> 
         ),
     )?;
     let start = Instant::now();
-    api.post(&format!("{API_PREFIX}/deployments"), &d)?;
-    let logs = format!("{API_PREFIX}/deployments/{name}/logs/vm");
+    api.create(&d)?;
+    let workload = &d.workloads[0].name;
     let mut last_check = start;
     let secs = loop {
         // Before its VM exists the log is a 404: keep asking.
-        if let Ok(text) = api.get_bytes(&logs) {
-            if String::from_utf8_lossy(&text).contains(MARK) {
-                break start.elapsed().as_secs_f64();
-            }
+        let mut text = Vec::new();
+        let read = api.logs(&name, workload, |chunk| {
+            text.extend_from_slice(chunk);
+            Ok(())
+        });
+        if read.is_ok() && String::from_utf8_lossy(&text).contains(MARK) {
+            break start.elapsed().as_secs_f64();
         }
         // Now and then, not every pass: each extra request adds to what is timed.
         if last_check.elapsed() > Duration::from_millis(500) {
             last_check = Instant::now();
-            let now: Deployment = api.get(&format!("{API_PREFIX}/deployments/{name}"))?;
+            let now = api.deployment(&name)?.value;
             if let Some(error) = Tally::of(std::slice::from_ref(&now)).first_error {
                 bail!("deployment {name} failed before printing its marker: {error}");
             }
@@ -396,7 +392,7 @@ fn deploy_to_mark(api: &Api, key: &Keypair, fl: &Path, i: usize) -> Result<f64> 
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    api.delete(&format!("{API_PREFIX}/deployments/{name}"))
+    api.remove(&name)
         .context("deleting the benchmark deployment")?;
     Ok(secs)
 }

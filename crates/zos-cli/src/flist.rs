@@ -293,8 +293,9 @@ pub fn print_pack_report(report: &zos_flist::PackReport, took: std::time::Durati
         took.as_secs_f64(),
         output.display()
     );
+    // "blocks" counts what `flist inspect` counts: each hardlinked file once.
     println!(
-        "blocks: {} total, {} sent to stores, {} already present",
+        "blocks: {} in files (hardlinks counted once), {} sent to stores, {} already present",
         report.blocks, report.blocks_sent, report.blocks_present
     );
 }
@@ -380,8 +381,9 @@ fn inspect(path: &Path, json: bool) -> Result<ExitCode> {
         "entries: {} files, {} directories, {} symlinks, {} hardlinks, {} special",
         s.files, s.dirs, s.symlinks, s.hardlinks, s.specials
     );
+    // The same notions as pack and import print: hardlinked files counted once.
     println!(
-        "content: {} total, {} unique in {} blocks ({} distinct)",
+        "content: {} total, {} unique; blocks: {} in files (hardlinks counted once), {} distinct",
         human(s.total_bytes),
         human(s.unique_bytes),
         s.blocks,
@@ -398,6 +400,11 @@ struct LsEntry {
     uid: u32,
     gid: u32,
     size: u64,
+    /// Device numbers of character and block devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    major: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    minor: Option<u32>,
     mtime: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<String>,
@@ -416,6 +423,7 @@ fn ls(path: &Path, inner: &str, json: bool) -> Result<ExitCode> {
         .map(|n| {
             let mtime = std::time::UNIX_EPOCH
                 + std::time::Duration::new(n.mtime.max(0) as u64, n.mtime_nsec);
+            let device = n.device_numbers();
             Ok(LsEntry {
                 kind: n.kind()?,
                 name: n.display_name(),
@@ -423,6 +431,8 @@ fn ls(path: &Path, inner: &str, json: bool) -> Result<ExitCode> {
                 uid: n.uid,
                 gid: n.gid,
                 size: n.size,
+                major: device.map(|d| d.0),
+                minor: device.map(|d| d.1),
                 mtime: humantime::format_rfc3339_seconds(mtime).to_string(),
                 target: n
                     .link_target
@@ -437,9 +447,14 @@ fn ls(path: &Path, inner: &str, json: bool) -> Result<ExitCode> {
     }
     for e in entries {
         let target = e.target.map(|t| format!(" -> {t}")).unwrap_or_default();
+        // A device shows its numbers where a file shows its size, as `ls -l` does.
+        let size = match (e.major, e.minor) {
+            (Some(major), Some(minor)) => format!("{major}, {minor}"),
+            _ => e.size.to_string(),
+        };
         println!(
             "{} {:>5} {:>5} {:>10} {} {}{target}",
-            e.mode, e.uid, e.gid, e.size, e.mtime, e.name
+            e.mode, e.uid, e.gid, size, e.mtime, e.name
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -4,10 +4,13 @@
 
 mod client;
 mod deploy;
+mod deployments;
 mod flist;
 mod import;
 mod key;
 mod mount;
+mod node;
+mod output;
 mod progress;
 mod vm;
 
@@ -64,7 +67,7 @@ Examples:\n  zos run alpine.fl -- echo hello\n  zos run app.fl --cpus 2 --memory
     Key(key::KeyCommand),
     /// Run a node, or ask one who it is and what it can still take
     #[command(subcommand)]
-    Node(deploy::NodeCommand),
+    Node(node::NodeCommand),
     /// Create or update a deployment from a YAML (or JSON) file and wait until it runs
     #[command(
         after_help = "Workloads that did not change keep running; changed and new ones \
@@ -95,7 +98,7 @@ zos deploy shared.json"
     },
     /// Print a workload's console log
     #[command(after_help = "Example:\n  zos logs app/web -f")]
-    Logs(deploy::LogsArgs),
+    Logs(deployments::LogsArgs),
     /// Remove a deployment and everything it runs
     Rm {
         /// The deployment's name
@@ -131,14 +134,14 @@ fn main() -> ExitCode {
         Command::Vm { cmd, place } => vm::vm(cmd, place),
         Command::Volume { cmd, place } => vm::volume(cmd, place),
         Command::Key(cmd) => key::run(cmd),
-        Command::Node(cmd) => deploy::node(cmd),
+        Command::Node(cmd) => node::node(cmd),
         Command::Deploy(args) => deploy::deploy(args),
         Command::Sign(args) => deploy::sign_file(&args),
-        Command::Ps { all, client } => deploy::ps(all, &client),
-        Command::Get { name, client } => deploy::get(&name, &client),
-        Command::Logs(args) => deploy::logs(&args),
-        Command::Rm { name, client } => deploy::rm(&name, &client),
-        Command::Events { client } => deploy::events(&client),
+        Command::Ps { all, client } => deployments::ps(all, &client),
+        Command::Get { name, client } => deployments::get(&name, &client),
+        Command::Logs(args) => deployments::logs(&args),
+        Command::Rm { name, client } => deployments::rm(&name, &client),
+        Command::Events { client } => deployments::events(&client),
     };
     match result {
         Ok(code) => code,

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use zos_vmm::disk::{self, DiskFormat};
 use zos_vmm::host::Accel;
-use zos_vmm::image::{self, Overrides};
-use zos_vmm::spec::{DiskAttach, FlistSource, SeedSpec, VmSpec};
+use zos_vmm::image::Overrides;
+use zos_vmm::spec::{DiskAttach, FlistSource, SeedSpec, VmRequest, VmSpec};
 use zos_vmm::{VmInfo, VmState, Vmm, VmmConfig};
 
 /// Where VMs, volumes and the block cache live.
@@ -134,43 +134,35 @@ impl VmArgs {
                     .with_context(|| format!("reading user-data {}", path.display()))?,
             );
         }
-        let overrides = Overrides {
-            entrypoint: self
-                .entrypoint
-                .as_ref()
-                .map(|e| e.split_whitespace().map(str::to_string).collect()),
-            cmd: self.command.clone(),
-            env: self.env.clone(),
-            workdir: self.workdir.clone(),
-            user: self.user.clone(),
-            // Whole MiB: disk images want whole sectors, and nobody means a byte count here.
-            root_size: self.root_size.div_ceil(1 << 20) << 20,
-            seed,
-        };
-        let boot = image::plan(
-            FlistSource {
-                path: flist,
-                stores: self.stores.clone(),
-            },
-            &overrides,
-        )?;
         let disks = self
             .volumes
             .iter()
             .map(|v| volume_attach(place, v))
             .collect::<Result<Vec<_>>>()?;
-        Ok(VmSpec {
+        Ok(VmRequest {
+            flist: FlistSource {
+                path: flist,
+                stores: self.stores.clone(),
+            },
             cpus: self.cpus,
-            memory_mib: self.memory.div_ceil(1 << 20),
-            // Underscores are fine in VM names but not in hostnames.
-            hostname: self
-                .hostname
-                .clone()
-                .unwrap_or_else(|| name.replace('_', "-")),
+            memory: self.memory,
+            hostname: self.hostname.clone().unwrap_or_else(|| name.to_string()),
             accel: self.accel,
-            boot,
+            overrides: Overrides {
+                entrypoint: self
+                    .entrypoint
+                    .as_ref()
+                    .map(|e| e.split_whitespace().map(str::to_string).collect()),
+                cmd: self.command.clone(),
+                env: self.env.clone(),
+                workdir: self.workdir.clone(),
+                user: self.user.clone(),
+                root_size: self.root_size,
+                seed,
+            },
             disks,
-        })
+        }
+        .plan()?)
     }
 
     fn name(&self) -> String {

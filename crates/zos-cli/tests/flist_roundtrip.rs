@@ -499,3 +499,114 @@ fn output_inside_the_tree_does_not_pack_itself() {
     assert_eq!(listing.lines().count(), 1, "only `a`: {listing}");
     assert!(listing.ends_with(" a\n"), "{listing}");
 }
+
+#[test]
+fn pack_and_inspect_count_the_same_blocks_when_files_are_hardlinked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for d in ["a", "b", "c"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    // 3 distinct blocks, under three names (one file, two hardlinks), and a copy that is no
+    // hardlink: 6 blocks in files, 3 + 1 distinct with the small file.
+    let big = noise(1_200_000, 7);
+    std::fs::write(src.join("a/big"), &big).unwrap();
+    std::fs::hard_link(src.join("a/big"), src.join("b/link1")).unwrap();
+    std::fs::hard_link(src.join("a/big"), src.join("c/link2")).unwrap();
+    std::fs::write(src.join("c/copy"), &big).unwrap();
+    std::fs::write(src.join("small"), b"x").unwrap();
+    let fl = tmp.path().join("links.fl");
+    let store = format!("dir://{}", tmp.path().join("store").display());
+    let pack = |json: bool| {
+        let out = tmp.path().join(if json { "json.fl" } else { "links.fl" });
+        let mut cmd = zos();
+        cmd.args(["flist", "pack"]).arg(&src).arg("-o").arg(out);
+        if json {
+            cmd.arg("--json");
+        }
+        ok(cmd.args(["--store", &store]))
+    };
+    let packed: serde_json::Value = serde_json::from_str(&pack(true)).unwrap();
+    let text = pack(false);
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(zos().args(["flist", "inspect", "--json"]).arg(&fl))).unwrap();
+    assert_eq!(info["hardlinks"], 2);
+    assert_eq!(packed["blocks"], 7, "{packed}");
+    assert_eq!(info["blocks"], packed["blocks"], "{info}");
+    assert_eq!(info["unique_blocks"], 4, "{info}");
+
+    // The text outputs name the same notion with the same number.
+    assert!(
+        text.contains("blocks: 7 in files (hardlinks counted once)"),
+        "{text}"
+    );
+    let inspected = ok(zos().args(["flist", "inspect"]).arg(&fl));
+    assert!(
+        inspected.contains("blocks: 7 in files (hardlinks counted once), 4 distinct"),
+        "{inspected}"
+    );
+    let verified = ok(zos().args(["flist", "verify"]).arg(&fl));
+    assert!(verified.contains("4 distinct blocks checked"), "{verified}");
+}
+
+#[test]
+fn ls_shows_major_and_minor_of_device_nodes() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for (name, kind, major, minor) in [("null", "c", "1", "3"), ("loop9", "b", "7", "9")] {
+        assert!(Command::new("mknod")
+            .arg(src.join(name))
+            .args([kind, major, minor])
+            .status()
+            .unwrap()
+            .success());
+    }
+    std::fs::write(src.join("file"), b"twelve bytes").unwrap();
+    let fl = pack(&src, tmp.path(), "dev.fl");
+
+    let listing = ok(zos().args(["flist", "ls"]).arg(&fl));
+    let line = |name: &str| {
+        listing
+            .lines()
+            .find(|l| l.ends_with(&format!(" {name}")))
+            .unwrap_or_else(|| panic!("no {name} in {listing}"))
+            .to_owned()
+    };
+    // `ls -l` style: "major, minor" in the size column, right-aligned like sizes.
+    assert!(line("null").starts_with('c'), "{listing}");
+    assert!(line("null").contains("       1, 3 "), "{listing}");
+    assert!(line("loop9").starts_with('b'), "{listing}");
+    assert!(line("loop9").contains("       7, 9 "), "{listing}");
+    assert!(line("file").contains("         12 "), "{listing}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(zos().args(["flist", "ls", "--json"]).arg(&fl))).unwrap();
+    let entry = |name: &str| {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {json}"))
+            .clone()
+    };
+    assert_eq!(
+        (
+            entry("null")["major"].clone(),
+            entry("null")["minor"].clone()
+        ),
+        (1.into(), 3.into())
+    );
+    assert_eq!(
+        (
+            entry("loop9")["major"].clone(),
+            entry("loop9")["minor"].clone()
+        ),
+        (7.into(), 9.into())
+    );
+    assert!(entry("file").get("major").is_none(), "{json}");
+    assert_eq!(entry("file")["size"], 12);
+}

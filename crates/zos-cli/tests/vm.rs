@@ -296,11 +296,8 @@ fn wait_gone(pid: i32) {
 
 fn kill9(pid: i32) {
     // SAFETY: kill has no memory preconditions.
-    assert_eq!(
-        unsafe { libc::kill(pid, libc::SIGKILL) },
-        0,
-        "kill -9 {pid}"
-    );
+    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 {pid}");
     wait_gone(pid);
 }
 

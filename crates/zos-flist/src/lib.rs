@@ -2,7 +2,6 @@
 //! encrypted blocks kept in one or more stores. Reads and writes the `.fl` format of
 //! ThreeFold's `rfs`, and adds what it loses (nanosecond times, xattrs, hardlinks) in extra
 //! tables an older reader ignores.
-#![warn(missing_docs)]
 
 pub mod block;
 pub mod cache;

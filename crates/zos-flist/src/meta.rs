@@ -162,6 +162,15 @@ impl Inode {
     pub fn display_name(&self) -> String {
         String::from_utf8_lossy(&self.name).into_owned()
     }
+
+    /// `(major, minor)` of a character or block device; `None` for every other kind.
+    pub fn device_numbers(&self) -> Option<(u32, u32)> {
+        matches!(
+            Kind::from_mode(self.mode),
+            Some(Kind::CharDevice | Kind::BlockDevice)
+        )
+        .then(|| (libc::major(self.rdev), libc::minor(self.rdev)))
+    }
 }
 
 /// A route: block ids whose first byte is in `start..=end` live in the store at `url`.
@@ -192,9 +201,11 @@ pub struct Stats {
     pub total_bytes: u64,
     /// Bytes of distinct blocks: what the stores hold for this flist.
     pub unique_bytes: u64,
-    /// Block references.
+    /// Blocks of file content, each hardlinked file counted once (as `files` and
+    /// `total_bytes` count it): the number pack and import report. A hardlink's block rows,
+    /// copies of its first name's kept so that rfs restores the content, are not counted.
     pub blocks: u64,
-    /// Distinct block ids.
+    /// Distinct block ids: what the stores hold for this flist.
     pub unique_blocks: u64,
 }
 
@@ -616,11 +627,19 @@ impl Flist {
             Ok(())
         });
         self.db(r)?;
+        // A hardlink repeats its first name's block rows so that rfs restores a full copy;
+        // those rows are left out of `blocks`, as the file is left out of `files`.
+        let link_rows = if self.has_zos {
+            "(SELECT COUNT(*) FROM block WHERE ino IN \
+               (SELECT ino FROM zos_inode WHERE hardlink_of IS NOT NULL))"
+        } else {
+            "0"
+        };
         // A block's plaintext length follows from its position in its file: every block is
         // BLOCK_SIZE except the last. Identical ids have identical content, so any one
         // occurrence gives the length.
         let sql = format!(
-            "SELECT COUNT(*), COUNT(DISTINCT id), \
+            "SELECT COUNT(*) - {link_rows}, COUNT(DISTINCT id), \
                (SELECT COALESCE(SUM(len), 0) FROM (SELECT id, MIN(len) AS len FROM (\
                   SELECT b.id AS id, MIN({bs}, i.size - {bs} * (ROW_NUMBER() OVER \
                     (PARTITION BY b.ino ORDER BY b.rowid) - 1)) AS len \
@@ -897,5 +916,28 @@ impl FlistWriter {
         self.conn
             .close()
             .map_err(|(_, source)| Error::Metadata { path, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_numbers_only_for_devices() {
+        let dev = |mode| Inode {
+            mode,
+            rdev: libc::makedev(259, 70_000),
+            ..Inode::default()
+        };
+        assert_eq!(
+            dev(libc::S_IFCHR | 0o600).device_numbers(),
+            Some((259, 70_000))
+        );
+        assert_eq!(
+            dev(libc::S_IFBLK | 0o600).device_numbers(),
+            Some((259, 70_000))
+        );
+        assert_eq!(dev(libc::S_IFREG | 0o600).device_numbers(), None);
     }
 }

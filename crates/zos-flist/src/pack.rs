@@ -56,7 +56,8 @@ pub struct PackReport {
     pub files: u64,
     /// Bytes of file content read.
     pub bytes: u64,
-    /// Blocks produced.
+    /// Blocks of the files read, each hardlinked file once: the same count as the flist's
+    /// [`Stats::blocks`](crate::meta::Stats::blocks).
     pub blocks: u64,
     /// Block writes sent to stores (a block sent to two stores counts twice).
     pub blocks_sent: u64,

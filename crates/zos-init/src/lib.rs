@@ -5,7 +5,6 @@
 //! rebuilding the base image. `zos-init` reads it, brings the guest up and runs the process;
 //! when the process ends it writes one [`ExitReport`] line to the virtio-serial port named
 //! [`STATUS_PORT`] and powers the VM off. The host sends [`Control`] lines on [`CONTROL_PORT`].
-#![warn(missing_docs)]
 
 use serde::{Deserialize, Serialize};
 

@@ -1,7 +1,7 @@
 //! The HTTP/JSON API (see `zos_types::api` for the table of endpoints). Handlers check who
 //! calls, then hand the work to the engine on a blocking thread.
 
-use crate::engine::{ApiError, Engine};
+use crate::engine::{Engine, EngineError as ApiError};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -37,13 +37,24 @@ pub struct Api {
     seen: Arc<Mutex<Seen>>,
 }
 
+/// The one place engine errors become HTTP statuses.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = match &self {
+            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::NoCapacity(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "internal error");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
         (
             status,
             Json(ErrorBody {
-                error: self.message,
+                error: self.to_string(),
             }),
         )
             .into_response()
@@ -88,9 +99,9 @@ impl Api {
         let header = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ApiError::unauthorized("this request is not signed: send an Authorization: zos key=…,node=…,ts=…,nonce=…,sig=… header (the zos CLI does)"))?;
+            .ok_or_else(|| ApiError::Unauthorized("this request is not signed: send an Authorization: zos key=…,node=…,ts=…,nonce=…,sig=… header (the zos CLI does)".into()))?;
         let auth =
-            RequestAuth::from_header(header).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+            RequestAuth::from_header(header).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
         let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
         let now = unix_now();
         auth.verify(
@@ -101,7 +112,7 @@ impl Api {
             now,
             MAX_SKEW_SECS,
         )
-        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         // Expired signatures go once a second, not on every request: at a thousand
         // requests a second the map holds a couple of minutes of them.
@@ -115,8 +126,8 @@ impl Api {
             .insert(auth.signature.0, auth.timestamp)
             .is_some()
         {
-            return Err(ApiError::unauthorized(
-                "this signed request was already used: sign each request anew",
+            return Err(ApiError::Unauthorized(
+                "this signed request was already used: sign each request anew".into(),
             ));
         }
         Ok(auth.key)
@@ -133,8 +144,8 @@ async fn blocking<T: Send + 'static>(
 
 fn parse_deployment(body: &[u8]) -> Result<Deployment, ApiError> {
     let text = std::str::from_utf8(body)
-        .map_err(|_| ApiError::bad_request("the body is not UTF-8 JSON"))?;
-    Deployment::from_json_str(text).map_err(|e| ApiError::bad_request(format!("deployment: {e}")))
+        .map_err(|_| ApiError::Invalid("the body is not UTF-8 JSON".into()))?;
+    Deployment::from_json_str(text).map_err(|e| ApiError::Invalid(format!("deployment: {e}")))
 }
 
 /// Unsigned: a client needs the node's key before it can sign anything for it.
@@ -239,14 +250,14 @@ async fn logs(
     let owner = api.caller(&method, &uri, &headers, b"")?;
     let follow = query.get("follow").is_some_and(|v| v == "true" || v == "1");
     let engine = api.engine.clone();
-    let (path, vm) = blocking(move || engine.console(&owner, &name, &workload)).await?;
+    let log = blocking(move || engine.console(&owner, &name, &workload)).await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let engine = api.engine.clone();
     let stopping = api.stopping.clone();
     // The log is read on a blocking thread; when following, until the VM is down and the
     // log has nothing new, the client is gone, or the node stops.
     tokio::task::spawn_blocking(move || {
-        let mut follower = zos_vmm::console::Follower::new(&path);
+        let mut follower = zos_vmm::console::Follower::new(&log.path);
         loop {
             let chunk = match follower.read_new() {
                 Ok(c) => c,
@@ -260,7 +271,7 @@ async fn logs(
                 return;
             }
             if idle {
-                if !follow || tx.is_closed() || *stopping.borrow() || !engine.vm_active(&vm) {
+                if !follow || tx.is_closed() || *stopping.borrow() || !engine.console_active(&log) {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(200));

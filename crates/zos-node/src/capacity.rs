@@ -3,7 +3,7 @@
 
 use crate::config::NodeConfig;
 use zos_types::api::Resources;
-use zos_types::{Deployment, ResultState, WorkloadSpec};
+use zos_types::ByteSize;
 
 /// The node's totals after its reserves.
 pub fn totals(cfg: &NodeConfig, disk_size: u64) -> Resources {
@@ -27,28 +27,6 @@ pub fn filesystem_size(dir: &std::path::Path) -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(st.f_blocks * st.f_frsize)
-}
-
-/// What a deployment holds: its workloads that are not deleted.
-pub fn demand(d: &Deployment) -> Resources {
-    let mut r = Resources::default();
-    for w in &d.workloads {
-        if w.result
-            .as_ref()
-            .is_some_and(|r| r.state == ResultState::Deleted)
-        {
-            continue;
-        }
-        match &w.spec {
-            WorkloadSpec::Zmachine(m) => {
-                r.cpus = r.cpus.saturating_add(u64::from(m.cpu));
-                r.memory = r.memory.saturating_add(m.memory.0);
-                r.disk = r.disk.saturating_add(m.root_size.0);
-            }
-            WorkloadSpec::Zmount(m) => r.disk = r.disk.saturating_add(m.size.0),
-        }
-    }
-    r
 }
 
 /// `a + b`.
@@ -83,22 +61,24 @@ pub fn sub(a: Resources, b: Resources) -> Resources {
 /// Whether `want` more fits in `free`; otherwise what is short, for the error.
 pub fn check_fits(want: Resources, free: Resources) -> Result<(), String> {
     let mut short = Vec::new();
+    // Both numbers in one unit, the larger one's.
+    let sizes = |want: u64, free: u64| {
+        let scale = ByteSize(want.max(free));
+        (
+            ByteSize(want).in_unit_of(scale),
+            ByteSize(free).in_unit_of(scale),
+        )
+    };
     if want.memory > free.memory {
-        short.push(format!(
-            "memory: {} asked, {} free",
-            zos_types::ByteSize(want.memory),
-            zos_types::ByteSize(free.memory)
-        ));
+        let (want, free) = sizes(want.memory, free.memory);
+        short.push(format!("memory: {want} asked, {free} free"));
     }
     if want.cpus > free.cpus {
         short.push(format!("vCPUs: {} asked, {} free", want.cpus, free.cpus));
     }
     if want.disk > free.disk {
-        short.push(format!(
-            "disk: {} asked, {} free",
-            zos_types::ByteSize(want.disk),
-            zos_types::ByteSize(free.disk)
-        ));
+        let (want, free) = sizes(want.disk, free.disk);
+        short.push(format!("disk: {want} asked, {free} free"));
     }
     if short.is_empty() {
         Ok(())
@@ -140,6 +120,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("memory: 2 GiB asked, 1 GiB free"), "{err}");
+        // The case: one unit, human sizes.
+        let human = check_fits(
+            Resources {
+                memory: 64 << 30,
+                ..Resources::default()
+            },
+            Resources {
+                memory: 23_111_220 << 10,
+                ..free
+            },
+        )
+        .unwrap_err();
+        assert!(
+            human.contains("memory: 64 GiB asked, 22.04 GiB free"),
+            "{human}"
+        );
         assert!(err.contains("vCPUs: 5 asked, 4 free"), "{err}");
         assert!(!err.contains("disk"), "{err}");
         assert_eq!(sub(free, Resources { cpus: 9, ..free }).cpus, 0);

@@ -1,106 +1,70 @@
 //! The deployment engine: checks a deployment (schema, signatures, versions, capacity),
 //! stores it, and then converges the host to it in the background, one deployment at a time,
-//! recording a result per workload. A monitor restarts crashed zmachines with backoff.
+//! recording a result per workload. A monitor watches what runs. The engine never names a
+//! workload type: each type's module (see [`crate::workload`]) does the type's part.
 
 use crate::capacity;
 use crate::config::NodeConfig;
-use crate::provision::{self, VmOutcome};
 use crate::store::{self, Insert, Store};
+use crate::workload::{self, deployment_id, is_deleted, result, state, Host, Kinds, Target};
 use anyhow::{Context, Result};
-use serde_json::json;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 use zos_types::api::{Event, NodeInfo, Resources};
-use zos_types::{
-    Deployment, Keypair, PublicKey, ResultState, Workload, WorkloadResult, WorkloadSpec,
-};
-use zos_vmm::{VmState, Vmm, VmmConfig};
+use zos_types::{Deployment, Keypair, PublicKey, ResultState, Workload, WorkloadResult};
+use zos_vmm::{Vmm, VmmConfig};
 
-/// An error for the API: an HTTP status and a message for the user.
-#[derive(Debug)]
-pub struct ApiError {
-    /// HTTP status code.
-    pub status: u16,
-    /// What went wrong and what to do.
-    pub message: String,
-}
-
-impl ApiError {
-    /// 400: the request itself is wrong.
-    pub fn bad_request(m: impl Into<String>) -> Self {
-        ApiError {
-            status: 400,
-            message: m.into(),
-        }
-    }
-    /// 401: the signatures or the request signature do not hold.
-    pub fn unauthorized(m: impl Into<String>) -> Self {
-        ApiError {
-            status: 401,
-            message: m.into(),
-        }
-    }
-    /// 404: no such deployment of the caller's.
-    pub fn not_found(m: impl Into<String>) -> Self {
-        ApiError {
-            status: 404,
-            message: m.into(),
-        }
-    }
-    /// 409: it clashes with what is stored (exists, stale version).
-    pub fn conflict(m: impl Into<String>) -> Self {
-        ApiError {
-            status: 409,
-            message: m.into(),
-        }
-    }
-    /// 422: valid, but the node cannot take it.
-    pub fn unprocessable(m: impl Into<String>) -> Self {
-        ApiError {
-            status: 422,
-            message: m.into(),
-        }
-    }
-}
-
-impl From<anyhow::Error> for ApiError {
-    fn from(e: anyhow::Error) -> Self {
-        tracing::error!(error = %format!("{e:#}"), "internal error");
-        ApiError {
-            status: 500,
-            message: format!("node error: {e:#}"),
-        }
-    }
-}
-
-/// Restart bookkeeping of one zmachine.
-struct Restart {
-    count: u32,
-    next: Instant,
+/// Why the engine refused a call or failed it. Only the API maps these to HTTP statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The deployment or the request breaks a rule; the message says which.
+    #[error("{0}")]
+    Invalid(String),
+    /// The signatures (of the deployment or the request) do not hold.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// No such deployment (or workload) of the caller's.
+    #[error("{0}")]
+    NotFound(String),
+    /// It clashes with what is stored (exists, stale version).
+    #[error("{0}")]
+    Conflict(String),
+    /// Valid, but the node has no room for it.
+    #[error("{0}")]
+    NoCapacity(String),
+    /// The node itself failed.
+    #[error("node error: {0:#}")]
+    Internal(#[from] anyhow::Error),
 }
 
 /// The engine; shared by the API handlers and the background work.
 pub struct Engine {
-    cfg: NodeConfig,
     store: Store,
-    vmm: Vmm,
-    disks: PathBuf,
-    /// The node's data dir (absolute): no flist may come from inside it.
-    data: PathBuf,
+    host: Host,
+    kinds: Kinds,
     node_id: PublicKey,
     totals: Resources,
     /// What each live deployment holds; the lock also serializes admission.
     held: Mutex<HashMap<String, Resources>>,
     /// One lock per deployment: its convergence runs one at a time.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    restarts: Mutex<HashMap<String, Restart>>,
     events: broadcast::Sender<(PublicKey, Event)>,
     /// Deployments waiting for a worker.
     queue: Mutex<VecDeque<(PublicKey, String)>>,
     queued: Condvar,
+}
+
+/// A workload's console log, found by [`Engine::console`].
+pub struct ConsoleLog {
+    /// The log file.
+    pub path: PathBuf,
+    /// What writes it (a VM), for [`Engine::console_active`].
+    pub writer: String,
+    /// The workload's type.
+    type_name: &'static str,
 }
 
 /// Convergence workers: one per host CPU would starve the guests under TCG; two keep a slow
@@ -113,41 +77,19 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn is_deleted(w: &Workload) -> bool {
-    w.result
-        .as_ref()
-        .is_some_and(|r| r.state == ResultState::Deleted)
-}
-
 /// A deployment whose every workload is deleted: kept only so old versions cannot return.
 fn is_tombstone(d: &Deployment) -> bool {
     d.workloads.iter().all(is_deleted)
 }
 
-/// A zmachine whose VM should be up: the ones the monitor watches.
-fn is_running_zmachine(w: &Workload) -> bool {
-    matches!(w.spec, WorkloadSpec::Zmachine(_))
-        && w.result
-            .as_ref()
-            .is_some_and(|r| r.state == ResultState::Ok)
-}
-
-fn result(
-    state: ResultState,
-    message: impl Into<String>,
-    data: serde_json::Value,
-) -> WorkloadResult {
-    WorkloadResult {
-        state,
-        message: message.into(),
-        data,
-        created: now(),
-    }
-}
-
 impl Engine {
     /// Opens the node's state under `cfg.data_dir`, making its identity on first start.
     pub fn open(cfg: NodeConfig) -> Result<Arc<Engine>> {
+        Self::open_with(cfg, Kinds::builtin())
+    }
+
+    /// [`Engine::open`] with the workload types in `kinds` (tests register their own).
+    pub fn open_with(cfg: NodeConfig, kinds: Kinds) -> Result<Arc<Engine>> {
         let data = &cfg.data_dir;
         std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
         let data = std::path::absolute(data)?;
@@ -170,21 +112,24 @@ impl Engine {
         let mut held = HashMap::new();
         for d in store.all()? {
             if !is_tombstone(&d) {
-                held.insert(store::key(&d.owner, &d.name), capacity::demand(&d));
+                held.insert(store::key(&d.owner, &d.name), kinds.demand(&d.workloads));
             }
         }
         let (events, _) = broadcast::channel(1024);
         Ok(Arc::new(Engine {
-            cfg,
             store,
-            vmm,
-            disks,
-            data: data.clone(),
+            host: Host {
+                vmm,
+                disks,
+                data,
+                stop_timeout: Duration::from_secs(cfg.stop_timeout_secs),
+                max_restarts: cfg.max_restarts,
+            },
+            kinds,
             node_id: key.public(),
             totals,
             held: Mutex::new(held),
             locks: Mutex::new(HashMap::new()),
-            restarts: Mutex::new(HashMap::new()),
             events,
             queue: Mutex::new(VecDeque::new()),
             queued: Condvar::new(),
@@ -232,36 +177,28 @@ impl Engine {
         }
     }
 
-    fn check(&self, d: &Deployment) -> Result<(), ApiError> {
+    fn check(&self, d: &Deployment) -> Result<(), EngineError> {
         if d.node != self.node_id {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::Invalid(format!(
                 "deployment {:?} is signed for node {}, but this is node {}: sign it for this \
                  node (zos deploy does)",
                 d.name, d.node, self.node_id
             )));
         }
         d.validate()
-            .map_err(|e| ApiError::bad_request(format!("deployment {:?}: {e}", d.name)))?;
-        for (i, w) in d.workloads.iter().enumerate() {
-            if let WorkloadSpec::Zmachine(m) = &w.spec {
-                provision::check_flist(&m.flist, &self.data).map_err(|e| {
-                    ApiError::bad_request(format!(
-                        "deployment {:?}: workloads[{i}] (name {:?}): {e}",
-                        d.name,
-                        w.name.as_str()
-                    ))
-                })?;
-            }
-        }
+            .map_err(|e| EngineError::Invalid(format!("deployment {:?}: {e}", d.name)))?;
+        self.kinds
+            .check(&self.host, &d.workloads)
+            .map_err(|e| EngineError::Invalid(format!("deployment {:?}: {e}", d.name)))?;
         d.verify_signatures()
-            .map_err(|e| ApiError::unauthorized(format!("deployment {:?}: {e}", d.name)))
+            .map_err(|e| EngineError::Unauthorized(format!("deployment {:?}: {e}", d.name)))
     }
 
     /// A new deployment: checked, admitted, stored, then provisioned in the background.
-    pub fn deploy(self: &Arc<Self>, mut d: Deployment) -> Result<Deployment, ApiError> {
+    pub fn deploy(self: &Arc<Self>, mut d: Deployment) -> Result<Deployment, EngineError> {
         self.check(&d)?;
         if d.version != 0 {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::Invalid(format!(
                 "a new deployment starts at version 0 (got {}); to update {:?}, PUT it",
                 d.version, d.name
             )));
@@ -273,13 +210,13 @@ impl Engine {
         {
             let mut held = self.held();
             let used = capacity::total_held(&held, None);
-            let demand = capacity::demand(&d);
+            let demand = self.kinds.demand(&d.workloads);
             capacity::check_fits(demand, capacity::sub(self.totals, used))
-                .map_err(ApiError::unprocessable)?;
+                .map_err(EngineError::NoCapacity)?;
             match self.store.insert_new(&d)? {
                 Insert::Done => {}
                 Insert::Exists(old) => {
-                    return Err(ApiError::conflict(format!(
+                    return Err(EngineError::Conflict(format!(
                         "deployment {:?} exists (version {}{}): update it with version {}",
                         d.name,
                         old.version,
@@ -297,9 +234,13 @@ impl Engine {
 
     /// A new version of a deployment: `old.version + 1`; workloads at the new version are
     /// (re)provisioned, the others kept as they run, and the missing ones removed.
-    pub fn update(self: &Arc<Self>, name: &str, mut d: Deployment) -> Result<Deployment, ApiError> {
+    pub fn update(
+        self: &Arc<Self>,
+        name: &str,
+        mut d: Deployment,
+    ) -> Result<Deployment, EngineError> {
         if d.name != name {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::Invalid(format!(
                 "the path names deployment {name:?} but the body {:?}",
                 d.name
             )));
@@ -315,13 +256,13 @@ impl Engine {
         let demand = self
             .store
             .modify(&owner, &dname, |old| {
-                let next = Self::next_version(&mut d, old, free)?;
+                let next = self.next_version(&mut d, old, free)?;
                 *old = next.clone();
                 d = next;
-                Ok::<_, ApiError>(capacity::demand(&d))
+                Ok::<_, EngineError>(self.kinds.demand(&d.workloads))
             })?
             .ok_or_else(|| {
-                ApiError::not_found(format!("no deployment named {name:?}: create it first"))
+                EngineError::NotFound(format!("no deployment named {name:?}: create it first"))
             })??;
         held.insert(key, demand);
         drop(held);
@@ -333,24 +274,25 @@ impl Engine {
     /// `d` as the successor of the stored `old`: version, signatures against the old
     /// requirement, which workloads keep their results, and whether it fits in `free`.
     fn next_version(
+        &self,
         d: &mut Deployment,
         old: &Deployment,
         free: Resources,
-    ) -> Result<Deployment, ApiError> {
+    ) -> Result<Deployment, EngineError> {
         let name = &d.name;
         let next = old.version.checked_add(1).ok_or_else(|| {
-            ApiError::conflict(format!(
+            EngineError::Conflict(format!(
                 "deployment {name:?} is at the last version: deploy under a new name"
             ))
         })?;
         if d.version != next {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::Conflict(format!(
                 "deployment {name:?} is at version {}; an update must have version {next} (got {})",
                 old.version, d.version
             )));
         }
         d.verify_update_from(&old.signature_requirement).map_err(|e| {
-            ApiError::unauthorized(format!(
+            EngineError::Unauthorized(format!(
                 "deployment {name:?}: {e} (the signatures must also satisfy version {}'s requirement)",
                 old.version
             ))
@@ -362,7 +304,7 @@ impl Engine {
             match before {
                 Some(o) if w.version < version => {
                     if o.spec != w.spec || o.version != w.version {
-                        return Err(ApiError::bad_request(format!(
+                        return Err(EngineError::Invalid(format!(
                             "workload {:?} differs from version {} but its version is {}: give changed workloads version {version}",
                             w.name.as_str(), o.version, w.version
                         )));
@@ -378,14 +320,15 @@ impl Engine {
                 _ => w.result = Some(result(ResultState::Init, "", serde_json::Value::Null)),
             }
         }
-        capacity::check_fits(capacity::demand(d), free).map_err(ApiError::unprocessable)?;
+        capacity::check_fits(self.kinds.demand(&d.workloads), free)
+            .map_err(EngineError::NoCapacity)?;
         Ok(d.clone())
     }
 
     /// Tears a deployment down; it stays listed as deleted, its version one past the last
     /// (so a revival must be signed after the delete, and an update racing the delete finds
     /// its version taken). Returns once its VMs and disks are gone.
-    pub fn delete(&self, owner: &PublicKey, name: &str) -> Result<Deployment, ApiError> {
+    pub fn delete(&self, owner: &PublicKey, name: &str) -> Result<Deployment, EngineError> {
         let mut held = self.held();
         if let Some(d) = self.store.get(owner, name)? {
             if is_tombstone(&d) {
@@ -407,12 +350,12 @@ impl Engine {
                 }
                 d.clone()
             })?
-            .ok_or_else(|| ApiError::not_found(format!("no deployment named {name:?}")))?;
+            .ok_or_else(|| EngineError::NotFound(format!("no deployment named {name:?}")))?;
         held.remove(&store::key(owner, name));
         drop(held);
-        if let Ok(mut restarts) = self.restarts.lock() {
-            let prefix = format!("{}-", provision::deployment_id(owner, name));
-            restarts.retain(|vm, _| !vm.starts_with(&prefix));
+        let id = deployment_id(owner, name);
+        for kind in self.kinds.all() {
+            kind.forget(&id);
         }
         self.converge(owner, name)?;
         self.emit(&tombstone, None, ResultState::Deleted, "deleted");
@@ -420,10 +363,10 @@ impl Engine {
     }
 
     /// One of the caller's deployments.
-    pub fn get(&self, owner: &PublicKey, name: &str) -> Result<Deployment, ApiError> {
+    pub fn get(&self, owner: &PublicKey, name: &str) -> Result<Deployment, EngineError> {
         self.store
             .get(owner, name)?
-            .ok_or_else(|| ApiError::not_found(format!("no deployment named {name:?}")))
+            .ok_or_else(|| EngineError::NotFound(format!("no deployment named {name:?}")))
     }
 
     /// The caller's deployments; deleted ones only with `include_deleted`.
@@ -431,43 +374,70 @@ impl Engine {
         &self,
         owner: &PublicKey,
         include_deleted: bool,
-    ) -> Result<Vec<Deployment>, ApiError> {
+    ) -> Result<Vec<Deployment>, EngineError> {
         let mut all = self.store.list(owner)?;
         all.retain(|d| include_deleted || !is_tombstone(d));
         Ok(all)
     }
 
-    /// Whether the VM `vm` is up (for ending a followed log).
-    pub fn vm_active(&self, vm: &str) -> bool {
-        self.vmm.status(vm).is_ok_and(|i| i.state.is_active())
-    }
-
-    /// The console log of one of the caller's zmachines, and its VM's name.
+    /// The console log of one of the caller's workloads.
     pub fn console(
         &self,
         owner: &PublicKey,
         name: &str,
         workload: &str,
-    ) -> Result<(PathBuf, String), ApiError> {
+    ) -> Result<ConsoleLog, EngineError> {
         let d = self.get(owner, name)?;
+        if is_tombstone(&d) {
+            return Err(EngineError::NotFound(format!(
+                "deployment {name:?} was removed (version {}): its workloads and their logs are \
+                 gone",
+                d.version
+            )));
+        }
         let w = d
             .workloads
             .iter()
             .find(|w| w.name.as_str() == workload)
             .ok_or_else(|| {
-                ApiError::not_found(format!("deployment {name:?} has no workload {workload:?}"))
+                EngineError::NotFound(format!("deployment {name:?} has no workload {workload:?}"))
             })?;
-        if !matches!(w.spec, WorkloadSpec::Zmachine(_)) {
-            return Err(ApiError::bad_request(format!(
-                "{workload:?} is not a zmachine: only zmachines have a console"
+        if is_deleted(w) {
+            return Err(EngineError::NotFound(format!(
+                "{name}/{workload} was removed by an update: its log is gone"
             )));
         }
-        let vm = provision::vm_name(&provision::deployment_id(owner, name), workload);
-        let path = self
-            .vmm
-            .console_path(&vm)
-            .map_err(|_| ApiError::not_found(format!("{name}/{workload} has no VM (yet)")))?;
-        Ok((path, vm))
+        let kind = self.kind_of(w)?;
+        let (path, writer) = kind
+            .console(&self.host, &deployment_id(owner, name), workload)
+            .map_err(|e| match e {
+                workload::Console::None(m) => EngineError::Invalid(m),
+                workload::Console::Missing(m) => EngineError::NotFound(format!("{name}/{m}")),
+            })?;
+        Ok(ConsoleLog {
+            path,
+            writer,
+            type_name: kind.type_name(),
+        })
+    }
+
+    /// Whether what writes `log` still runs (a followed log ends when it stops).
+    pub fn console_active(&self, log: &ConsoleLog) -> bool {
+        self.kinds
+            .all()
+            .find(|k| k.type_name() == log.type_name)
+            .is_some_and(|k| k.console_active(&self.host, &log.writer))
+    }
+
+    /// The module of a stored workload's type.
+    fn kind_of(&self, w: &Workload) -> Result<&dyn workload::Kind, EngineError> {
+        self.kinds.of(&w.spec).ok_or_else(|| {
+            EngineError::Internal(anyhow::anyhow!(
+                "workload {:?} is of type {}, which this node does not run",
+                w.name.as_str(),
+                w.spec.type_name()
+            ))
+        })
     }
 
     fn lock_for(&self, owner: &PublicKey, name: &str) -> Arc<Mutex<()>> {
@@ -499,13 +469,13 @@ impl Engine {
                 }
             };
             if let Err(e) = self.converge(&owner, &name) {
-                tracing::error!(deployment = %name, error = %e.message, "converging failed");
+                tracing::error!(deployment = %name, error = %e, "converging failed");
             }
         }
     }
 
     /// Makes the host match the stored deployment, until a pass finds nothing newer.
-    fn converge(&self, owner: &PublicKey, name: &str) -> Result<(), ApiError> {
+    fn converge(&self, owner: &PublicKey, name: &str) -> Result<(), EngineError> {
         let lock = self.lock_for(owner, name);
         let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
         let Some(mut d) = self.store.get(owner, name)? else {
@@ -520,164 +490,76 @@ impl Engine {
         }
     }
 
-    fn converge_once(&self, d: &Deployment) -> Result<(), ApiError> {
-        let id = provision::deployment_id(&d.owner, &d.name);
+    fn converge_once(&self, d: &Deployment) -> Result<(), EngineError> {
+        let id = deployment_id(&d.owner, &d.name);
         let live: Vec<&Workload> = d.workloads.iter().filter(|w| !is_deleted(w)).collect();
-        let timeout = Duration::from_secs(self.cfg.stop_timeout_secs);
-        // What this deployment no longer has goes first, freeing its resources.
-        let wanted_vms: HashSet<String> = live
-            .iter()
-            .filter(|w| matches!(w.spec, WorkloadSpec::Zmachine(_)))
-            .map(|w| provision::vm_name(&id, w.name.as_str()))
-            .collect();
-        // By name alone: asking every VM of the node for its state would make each
+        // What this deployment no longer has goes first, freeing its resources. Found by
+        // name alone: asking every VM of the node for its state would make each
         // deployment's pass cost as much as all VMs.
-        for entry in std::fs::read_dir(&self.vmm.config().root).map_err(anyhow::Error::from)? {
-            let vm = entry
-                .map_err(anyhow::Error::from)?
-                .file_name()
-                .to_string_lossy()
-                .into_owned();
-            if vm.starts_with(&format!("{id}-")) && !wanted_vms.contains(&vm) {
-                if let Err(e) = provision::remove_vm(&self.vmm, &vm, timeout) {
-                    tracing::warn!(vm = %vm, error = %e, "removing a VM");
-                }
-            }
-        }
-        let wanted_disks: HashSet<PathBuf> = live
-            .iter()
-            .filter(|w| matches!(w.spec, WorkloadSpec::Zmount(_)))
-            .map(|w| provision::disk_path(&self.disks, &id, w.name.as_str()))
-            .collect();
-        for path in self.disk_files(&id)? {
-            if !wanted_disks.contains(&path) {
-                if let Err(e) = provision::remove_disk(&path) {
-                    tracing::warn!(error = %e, "removing a disk");
-                }
-            }
-        }
-        // Disks before the machines that mount them.
-        let mut mount_ok: HashMap<&str, Result<(), String>> = HashMap::new();
-        for w in &live {
-            let WorkloadSpec::Zmount(m) = &w.spec else {
-                continue;
-            };
-            let state = w.result.as_ref().map(|r| r.state);
-            let outcome = if state == Some(ResultState::Init) {
-                let path = provision::disk_path(&self.disks, &id, w.name.as_str());
-                let r = provision::ensure_zmount(&path, m);
-                match &r {
-                    Ok(data) => {
-                        self.set_result(d, w, result(ResultState::Ok, "disk ready", data.clone()))?
+        for kind in self.kinds.all() {
+            let wanted: HashSet<String> = live
+                .iter()
+                .filter(|w| w.spec.type_name() == kind.type_name())
+                .map(|w| kind.resource(&id, w.name.as_str()))
+                .collect();
+            let existing = kind.resources(&self.host).map_err(anyhow::Error::from)?;
+            for resource in existing {
+                if workload::belongs_to(&resource, &id) && !wanted.contains(&resource) {
+                    if let Err(e) = kind.remove(&self.host, &resource) {
+                        tracing::warn!(resource = %resource, error = %e, "removing");
                     }
-                    Err(e) => self.set_result(
-                        d,
-                        w,
-                        result(ResultState::Error, e.clone(), serde_json::Value::Null),
-                    )?,
                 }
-                r.map(drop)
-            } else if state == Some(ResultState::Ok) {
-                Ok(())
-            } else {
-                Err(w
-                    .result
-                    .as_ref()
-                    .map(|r| r.message.clone())
-                    .unwrap_or_default())
-            };
-            mount_ok.insert(w.name.as_str(), outcome);
+            }
         }
-        for w in &live {
-            let WorkloadSpec::Zmachine(m) = &w.spec else {
-                continue;
-            };
-            let state = w.result.as_ref().map(|r| r.state);
-            if !matches!(state, Some(ResultState::Init | ResultState::Ok)) {
-                continue;
-            }
-            // A VM boot takes seconds: if the deployment moved on (updated, deleted) meanwhile,
-            // stop here and let the next pass work from the new version.
-            let current = self.store.get(&d.owner, &d.name)?;
-            if current.is_none_or(|c| c.version != d.version || is_tombstone(&c)) {
-                return Ok(());
-            }
-            let vm = provision::vm_name(&id, w.name.as_str());
-            let bad_mount =
-                m.mounts
-                    .iter()
-                    .find_map(|mount| match mount_ok.get(mount.name.as_str()) {
-                        Some(Ok(())) => None,
-                        Some(Err(e)) => Some(format!(
-                            "zmount {:?} is not available: {e}",
-                            mount.name.as_str()
-                        )),
-                        None => Some(format!(
-                            "zmount {:?} is not in this deployment",
-                            mount.name.as_str()
-                        )),
-                    });
-            let outcome = match bad_mount {
-                Some(e) => {
-                    // Without its disk it must not run on unmanaged.
-                    let _ = provision::remove_vm(&self.vmm, &vm, timeout);
-                    Err(e)
+        // Lower ranks first: disks before the machines that mount them.
+        let mut earlier: HashMap<String, Result<(), String>> = HashMap::new();
+        for kind in self.kinds.all() {
+            for w in live
+                .iter()
+                .filter(|w| w.spec.type_name() == kind.type_name())
+            {
+                let current = state(w);
+                if !matches!(current, Some(ResultState::Init | ResultState::Ok)) {
+                    let why = w.result.as_ref().map(|r| r.message.clone());
+                    earlier.insert(w.name.to_string(), Err(why.unwrap_or_default()));
+                    continue;
                 }
-                None => provision::vm_spec(w.name.as_str(), m, &self.disks, &id).and_then(|spec| {
-                    provision::ensure_vm(
-                        &self.vmm,
-                        &vm,
-                        spec,
-                        state == Some(ResultState::Init),
-                        timeout,
-                    )
-                }),
-            };
-            let data = json!({ "vm": vm });
-            let r = match outcome {
-                Ok(VmOutcome::Running) => result(ResultState::Ok, "running", data),
-                Ok(VmOutcome::Replaced) => result(
-                    ResultState::Ok,
-                    "running; replaced: the VM was recreated with the new settings",
-                    data,
-                ),
-                Ok(VmOutcome::Finished) => result(ResultState::Ok, "exited (0)", data),
-                Err(e) => result(ResultState::Error, e, data),
-            };
-            if state == Some(ResultState::Init) {
-                // A fresh (re)provisioning starts a new crash streak.
-                if let Ok(mut restarts) = self.restarts.lock() {
-                    restarts.remove(&vm);
+                // A VM boot takes seconds: if the deployment moved on (updated, deleted)
+                // meanwhile, stop here and let the next pass work from the new version.
+                if kind.slow() && self.moved_on(d)? {
+                    return Ok(());
                 }
-            }
-            let unchanged = w
-                .result
-                .as_ref()
-                .is_some_and(|old| old.state == r.state && old.message == r.message);
-            if !unchanged {
-                self.set_result(d, w, r)?;
+                let step = kind.converge(
+                    &self.host,
+                    &Target {
+                        id: &id,
+                        workload: w,
+                        fresh: current == Some(ResultState::Init),
+                        earlier: &earlier,
+                    },
+                );
+                if let Some(r) = step.result {
+                    self.set_result(d, w, r)?;
+                }
+                earlier.insert(w.name.to_string(), step.usable);
             }
         }
         Ok(())
     }
 
-    fn disk_files(&self, id: &str) -> Result<Vec<PathBuf>> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.disks)? {
-            let entry = entry?;
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{id}-"))
-            {
-                out.push(entry.path());
-            }
-        }
-        Ok(out)
+    /// Whether the stored deployment is no longer `d` (updated or deleted since).
+    fn moved_on(&self, d: &Deployment) -> Result<bool, EngineError> {
+        let current = self.store.get(&d.owner, &d.name)?;
+        Ok(current.is_none_or(|c| c.version != d.version || is_tombstone(&c)))
     }
 
     /// Records a workload's result, unless the deployment moved on to a newer version of it.
-    fn set_result(&self, d: &Deployment, w: &Workload, r: WorkloadResult) -> Result<(), ApiError> {
+    fn set_result(
+        &self,
+        d: &Deployment,
+        w: &Workload,
+        r: WorkloadResult,
+    ) -> Result<(), EngineError> {
         let (state, message) = (r.state, r.message.clone());
         let stored = self.store.modify(&d.owner, &d.name, |now| {
             let Some(target) = now.workloads.iter_mut().find(|x| x.name == w.name) else {
@@ -698,28 +580,19 @@ impl Engine {
     /// After a start: removes what no deployment owns (VMs, disks, half-made leftovers) and
     /// converges every deployment, which reattaches to running VMs and restarts the rest.
     pub fn reconcile(self: &Arc<Self>) -> Result<()> {
-        self.vmm.sweep()?;
+        self.host.vmm.sweep()?;
         let all = self.store.all()?;
-        let mut ids = HashSet::new();
-        for d in &all {
-            if !is_tombstone(d) {
-                ids.insert(provision::deployment_id(&d.owner, &d.name));
-            }
-        }
-        let owned = |file: &str| file.split_once('-').is_some_and(|(id, _)| ids.contains(id));
-        let timeout = Duration::from_secs(self.cfg.stop_timeout_secs);
-        for vm in self.vmm.list()? {
-            if !owned(&vm.name) {
-                tracing::info!(vm = %vm.name, "removing a VM no deployment owns");
-                let _ = provision::remove_vm(&self.vmm, &vm.name, timeout);
-            }
-        }
-        for entry in std::fs::read_dir(&self.disks)? {
-            let entry = entry?;
-            let file = entry.file_name().to_string_lossy().into_owned();
-            if !owned(&file) {
-                tracing::info!(disk = %file, "removing a disk no deployment owns");
-                let _ = provision::remove_disk(&entry.path());
+        let ids: HashSet<String> = all
+            .iter()
+            .filter(|d| !is_tombstone(d))
+            .map(|d| deployment_id(&d.owner, &d.name))
+            .collect();
+        for kind in self.kinds.all() {
+            for resource in kind.resources(&self.host)? {
+                if !workload::owner_id(&resource).is_some_and(|id| ids.contains(id)) {
+                    tracing::info!(resource = %resource, "removing what no deployment owns");
+                    let _ = kind.remove(&self.host, &resource);
+                }
             }
         }
         for d in all {
@@ -730,8 +603,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Watches zmachines until the process ends: a crashed one is restarted at once, then
-    /// after 2, 4, 8… (at most 64) seconds; after `max_restarts` crashes in a row it is left in `error` with the reason.
+    /// Watches what runs until the process ends, once a second (each type's module decides
+    /// what to do: a zmachine is restarted with backoff, see `workload/zmachine.rs`).
     pub fn monitor(self: &Arc<Self>) {
         loop {
             std::thread::sleep(Duration::from_secs(1));
@@ -741,12 +614,15 @@ impl Engine {
         }
     }
 
-    fn monitor_once(&self) -> Result<()> {
+    fn watched(&self, w: &Workload) -> bool {
+        !is_deleted(w) && self.kinds.of(&w.spec).is_some_and(|k| k.watched(w))
+    }
+
+    fn monitor_once(&self) -> Result<(), EngineError> {
         for d in self.store.all()? {
-            if is_tombstone(&d) || !d.workloads.iter().any(is_running_zmachine) {
+            if is_tombstone(&d) || !d.workloads.iter().any(|w| self.watched(w)) {
                 continue;
             }
-            let id = provision::deployment_id(&d.owner, &d.name);
             let lock = self.lock_for(&d.owner, &d.name);
             // Busy deployments are being converged: look again next round.
             let Ok(_guard) = lock.try_lock() else {
@@ -756,76 +632,11 @@ impl Engine {
             let Some(d) = self.store.get(&d.owner, &d.name)? else {
                 continue;
             };
-            for w in d.workloads.iter().filter(|w| is_running_zmachine(w)) {
-                let Some(r) = &w.result else { continue };
-                let vm = provision::vm_name(&id, w.name.as_str());
-                let Ok(info) = self.vmm.status(&vm) else {
-                    continue;
-                };
-                let data = json!({ "vm": vm });
-                let failure = match &info.state {
-                    VmState::Running | VmState::Paused | VmState::Created => {
-                        // A minute up after a restart ends the crash streak.
-                        let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
-                        if restarts
-                            .get(&vm)
-                            .is_some_and(|r| Instant::now() > r.next + Duration::from_secs(60))
-                        {
-                            restarts.remove(&vm);
-                        }
-                        continue;
-                    }
-                    VmState::Exited { code: 0, .. } | VmState::Stopped => {
-                        let message = info.state.to_string();
-                        if r.message != message {
-                            self.set_result(&d, w, result(ResultState::Ok, message, data))
-                                .map_err(|e| anyhow::anyhow!(e.message))?;
-                        }
-                        continue;
-                    }
-                    VmState::Exited { .. } | VmState::Crashed { .. } => info.state.to_string(),
-                };
-                let reason = match &info.state {
-                    VmState::Crashed { reason } => reason.clone(),
-                    _ => format!(
-                        "{failure}\n--- last console lines ---\n{}",
-                        zos_vmm::console::tail(&info.console, 20)
-                    ),
-                };
-                let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
-                let entry = restarts.entry(vm.clone()).or_insert(Restart {
-                    count: 0,
-                    next: Instant::now(),
-                });
-                if entry.count >= self.cfg.max_restarts {
-                    let message = format!(
-                        "failed {} times in a row; the last time: {reason}",
-                        entry.count + 1
-                    );
-                    restarts.remove(&vm);
-                    drop(restarts);
-                    self.set_result(&d, w, result(ResultState::Error, message, data))
-                        .map_err(|e| anyhow::anyhow!(e.message))?;
-                    continue;
+            let id = deployment_id(&d.owner, &d.name);
+            for w in d.workloads.iter().filter(|w| self.watched(w)) {
+                if let Some(r) = self.kind_of(w)?.monitor(&self.host, &id, w) {
+                    self.set_result(&d, w, r)?;
                 }
-                if Instant::now() < entry.next {
-                    continue;
-                }
-                entry.count += 1;
-                entry.next = Instant::now() + Duration::from_secs(1 << entry.count.min(6));
-                let count = entry.count;
-                drop(restarts);
-                tracing::info!(vm = %vm, count, "restarting a failed zmachine");
-                let first_line = reason.lines().next().unwrap_or("").to_string();
-                let message = match self.vmm.start(&vm) {
-                    Ok(_) => format!(
-                        "running; restarted ({count} of {}) after: {first_line}",
-                        self.cfg.max_restarts
-                    ),
-                    Err(e) => format!("restart {count} failed: {e}"),
-                };
-                self.set_result(&d, w, result(ResultState::Ok, message, data))
-                    .map_err(|e| anyhow::anyhow!(e.message))?;
             }
         }
         Ok(())
@@ -840,3 +651,7 @@ pub fn identity(path: &std::path::Path) -> Result<Keypair> {
         zos_types::write_new_key_file(path)?
     })
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

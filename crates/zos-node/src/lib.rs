@@ -3,16 +3,17 @@
 //!
 //! - [`config`]: the operator's TOML file, read once at start;
 //! - [`store`]: deployments and results in an embedded database (redb);
-//! - [`engine`]: validation, signatures, admission, convergence, crash restarts;
-//! - [`provision`]: one workload to VMs and disks with `zos-vmm`;
+//! - [`engine`]: validation, signatures, admission, convergence, monitoring;
+//! - [`workload`]: each workload type's side on the node (a module per type: zmachine
+//!   VMs with `zos-vmm`, zmount disks), behind the one trait the engine drives;
 //! - [`api`]: the HTTP/JSON API on unix sockets and TCP.
 
 pub mod api;
 pub mod capacity;
 pub mod config;
 pub mod engine;
-pub mod provision;
 pub mod store;
+pub mod workload;
 
 use anyhow::{Context, Result};
 use config::{Listen, NodeConfig};

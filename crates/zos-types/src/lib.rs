@@ -25,7 +25,6 @@
 //! [`DeploymentFile`] (YAML or JSON) leaves out the owner, node, signatures and results;
 //! [`DeploymentFile::into_deployment`] fills them in. Parse errors name the field path,
 //! e.g. `workloads[0].data.memory: "12X": ...`.
-#![warn(missing_docs)]
 
 pub mod api;
 mod canonical;
@@ -48,8 +47,8 @@ pub use keys::{
 pub use parse::ParseError;
 pub use request::{RequestAuth, RequestAuthError, REQUEST_DOMAIN};
 pub use size::ByteSize;
-pub use validate::{is_valid_deployment_name, ValidationError, MIN_MEMORY};
+pub use validate::{is_valid_deployment_name, ValidationError};
 pub use workload::{
-    Mount, ResultState, Workload, WorkloadFile, WorkloadName, WorkloadResult, WorkloadSpec,
-    ZMachine, ZMount,
+    Mount, ResultState, Workload, WorkloadData, WorkloadFile, WorkloadName, WorkloadResult,
+    WorkloadSpec, ZMachine, ZMount, MIN_MEMORY, WORKLOAD_TYPES,
 };

@@ -26,22 +26,30 @@ impl ByteSize {
     }
 }
 
-impl fmt::Display for ByteSize {
-    /// For people: the largest binary unit the size reaches, with at most two decimals
-    /// (`512 MiB`, `1.5 GiB`, `22.04 GiB`, `1000 B`). The one size formatter of zos.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ByteSize {
+    /// The size in the unit [`Display`](fmt::Display) picks for `scale`, so that sizes shown
+    /// side by side share one unit (`0.5 GiB asked, 22.04 GiB free`).
+    pub fn in_unit_of(self, scale: ByteSize) -> String {
         const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
         let mut unit = 0;
-        while unit + 1 < UNITS.len() && self.0 >> (10 * (unit + 1)) > 0 {
+        while unit + 1 < UNITS.len() && scale.0 >> (10 * (unit + 1)) > 0 {
             unit += 1;
         }
         if unit == 0 {
-            return write!(f, "{} B", self.0);
+            return format!("{} B", self.0);
         }
         let value = self.0 as f64 / (1u64 << (10 * unit)) as f64;
         let text = format!("{value:.2}");
         let text = text.trim_end_matches('0').trim_end_matches('.');
-        write!(f, "{text} {}", UNITS[unit])
+        format!("{text} {}", UNITS[unit])
+    }
+}
+
+impl fmt::Display for ByteSize {
+    /// For people: the largest binary unit the size reaches, with at most two decimals
+    /// (`512 MiB`, `1.5 GiB`, `22.04 GiB`, `1000 B`). The one size formatter of zos.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.in_unit_of(*self))
     }
 }
 
@@ -87,6 +95,8 @@ mod tests {
         assert_eq!(ByteSize(1024).to_string(), "1 KiB");
         assert_eq!(ByteSize(23_111_220 * 1024).to_string(), "22.04 GiB");
         assert_eq!(ByteSize(u64::MAX).to_string(), "16384 PiB");
+        assert_eq!(ByteSize(512 << 20).in_unit_of(ByteSize(2 << 30)), "0.5 GiB");
+        assert_eq!(ByteSize(0).in_unit_of(ByteSize(2 << 30)), "0 GiB");
         assert_eq!(serde_json::to_string(&ByteSize(2048)).unwrap(), "2048");
         let err = ByteSize::parse("12X").unwrap_err();
         assert!(err.starts_with("\"12X\": ") && err.ends_with("use a size like 512M or 2G"));

@@ -1,8 +1,6 @@
 //! Rules a deployment must follow that serde cannot express.
 
 use crate::deployment::Deployment;
-use crate::size::ByteSize;
-use crate::workload::{WorkloadName, WorkloadSpec};
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -17,9 +15,6 @@ impl fmt::Display for ValidationError {
     }
 }
 
-/// The smallest memory a zmachine boots with.
-pub const MIN_MEMORY: ByteSize = ByteSize(64 * ByteSize::MIB);
-
 /// Deployment names: 1 to 64 ASCII letters, digits, `_` or `-`. Wider than workload names
 /// because they only label things and never become host resource names on their own.
 pub fn is_valid_deployment_name(name: &str) -> bool {
@@ -30,8 +25,8 @@ pub fn is_valid_deployment_name(name: &str) -> bool {
 }
 
 impl Deployment {
-    /// Checks names, versions, references between workloads and resource limits, listing
-    /// every problem rather than the first.
+    /// Checks names, versions and each workload type's own rules (references between
+    /// workloads, resource limits), listing every problem rather than the first.
     pub fn validate(&self) -> Result<(), ValidationError> {
         let mut problems = Vec::new();
         if !is_valid_deployment_name(&self.name) {
@@ -43,12 +38,6 @@ impl Deployment {
         if self.workloads.is_empty() {
             problems.push("workloads: a deployment needs at least one workload".to_string());
         }
-        let zmounts: BTreeSet<&WorkloadName> = self
-            .workloads
-            .iter()
-            .filter(|w| matches!(w.spec, WorkloadSpec::Zmount(_)))
-            .map(|w| &w.name)
-            .collect();
         let mut names = BTreeSet::new();
         for (i, w) in self.workloads.iter().enumerate() {
             let mut bad = |msg: String| {
@@ -66,49 +55,8 @@ impl Deployment {
                     w.version, self.version
                 ));
             }
-            match &w.spec {
-                WorkloadSpec::Zmachine(m) => {
-                    if m.flist.is_empty() {
-                        bad("flist is empty".into());
-                    }
-                    if m.cpu == 0 {
-                        bad("cpu must be at least 1".into());
-                    }
-                    if m.memory < MIN_MEMORY {
-                        bad(format!(
-                            "memory {} is below the minimum {MIN_MEMORY}",
-                            m.memory
-                        ));
-                    }
-                    for key in m.env.keys().filter(|k| k.is_empty() || k.contains('=')) {
-                        bad(format!(
-                            "env name {key:?} must be non-empty and contain no '='"
-                        ));
-                    }
-                    let mut points = BTreeSet::new();
-                    for mount in &m.mounts {
-                        if !zmounts.contains(&mount.name) {
-                            bad(format!(
-                                "mount {:?} is not a zmount in this deployment",
-                                mount.name.as_str()
-                            ));
-                        }
-                        if !mount.mountpoint.starts_with('/') || mount.mountpoint == "/" {
-                            bad(format!(
-                                "mountpoint {:?} must be an absolute path below /",
-                                mount.mountpoint
-                            ));
-                        }
-                        if !points.insert(&mount.mountpoint) {
-                            bad(format!("mountpoint {:?} is used twice", mount.mountpoint));
-                        }
-                    }
-                }
-                WorkloadSpec::Zmount(z) => {
-                    if z.size.0 == 0 {
-                        bad("size must be greater than 0".into());
-                    }
-                }
+            for problem in w.spec.problems(&self.workloads) {
+                bad(problem);
             }
         }
         if problems.is_empty() {

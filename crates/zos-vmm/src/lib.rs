@@ -6,7 +6,6 @@
 //! never mistaken for ours), its sockets, console log and writable layer. QEMU runs detached
 //! (`-daemonize`), so a VM outlives the manager; a new manager reattaches through the QMP
 //! socket. See [`Vmm`] for the lifecycle and [`spec`] for what a VM is made of.
-#![warn(missing_docs)]
 
 pub mod bootkit;
 pub mod cidata;

@@ -2,6 +2,7 @@
 
 use crate::disk::DiskFormat;
 use crate::host::Accel;
+use crate::image::{self, Overrides};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -23,6 +24,59 @@ pub struct VmSpec {
     /// Extra virtio-blk disks.
     #[serde(default)]
     pub disks: Vec<DiskAttach>,
+}
+
+/// What a caller asks of a VM before its flist is read: the one way from "run this flist
+/// with these settings" to a [`VmSpec`], shared by `zos run` and the node's zmachines.
+#[derive(Debug, Clone)]
+pub struct VmRequest {
+    /// The flist to boot; it decides container, kernel or disk-image mode.
+    pub flist: FlistSource,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Guest memory in bytes (rounded up to whole MiB).
+    pub memory: u64,
+    /// The guest's hostname, made valid by [`hostname_for`].
+    pub hostname: String,
+    /// Accelerator.
+    pub accel: Accel,
+    /// What overrides the image's config (its `root_size` is rounded up to whole MiB).
+    pub overrides: Overrides,
+    /// Extra disks.
+    pub disks: Vec<DiskAttach>,
+}
+
+impl VmRequest {
+    /// Reads the flist and plans the boot (see [`image::plan`]).
+    pub fn plan(mut self) -> crate::Result<VmSpec> {
+        // Whole MiB: disk images want whole sectors, and nobody means a byte count here.
+        self.overrides.root_size = self.overrides.root_size.div_ceil(1 << 20) << 20;
+        let boot = image::plan(self.flist, &self.overrides)?;
+        Ok(VmSpec {
+            cpus: self.cpus,
+            memory_mib: self.memory.div_ceil(1 << 20),
+            hostname: hostname_for(&self.hostname),
+            accel: self.accel,
+            boot,
+            disks: self.disks,
+        })
+    }
+}
+
+/// A hostname from a name: letters, digits and `-` only (`_`, fine in VM and workload
+/// names, becomes `-`), no `-` at either end, at most 63 characters; `zos` if nothing is left.
+pub fn hostname_for(name: &str) -> String {
+    let mapped: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    let trimmed = mapped.trim_matches('-');
+    if trimmed.is_empty() {
+        "zos".to_string()
+    } else {
+        trimmed.to_string()
+    }
 }
 
 /// Where an flist's blocks come from.
@@ -137,4 +191,18 @@ pub struct DiskAttach {
     pub format: DiskFormat,
     /// Where a container mounts it (ignored in VM mode, where the guest decides).
     pub mount_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hostname_for;
+
+    #[test]
+    fn hostnames_are_valid_whatever_the_name() {
+        assert_eq!(hostname_for("web_1"), "web-1");
+        assert_eq!(hostname_for("_web_"), "web");
+        assert_eq!(hostname_for("___"), "zos");
+        assert_eq!(hostname_for("a.b c"), "a-b-c");
+        assert_eq!(hostname_for(&"x".repeat(80)).len(), 63);
+    }
 }

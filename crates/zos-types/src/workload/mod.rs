@@ -1,10 +1,89 @@
 //! Workloads: the things a deployment asks a node to run, and what the node reports back.
+//!
+//! Each workload type lives in its own module here (its data, parsing and rules) and is
+//! registered by one line in [`workload_types!`]; the node's side of a type lives in
+//! `zos-node`'s `workload/<type>.rs`.
 
-use crate::size::ByteSize;
+mod zmachine;
+mod zmount;
+
+pub use zmachine::{Mount, ZMachine, MIN_MEMORY};
+pub use zmount::ZMount;
+
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::fmt;
+
+/// What every workload type's data provides.
+pub trait WorkloadData {
+    /// The type's own rules, each broken one as a sentence (e.g. `cpu must be at least 1`);
+    /// `deployment` holds every workload of the deployment, for references between them.
+    fn problems(&self, deployment: &[Workload]) -> Vec<String>;
+}
+
+/// The registration of workload types: one line per type, `Variant(Data) = "wire name"`.
+/// Generates [`WorkloadSpec`] (serialized as `type` next to `data`), its dispatch, and the
+/// `type` tag parsed on its own (serde's "unknown variant `x`, expected `zmachine` or
+/// `zmount`" at the path `workloads[N].type`).
+macro_rules! workload_types {
+    ($( $(#[$doc:meta])* $variant:ident($data:ty) = $wire:literal, )+) => {
+        /// What a workload runs: serialized as `type` (the variant) next to `data` (its settings).
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type", content = "data", rename_all = "snake_case")]
+        pub enum WorkloadSpec {
+            $( $(#[$doc])* $variant($data), )+
+        }
+
+        /// The `type` tag alone.
+        #[derive(Clone, Copy, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum WorkloadType {
+            $( $variant, )+
+        }
+
+        impl WorkloadType {
+            /// `data` read straight from the map (errors keep their field path).
+            fn next_data<'de, A: MapAccess<'de>>(self, map: &mut A) -> Result<WorkloadSpec, A::Error> {
+                Ok(match self {
+                    $( WorkloadType::$variant => WorkloadSpec::$variant(map.next_value()?), )+
+                })
+            }
+
+            /// `data` that came before `type` and was kept as a value.
+            fn data_from(self, data: serde_json::Value) -> serde_json::Result<WorkloadSpec> {
+                Ok(match self {
+                    $( WorkloadType::$variant => WorkloadSpec::$variant(serde_json::from_value(data)?), )+
+                })
+            }
+        }
+
+        impl WorkloadSpec {
+            /// The type's name as written in `type`.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $( WorkloadSpec::$variant(_) => $wire, )+
+                }
+            }
+
+            /// The type's own rules (see [`WorkloadData::problems`]).
+            pub fn problems(&self, deployment: &[Workload]) -> Vec<String> {
+                match self {
+                    $( WorkloadSpec::$variant(data) => data.problems(deployment), )+
+                }
+            }
+        }
+
+        /// Every workload type's wire name, in registration order.
+        pub const WORKLOAD_TYPES: &[&str] = &[$( $wire, )+];
+    };
+}
+
+workload_types! {
+    /// A virtual machine running an flist.
+    Zmachine(ZMachine) = "zmachine",
+    /// A disk that zmachines of the same deployment can mount.
+    Zmount(ZMount) = "zmount",
+}
 
 /// A workload name: 1 to 36 ASCII letters, digits or underscores. It names host resources
 /// (disks, taps), so it is kept short and free of separators.
@@ -75,83 +154,6 @@ pub struct WorkloadFile {
     /// `type` and `data`: what to run.
     #[serde(flatten)]
     pub spec: WorkloadSpec,
-}
-
-/// What a workload runs: serialized as `type` (the variant) next to `data` (its settings).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", content = "data", rename_all = "snake_case")]
-pub enum WorkloadSpec {
-    /// A virtual machine running an flist.
-    Zmachine(ZMachine),
-    /// A disk that zmachines of the same deployment can mount.
-    Zmount(ZMount),
-    // Planned: Network(Network) and Kubernetes(Kubernetes). Add each here and in WorkloadType.
-}
-
-/// The `type` tag alone. Parsing it on its own gives serde's "unknown variant `x`, expected
-/// `zmachine` or `zmount`" at the path `workloads[N].type`.
-#[derive(Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum WorkloadType {
-    Zmachine,
-    Zmount,
-}
-
-/// A virtual machine booted from an flist.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ZMachine {
-    /// Absolute path of the `.fl` file on the node holding the root filesystem.
-    pub flist: String,
-    /// Replaces the image's entrypoint; empty keeps the image's.
-    #[serde(default)]
-    pub entrypoint: Vec<String>,
-    /// Replaces the image's command; empty keeps the image's.
-    #[serde(default)]
-    pub cmd: Vec<String>,
-    /// Extra environment variables.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Virtual CPUs.
-    #[serde(default = "default_cpu")]
-    pub cpu: u8,
-    /// Guest memory.
-    #[serde(default = "default_memory")]
-    pub memory: ByteSize,
-    /// Size of the writable root layer.
-    #[serde(default = "default_root_size")]
-    pub root_size: ByteSize,
-    /// Zmounts of this deployment to attach.
-    #[serde(default)]
-    pub mounts: Vec<Mount>,
-}
-
-fn default_cpu() -> u8 {
-    1
-}
-fn default_memory() -> ByteSize {
-    ByteSize(256 * ByteSize::MIB)
-}
-fn default_root_size() -> ByteSize {
-    ByteSize(ByteSize::GIB)
-}
-
-/// A zmount attached to a zmachine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Mount {
-    /// The zmount workload, in the same deployment.
-    pub name: WorkloadName,
-    /// Absolute path inside the machine.
-    pub mountpoint: String,
-}
-
-/// A disk.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ZMount {
-    /// Its size.
-    pub size: ByteSize,
 }
 
 /// What the node last did with a workload.
@@ -235,12 +237,7 @@ impl<'de> Visitor<'de> for FieldsVisitor {
                 "result" => w.result = map.next_value()?,
                 "type" => kind = Some(map.next_value::<WorkloadType>()?),
                 "data" => match kind {
-                    Some(WorkloadType::Zmachine) => {
-                        w.spec = Some(WorkloadSpec::Zmachine(map.next_value()?))
-                    }
-                    Some(WorkloadType::Zmount) => {
-                        w.spec = Some(WorkloadSpec::Zmount(map.next_value()?))
-                    }
+                    Some(kind) => w.spec = Some(kind.next_data(&mut map)?),
                     None => early_data = Some(map.next_value()?),
                 },
                 other => return Err(de::Error::unknown_field(other, FIELDS)),
@@ -248,10 +245,7 @@ impl<'de> Visitor<'de> for FieldsVisitor {
         }
         let kind = kind.ok_or_else(|| de::Error::missing_field("type"))?;
         if let Some(data) = early_data {
-            let spec = match kind {
-                WorkloadType::Zmachine => serde_json::from_value(data).map(WorkloadSpec::Zmachine),
-                WorkloadType::Zmount => serde_json::from_value(data).map(WorkloadSpec::Zmount),
-            };
+            let spec = kind.data_from(data);
             w.spec = Some(spec.map_err(|e| de::Error::custom(format_args!("data: {e}")))?);
         }
         Ok(w)
@@ -297,5 +291,26 @@ impl TryFrom<WorkloadFields> for WorkloadFile {
             metadata: w.metadata,
             spec,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_are_the_wire_tags() {
+        let specs = [
+            WorkloadSpec::Zmachine(serde_json::from_str(r#"{"flist":"/a.fl"}"#).unwrap()),
+            WorkloadSpec::Zmount(ZMount {
+                size: crate::ByteSize(1),
+            }),
+        ];
+        for (spec, wire) in specs.iter().zip(WORKLOAD_TYPES) {
+            let json = serde_json::to_value(spec).unwrap();
+            assert_eq!(json["type"], *wire);
+            assert_eq!(spec.type_name(), *wire);
+        }
+        assert_eq!(specs.len(), WORKLOAD_TYPES.len());
     }
 }

@@ -1,0 +1,73 @@
+//! `zos node run` (the daemon, in this process) and `zos node info`.
+
+use crate::client::ClientArgs;
+use crate::output::{human_size, table};
+use anyhow::Result;
+use clap::Subcommand;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use zos_types::api::Resources;
+
+/// `zos node run` and `zos node info`.
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Run the node: serve the API and run deployments (usually as root, from systemd)
+    ///
+    /// Makes its identity on first start, reattaches to the VMs it left running, restarts
+    /// what should run and removes what no deployment owns. Stops on SIGINT or SIGTERM,
+    /// leaving VMs running for the next start.
+    #[command(after_help = "The config file is TOML; every key is optional:\n  \
+data_dir = \"/var/lib/zos/node\"              # identity, database, VMs, disks\n  \
+listen = [\"unix:///run/zos/node.sock\"]      # and/or \"tcp://IP:PORT\"\n  \
+reserve_memory = \"1G\"                       # never given to workloads\n  \
+reserve_disk = \"1G\"\n  \
+cpu_overcommit = 4.0                        # vCPUs per host CPU (memory is never overcommitted)\n  \
+disk = \"500G\"                               # default: the data dir's filesystem size\n  \
+cache_dir = \"/var/lib/zos/node/cache\"       # flist block cache\n  \
+max_restarts = 5                            # crashes in a row before a zmachine is left in error\n  \
+stop_timeout_secs = 10")]
+    Run {
+        /// The node's config file [default: built-in defaults]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Show the node's identity, version and capacity
+    Info {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Runs `zos node …`.
+pub fn node(cmd: NodeCommand) -> Result<ExitCode> {
+    match cmd {
+        NodeCommand::Run { config } => {
+            zos_node::run(config.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeCommand::Info { client } => node_info(&client),
+    }
+}
+
+fn node_info(args: &ClientArgs) -> Result<ExitCode> {
+    let info = args.connect()?.node_info()?;
+    if args.json {
+        println!("{}", info.pretty());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let i = &info.value;
+    println!("node:    {}", i.node_id);
+    println!("version: {}", i.version);
+    println!("accel:   {}", i.accel);
+    println!();
+    let row = |name: &str, get: fn(&Resources) -> String| {
+        vec![name.to_string(), get(&i.total), get(&i.used), get(&i.free)]
+    };
+    let rows = [
+        row("cpus", |r| r.cpus.to_string()),
+        row("memory", |r| human_size(r.memory)),
+        row("disk", |r| human_size(r.disk)),
+    ];
+    print!("{}", table(&["RESOURCE", "TOTAL", "USED", "FREE"], &rows));
+    Ok(ExitCode::SUCCESS)
+}

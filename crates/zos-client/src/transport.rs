@@ -1,0 +1,395 @@
+//! The connection to one node: every request signed with the user's key, over a unix socket
+//! or TCP, behind a blocking interface. `api.rs` builds the typed endpoints on it.
+//!
+//! Each request opens its own HTTP/1.1 connection: a client makes a handful of requests, so a
+//! connection pool would add nothing but code, and a fresh connection keeps a request that
+//! failed half-way from affecting the next one.
+
+use crate::{ClientError, NodeUrl};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite};
+use zos_types::api::{ErrorBody, NodeIdentity, API_PREFIX};
+use zos_types::{Keypair, PublicKey, RequestAuth};
+
+/// How long to wait for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a whole non-streaming request may take, connection included.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A parsed JSON answer, with the JSON itself for `--json`.
+pub struct Answer<T> {
+    /// The answer as a typed value.
+    pub value: T,
+    /// The answer as the node sent it.
+    pub json: serde_json::Value,
+}
+
+impl<T> Answer<T> {
+    /// The JSON, pretty-printed.
+    pub fn pretty(&self) -> String {
+        serde_json::to_string_pretty(&self.json).unwrap_or_else(|_| self.json.to_string())
+    }
+}
+
+/// One request to make.
+struct Call<'a> {
+    method: Method,
+    path: &'a str,
+    body: Vec<u8>,
+}
+
+/// A client for one node, acting as one key.
+pub struct NodeClient {
+    url: NodeUrl,
+    key: Keypair,
+    /// The node's id, which every signature names: pinned by the user, or asked once.
+    node_id: std::sync::OnceLock<PublicKey>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl NodeClient {
+    /// A client for the node at `url`, signing with `key`.
+    pub fn new(url: NodeUrl, key: Keypair) -> Result<Self, ClientError> {
+        // One thread is plenty for one request at a time, and starts instantly.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Local(format!("starting the async runtime: {e}")))?;
+        Ok(NodeClient {
+            url,
+            key,
+            node_id: std::sync::OnceLock::new(),
+            runtime,
+        })
+    }
+
+    /// Signs for `id` without asking the node: a node with another id then refuses.
+    pub fn pin_node_id(&self, id: PublicKey) {
+        let _ = self.node_id.set(id);
+    }
+
+    /// The node's id: pinned, or asked of the node (unsigned) the first time.
+    pub fn node_id(&self) -> Result<PublicKey, ClientError> {
+        self.runtime.block_on(self.fetch_node_id())
+    }
+
+    async fn fetch_node_id(&self) -> Result<PublicKey, ClientError> {
+        if let Some(id) = self.node_id.get() {
+            return Ok(*id);
+        }
+        let path = format!("{API_PREFIX}/node/id");
+        let call = Call {
+            method: Method::GET,
+            path: &path,
+            body: Vec::new(),
+        };
+        let identity: NodeIdentity = self
+            .limit(&call, REPLY_TIMEOUT, async {
+                let response = self.send_with(&call, None).await?;
+                let body = self.check_status(&call, response).await?;
+                self.read_json(&call, body).await
+            })
+            .await?;
+        Ok(*self.node_id.get_or_init(|| identity.node_id))
+    }
+
+    /// The key requests are signed with.
+    pub fn key(&self) -> &Keypair {
+        &self.key
+    }
+
+    /// The node's address.
+    pub fn url(&self) -> &NodeUrl {
+        &self.url
+    }
+
+    // The raw calls below take a path under `API_PREFIX`; the typed methods in `api.rs` are
+    // what callers should use. They stay public for tools that probe the API itself
+    // (benchmarks, tests of the node).
+
+    /// `GET path`, parsed as `T`.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Answer<T>, ClientError> {
+        self.json_call(Method::GET, path, Vec::new())
+    }
+
+    /// `POST path` with `body` as JSON, the answer parsed as `T`.
+    pub fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<Answer<T>, ClientError> {
+        self.json_call(Method::POST, path, to_json(path, body)?)
+    }
+
+    /// `PUT path` with `body` as JSON, the answer parsed as `T`.
+    pub fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<Answer<T>, ClientError> {
+        self.json_call(Method::PUT, path, to_json(path, body)?)
+    }
+
+    /// `DELETE path`, the answer parsed as `T`.
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<Answer<T>, ClientError> {
+        self.json_call(Method::DELETE, path, Vec::new())
+    }
+
+    /// `GET path`, handing each piece of the body to `sink` as it arrives, until the node
+    /// ends it. No time limit once the answer has started: logs and events run for as long
+    /// as the user wants.
+    pub fn stream(
+        &self,
+        path: &str,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), ClientError> {
+        let call = Call {
+            method: Method::GET,
+            path,
+            body: Vec::new(),
+        };
+        self.runtime.block_on(async {
+            let mut body = self
+                .limit(&call, REPLY_TIMEOUT, self.send_checked(&call))
+                .await?;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| self.transport(&call, &e))?;
+                if let Some(data) = frame.data_ref() {
+                    sink(data).map_err(ClientError::Output)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn json_call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Answer<T>, ClientError> {
+        let call = Call { method, path, body };
+        let json: serde_json::Value =
+            self.runtime
+                .block_on(self.limit(&call, REPLY_TIMEOUT, async {
+                    let body = self.send_checked(&call).await?;
+                    self.read_json(&call, body).await
+                }))?;
+        let value = serde_json::from_value(json.clone()).map_err(|e| self.bad_answer(&call, e))?;
+        Ok(Answer { value, json })
+    }
+
+    /// Reads a whole answer as JSON of type `T`.
+    async fn read_json<T: DeserializeOwned>(
+        &self,
+        call: &Call<'_>,
+        body: Incoming,
+    ) -> Result<T, ClientError> {
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| self.transport(call, &e))?
+            .to_bytes();
+        serde_json::from_slice(&bytes).map_err(|e| self.bad_answer(call, e))
+    }
+
+    fn bad_answer(&self, call: &Call<'_>, e: serde_json::Error) -> ClientError {
+        ClientError::BadAnswer {
+            method: call.method.clone(),
+            path: call.path.to_string(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// Sends `call` and checks the answer's status; returns the body to read.
+    async fn send_checked(&self, call: &Call<'_>) -> Result<Incoming, ClientError> {
+        let response = self.sign_and_send(call).await?;
+        self.check_status(call, response).await
+    }
+
+    /// Signs `call` for the node and sends it; returns once the answer's head has arrived.
+    async fn sign_and_send(&self, call: &Call<'_>) -> Result<Response<Incoming>, ClientError> {
+        let node = self.fetch_node_id().await?;
+        // The path is sent exactly as signed: it becomes the request target unchanged.
+        // A clock before 1970 signs 0, which the node rejects with a clear skew error.
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let auth = RequestAuth::sign(
+            &self.key,
+            &node,
+            call.method.as_str(),
+            call.path,
+            timestamp,
+            &call.body,
+        );
+        self.send_with(call, Some(auth.to_header())).await
+    }
+
+    /// Connects and sends `call` with `authorization`, if any, as its header.
+    async fn send_with(
+        &self,
+        call: &Call<'_>,
+        authorization: Option<String>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        if !call.path.starts_with('/') {
+            return Err(ClientError::Local(format!(
+                "request path {:?} must start with /",
+                call.path
+            )));
+        }
+        let mut request = Request::builder()
+            .method(call.method.clone())
+            .uri(call.path)
+            .header(HOST, self.url.host_header());
+        if let Some(value) = authorization {
+            request = request.header(AUTHORIZATION, value);
+        }
+        if !call.body.is_empty() {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(call.body.clone())))
+            .map_err(|e| ClientError::Local(format!("{} {}: {e}", call.method, call.path)))?;
+        let unreachable = |cause| ClientError::Unreachable {
+            node: self.url.to_string(),
+            cause,
+        };
+        let connect_timeout = || {
+            unreachable(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()),
+            ))
+        };
+        match &self.url {
+            NodeUrl::Unix(path) => {
+                let connect = tokio::net::UnixStream::connect(path);
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                    .await
+                    .map_err(|_| connect_timeout())?
+                    .map_err(unreachable)?;
+                self.exchange(call, stream, request).await
+            }
+            NodeUrl::Http { host, port, .. } => {
+                let connect = tokio::net::TcpStream::connect((host.as_str(), *port));
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                    .await
+                    .map_err(|_| connect_timeout())?
+                    .map_err(unreachable)?;
+                self.exchange(call, stream, request).await
+            }
+        }
+    }
+
+    async fn exchange<S>(
+        &self,
+        call: &Call<'_>,
+        stream: S,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.transport(call, &e))?;
+        // The connection task moves the bytes; its errors also surface through the sender
+        // and the body, where they are reported with the request they belong to.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| self.transport(call, &e))
+    }
+
+    /// Passes a success on; turns an error status into [`ClientError::Node`].
+    async fn check_status(
+        &self,
+        call: &Call<'_>,
+        response: Response<Incoming>,
+    ) -> Result<Incoming, ClientError> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response.into_body());
+        }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let message = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => e.error,
+            Err(_) => {
+                let text = String::from_utf8_lossy(&body);
+                let text = text.trim();
+                if text.is_empty() {
+                    status
+                        .canonical_reason()
+                        .unwrap_or("error without details")
+                        .to_string()
+                } else {
+                    text.chars().take(500).collect()
+                }
+            }
+        };
+        Err(ClientError::Node {
+            method: call.method.clone(),
+            path: call.path.to_string(),
+            status,
+            message,
+        })
+    }
+
+    async fn limit<T>(
+        &self,
+        call: &Call<'_>,
+        limit: Duration,
+        work: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        tokio::time::timeout(limit, work)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                node: self.url.to_string(),
+                method: call.method.clone(),
+                path: call.path.to_string(),
+                limit,
+            })?
+    }
+
+    fn transport(&self, call: &Call<'_>, e: &(dyn std::error::Error + 'static)) -> ClientError {
+        ClientError::Transport {
+            node: self.url.to_string(),
+            method: call.method.clone(),
+            path: call.path.to_string(),
+            cause: chain(e),
+        }
+    }
+}
+
+fn to_json(path: &str, body: &impl Serialize) -> Result<Vec<u8>, ClientError> {
+    serde_json::to_vec(body)
+        .map_err(|e| ClientError::Local(format!("encoding the body for {path}: {e}")))
+}
+
+/// An error and its causes, `outer: inner: innermost`.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}

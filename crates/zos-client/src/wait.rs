@@ -1,0 +1,73 @@
+//! Waiting for a deployment's workloads to settle after it was sent.
+
+use crate::status::{is_pending, state_label};
+use crate::{Answer, ClientError, NodeClient};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use zos_types::{Deployment, WorkloadName};
+
+/// How often the node is asked how the workloads are doing.
+const POLL_INTERVAL: Duration = Duration::from_millis(300);
+
+/// A workload whose state changed while waiting.
+pub struct StateChange<'a> {
+    /// The workload.
+    pub workload: &'a WorkloadName,
+    /// Its state before; `None` for a workload seen for the first time.
+    pub before: Option<&'static str>,
+    /// Its state now.
+    pub now: &'static str,
+}
+
+/// How waiting ended.
+pub struct Waited {
+    /// The last answer the node gave.
+    pub last: Answer<Deployment>,
+    /// Whether every workload settled before the timeout.
+    pub settled: bool,
+}
+
+/// Polls the deployment the node `accepted` until no workload of `version` (or later) is
+/// still starting, or `timeout` passes; each change of a workload's state goes to
+/// `on_change` as it is seen.
+pub fn wait_until_settled(
+    node: &NodeClient,
+    accepted: Answer<Deployment>,
+    version: u32,
+    timeout: Duration,
+    mut on_change: impl FnMut(StateChange<'_>),
+) -> Result<Waited, ClientError> {
+    let deadline = Instant::now() + timeout;
+    let name = accepted.value.name.clone();
+    let mut seen: BTreeMap<WorkloadName, &'static str> = accepted
+        .value
+        .workloads
+        .iter()
+        .map(|w| (w.name.clone(), state_label(w)))
+        .collect();
+    let mut current = accepted;
+    loop {
+        // The node may still answer with the previous version for a moment after an update.
+        let settled =
+            current.value.version >= version && !current.value.workloads.iter().any(is_pending);
+        if settled || Instant::now() >= deadline {
+            return Ok(Waited {
+                last: current,
+                settled,
+            });
+        }
+        std::thread::sleep(POLL_INTERVAL);
+        current = node.deployment(&name)?;
+        for w in &current.value.workloads {
+            let now = state_label(w);
+            let before = seen.insert(w.name.clone(), now);
+            if before != Some(now) {
+                on_change(StateChange {
+                    workload: &w.name,
+                    before,
+                    now,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The engine's converge, remove, reconcile and monitor paths, driven through recording
+//! workload types registered under the built-in names (no VM, no disk: the engine must do
+//! its part whatever the types do).
+
+use super::*;
+use crate::workload::{Kind, Step};
+use std::collections::BTreeSet;
+use zos_types::{DeploymentFile, WorkloadSpec};
+
+/// A workload type that keeps its "host resources" in memory and logs every call.
+struct Recorder {
+    name: &'static str,
+    rank: u8,
+    resources: Mutex<BTreeSet<String>>,
+    log: Arc<Mutex<Vec<String>>>,
+    /// Workloads whose convergence fails.
+    failing: Mutex<HashSet<String>>,
+    /// Results the monitor hands back, by workload name.
+    monitored: Mutex<HashMap<String, WorkloadResult>>,
+}
+
+impl Recorder {
+    fn new(name: &'static str, rank: u8, log: &Arc<Mutex<Vec<String>>>) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            name,
+            rank,
+            resources: Mutex::default(),
+            log: log.clone(),
+            failing: Mutex::default(),
+            monitored: Mutex::default(),
+        })
+    }
+
+    fn note(&self, what: String) {
+        self.log.lock().unwrap().push(what);
+    }
+
+    fn held(&self) -> BTreeSet<String> {
+        self.resources.lock().unwrap().clone()
+    }
+}
+
+impl Kind for Recorder {
+    fn type_name(&self) -> &'static str {
+        self.name
+    }
+    fn rank(&self) -> u8 {
+        self.rank
+    }
+    fn demand(&self, _spec: &WorkloadSpec) -> Resources {
+        Resources {
+            cpus: 1,
+            memory: 1 << 20,
+            disk: 1 << 20,
+        }
+    }
+    fn converge(&self, _host: &Host, t: &Target) -> Step {
+        let name = t.workload.name.to_string();
+        let earlier: BTreeSet<String> = t
+            .earlier
+            .iter()
+            .map(|(k, v)| format!("{k}={}", if v.is_ok() { "ok" } else { "bad" }))
+            .collect();
+        self.note(format!(
+            "converge {} {name} fresh={} earlier={earlier:?}",
+            self.name, t.fresh
+        ));
+        if self.failing.lock().unwrap().contains(&name) {
+            return Step {
+                result: Some(result(
+                    ResultState::Error,
+                    "it broke",
+                    serde_json::Value::Null,
+                )),
+                usable: Err("it broke".into()),
+            };
+        }
+        self.resources
+            .lock()
+            .unwrap()
+            .insert(self.resource(t.id, &name));
+        Step {
+            result: t
+                .fresh
+                .then(|| result(ResultState::Ok, "made", serde_json::Value::Null)),
+            usable: Ok(()),
+        }
+    }
+    fn resource(&self, id: &str, workload: &str) -> String {
+        format!("{id}-{workload}.{}", self.name)
+    }
+    fn resources(&self, _host: &Host) -> std::io::Result<Vec<String>> {
+        Ok(self.held().into_iter().collect())
+    }
+    fn remove(&self, _host: &Host, resource: &str) -> Result<(), String> {
+        self.note(format!("remove {resource}"));
+        self.resources.lock().unwrap().remove(resource);
+        Ok(())
+    }
+    fn watched(&self, w: &Workload) -> bool {
+        self.monitored.lock().unwrap().contains_key(w.name.as_str())
+    }
+    fn monitor(&self, _host: &Host, _id: &str, w: &Workload) -> Option<WorkloadResult> {
+        self.monitored.lock().unwrap().remove(w.name.as_str())
+    }
+    fn forget(&self, id: &str) {
+        self.note(format!("forget {id}"));
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    engine: Arc<Engine>,
+    disks: Arc<Recorder>,
+    machines: Arc<Recorder>,
+    log: Arc<Mutex<Vec<String>>>,
+    owner: Keypair,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let disks = Recorder::new("zmount", 0, &log);
+    let machines = Recorder::new("zmachine", 1, &log);
+    let cfg = NodeConfig {
+        data_dir: dir.path().join("node"),
+        disk: Some(zos_types::ByteSize(1 << 40)),
+        reserve_memory: zos_types::ByteSize(0),
+        ..NodeConfig::default()
+    };
+    // Registered in the "wrong" order: the registry sorts by rank.
+    let kinds = Kinds::new(vec![machines.clone(), disks.clone()]);
+    let engine = Engine::open_with(cfg, kinds).unwrap();
+    Fixture {
+        _dir: dir,
+        engine,
+        disks,
+        machines,
+        log,
+        owner: Keypair::from_seed(&[7; 32]),
+    }
+}
+
+const APP: &str = r#"
+name: app
+workloads:
+  - name: web
+    type: zmachine
+    data: { flist: /nowhere/app.fl, mounts: [{ name: data, mountpoint: /data }] }
+  - name: data
+    type: zmount
+    data: { size: 16M }
+"#;
+
+impl Fixture {
+    fn signed(&self, yaml: &str, version: u32) -> Deployment {
+        let mut d = DeploymentFile::from_yaml_str(yaml)
+            .unwrap()
+            .into_deployment(self.owner.public(), self.engine.node_id());
+        d.version = version;
+        for w in &mut d.workloads {
+            w.version = version;
+        }
+        d.sign(&self.owner);
+        d
+    }
+
+    fn converge(&self) -> Deployment {
+        self.engine.converge(&self.owner.public(), "app").unwrap();
+        self.engine.get(&self.owner.public(), "app").unwrap()
+    }
+
+    fn take_log(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+
+    fn id(&self) -> String {
+        deployment_id(&self.owner.public(), "app")
+    }
+}
+
+fn states(d: &Deployment) -> Vec<(String, ResultState, String)> {
+    d.workloads
+        .iter()
+        .map(|w| {
+            let r = w.result.as_ref().unwrap();
+            (w.name.to_string(), r.state, r.message.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn converge_makes_lower_ranks_first_and_records_results() {
+    let f = fixture();
+    f.engine.deploy(f.signed(APP, 0)).unwrap();
+    let d = f.converge();
+    let id = f.id();
+    // The disk first, though listed second; the machine sees it usable.
+    assert_eq!(
+        f.take_log(),
+        [
+            "converge zmount data fresh=true earlier={}".to_string(),
+            r#"converge zmachine web fresh=true earlier={"data=ok"}"#.to_string(),
+        ]
+    );
+    assert_eq!(
+        states(&d),
+        [
+            ("web".into(), ResultState::Ok, "made".into()),
+            ("data".into(), ResultState::Ok, "made".into())
+        ]
+    );
+    assert_eq!(
+        f.disks.held(),
+        BTreeSet::from([format!("{id}-data.zmount")])
+    );
+    assert_eq!(
+        f.machines.held(),
+        BTreeSet::from([format!("{id}-web.zmachine")])
+    );
+    // A second pass keeps what runs: nothing fresh, nothing removed, results kept.
+    let again = f.converge();
+    assert_eq!(
+        f.take_log(),
+        [
+            "converge zmount data fresh=false earlier={}".to_string(),
+            r#"converge zmachine web fresh=false earlier={"data=ok"}"#.to_string(),
+        ]
+    );
+    assert_eq!(states(&again), states(&d));
+}
+
+#[test]
+fn a_failed_workload_is_passed_on_as_unusable_and_not_retried_until_redeployed() {
+    let f = fixture();
+    f.disks.failing.lock().unwrap().insert("data".into());
+    f.engine.deploy(f.signed(APP, 0)).unwrap();
+    let d = f.converge();
+    assert_eq!(
+        states(&d)[1],
+        ("data".into(), ResultState::Error, "it broke".into())
+    );
+    assert_eq!(
+        f.take_log()[1],
+        r#"converge zmachine web fresh=true earlier={"data=bad"}"#
+    );
+    // Failed workloads are left alone by later passes…
+    f.converge();
+    assert_eq!(
+        f.take_log(),
+        [r#"converge zmachine web fresh=false earlier={"data=bad"}"#]
+    );
+    // …and retried by the next version.
+    f.disks.failing.lock().unwrap().clear();
+    f.engine.update("app", f.signed(APP, 1)).unwrap();
+    let d = f.converge();
+    assert_eq!(
+        states(&d)[1],
+        ("data".into(), ResultState::Ok, "made".into())
+    );
+}
+
+#[test]
+fn an_update_removes_what_the_deployment_no_longer_has() {
+    let f = fixture();
+    f.engine.deploy(f.signed(APP, 0)).unwrap();
+    f.converge();
+    f.take_log();
+    let only_disk =
+        "name: app\nworkloads:\n  - name: data\n    type: zmount\n    data: { size: 16M }\n";
+    f.engine.update("app", f.signed(only_disk, 1)).unwrap();
+    let d = f.converge();
+    let id = f.id();
+    assert_eq!(f.take_log()[0], format!("remove {id}-web.zmachine"));
+    assert!(f.machines.held().is_empty());
+    assert_eq!(
+        f.disks.held(),
+        BTreeSet::from([format!("{id}-data.zmount")])
+    );
+    assert_eq!(d.workloads.len(), 1);
+}
+
+#[test]
+fn delete_removes_everything_and_forgets_it() {
+    let f = fixture();
+    f.engine.deploy(f.signed(APP, 0)).unwrap();
+    f.converge();
+    f.take_log();
+    let tombstone = f.engine.delete(&f.owner.public(), "app").unwrap();
+    assert!(tombstone
+        .workloads
+        .iter()
+        .all(|w| w.result.as_ref().unwrap().state == ResultState::Deleted));
+    assert!(f.disks.held().is_empty() && f.machines.held().is_empty());
+    let log = f.take_log();
+    assert!(log.contains(&format!("forget {}", f.id())), "{log:?}");
+    // Its log is gone, and says so.
+    let Err(EngineError::NotFound(m)) = f.engine.console(&f.owner.public(), "app", "web") else {
+        panic!("a removed deployment has no console");
+    };
+    assert!(m.contains("was removed"), "{m}");
+}
+
+#[test]
+fn reconcile_removes_only_what_no_deployment_owns() {
+    let f = fixture();
+    f.engine.deploy(f.signed(APP, 0)).unwrap();
+    f.converge();
+    let stray = "00000000000000000000000000-old.zmount".to_string();
+    f.disks.resources.lock().unwrap().insert(stray.clone());
+    f.take_log();
+    f.engine.reconcile().unwrap();
+    assert_eq!(f.take_log(), [format!("remove {stray}")]);
+    assert_eq!(f.disks.held().len(), 1);
+    assert_eq!(f.machines.held().len(), 1);
+}
+
+#[test]
+fn the_monitor_records_what_a_type_reports_for_its_watched_workloads() {
+    let f = fixture();
+    f.engine.deploy(f.signed(APP, 0)).unwrap();
+    f.converge();
+    f.machines.monitored.lock().unwrap().insert(
+        "web".into(),
+        result(ResultState::Error, "crashed", serde_json::Value::Null),
+    );
+    f.engine.monitor_once().unwrap();
+    let d = f.engine.get(&f.owner.public(), "app").unwrap();
+    assert_eq!(
+        states(&d)[0],
+        ("web".into(), ResultState::Error, "crashed".into())
+    );
+    // Unwatched workloads are not asked.
+    f.engine.monitor_once().unwrap();
+}
+
+#[test]
+fn admission_counts_what_each_type_demands_and_errors_are_typed() {
+    let f = fixture();
+    let info = f.engine.info();
+    f.engine.deploy(f.signed(APP, 0)).unwrap();
+    let used = f.engine.info().used;
+    assert_eq!((used.cpus, used.memory), (2, 2 << 20));
+    assert!(info.used.cpus == 0);
+    assert!(matches!(
+        f.engine.deploy(f.signed(APP, 0)),
+        Err(EngineError::Conflict(_))
+    ));
+    let mut forged = f.signed(APP, 1);
+    forged.signatures.clear();
+    assert!(matches!(
+        f.engine.update("app", forged),
+        Err(EngineError::Unauthorized(_))
+    ));
+    assert!(matches!(
+        f.engine.get(&f.owner.public(), "nope"),
+        Err(EngineError::NotFound(_))
+    ));
+}

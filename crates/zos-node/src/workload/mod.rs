@@ -1,0 +1,282 @@
+//! The node's side of each workload type, one module per type behind [`Kind`]: checks
+//! against the node, demand on capacity, convergence, monitoring and removal. The engine
+//! loops over workloads and asks [`Kinds`] for each one's module; it never names a type.
+//!
+//! Adding a type: its data in `zos-types`' `workload/<type>.rs`, its node side in a module
+//! here, and one line in [`Kinds::builtin`].
+
+mod zmachine;
+mod zmount;
+
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use zos_types::api::Resources;
+use zos_types::{PublicKey, ResultState, Workload, WorkloadResult, WorkloadSpec};
+use zos_vmm::Vmm;
+
+pub use zmachine::Zmachine;
+pub use zmount::Zmount;
+
+/// What the workload modules work with on the host.
+pub struct Host {
+    /// The VM manager (VMs live under its root).
+    pub vmm: Vmm,
+    /// Where zmount disks live.
+    pub disks: PathBuf,
+    /// The node's data dir (absolute): no flist may come from inside it.
+    pub data: PathBuf,
+    /// How long a VM gets to stop before it is killed.
+    pub stop_timeout: Duration,
+    /// Crashes in a row after which a zmachine is left in `error`.
+    pub max_restarts: u32,
+}
+
+/// One deployment's workload as a module sees it during a convergence pass.
+pub struct Target<'a> {
+    /// The deployment's host-side id ([`deployment_id`]).
+    pub id: &'a str,
+    /// The workload.
+    pub workload: &'a Workload,
+    /// Whether the workload was just (re)deployed (its result is `init`): make it anew,
+    /// rather than only keep what runs.
+    pub fresh: bool,
+    /// Workloads converged earlier in this pass (lower rank), by name: `Ok` when usable,
+    /// else why not (a zmachine looks up the zmounts it mounts here).
+    pub earlier: &'a HashMap<String, Result<(), String>>,
+}
+
+/// What converging one workload did.
+pub struct Step {
+    /// The result to record, or `None` to leave the stored one.
+    pub result: Option<WorkloadResult>,
+    /// Whether workloads converged later in the pass may use this one.
+    pub usable: Result<(), String>,
+}
+
+/// The node's side of one workload type.
+pub trait Kind: Send + Sync {
+    /// The type's name, as in `type:` (`WorkloadSpec::type_name`).
+    fn type_name(&self) -> &'static str;
+
+    /// Convergence order: every workload of a lower rank is converged first (disks before
+    /// the machines that mount them).
+    fn rank(&self) -> u8;
+
+    /// Checks a workload against this node before it is admitted (e.g. the flist exists).
+    fn check(&self, _host: &Host, _spec: &WorkloadSpec) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// What the workload holds of the node's capacity.
+    fn demand(&self, spec: &WorkloadSpec) -> Resources;
+
+    /// Whether converging one workload can take seconds (a VM boot): the engine then
+    /// checks before each one that the deployment has not moved on.
+    fn slow(&self) -> bool {
+        false
+    }
+
+    /// Makes the host match the workload (idempotent: repeated after a node crash).
+    fn converge(&self, host: &Host, target: &Target) -> Step;
+
+    /// The host resource (VM, disk file) of workload `workload` of deployment `id`.
+    fn resource(&self, id: &str, workload: &str) -> String;
+
+    /// Every resource of this type on the host, by name (each starts with its deployment's
+    /// id and a `-`).
+    fn resources(&self, host: &Host) -> std::io::Result<Vec<String>>;
+
+    /// Removes one resource; no error when it is already gone.
+    fn remove(&self, host: &Host, resource: &str) -> Result<(), String>;
+
+    /// Whether the monitor watches this workload (it runs something that can die).
+    fn watched(&self, _workload: &Workload) -> bool {
+        false
+    }
+
+    /// Looks at a watched workload: the result to record when something changed.
+    fn monitor(&self, _host: &Host, _id: &str, _workload: &Workload) -> Option<WorkloadResult> {
+        None
+    }
+
+    /// Forgets what it kept about deployment `id` (its workloads are being removed).
+    fn forget(&self, _id: &str) {}
+
+    /// The console log of a workload and the name of what writes it, for `logs`.
+    fn console(
+        &self,
+        _host: &Host,
+        _id: &str,
+        workload: &str,
+    ) -> Result<(PathBuf, String), Console> {
+        Err(Console::None(format!(
+            "{workload:?} is a {} workload, which has no console",
+            self.type_name()
+        )))
+    }
+
+    /// Whether what writes a console (see [`Kind::console`]) still runs.
+    fn console_active(&self, _host: &Host, _writer: &str) -> bool {
+        false
+    }
+}
+
+/// Why a workload has no console to show.
+pub enum Console {
+    /// Its type has none.
+    None(String),
+    /// It has none yet (or any more).
+    Missing(String),
+}
+
+/// The registered workload types.
+#[derive(Clone)]
+pub struct Kinds(Vec<Arc<dyn Kind>>);
+
+impl Kinds {
+    /// The types this node runs: the one place that lists them.
+    pub fn builtin() -> Kinds {
+        Kinds::new(vec![Arc::new(Zmount), Arc::new(Zmachine::default())])
+    }
+
+    /// A registry of `kinds` (tests register their own).
+    pub fn new(mut kinds: Vec<Arc<dyn Kind>>) -> Kinds {
+        kinds.sort_by_key(|k| k.rank());
+        Kinds(kinds)
+    }
+
+    /// Every type, lowest rank first.
+    pub fn all(&self) -> impl Iterator<Item = &dyn Kind> {
+        self.0.iter().map(|k| k.as_ref())
+    }
+
+    /// The module of a workload's type. A type with no module here is a node built without
+    /// it: refused at admission by [`Kinds::check`], so it never reaches convergence.
+    pub fn of(&self, spec: &WorkloadSpec) -> Option<&dyn Kind> {
+        let name = spec.type_name();
+        self.all().find(|k| k.type_name() == name)
+    }
+
+    /// Checks every workload of a deployment against the node; the error names the
+    /// workload.
+    pub fn check(&self, host: &Host, workloads: &[Workload]) -> Result<(), String> {
+        for (i, w) in workloads.iter().enumerate() {
+            let place = format!("workloads[{i}] (name {:?})", w.name.as_str());
+            let kind = self.of(&w.spec).ok_or_else(|| {
+                format!(
+                    "{place}: this node does not run {} workloads",
+                    w.spec.type_name()
+                )
+            })?;
+            kind.check(host, &w.spec)
+                .map_err(|e| format!("{place}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// What the workloads that are not deleted hold.
+    pub fn demand(&self, workloads: &[Workload]) -> Resources {
+        workloads
+            .iter()
+            .filter(|w| !is_deleted(w))
+            .filter_map(|w| self.of(&w.spec).map(|k| k.demand(&w.spec)))
+            .fold(Resources::default(), crate::capacity::add)
+    }
+}
+
+/// The host-side id of a deployment, which names its resources `<id>-<workload>`: a hash of
+/// owner and name, so no user text reaches host paths, and at 104 bits no one can make their
+/// deployment collide with another owner's (a VM name stays within 64 characters).
+pub fn deployment_id(owner: &PublicKey, name: &str) -> String {
+    let digest = Sha256::digest(crate::store::key(owner, name).as_bytes());
+    hex::encode(&digest[..13])
+}
+
+/// Whether `resource` belongs to deployment `id`.
+pub fn belongs_to(resource: &str, id: &str) -> bool {
+    resource
+        .strip_prefix(id)
+        .is_some_and(|rest| rest.starts_with('-'))
+}
+
+/// The deployment id a resource name starts with.
+pub fn owner_id(resource: &str) -> Option<&str> {
+    resource.split_once('-').map(|(id, _)| id)
+}
+
+/// Whether the workload was deleted.
+pub fn is_deleted(w: &Workload) -> bool {
+    state(w) == Some(ResultState::Deleted)
+}
+
+/// The workload's state, if it has a result.
+pub fn state(w: &Workload) -> Option<ResultState> {
+    w.result.as_ref().map(|r| r.state)
+}
+
+/// A result recorded now.
+pub fn result(
+    state: ResultState,
+    message: impl Into<String>,
+    data: serde_json::Value,
+) -> WorkloadResult {
+    WorkloadResult {
+        state,
+        message: message.into(),
+        data,
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    }
+}
+
+/// The names in `dir` (not starting with `.`: staging and hidden files), sorted.
+fn names_in(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_vm_names_and_differ_per_owner() {
+        let (a, b) = (
+            zos_types::Keypair::generate(),
+            zos_types::Keypair::generate(),
+        );
+        let id = deployment_id(&a.public(), "web");
+        assert_eq!(id.len(), 26);
+        assert_ne!(id, deployment_id(&b.public(), "web"));
+        assert_ne!(id, deployment_id(&a.public(), "web2"));
+        let longest = Zmachine::default().resource(&id, &"w".repeat(36));
+        assert!(zos_vmm::is_valid_name(&longest), "{longest}");
+        assert!(belongs_to(&longest, &id));
+        assert!(!belongs_to(&longest, &id[..25]));
+        assert_eq!(owner_id(&longest), Some(id.as_str()));
+    }
+
+    #[test]
+    fn every_type_of_zos_types_has_a_module() {
+        let kinds = Kinds::builtin();
+        let names: Vec<&str> = kinds.all().map(|k| k.type_name()).collect();
+        let mut expected = zos_types::WORKLOAD_TYPES.to_vec();
+        expected.sort();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, expected);
+        // Disks come before the machines that mount them.
+        assert_eq!(names, ["zmount", "zmachine"]);
+    }
+}

@@ -1,0 +1,380 @@
+//! `zmachine` on the node: a VM made with `zos-vmm` from the workload's flist, the zmounts
+//! it mounts attached as disks; restarted by the monitor when it crashes, with backoff.
+
+use super::{names_in, result, zmount, Console, Host, Kind, Step, Target};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use zos_types::api::Resources;
+use zos_types::{ResultState, Workload, WorkloadResult, WorkloadSpec, ZMachine};
+use zos_vmm::disk::DiskFormat;
+use zos_vmm::image::Overrides;
+use zos_vmm::spec::{DiskAttach, FlistSource, SeedSpec, VmRequest, VmSpec};
+use zos_vmm::{VmState, Vmm};
+
+/// The node side of zmachines; keeps each VM's crash streak.
+#[derive(Default)]
+pub struct Zmachine {
+    restarts: Mutex<HashMap<String, Restart>>,
+}
+
+/// Restart bookkeeping of one VM.
+struct Restart {
+    count: u32,
+    next: Instant,
+}
+
+fn data(spec: &WorkloadSpec) -> Option<&ZMachine> {
+    match spec {
+        WorkloadSpec::Zmachine(m) => Some(m),
+        _ => None,
+    }
+}
+
+impl Zmachine {
+    fn restarts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Restart>> {
+        self.restarts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Kind for Zmachine {
+    fn type_name(&self) -> &'static str {
+        "zmachine"
+    }
+
+    fn rank(&self) -> u8 {
+        1
+    }
+
+    fn check(&self, host: &Host, spec: &WorkloadSpec) -> Result<(), String> {
+        match data(spec) {
+            Some(m) => check_flist(&m.flist, &host.data),
+            None => Err("not a zmachine".into()),
+        }
+    }
+
+    fn demand(&self, spec: &WorkloadSpec) -> Resources {
+        data(spec).map_or_else(Resources::default, |m| Resources {
+            cpus: u64::from(m.cpu),
+            memory: m.memory.0,
+            disk: m.root_size.0,
+        })
+    }
+
+    fn slow(&self) -> bool {
+        true
+    }
+
+    fn converge(&self, host: &Host, target: &Target) -> Step {
+        let w = target.workload;
+        let vm = self.resource(target.id, w.name.as_str());
+        let step = |r: WorkloadResult| Step {
+            result: Some(r),
+            usable: Ok(()),
+        };
+        let Some(m) = data(&w.spec) else {
+            return step(result(ResultState::Error, "not a zmachine", json!({})));
+        };
+        let bad_mount =
+            m.mounts
+                .iter()
+                .find_map(|mount| match target.earlier.get(mount.name.as_str()) {
+                    Some(Ok(())) => None,
+                    Some(Err(e)) => Some(format!(
+                        "zmount {:?} is not available: {e}",
+                        mount.name.as_str()
+                    )),
+                    None => Some(format!(
+                        "zmount {:?} is not in this deployment",
+                        mount.name.as_str()
+                    )),
+                });
+        let outcome = match bad_mount {
+            Some(e) => {
+                // Without its disk it must not run on unmanaged.
+                let _ = remove_vm(&host.vmm, &vm, host.stop_timeout);
+                Err(e)
+            }
+            None => vm_spec(host, target.id, w.name.as_str(), m)
+                .and_then(|spec| ensure_vm(&host.vmm, &vm, spec, target.fresh, host.stop_timeout)),
+        };
+        let data = json!({ "vm": vm });
+        let r = match outcome {
+            Ok(VmOutcome::Running) => result(ResultState::Ok, "running", data),
+            Ok(VmOutcome::Replaced) => result(
+                ResultState::Ok,
+                "running; replaced: the VM was recreated with the new settings",
+                data,
+            ),
+            Ok(VmOutcome::Finished) => result(ResultState::Ok, "exited (0)", data),
+            Err(e) => result(ResultState::Error, e, data),
+        };
+        if target.fresh {
+            // A fresh (re)provisioning starts a new crash streak.
+            self.restarts().remove(&vm);
+        }
+        let unchanged = w
+            .result
+            .as_ref()
+            .is_some_and(|old| old.state == r.state && old.message == r.message);
+        Step {
+            result: (!unchanged).then_some(r),
+            usable: Ok(()),
+        }
+    }
+
+    fn resource(&self, id: &str, workload: &str) -> String {
+        format!("{id}-{workload}")
+    }
+
+    fn resources(&self, host: &Host) -> std::io::Result<Vec<String>> {
+        names_in(&host.vmm.config().root)
+    }
+
+    fn remove(&self, host: &Host, resource: &str) -> Result<(), String> {
+        self.restarts().remove(resource);
+        remove_vm(&host.vmm, resource, host.stop_timeout)
+    }
+
+    fn watched(&self, w: &Workload) -> bool {
+        super::state(w) == Some(ResultState::Ok)
+    }
+
+    fn monitor(&self, host: &Host, id: &str, w: &Workload) -> Option<WorkloadResult> {
+        let r = w.result.as_ref()?;
+        let vm = self.resource(id, w.name.as_str());
+        let info = host.vmm.status(&vm).ok()?;
+        let data = json!({ "vm": vm });
+        let failure = match &info.state {
+            VmState::Running | VmState::Paused | VmState::Created => {
+                // A minute up after a restart ends the crash streak.
+                let mut restarts = self.restarts();
+                if restarts
+                    .get(&vm)
+                    .is_some_and(|r| Instant::now() > r.next + Duration::from_secs(60))
+                {
+                    restarts.remove(&vm);
+                }
+                return None;
+            }
+            VmState::Exited { code: 0, .. } | VmState::Stopped => {
+                let message = info.state.to_string();
+                return (r.message != message).then(|| result(ResultState::Ok, message, data));
+            }
+            VmState::Exited { .. } | VmState::Crashed { .. } => info.state.to_string(),
+        };
+        let reason = match &info.state {
+            VmState::Crashed { reason } => reason.clone(),
+            _ => format!(
+                "{failure}\n--- last console lines ---\n{}",
+                zos_vmm::console::tail(&info.console, 20)
+            ),
+        };
+        let mut restarts = self.restarts();
+        let entry = restarts.entry(vm.clone()).or_insert(Restart {
+            count: 0,
+            next: Instant::now(),
+        });
+        if entry.count >= host.max_restarts {
+            let message = format!(
+                "failed {} times in a row; the last time: {reason}",
+                entry.count + 1
+            );
+            restarts.remove(&vm);
+            return Some(result(ResultState::Error, message, data));
+        }
+        if Instant::now() < entry.next {
+            return None;
+        }
+        entry.count += 1;
+        entry.next = Instant::now() + Duration::from_secs(1 << entry.count.min(6));
+        let count = entry.count;
+        drop(restarts);
+        tracing::info!(vm = %vm, count, "restarting a failed zmachine");
+        let first_line = reason.lines().next().unwrap_or("");
+        let message = match host.vmm.start(&vm) {
+            Ok(_) => format!(
+                "running; restarted ({count} of {}) after: {first_line}",
+                host.max_restarts
+            ),
+            Err(e) => format!("restart {count} failed: {e}"),
+        };
+        Some(result(ResultState::Ok, message, data))
+    }
+
+    fn forget(&self, id: &str) {
+        self.restarts().retain(|vm, _| !super::belongs_to(vm, id));
+    }
+
+    fn console(&self, host: &Host, id: &str, workload: &str) -> Result<(PathBuf, String), Console> {
+        let vm = self.resource(id, workload);
+        match host.vmm.console_path(&vm) {
+            Ok(path) => Ok((path, vm)),
+            Err(_) => Err(Console::Missing(format!(
+                "{workload:?} has no VM yet: it is still being provisioned (see its state)"
+            ))),
+        }
+    }
+
+    fn console_active(&self, host: &Host, vm: &str) -> bool {
+        host.vmm.status(vm).is_ok_and(|i| i.state.is_active())
+    }
+}
+
+/// Checks a zmachine's `flist` before it is accepted: an absolute path to a `.fl` file on
+/// the node, outside the node's own data (where users' disks live, which their guests
+/// write: a crafted file there must never be mounted as an flist).
+pub fn check_flist(flist: &str, data_dir: &Path) -> Result<(), String> {
+    let path = Path::new(flist);
+    if !path.is_absolute() || path.extension().is_none_or(|e| e != "fl") {
+        return Err(format!(
+            "flist {flist:?}: give the absolute path of a .fl file on the node"
+        ));
+    }
+    let real = std::fs::canonicalize(path)
+        .map_err(|_| format!("flist {flist:?} not found on the node"))?;
+    if !real.is_file() {
+        return Err(format!("flist {flist:?} is not a file"));
+    }
+    let data = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    if real.starts_with(&data) {
+        return Err(format!(
+            "flist {flist:?} is inside the node's data dir; flists must come from elsewhere"
+        ));
+    }
+    Ok(())
+}
+
+/// The VM spec a zmachine asks for; the flist decides container or VM mode.
+fn vm_spec(host: &Host, id: &str, workload: &str, m: &ZMachine) -> Result<VmSpec, String> {
+    let flist = PathBuf::from(&m.flist);
+    if !flist.is_file() {
+        return Err(format!("flist {} not found on the node", flist.display()));
+    }
+    let disks = m
+        .mounts
+        .iter()
+        .map(|mount| DiskAttach {
+            path: zmount::disk_path(host, &zmount::Zmount.resource(id, mount.name.as_str())),
+            format: DiskFormat::Raw,
+            mount_at: mount.mountpoint.clone(),
+        })
+        .collect();
+    VmRequest {
+        flist: FlistSource {
+            path: flist,
+            stores: Vec::new(),
+        },
+        cpus: u32::from(m.cpu),
+        memory: m.memory.0,
+        hostname: workload.to_string(),
+        accel: Default::default(),
+        overrides: Overrides {
+            entrypoint: (!m.entrypoint.is_empty()).then(|| m.entrypoint.clone()),
+            cmd: m.cmd.clone(),
+            env: m.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            root_size: m.root_size.0,
+            seed: SeedSpec::default(),
+            ..Overrides::default()
+        },
+        disks,
+    }
+    .plan()
+    .map_err(|e| e.to_string())
+}
+
+/// What [`ensure_vm`] did.
+enum VmOutcome {
+    /// The VM runs (created and started, or already running).
+    Running,
+    /// The VM runs, replacing one with another spec.
+    Replaced,
+    /// The VM's process ended with exit code 0 and is left so.
+    Finished,
+}
+
+/// Makes the VM `name` run with `spec`: creates it, replaces one with another spec, starts
+/// it if it is not running. A VM whose process exited 0 is left alone unless `restart`.
+fn ensure_vm(
+    vmm: &Vmm,
+    name: &str,
+    spec: VmSpec,
+    restart: bool,
+    stop_timeout: Duration,
+) -> Result<VmOutcome, String> {
+    let mut replaced = false;
+    match vmm.status(name) {
+        Ok(info) if info.spec == spec => {
+            if info.state.is_active() {
+                return Ok(VmOutcome::Running);
+            }
+            if !restart && matches!(info.state, VmState::Exited { code: 0, .. }) {
+                return Ok(VmOutcome::Finished);
+            }
+        }
+        Ok(_) => {
+            let _ = vmm.stop(name, stop_timeout);
+            vmm.delete(name).map_err(|e| e.to_string())?;
+            replaced = true;
+            vmm.create(name, spec).map_err(|e| e.to_string())?;
+        }
+        Err(zos_vmm::Error::NotFound(_)) => {
+            vmm.create(name, spec).map_err(|e| e.to_string())?;
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    vmm.start(name).map_err(|e| e.to_string())?;
+    Ok(if replaced {
+        VmOutcome::Replaced
+    } else {
+        VmOutcome::Running
+    })
+}
+
+/// Removes a VM if it exists.
+fn remove_vm(vmm: &Vmm, name: &str, stop_timeout: Duration) -> Result<(), String> {
+    match vmm.status(name) {
+        Ok(info) => {
+            if info.state.is_active() {
+                let _ = vmm.stop(name, stop_timeout);
+            }
+            vmm.delete(name).map_err(|e| e.to_string())
+        }
+        Err(zos_vmm::Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flists_come_from_outside_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("node");
+        std::fs::create_dir_all(data.join("disks")).unwrap();
+        let outside = dir.path().join("app.fl");
+        std::fs::write(&outside, b"x").unwrap();
+        let inside = data.join("disks/x.fl");
+        std::fs::write(&inside, b"x").unwrap();
+        std::os::unix::fs::symlink(&inside, dir.path().join("link.fl")).unwrap();
+        let check = |p: &Path| check_flist(&p.display().to_string(), &data);
+        assert_eq!(check(&outside), Ok(()));
+        let err = check(&inside).unwrap_err();
+        assert!(err.contains("inside the node's data dir"), "{err}");
+        let err = check(&dir.path().join("link.fl")).unwrap_err();
+        assert!(err.contains("inside the node's data dir"), "{err}");
+        assert!(check_flist("app.fl", &data)
+            .unwrap_err()
+            .contains("absolute path"));
+        assert!(check_flist("/etc/passwd", &data)
+            .unwrap_err()
+            .contains(".fl file"));
+        assert!(check(&dir.path().join("none.fl"))
+            .unwrap_err()
+            .contains("not found"));
+    }
+}

@@ -1,0 +1,61 @@
+//! How a manager finds its tools and keeps its VMs.
+
+use crate::bootkit;
+use std::path::PathBuf;
+
+/// How a manager finds its tools and keeps its VMs.
+#[derive(Debug, Clone)]
+pub struct VmmConfig {
+    /// Each VM lives in `<root>/<name>/`.
+    pub root: PathBuf,
+    /// The boot kit directory (see [`bootkit::default_dir`]).
+    pub bootkit: PathBuf,
+    /// The static `zos-init`; located with [`bootkit::locate_init`] when `None`.
+    pub init: Option<PathBuf>,
+    /// The `zos` binary, whose `zos flist mount` serves flists to VMs.
+    pub zos: PathBuf,
+    /// The block cache shared by all flist mounts.
+    pub cache_dir: PathBuf,
+    /// Size limit of that cache.
+    pub cache_size: u64,
+    /// `qemu-system-x86_64`.
+    pub qemu: PathBuf,
+    /// `virtiofsd`.
+    pub virtiofsd: PathBuf,
+    /// A console log is rotated past this size.
+    pub console_max: u64,
+}
+
+impl VmmConfig {
+    /// Defaults for `root`: tools from `PATH` (virtiofsd also from `~/.cargo/bin`, where
+    /// `cargo install` puts it), the boot kit from [`bootkit::default_dir`].
+    pub fn new(root: PathBuf, zos: PathBuf, cache_dir: PathBuf) -> VmmConfig {
+        VmmConfig {
+            root,
+            bootkit: bootkit::default_dir(),
+            init: None,
+            zos,
+            cache_dir,
+            cache_size: 2 << 30,
+            qemu: find_tool("qemu-system-x86_64"),
+            virtiofsd: find_tool("virtiofsd"),
+            console_max: 1 << 20,
+        }
+    }
+}
+
+/// `name` in `PATH`, `~/.cargo/bin` or QEMU's helper dirs; the bare name (so the error
+/// names it) when found nowhere.
+fn find_tool(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.extend(["/usr/libexec", "/usr/lib/qemu"].map(PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}

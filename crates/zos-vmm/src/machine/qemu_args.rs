@@ -1,0 +1,175 @@
+//! Pieces of QEMU's command line, and the rules for the paths that go into it.
+
+use super::record::{CONSOLE, CONTROL, EXIT, QMP};
+use crate::host::Accel;
+use crate::spec::VmSpec;
+use crate::{Error, Result};
+use std::ffi::OsString;
+use std::path::Path;
+
+/// SeaBIOS built for `microvm`: it boots from virtio-mmio disks (QEMU's own microvm
+/// firmware, qboot, only boots a kernel given with `-kernel`).
+pub(super) const DISK_FIRMWARE: &str = "/usr/share/seabios/bios-microvm.bin";
+
+/// What every VM has: the machine, CPUs and shared RAM, no default devices, the serial
+/// console appended to `console.log`, and QMP on `qmp.sock`.
+pub(super) fn base(dir: &Path, spec: &VmSpec, accel: Accel) -> Result<Vec<OsString>> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+    let mem = format!("{}M", spec.memory_mib);
+    let machine = format!("microvm,accel={},memory-backend=mem", accel.as_str());
+    let cpu = if accel == Accel::Kvm { "host" } else { "max" };
+    push(&[
+        "-M",
+        &machine,
+        "-cpu",
+        cpu,
+        "-smp",
+        &spec.cpus.to_string(),
+        "-m",
+        &mem,
+    ]);
+    // virtio-fs needs the guest RAM shareable with virtiofsd.
+    push(&[
+        "-object",
+        &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+    ]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
+    push(&[
+        "-chardev",
+        &format!(
+            "file,id=con,path={},append=on",
+            path_arg(&dir.join(CONSOLE))?
+        ),
+    ]);
+    push(&["-serial", "chardev:con"]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", socket_path(dir, QMP)?),
+    ]);
+    Ok(args)
+}
+
+/// A container VM's virtio-serial ports to `zos-init`: its exit report goes to `exit.json`,
+/// and stop / signal lines come from `control.sock`.
+pub(super) fn push_guest_ports(args: &mut Vec<OsString>, dir: &Path) -> Result<()> {
+    let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+    push(&["-device", "virtio-serial-device"]);
+    push(&[
+        "-chardev",
+        &format!("file,id=exit,path={}", path_arg(&dir.join(EXIT))?),
+    ]);
+    push(&[
+        "-device",
+        &format!("virtserialport,chardev=exit,name={}", zos_init::STATUS_PORT),
+    ]);
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=ctl,path={},server=on,wait=off",
+            socket_path(dir, CONTROL)?
+        ),
+    ]);
+    push(&[
+        "-device",
+        &format!("virtserialport,chardev=ctl,name={}", zos_init::CONTROL_PORT),
+    ]);
+    Ok(())
+}
+
+/// The vhost-user-fs device exporting the root (tag `rootfs`) through virtiofsd's socket.
+pub(super) fn push_virtiofs(args: &mut Vec<OsString>, socket: &str) {
+    for a in [
+        "-chardev".to_string(),
+        format!("socket,id=vfs,path={socket}"),
+        "-device".to_string(),
+        format!(
+            "vhost-user-fs-device,chardev=vfs,tag={}",
+            zos_init::ROOT_TAG
+        ),
+    ] {
+        args.push(a.into());
+    }
+}
+
+/// A virtio-blk disk: `-drive` (host side) and `-device` (what the guest sees, with the
+/// `serial` it is found by).
+pub(super) fn push_disk(
+    args: &mut Vec<OsString>,
+    device: &str,
+    id: &str,
+    path: &Path,
+    format: &str,
+    serial: &str,
+    role: DiskRole,
+) -> Result<()> {
+    let ro = if role == DiskRole::ReadOnly {
+        ",readonly=on"
+    } else {
+        ""
+    };
+    let boot = if role == DiskRole::Boot {
+        ",bootindex=0"
+    } else {
+        ""
+    };
+    let drive = format!(
+        "id={id},file={},format={format},if=none,cache=unsafe{ro}",
+        path_arg(path)?
+    );
+    for a in [
+        "-drive".to_string(),
+        drive,
+        "-device".to_string(),
+        format!("{device},drive={id},serial={serial}{boot}"),
+    ] {
+        args.push(a.into());
+    }
+    Ok(())
+}
+
+/// What a disk is to the guest.
+#[derive(PartialEq)]
+pub(super) enum DiskRole {
+    /// Read-write data.
+    Data,
+    /// Read-only (the seed).
+    ReadOnly,
+    /// The disk the firmware boots.
+    Boot,
+}
+
+/// The virtio serial of the n-th extra disk, matched by `zos-init` in `/sys/block/*/serial`.
+pub(super) fn disk_serial(i: usize) -> String {
+    format!("zos-disk{i}")
+}
+
+/// A path for a QEMU option value: commas would split the option, so they are refused.
+pub(super) fn path_arg(p: &Path) -> Result<String> {
+    let s = p.to_str().ok_or_else(|| {
+        Error::Invalid(format!("{} is not UTF-8; QEMU cannot take it", p.display()))
+    })?;
+    if s.contains(',') {
+        return Err(Error::Invalid(format!(
+            "{s} contains a comma, which QEMU options cannot carry: use another data dir"
+        )));
+    }
+    Ok(s.to_string())
+}
+
+/// A unix socket path, which the kernel limits to 107 bytes.
+pub(super) fn socket_path(dir: &Path, file: &str) -> Result<String> {
+    let s = path_arg(&dir.join(file))?;
+    if s.len() > 107 {
+        return Err(Error::Invalid(format!(
+            "socket path {s} is longer than the 107 bytes unix sockets allow: use a shorter data dir"
+        )));
+    }
+    Ok(s)
+}

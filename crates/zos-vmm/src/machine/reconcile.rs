@@ -1,0 +1,109 @@
+//! The record brought in line with the processes: a QEMU that is gone gets its final state
+//! (exit report, stop, power-off or crash), a lost helper takes QEMU down with it, and what
+//! an ended VM leaves behind (helpers, mounts, sockets) is cleaned up.
+
+use super::record::{
+    load, save, Record, Runtime, VmState, CONSOLE, CONTROL, EXIT, INITRD, PIDFILE, QMP, VIRTIOFS,
+};
+use super::Vmm;
+use crate::console;
+use crate::proc::ProcRef;
+use crate::rootfs::{self, Layers};
+use crate::spec::{Boot, VmSpec};
+use crate::Result;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+use zos_init::ExitReport;
+
+impl Vmm {
+    /// Loads the record and brings it in line with the processes (caller holds the lock).
+    pub(super) fn refresh(&self, dir: &Path) -> Result<Record> {
+        let mut record = load(dir)?;
+        let _ = console::rotate_if_large(&dir.join(CONSOLE), self.cfg.console_max);
+        let Some(rt) = record.runtime.clone() else {
+            return Ok(record);
+        };
+        let helper_died = [("virtiofsd", rt.virtiofsd), ("the flist mount", rt.mount)]
+            .into_iter()
+            .find(|(_, p)| p.is_some_and(|p| !p.alive()))
+            .map(|(name, _)| name);
+        let mut lost_helper = None;
+        if rt.qemu.alive() {
+            let Some(helper) = helper_died else {
+                return Ok(record);
+            };
+            // virtiofsd also exits when a powering-off guest drops its connection, a moment
+            // before QEMU itself is gone: that is an ordinary exit, not a crash.
+            if !rt.qemu.wait_gone(Duration::from_secs(2)) {
+                // The guest has lost its root filesystem: it cannot go on.
+                rt.qemu.signal(libc::SIGKILL);
+                rt.qemu.wait_gone(Duration::from_secs(5));
+                lost_helper = Some(VmState::Crashed {
+                    reason: format!(
+                        "{helper} exited while the VM ran; the VM was stopped\n--- last console lines ---\n{}",
+                        console::tail(&dir.join(CONSOLE), 20)
+                    ),
+                });
+            }
+        }
+        record.state = lost_helper.unwrap_or_else(|| self.exit_state(dir, &record.spec, &rt));
+        teardown(dir, rt.virtiofsd, rt.mount);
+        record.runtime = None;
+        save(dir, &record)?;
+        Ok(record)
+    }
+
+    /// Why QEMU is gone: the container's exit report, a stop, a power-off, or a crash.
+    fn exit_state(&self, dir: &Path, spec: &VmSpec, rt: &Runtime) -> VmState {
+        let stop_requested = rt.stop_requested;
+        let report = fs::read_to_string(dir.join(EXIT)).ok().and_then(|text| {
+            text.lines()
+                .find_map(|l| serde_json::from_str::<ExitReport>(l.trim()).ok())
+        });
+        if let Some(report) = report {
+            return VmState::Exited {
+                code: report.code,
+                error: report.error,
+            };
+        }
+        // The panic line comes before a long call trace: look through this boot's output,
+        // and show the lines around it rather than the end of the trace.
+        let panic =
+            console::panic_excerpt(&console::since(&dir.join(CONSOLE), rt.console_start), 30);
+        let panicked = panic.is_some();
+        if stop_requested && !panicked {
+            return VmState::Stopped;
+        }
+        if !panicked && !matches!(spec.boot, Boot::Container { .. }) {
+            // A VM-mode guest powering off is its own business.
+            return VmState::Stopped;
+        }
+        let what = if panicked {
+            "the guest kernel panicked"
+        } else {
+            "QEMU exited without an exit report from the guest (killed, or the guest died)"
+        };
+        let console = match panic {
+            Some(excerpt) => format!("--- console around the panic ---\n{excerpt}"),
+            None => format!(
+                "--- last console lines ---\n{}",
+                console::tail(&dir.join(CONSOLE), 30)
+            ),
+        };
+        VmState::Crashed {
+            reason: format!("{what}\n{console}"),
+        }
+    }
+}
+
+/// Stops the helpers and removes the runtime leftovers of a VM whose QEMU is gone.
+pub(super) fn teardown(dir: &Path, virtiofsd: Option<ProcRef>, mount: Option<ProcRef>) {
+    if let Some(v) = virtiofsd {
+        v.terminate(Duration::from_secs(2));
+    }
+    rootfs::unmount_root(&Layers::of(dir), mount);
+    for file in [QMP, CONTROL, VIRTIOFS, INITRD, PIDFILE] {
+        let _ = fs::remove_file(dir.join(file));
+    }
+}
