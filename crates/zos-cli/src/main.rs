@@ -2,9 +2,6 @@
 //! runs VMs, runs the node, and deploys to it. Holds no business logic: every command parses
 //! its arguments, calls a library crate (or the node's API) and prints the result.
 
-mod bench;
-mod bench_node;
-mod bench_vm;
 mod client;
 mod deploy;
 mod deployments;
@@ -65,9 +62,6 @@ Examples:\n  zos run alpine.fl -- echo hello\n  zos run app.fl --cpus 2 --memory
         #[command(flatten)]
         place: vm::Place,
     },
-    /// Measure zos against a floor measured in the same run, and print a table
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
     /// Make and show the key that owns your deployments and signs your requests
     #[command(subcommand)]
     Key(key::KeyCommand),
@@ -136,7 +130,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Flist(cmd) => flist::run(cmd),
-        Command::Bench(cmd) => bench::run(cmd),
         Command::Run { vm, detach, place } => vm::run(*vm, place, detach),
         Command::Vm { cmd, place } => vm::vm(cmd, place),
         Command::Volume { cmd, place } => vm::volume(cmd, place),

@@ -483,39 +483,6 @@ fn pack_passwords_are_stripped_from_routes_unless_asked() {
 }
 
 #[test]
-fn bench_prints_a_table_with_its_floor() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = ok(zos()
-        .args(["bench", "flist", "--scale", "0.005", "--dir"])
-        .arg(tmp.path().join("bench")));
-    for row in [
-        "cp -a",
-        "pack",
-        "unpack",
-        "store size",
-        "pack (1% changed)",
-        "target met",
-    ] {
-        assert!(out.contains(row), "missing {row:?} in:\n{out}");
-    }
-    // The mount table may only be skipped where FUSE cannot be used at all.
-    let fuse = Path::new("/dev/fuse").exists() && have("fusermount3") && is_root();
-    if fuse || !out.contains("mount table skipped:") {
-        for row in [
-            "cold read",
-            "warm read",
-            "find + stat",
-            "ls -f",
-            "ls -l",
-            "lazy start",
-            "warm read / local throughput",
-        ] {
-            assert!(out.contains(row), "missing {row:?} in:\n{out}");
-        }
-    }
-}
-
-#[test]
 fn output_inside_the_tree_does_not_pack_itself() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");

@@ -1,0 +1,450 @@
+//! `zos-bench node`: the node's API throughput and latency, its restart time with many
+//! stored deployments, and deploy-to-running of a container next to `zos run` of the same
+//! image (the floor, same run).
+
+use crate::image::{image, remove_vms, zos_run_to_mark, MARK};
+use crate::stats::{median, Timing};
+use crate::table::{fmt, print_grid};
+use crate::workdir::WorkDir;
+use crate::zos_bin::Zos;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+use zos_client::{NodeClient, NodeUrl};
+use zos_types::{Deployment, DeploymentFile, Keypair, PublicKey, ResultState};
+
+/// Concurrent clients sending deployments.
+const CLIENTS: usize = 4;
+
+/// One line of the table.
+#[derive(serde::Serialize)]
+struct Row {
+    step: String,
+    value: f64,
+    unit: &'static str,
+    floor: Option<f64>,
+    /// Deployments whose step failed (counted in `value` as done, if at all, never as a
+    /// success); a row with failures makes the command exit non-zero.
+    failed: usize,
+    notes: String,
+}
+
+/// Runs the node benchmark and prints its table; exits 1 if a step failed for some
+/// deployments (the table still shows what was measured).
+pub fn bench_node(
+    zos: &Zos,
+    count: usize,
+    runs: usize,
+    keep: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let work = WorkDir::new(None, keep)?;
+    let mut node = BenchNode {
+        zos: zos.clone(),
+        work: work.root.clone(),
+        child: None,
+    };
+    let result = measure(&mut node, count.max(1), runs.max(1));
+    node.stop();
+    if !keep {
+        remove_vms(zos, &work.path("node"));
+    }
+    drop(work);
+    let rows = result?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print(&rows);
+    }
+    let failed: usize = rows.iter().map(|r| r.failed).sum();
+    if failed > 0 {
+        eprintln!("error: {failed} deployments failed; see the FAILED rows");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A `zos node run` child over a work dir.
+struct BenchNode {
+    zos: Zos,
+    work: PathBuf,
+    child: Option<Child>,
+}
+
+impl BenchNode {
+    fn socket(&self) -> PathBuf {
+        self.work.join("node.sock")
+    }
+
+    fn api(&self, key: &Keypair) -> Result<NodeClient> {
+        NodeClient::new(NodeUrl::Unix(self.socket()), key.clone()).context("making the API client")
+    }
+
+    /// Starts the node; returns the seconds until its API answers.
+    fn start(&mut self, key: &Keypair) -> Result<f64> {
+        let config = self.work.join("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\nlisten = [\"unix://{}\"]\ncache_dir = {:?}\ndisk = \"100T\"\n",
+                self.work.join("node"),
+                self.socket().display(),
+                self.work.join("cache"),
+            ),
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
+        let log_path = self.work.join("node.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let start = Instant::now();
+        self.child = Some(
+            self.zos
+                .command()
+                .args(["node", "run", "--config"])
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {} node run", self.zos.path().display()))?,
+        );
+        let api = self.api(key)?;
+        loop {
+            if api.node_info().is_ok() {
+                return Ok(start.elapsed().as_secs_f64());
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!(
+                    "the node did not answer within 2 minutes; see {}",
+                    log_path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the node with SIGTERM, as a service manager would.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            match libc::pid_t::try_from(c.id()) {
+                // SAFETY: kill has no memory-safety preconditions; the pid is our own
+                // child's, not yet reaped, so it names no other process.
+                Ok(pid) => unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                },
+                Err(_) => {
+                    let _ = c.kill();
+                }
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+fn deployment(key: &Keypair, node: PublicKey, yaml: &str) -> Result<Deployment> {
+    let mut d = DeploymentFile::from_yaml_str(yaml)?.into_deployment(key.public(), node);
+    d.sign(key);
+    Ok(d)
+}
+
+/// How the deployments' workloads stand: still provisioning, failed (with the first
+/// error's message), or done.
+#[derive(Default)]
+struct Tally {
+    pending: usize,
+    failed: usize,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn of(list: &[Deployment]) -> Tally {
+        let mut t = Tally::default();
+        for d in list {
+            let states = d.workloads.iter().map(|w| w.result.as_ref());
+            if let Some(r) = states
+                .clone()
+                .flatten()
+                .find(|r| r.state == ResultState::Error)
+            {
+                t.failed += 1;
+                t.first_error
+                    .get_or_insert_with(|| format!("{}: {}", d.name, r.message));
+            } else if states
+                .clone()
+                .any(|r| r.is_none_or(|r| r.state == ResultState::Init))
+            {
+                t.pending += 1;
+            }
+        }
+        t
+    }
+}
+
+fn measure(node: &mut BenchNode, count: usize, runs: usize) -> Result<Vec<Row>> {
+    let key = Keypair::generate();
+    eprintln!(
+        "zos-bench node: building the image in {}",
+        node.work.display()
+    );
+    let fl = image(&node.zos, &node.work, "busybox", 0)?;
+    node.start(&key)?;
+    let node_id = node.api(&key)?.node_id()?;
+    let mut rows = Vec::new();
+
+    // Signed before the clock starts: what is timed is the node's side (signature check,
+    // admission, one database transaction) plus the HTTP round trip.
+    eprintln!("zos-bench node: {count} zmount deployments through the API");
+    let bodies: Vec<Deployment> = (0..count)
+        .map(|i| {
+            deployment(
+                &key,
+                node_id,
+                &format!("name: d{i:05}\nworkloads:\n  - name: data\n    type: zmount\n    data: {{ size: 16M }}\n"),
+            )
+        })
+        .collect::<Result<_>>()?;
+    let start = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = bodies
+            .chunks(count.div_ceil(CLIENTS))
+            .map(|chunk| {
+                let api = node.api(&key);
+                s.spawn(move || -> Result<()> {
+                    let api = api?;
+                    api.pin_node_id(node_id);
+                    for d in chunk {
+                        api.create(d)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    let rate = count as f64 / secs;
+    rows.push(Row {
+        step: "deployments accepted per second".into(),
+        value: rate,
+        unit: "/s",
+        floor: None,
+        failed: 0,
+        notes: format!(
+            "{count} zmount-only deployments, {CLIENTS} clients, {secs:.2} s; target >= 1000/s: {}",
+            if rate >= 1000.0 { "met" } else { "missed" }
+        ),
+    });
+
+    let api = node.api(&key)?;
+    let start = Instant::now();
+    let tally = loop {
+        let list = api.deployments(false)?.value;
+        let tally = Tally::of(&list);
+        if tally.pending == 0 {
+            break tally;
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "{} deployments still provisioning after 10 minutes",
+                tally.pending
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let provisioned = start.elapsed().as_secs_f64();
+    rows.push(match tally.first_error {
+        None => Row {
+            step: "their disks provisioned (after accept)".into(),
+            value: provisioned,
+            unit: "s",
+            floor: None,
+            failed: 0,
+            notes: format!("all {count} ok; ext4 disks made by 2 workers in the background"),
+        },
+        Some(first) => Row {
+            step: "their disks provisioned: FAILED".into(),
+            value: provisioned,
+            unit: "s",
+            floor: None,
+            failed: tally.failed,
+            notes: format!(
+                "{} of {count} ended in error, {} ok (time until all settled); first: {first}",
+                tally.failed,
+                count - tally.failed
+            ),
+        },
+    });
+
+    eprintln!("zos-bench node: {count} gets");
+    let mut latencies: Vec<f64> = Vec::with_capacity(count);
+    for i in 0..count {
+        let start = Instant::now();
+        api.deployment(&format!("d{:05}", (i * 7919) % count))?;
+        latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let p99 = latencies[((latencies.len() - 1) as f64 * 0.99).round() as usize];
+    for (name, value) in [
+        ("get latency p50", median(&latencies)),
+        ("get latency p99", p99),
+    ] {
+        rows.push(Row {
+            step: name.into(),
+            value,
+            unit: "ms",
+            floor: None,
+            failed: 0,
+            notes: format!("{count} signed GETs of one deployment, one client, a connection each"),
+        });
+    }
+
+    eprintln!("zos-bench node: restart with {count} deployments stored");
+    node.stop();
+    let restart = node.start(&key)?;
+    rows.push(Row {
+        step: format!("node restart, {count} deployments"),
+        value: restart,
+        unit: "s",
+        floor: None,
+        failed: 0,
+        notes: "SIGTERM, start, until the API answers (reconciling goes on in the background)"
+            .into(),
+    });
+
+    eprintln!("zos-bench node: deploy to running vs zos run");
+    let mut floor = Vec::new();
+    let mut deployed = Vec::new();
+    for i in 0..runs {
+        floor.push(zos_run_to_mark(&node.zos, &node.work, &fl)?);
+        deployed.push(deploy_to_mark(&api, &key, &fl, i)?);
+    }
+    let (floor, deployed) = (
+        Timing::of_seconds(floor, 0.0),
+        Timing::of_seconds(deployed, 0.0),
+    );
+    let (f, d) = (floor.median, deployed.median);
+    rows.push(Row {
+        step: "zos run busybox, first output".into(),
+        value: f,
+        unit: "s",
+        floor: Some(f),
+        failed: 0,
+        notes: format!("the floor; {}", floor.spread()),
+    });
+    rows.push(Row {
+        step: "deploy busybox zmachine, first output".into(),
+        value: d,
+        unit: "s",
+        floor: Some(f),
+        failed: 0,
+        notes: format!(
+            "{:.2}x zos run, target 1.1x: {}; {}",
+            d / f,
+            if d / f <= 1.1 { "met" } else { "missed" },
+            deployed.spread()
+        ),
+    });
+    Ok(rows)
+}
+
+/// Seconds from sending a signed deployment of `fl` until its console shows the marker (read
+/// through the API's log endpoint); the deployment is deleted afterwards. Fails as soon as
+/// the workload ends in error: a failed deployment has no time to report.
+fn deploy_to_mark(api: &NodeClient, key: &Keypair, fl: &Path, i: usize) -> Result<f64> {
+    let name = format!("run{i}");
+    let d = deployment(
+        key,
+        api.node_id()?,
+        &format!(
+            "name: {name}\nworkloads:\n  - name: vm\n    type: zmachine\n    data: {{ flist: {} }}\n",
+            fl.display()
+        ),
+    )?;
+    let start = Instant::now();
+    api.create(&d)?;
+    let workload = &d.workloads[0].name;
+    let mut last_check = start;
+    let secs = loop {
+        // Before its VM exists the log is a 404: keep asking.
+        let mut text = Vec::new();
+        let read = api.logs(&name, workload, |chunk| {
+            text.extend_from_slice(chunk);
+            Ok(())
+        });
+        if read.is_ok() && String::from_utf8_lossy(&text).contains(MARK) {
+            break start.elapsed().as_secs_f64();
+        }
+        // Now and then, not every pass: each extra request adds to what is timed.
+        if last_check.elapsed() > Duration::from_millis(500) {
+            last_check = Instant::now();
+            let now = api.deployment(&name)?.value;
+            if let Some(error) = Tally::of(std::slice::from_ref(&now)).first_error {
+                bail!("deployment {name} failed before printing its marker: {error}");
+            }
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            bail!("deployment {name} never printed its marker");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    api.remove(&name)
+        .context("deleting the benchmark deployment")?;
+    Ok(secs)
+}
+
+fn print(rows: &[Row]) {
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.step.clone(),
+                format!("{:.2}", r.value),
+                r.unit.to_owned(),
+                fmt(r.floor, 2),
+                r.notes.clone(),
+            ]
+        })
+        .collect();
+    print_grid(["step", "value", "unit", "floor", "notes"], &cells);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zos_types::WorkloadResult;
+
+    fn with_state(key: &Keypair, name: &str, state: Option<ResultState>) -> Deployment {
+        let yaml = format!(
+            "name: {name}\nworkloads:\n  - name: data\n    type: zmount\n    data: {{ size: 16M }}\n"
+        );
+        let mut d = deployment(key, key.public(), &yaml).unwrap();
+        d.workloads[0].result = state.map(|state| WorkloadResult {
+            state,
+            message: format!("{name} says so"),
+            data: serde_json::Value::Null,
+            created: 0,
+        });
+        d
+    }
+
+    #[test]
+    fn a_deployment_in_error_counts_as_failed_not_done() {
+        let key = Keypair::generate();
+        let list = [
+            with_state(&key, "ok", Some(ResultState::Ok)),
+            with_state(&key, "bad", Some(ResultState::Error)),
+            with_state(&key, "new", Some(ResultState::Init)),
+            with_state(&key, "unseen", None),
+        ];
+        let t = Tally::of(&list);
+        assert_eq!((t.pending, t.failed), (2, 1));
+        assert_eq!(t.first_error.as_deref(), Some("bad: bad says so"));
+        let done = Tally::of(&list[..1]);
+        assert_eq!((done.pending, done.failed, done.first_error), (0, 0, None));
+    }
+}

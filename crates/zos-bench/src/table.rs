@@ -1,0 +1,102 @@
+//! The one table printer: every benchmark prints its rows through [`print_grid`], then its
+//! targets through [`print_targets`].
+
+use serde::Serialize;
+
+/// One target from the issue and whether this run met it.
+#[derive(Serialize)]
+pub struct Target {
+    /// What is compared, e.g. "pack / cp -a throughput".
+    pub name: String,
+    /// The measured value.
+    pub value: f64,
+    /// The bound, e.g. ">= 0.5x".
+    pub target: String,
+    /// Whether `value` is within `target`.
+    pub met: bool,
+}
+
+/// A number with `prec` decimals, or "-" for a cell with no value.
+pub fn fmt(v: Option<f64>, prec: usize) -> String {
+    v.map_or("-".to_owned(), |v| format!("{v:.prec$}"))
+}
+
+/// Prints one line per target: its value and whether it was met.
+pub fn print_targets(targets: &[Target]) {
+    for t in targets {
+        println!(
+            "{}: {:.2} (target {}: {})",
+            t.name,
+            t.value,
+            t.target,
+            if t.met { "target met" } else { "NOT met" }
+        );
+    }
+}
+
+/// Prints a table: the first and last columns (text) left-aligned, the others (numbers)
+/// right-aligned so digits line up.
+pub fn print_grid<const N: usize>(header: [&str; N], cells: &[[String; N]]) {
+    print!("{}", grid(header, cells));
+}
+
+/// The text [`print_grid`] prints.
+fn grid<const N: usize>(header: [&str; N], cells: &[[String; N]]) -> String {
+    let mut width = header.map(|h| h.chars().count());
+    for c in cells {
+        for (w, v) in width.iter_mut().zip(c) {
+            *w = (*w).max(v.chars().count());
+        }
+    }
+    let line = |c: [&str; N]| {
+        let mut out = String::new();
+        for (i, (v, w)) in c.iter().zip(width).enumerate() {
+            if i == N - 1 {
+                // No padding after the last column: it would only add trailing spaces.
+                out.push_str(v);
+            } else if i == 0 {
+                out.push_str(&format!("{v:<w$} | "));
+            } else {
+                out.push_str(&format!("{v:>w$} | "));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(header);
+    let rule: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
+    out.push_str(&rule.join("-+-"));
+    out.push('\n');
+    for c in cells {
+        out.push_str(&line(c.each_ref().map(String::as_str)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_left_numbers_right_no_trailing_spaces() {
+        let cells = [
+            [
+                "cp -a".to_owned(),
+                "1.50".to_owned(),
+                "the floor".to_owned(),
+            ],
+            [
+                "pack (1% changed)".to_owned(),
+                "12.00".to_owned(),
+                String::new(),
+            ],
+        ];
+        assert_eq!(
+            grid(["step", "seconds", "notes"], &cells),
+            "step              | seconds | notes\n\
+             ------------------+---------+----------\n\
+             cp -a             |    1.50 | the floor\n\
+             pack (1% changed) |   12.00 | \n"
+        );
+    }
+}
