@@ -337,11 +337,7 @@ pub fn bench_flist(
         Ok(m) => (Report { mount: m, ..report }, None),
         Err(e) => (report, Some(e)),
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
-    }
+    crate::table::emit(&report, json, print_table)?;
     if let Some(e) = mount_error {
         return Err(e.context("mount table"));
     }

@@ -52,11 +52,7 @@ pub fn bench_node(
     }
     drop(work);
     let rows = result?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        print(&rows);
-    }
+    crate::table::emit(&rows, json, |rows| print(rows))?;
     let failed: usize = rows.iter().map(|r| r.failed).sum();
     if failed > 0 {
         eprintln!("error: {failed} deployments failed; see the FAILED rows");

@@ -16,6 +16,16 @@ pub struct Target {
     pub met: bool,
 }
 
+/// Prints `rows` as pretty JSON (`--json`) or through `print` (the table).
+pub fn emit<T: Serialize>(rows: &T, json: bool, print: impl FnOnce(&T)) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+    } else {
+        print(rows);
+    }
+    Ok(())
+}
+
 /// A number with `prec` decimals, or "-" for a cell with no value.
 pub fn fmt(v: Option<f64>, prec: usize) -> String {
     v.map_or("-".to_owned(), |v| format!("{v:.prec$}"))

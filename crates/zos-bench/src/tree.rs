@@ -137,21 +137,7 @@ pub fn count_entries(dir: &Path) -> Result<u64> {
 
 /// `size` random bytes: incompressible and unlike any other file, so every block is fetched.
 pub fn write_random(path: &Path, size: u64, rng: &mut fastrand::Rng) -> Result<()> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    const CHUNK: usize = MIB as usize;
-    let mut w = BufWriter::with_capacity(CHUNK, file);
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        rng.fill(&mut buf[..n]);
-        w.write_all(&buf[..n])
-            .with_context(|| format!("writing {}", path.display()))?;
-        left -= n as u64;
-    }
-    w.flush()
-        .with_context(|| format!("writing {}", path.display()))
+    write_data(path, size, size, rng)
 }
 
 /// `create_dir_all` with the path in its error.
@@ -216,18 +202,25 @@ pub fn generate_tree(tree: &Path, shape: &Shape) -> Result<u64> {
 /// A big file: the first half random (incompressible, no dedup), the second half one 4 KiB
 /// pattern repeated (compresses and dedups to almost nothing), so both block paths are timed.
 fn write_big(path: &Path, size: u64, rng: &mut fastrand::Rng) -> Result<()> {
+    write_data(path, size, size / 2, rng)
+}
+
+/// A file of `size` bytes: `random` random ones, then one random 4 KiB pattern repeated.
+fn write_data(path: &Path, size: u64, random: u64, rng: &mut fastrand::Rng) -> Result<()> {
     const CHUNK: usize = MIB as usize;
     let file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w = BufWriter::with_capacity(CHUNK, file);
     let mut buf = vec![0u8; CHUNK];
-    let half = size / 2;
-    let mut left = half;
+    let write = |w: &mut BufWriter<std::fs::File>, buf: &[u8], n: usize| {
+        w.write_all(&buf[..n])
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    let mut left = random;
     while left > 0 {
         let n = left.min(CHUNK as u64) as usize;
         rng.fill(&mut buf[..n]);
-        w.write_all(&buf[..n])
-            .with_context(|| format!("writing {}", path.display()))?;
+        write(&mut w, &buf, n)?;
         left -= n as u64;
     }
     let mut pattern = [0u8; 4096];
@@ -236,11 +229,10 @@ fn write_big(path: &Path, size: u64, rng: &mut fastrand::Rng) -> Result<()> {
     for (i, byte) in buf.iter_mut().enumerate() {
         *byte = pattern[i % pattern.len()];
     }
-    let mut left = size - half;
+    let mut left = size - random;
     while left > 0 {
         let n = left.min(CHUNK as u64) as usize;
-        w.write_all(&buf[..n])
-            .with_context(|| format!("writing {}", path.display()))?;
+        write(&mut w, &buf, n)?;
         left -= n as u64;
     }
     w.flush()

@@ -32,11 +32,7 @@ pub fn bench_vm(
     }
     drop(work);
     let rows = result?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        print(&rows);
-    }
+    crate::table::emit(&rows, json, |rows| print(rows))?;
     Ok(ExitCode::SUCCESS)
 }
 
