@@ -580,7 +580,10 @@ impl Engine {
     /// After a start: removes what no deployment owns (VMs, disks, half-made leftovers) and
     /// converges every deployment, which reattaches to running VMs and restarts the rest.
     pub fn reconcile(self: &Arc<Self>) -> Result<()> {
-        self.host.vmm.sweep()?;
+        for kind in self.kinds.all() {
+            kind.sweep(&self.host)
+                .with_context(|| format!("sweeping half-made {} resources", kind.type_name()))?;
+        }
         let all = self.store.all()?;
         let ids: HashSet<String> = all
             .iter()

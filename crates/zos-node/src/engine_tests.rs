@@ -92,6 +92,10 @@ impl Kind for Recorder {
     fn resources(&self, _host: &Host) -> std::io::Result<Vec<String>> {
         Ok(self.held().into_iter().collect())
     }
+    fn sweep(&self, _host: &Host) -> std::io::Result<()> {
+        self.note(format!("sweep {}", self.name));
+        Ok(())
+    }
     fn remove(&self, _host: &Host, resource: &str) -> Result<(), String> {
         self.note(format!("remove {resource}"));
         self.resources.lock().unwrap().remove(resource);
@@ -310,7 +314,15 @@ fn reconcile_removes_only_what_no_deployment_owns() {
     f.disks.resources.lock().unwrap().insert(stray.clone());
     f.take_log();
     f.engine.reconcile().unwrap();
-    assert_eq!(f.take_log(), [format!("remove {stray}")]);
+    // Half-made leftovers are swept before anything is judged.
+    assert_eq!(
+        f.take_log(),
+        [
+            "sweep zmount".to_string(),
+            "sweep zmachine".to_string(),
+            format!("remove {stray}")
+        ]
+    );
     assert_eq!(f.disks.held().len(), 1);
     assert_eq!(f.machines.held().len(), 1);
 }

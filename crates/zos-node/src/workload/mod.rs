@@ -89,6 +89,12 @@ pub trait Kind: Send + Sync {
     /// id and a `-`).
     fn resources(&self, host: &Host) -> std::io::Result<Vec<String>>;
 
+    /// Removes what a crash left half-made (staging files and dirs); run at start, before
+    /// anything converges.
+    fn sweep(&self, _host: &Host) -> std::io::Result<()> {
+        Ok(())
+    }
+
     /// Removes one resource; no error when it is already gone.
     fn remove(&self, host: &Host, resource: &str) -> Result<(), String>;
 

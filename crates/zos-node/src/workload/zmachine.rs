@@ -133,6 +133,10 @@ impl Kind for Zmachine {
         names_in(&host.vmm.config().root)
     }
 
+    fn sweep(&self, host: &Host) -> std::io::Result<()> {
+        host.vmm.sweep().map_err(std::io::Error::other)
+    }
+
     fn remove(&self, host: &Host, resource: &str) -> Result<(), String> {
         self.restarts().remove(resource);
         remove_vm(&host.vmm, resource, host.stop_timeout)

@@ -78,6 +78,18 @@ impl Kind for Zmount {
         names_in(&host.disks)
     }
 
+    fn sweep(&self, host: &Host) -> std::io::Result<()> {
+        // Disks are made under a hidden temporary name and renamed when complete.
+        for entry in std::fs::read_dir(&host.disks)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                tracing::info!(file = %entry.path().display(), "removing a half-made disk");
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
     fn remove(&self, host: &Host, resource: &str) -> Result<(), String> {
         let path = disk_path(host, resource);
         match std::fs::remove_file(&path) {
@@ -111,4 +123,33 @@ fn ensure(path: &Path, m: &ZMount) -> Result<serde_json::Value, String> {
         disk::create_disk(path, size, DiskFormat::Raw).map_err(|e| e.to_string())?;
     }
     Ok(json!({ "size": size }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_removes_half_made_disks_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host {
+            vmm: zos_vmm::Vmm::new(zos_vmm::VmmConfig::new(
+                dir.path().join("vms"),
+                "zos".into(),
+                dir.path().join("cache"),
+            ))
+            .unwrap(),
+            disks: dir.path().join("disks"),
+            data: dir.path().to_path_buf(),
+            stop_timeout: std::time::Duration::from_secs(1),
+            max_restarts: 1,
+        };
+        std::fs::create_dir(&host.disks).unwrap();
+        let disk = Zmount.resource("abc", "data");
+        std::fs::write(host.disks.join(&disk), b"").unwrap();
+        std::fs::write(host.disks.join(format!(".{disk}.x1.tmp")), b"").unwrap();
+        Zmount.sweep(&host).unwrap();
+        assert_eq!(Zmount.resources(&host).unwrap(), [disk]);
+        assert_eq!(std::fs::read_dir(&host.disks).unwrap().count(), 1);
+    }
 }
