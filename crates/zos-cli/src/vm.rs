@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use zos_types::ByteSize;
 use zos_vmm::disk::{self, DiskFormat};
 use zos_vmm::host::Accel;
 use zos_vmm::image::Overrides;
@@ -497,11 +498,11 @@ pub fn volume(cmd: VolumeCommand, place: Place) -> Result<ExitCode> {
                     }
                 };
                 println!(
-                    "{:<24} {:<6} {:>9}M {:>9}M",
+                    "{:<24} {:<6} {:>10} {:>10}",
                     stem,
                     info.format.as_qemu(),
-                    info.virtual_size >> 20,
-                    info.actual_size >> 20
+                    ByteSize(info.virtual_size).to_string(),
+                    ByteSize(info.actual_size).to_string()
                 );
             }
         }
