@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::broadcast;
 use zos_types::api::{Event, NodeInfo, Resources};
 use zos_types::{Deployment, Keypair, PublicKey, ResultState, Workload, WorkloadResult};
@@ -70,12 +70,6 @@ pub struct ConsoleLog {
 /// Convergence workers: one per host CPU would starve the guests under TCG; two keep a slow
 /// VM boot from holding up everything else.
 pub const WORKERS: usize = 2;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// A deployment whose every workload is deleted: kept only so old versions cannot return.
 fn is_tombstone(d: &Deployment) -> bool {
@@ -148,7 +142,7 @@ impl Engine {
 
     fn emit(&self, d: &Deployment, workload: Option<&str>, state: ResultState, message: &str) {
         let event = Event {
-            time: now(),
+            time: workload::now(),
             deployment: d.name.clone(),
             version: d.version,
             workload: workload.map(str::to_string),

@@ -233,10 +233,15 @@ pub fn result(
         state,
         message: message.into(),
         data,
-        created: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        created: now(),
     }
+}
+
+/// The time in unix seconds.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The names in `dir` (not starting with `.`: staging and hidden files), sorted.
