@@ -479,7 +479,7 @@ fn a_volume_outlives_the_vms_that_use_it() {
         .lines()
         .find(|l| l.split_whitespace().next() == Some("v1"))
         .unwrap_or_else(|| panic!("v1 not listed:\n{ls}"));
-    assert!(row.contains("raw") && row.contains("64M"), "{ls}");
+    assert!(row.contains("raw") && row.contains("64 MiB"), "{ls}");
 
     let out = ok(f.zos("run").arg(&f.fl).args([
         "-v",
