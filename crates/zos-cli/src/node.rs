@@ -25,7 +25,7 @@ cpu_overcommit = 4.0                        # vCPUs per host CPU (memory is neve
 disk = \"500G\"                               # default: the data dir's filesystem size\n  \
 cache_dir = \"/var/lib/zos/node/cache\"       # flist block cache\n  \
 max_restarts = 5                            # crashes in a row before a zmachine is left in error\n  \
-stop_timeout_secs = 10")]
+stop_timeout_secs = 10\nquarantine_days = 7")]
     Run {
         /// The node's config file [default: built-in defaults]
         #[arg(long, value_name = "FILE")]

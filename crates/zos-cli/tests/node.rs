@@ -830,6 +830,12 @@ fn a_node_killed_mid_provisioning_comes_back_consistent() {
     let disks = node.entries("disks");
     assert_eq!(disks.len(), 1, "{disks:?}");
     assert!(disks[0].ends_with("-data.raw"), "{disks:?}");
+    // What nothing owned was set aside whole, not deleted.
+    let quarantine = node.data().join("quarantine");
+    let batches = node.entries("quarantine");
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    let stray = quarantine.join(&batches[0]).join("000000000000-stray.raw");
+    assert_eq!(std::fs::read(&stray).unwrap(), b"x", "{}", stray.display());
 
     // Restarting again reattaches to the running VM rather than booting another.
     let pid_before =
@@ -841,6 +847,35 @@ fn a_node_killed_mid_provisioning_comes_back_consistent() {
     let pid_after =
         std::fs::read_to_string(node.data().join("vms").join(&vms[0]).join("qemu.pid")).unwrap();
     assert_eq!(pid_before, pid_after, "the VM was restarted");
+
+    // A node that lost its database refuses to start, and touches none of what runs.
+    node.kill9();
+    let db = node.data().join("node.redb");
+    let saved = node.dir().join("node.redb.saved");
+    std::fs::rename(&db, &saved).unwrap();
+    let out = zos()
+        .args(["node", "run", "--config"])
+        .arg(node.dir().join("node.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("refusing to start") && stderr.contains("Restore"),
+        "{stderr}"
+    );
+    assert_eq!(node.entries("vms"), vms);
+    assert_eq!(node.entries("disks"), disks);
+    std::fs::rename(&saved, &db).unwrap();
+    node.boot();
+    let d = node.settled("alice", "k");
+    assert_eq!(d["workloads"][1]["result"]["state"], "ok", "{d}");
+    let pid_again =
+        std::fs::read_to_string(node.data().join("vms").join(&vms[0]).join("qemu.pid")).unwrap();
+    assert_eq!(
+        pid_before, pid_again,
+        "the VM was touched by the refused start"
+    );
 
     ok(&mut node.cli("alice", &["rm", "k"]));
     assert!(node.entries("vms").is_empty());

@@ -15,8 +15,8 @@ pub fn totals(cfg: &NodeConfig, disk_size: u64) -> Resources {
     }
 }
 
-/// The size of the filesystem holding `dir`, in bytes.
-pub fn filesystem_size(dir: &std::path::Path) -> std::io::Result<u64> {
+/// What the file system holding `dir` has free for unprivileged use, in bytes.
+pub fn filesystem_free(dir: &std::path::Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::other("path holds a NUL byte"))?;
@@ -26,7 +26,7 @@ pub fn filesystem_size(dir: &std::path::Path) -> std::io::Result<u64> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(st.f_blocks * st.f_frsize)
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// `a + b`.

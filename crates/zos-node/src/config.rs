@@ -22,7 +22,8 @@ pub struct NodeConfig {
     pub reserve_disk: ByteSize,
     /// Virtual CPUs handed out per host CPU (memory is never overcommitted).
     pub cpu_overcommit: f64,
-    /// Disk the node hands out; default: the size of the data dir's filesystem.
+    /// Disk the node hands out; default: what the data dir's filesystem has free at start
+    /// (plus what deployments already hold).
     pub disk: Option<ByteSize>,
     /// The shared flist block cache (default: `<data_dir>/cache`).
     pub cache_dir: Option<PathBuf>,
@@ -30,6 +31,9 @@ pub struct NodeConfig {
     pub max_restarts: u32,
     /// Seconds a guest gets to power off cleanly when it is removed or replaced.
     pub stop_timeout_secs: u64,
+    /// Days the node keeps what it found on the host but could not account for (VMs and
+    /// disks no deployment owns), in `<data_dir>/quarantine`, before deleting it.
+    pub quarantine_days: u32,
 }
 
 impl Default for NodeConfig {
@@ -44,6 +48,7 @@ impl Default for NodeConfig {
             cache_dir: None,
             max_restarts: 5,
             stop_timeout_secs: 10,
+            quarantine_days: 7,
         }
     }
 }

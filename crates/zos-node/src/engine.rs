@@ -49,6 +49,8 @@ pub struct Engine {
     totals: Resources,
     /// What each live deployment holds; the lock also serializes admission.
     held: Mutex<HashMap<String, Resources>>,
+    /// Disk kept free on the data dir's file system, whatever the accounting says.
+    reserve_disk: u64,
     /// One lock per deployment: its convergence runs one at a time.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     events: broadcast::Sender<(PublicKey, Event)>,
@@ -84,41 +86,51 @@ impl Engine {
 
     /// [`Engine::open`] with the workload types in `kinds` (tests register their own).
     pub fn open_with(cfg: NodeConfig, kinds: Kinds) -> Result<Arc<Engine>> {
-        let data = &cfg.data_dir;
-        std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-        let data = std::path::absolute(data)?;
-        let key = identity(&data.join("identity.pem"))?;
+        let data = std::path::absolute(&cfg.data_dir)?;
         let disks = data.join("disks");
-        std::fs::create_dir_all(&disks)?;
-        let store = Store::open(&data.join("node.redb"), &key.public())?;
+        // Tenants' data lives below: no other account of the host looks in.
+        for dir in [&data, &disks, &data.join("vms")] {
+            private_dir(dir)?;
+        }
+        let key = identity(&data.join("identity.pem"))?;
         let zos = std::env::current_exe().context("finding the zos binary")?;
         let vmm = Vmm::new(VmmConfig::new(
             data.join("vms"),
             zos,
             std::path::absolute(cfg.cache_dir())?,
         ))?;
+        let host = Host {
+            vmm,
+            disks,
+            data,
+            stop_timeout: Duration::from_secs(cfg.stop_timeout_secs),
+            max_restarts: cfg.max_restarts,
+            quarantine_days: cfg.quarantine_days,
+        };
+        let db = host.data.join("node.redb");
+        let store = Store::open(&db, &key.public())?;
+        let stored = store.all()?;
+        if stored.is_empty() {
+            refuse_unaccounted(&kinds, &host, &db)?;
+        }
+        let mut held = HashMap::new();
+        for d in stored.iter().filter(|d| !is_tombstone(d)) {
+            held.insert(store::key(&d.owner, &d.name), kinds.demand(&d.workloads));
+        }
+        // What the file system really has free, plus what deployments already hold (their
+        // disks may not have taken all of it yet): the node offers no more than that.
         let disk_size = match cfg.disk {
             Some(size) => size.0,
-            None => capacity::filesystem_size(&data)
-                .with_context(|| format!("measuring the filesystem of {}", data.display()))?,
+            None => capacity::filesystem_free(&host.data)
+                .with_context(|| format!("measuring the filesystem of {}", host.data.display()))?
+                .saturating_add(capacity::total_held(&held, None).disk),
         };
         let totals = capacity::totals(&cfg, disk_size);
-        let mut held = HashMap::new();
-        for d in store.all()? {
-            if !is_tombstone(&d) {
-                held.insert(store::key(&d.owner, &d.name), kinds.demand(&d.workloads));
-            }
-        }
         let (events, _) = broadcast::channel(1024);
         Ok(Arc::new(Engine {
             store,
-            host: Host {
-                vmm,
-                disks,
-                data,
-                stop_timeout: Duration::from_secs(cfg.stop_timeout_secs),
-                max_restarts: cfg.max_restarts,
-            },
+            host,
+            reserve_disk: cfg.reserve_disk.0,
             kinds,
             node_id: key.public(),
             totals,
@@ -158,6 +170,20 @@ impl Engine {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What is free for a deployment (leaving out what `except`, the one being updated,
+    /// holds): the accounting's free, with disk also capped by what the file system really
+    /// has free now, less the reserve, so a filling disk refuses new zmounts.
+    fn free(&self, held: &HashMap<String, Resources>, except: Option<&str>) -> Resources {
+        let mut free = capacity::sub(self.totals, capacity::total_held(held, except));
+        if let Ok(now) = capacity::filesystem_free(&self.host.data) {
+            let own = except.and_then(|k| held.get(k)).map_or(0, |r| r.disk);
+            free.disk = free
+                .disk
+                .min(now.saturating_sub(self.reserve_disk).saturating_add(own));
+        }
+        free
+    }
+
     /// Capacity and identity.
     pub fn info(&self) -> NodeInfo {
         let used = capacity::total_held(&self.held(), None);
@@ -181,11 +207,13 @@ impl Engine {
         }
         d.validate()
             .map_err(|e| EngineError::Invalid(format!("deployment {:?}: {e}", d.name)))?;
+        // Signatures before anything on the host is looked at: a request whose signatures
+        // fail learns nothing about the host (which files exist, say).
+        d.verify_signatures()
+            .map_err(|e| EngineError::Unauthorized(format!("deployment {:?}: {e}", d.name)))?;
         self.kinds
             .check(&self.host, &d.workloads)
-            .map_err(|e| EngineError::Invalid(format!("deployment {:?}: {e}", d.name)))?;
-        d.verify_signatures()
-            .map_err(|e| EngineError::Unauthorized(format!("deployment {:?}: {e}", d.name)))
+            .map_err(|e| EngineError::Invalid(format!("deployment {:?}: {e}", d.name)))
     }
 
     /// A new deployment: checked, admitted, stored, then provisioned in the background.
@@ -203,9 +231,8 @@ impl Engine {
         let key = store::key(&d.owner, &d.name);
         {
             let mut held = self.held();
-            let used = capacity::total_held(&held, None);
             let demand = self.kinds.demand(&d.workloads);
-            capacity::check_fits(demand, capacity::sub(self.totals, used))
+            capacity::check_fits(demand, self.free(&held, None))
                 .map_err(EngineError::NoCapacity)?;
             match self.store.insert_new(&d)? {
                 Insert::Done => {}
@@ -242,8 +269,7 @@ impl Engine {
         self.check(&d)?;
         let key = store::key(&d.owner, &d.name);
         let mut held = self.held();
-        let used = capacity::total_held(&held, Some(&key));
-        let free = capacity::sub(self.totals, used);
+        let free = self.free(&held, Some(&key));
         // Checked and written in one transaction, against the stored record as it is then:
         // results recorded meanwhile are carried over, not lost.
         let (owner, dname) = (d.owner, d.name.clone());
@@ -584,11 +610,24 @@ impl Engine {
             .filter(|d| !is_tombstone(d))
             .map(|d| deployment_id(&d.owner, &d.name))
             .collect();
+        // What no deployment owns is never deleted in place: it is stopped and kept in a
+        // quarantine for `quarantine_days`, in case the database, not the host, was wrong.
+        let quarantine = workload::quarantine_dir(&self.host);
+        workload::prune_quarantine(&self.host)?;
+        let mut into: Option<PathBuf> = None;
         for kind in self.kinds.all() {
             for resource in kind.resources(&self.host)? {
-                if !workload::owner_id(&resource).is_some_and(|id| ids.contains(id)) {
-                    tracing::info!(resource = %resource, "removing what no deployment owns");
-                    let _ = kind.remove(&self.host, &resource);
+                if workload::owner_id(&resource).is_some_and(|id| ids.contains(id)) {
+                    continue;
+                }
+                let dir = match &into {
+                    Some(dir) => dir.clone(),
+                    None => into.insert(workload::new_quarantine(&quarantine)?).clone(),
+                };
+                tracing::warn!(resource = %resource, into = %dir.display(),
+                    "no deployment owns this: moved into the quarantine");
+                if let Err(e) = kind.quarantine(&self.host, &resource, &dir) {
+                    tracing::error!(resource = %resource, error = %e, "quarantining failed; left in place");
                 }
             }
         }
@@ -638,6 +677,41 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Makes `dir` (and its parents) and keeps it to the node: mode 0700.
+fn private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", dir.display()))
+}
+
+/// A node whose database holds no deployment, on a host that holds VMs or disks, lost or
+/// replaced its database: starting would treat them all as nobody's. Refuses, saying what to
+/// do, so that nothing is touched.
+fn refuse_unaccounted(kinds: &Kinds, host: &Host, db: &std::path::Path) -> Result<()> {
+    let mut found = Vec::new();
+    for kind in kinds.all() {
+        found.extend(kind.resources(host)?);
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to start: {} holds {} VMs and disks ({}{}) but the node database {} has no \
+         deployment: it was lost or replaced, and starting would treat them as nobody's. \
+         Restore {} from a backup; or, to start as a new node and keep them aside, move {} \
+         and {} out of the data dir",
+        host.data.display(),
+        found.len(),
+        found[..found.len().min(3)].join(", "),
+        if found.len() > 3 { ", …" } else { "" },
+        db.display(),
+        db.display(),
+        host.vmm.config().root.display(),
+        host.disks.display(),
+    )
 }
 
 /// Loads the key at `path`, making it on first use (the node's identity).

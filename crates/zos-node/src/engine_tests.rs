@@ -47,11 +47,19 @@ impl Kind for Recorder {
     fn rank(&self) -> u8 {
         self.rank
     }
-    fn demand(&self, _spec: &WorkloadSpec) -> Resources {
+    fn check(&self, _host: &Host, _spec: &WorkloadSpec) -> Result<(), String> {
+        self.note(format!("check {}", self.name));
+        Ok(())
+    }
+    fn demand(&self, spec: &WorkloadSpec) -> Resources {
+        let disk = match spec {
+            WorkloadSpec::Zmount(m) => m.size.0,
+            _ => 1 << 20,
+        };
         Resources {
             cpus: 1,
             memory: 1 << 20,
-            disk: 1 << 20,
+            disk,
         }
     }
     fn converge(&self, _host: &Host, t: &Target) -> Step {
@@ -101,6 +109,17 @@ impl Kind for Recorder {
         self.resources.lock().unwrap().remove(resource);
         Ok(())
     }
+    fn quarantine(
+        &self,
+        _host: &Host,
+        resource: &str,
+        into: &std::path::Path,
+    ) -> Result<(), String> {
+        assert!(into.is_dir(), "{}", into.display());
+        self.note(format!("quarantine {resource}"));
+        self.resources.lock().unwrap().remove(resource);
+        Ok(())
+    }
     fn watched(&self, w: &Workload) -> bool {
         self.monitored.lock().unwrap().contains_key(w.name.as_str())
     }
@@ -121,20 +140,24 @@ struct Fixture {
     owner: Keypair,
 }
 
+fn config(dir: &tempfile::TempDir) -> NodeConfig {
+    NodeConfig {
+        data_dir: dir.path().join("node"),
+        // More than any disk has: the file system's own free space is what limits.
+        disk: Some(zos_types::ByteSize(1 << 50)),
+        reserve_memory: zos_types::ByteSize(0),
+        ..NodeConfig::default()
+    }
+}
+
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let disks = Recorder::new("zmount", 0, &log);
     let machines = Recorder::new("zmachine", 1, &log);
-    let cfg = NodeConfig {
-        data_dir: dir.path().join("node"),
-        disk: Some(zos_types::ByteSize(1 << 40)),
-        reserve_memory: zos_types::ByteSize(0),
-        ..NodeConfig::default()
-    };
     // Registered in the "wrong" order: the registry sorts by rank.
     let kinds = Kinds::new(vec![machines.clone(), disks.clone()]);
-    let engine = Engine::open_with(cfg, kinds).unwrap();
+    let engine = Engine::open_with(config(&dir), kinds).unwrap();
     Fixture {
         _dir: dir,
         engine,
@@ -169,6 +192,22 @@ impl Fixture {
         d
     }
 
+    /// Deploys (version 0) or updates `yaml`, then forgets the admission's log lines.
+    fn send(&self, yaml: &str, version: u32) {
+        if version == 0 {
+            self.engine.deploy(self.signed(yaml, 0)).unwrap();
+        } else {
+            self.engine
+                .update("app", self.signed(yaml, version))
+                .unwrap();
+        }
+        self.take_log();
+    }
+
+    fn quarantined(&self) -> Vec<String> {
+        workload::names_in(&workload::quarantine_dir(&self.engine.host)).unwrap_or_default()
+    }
+
     fn converge(&self) -> Deployment {
         self.engine.converge(&self.owner.public(), "app").unwrap();
         self.engine.get(&self.owner.public(), "app").unwrap()
@@ -196,7 +235,7 @@ fn states(d: &Deployment) -> Vec<(String, ResultState, String)> {
 #[test]
 fn converge_makes_lower_ranks_first_and_records_results() {
     let f = fixture();
-    f.engine.deploy(f.signed(APP, 0)).unwrap();
+    f.send(APP, 0);
     let d = f.converge();
     let id = f.id();
     // The disk first, though listed second; the machine sees it usable.
@@ -238,7 +277,7 @@ fn converge_makes_lower_ranks_first_and_records_results() {
 fn a_failed_workload_is_passed_on_as_unusable_and_not_retried_until_redeployed() {
     let f = fixture();
     f.disks.failing.lock().unwrap().insert("data".into());
-    f.engine.deploy(f.signed(APP, 0)).unwrap();
+    f.send(APP, 0);
     let d = f.converge();
     assert_eq!(
         states(&d)[1],
@@ -256,7 +295,7 @@ fn a_failed_workload_is_passed_on_as_unusable_and_not_retried_until_redeployed()
     );
     // …and retried by the next version.
     f.disks.failing.lock().unwrap().clear();
-    f.engine.update("app", f.signed(APP, 1)).unwrap();
+    f.send(APP, 1);
     let d = f.converge();
     assert_eq!(
         states(&d)[1],
@@ -267,12 +306,12 @@ fn a_failed_workload_is_passed_on_as_unusable_and_not_retried_until_redeployed()
 #[test]
 fn an_update_removes_what_the_deployment_no_longer_has() {
     let f = fixture();
-    f.engine.deploy(f.signed(APP, 0)).unwrap();
+    f.send(APP, 0);
     f.converge();
     f.take_log();
     let only_disk =
         "name: app\nworkloads:\n  - name: data\n    type: zmount\n    data: { size: 16M }\n";
-    f.engine.update("app", f.signed(only_disk, 1)).unwrap();
+    f.send(only_disk, 1);
     let d = f.converge();
     let id = f.id();
     assert_eq!(f.take_log()[0], format!("remove {id}-web.zmachine"));
@@ -287,7 +326,7 @@ fn an_update_removes_what_the_deployment_no_longer_has() {
 #[test]
 fn delete_removes_everything_and_forgets_it() {
     let f = fixture();
-    f.engine.deploy(f.signed(APP, 0)).unwrap();
+    f.send(APP, 0);
     f.converge();
     f.take_log();
     let tombstone = f.engine.delete(&f.owner.public(), "app").unwrap();
@@ -308,29 +347,92 @@ fn delete_removes_everything_and_forgets_it() {
 #[test]
 fn reconcile_removes_only_what_no_deployment_owns() {
     let f = fixture();
-    f.engine.deploy(f.signed(APP, 0)).unwrap();
+    f.send(APP, 0);
     f.converge();
     let stray = "00000000000000000000000000-old.zmount".to_string();
     f.disks.resources.lock().unwrap().insert(stray.clone());
     f.take_log();
+    // An expired quarantine goes, a recent one stays.
+    let quarantine = workload::quarantine_dir(&f.engine.host);
+    std::fs::create_dir_all(quarantine.join("1")).unwrap();
+    let recent = (workload::now() - 60).to_string();
+    std::fs::create_dir_all(quarantine.join(&recent)).unwrap();
     f.engine.reconcile().unwrap();
-    // Half-made leftovers are swept before anything is judged.
+    // Half-made leftovers are swept before anything is judged; what no deployment owns is
+    // set aside, never deleted in place.
     assert_eq!(
         f.take_log(),
         [
             "sweep zmount".to_string(),
             "sweep zmachine".to_string(),
-            format!("remove {stray}")
+            format!("quarantine {stray}")
         ]
     );
     assert_eq!(f.disks.held().len(), 1);
     assert_eq!(f.machines.held().len(), 1);
+    let kept = f.quarantined();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(kept.contains(&recent) && !kept.contains(&"1".to_string()));
+}
+
+#[test]
+fn a_node_that_lost_its_database_refuses_to_start_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let disks = Recorder::new("zmount", 0, &log);
+    disks
+        .resources
+        .lock()
+        .unwrap()
+        .insert("0123456789abcdef0123456789-data.zmount".into());
+    let machines = Recorder::new("zmachine", 1, &log);
+    let kinds = Kinds::new(vec![machines.clone(), disks.clone()]);
+    let err = Engine::open_with(config(&dir), kinds.clone())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("refusing to start"), "{err}");
+    assert!(
+        err.contains("0123456789abcdef0123456789-data.zmount"),
+        "{err}"
+    );
+    assert!(err.contains("Restore"), "{err}");
+    assert!(log.lock().unwrap().is_empty(), "touched: {:?}", log.lock());
+    assert_eq!(disks.held().len(), 1);
+    // The same host with nothing on it starts as a new node.
+    disks.resources.lock().unwrap().clear();
+    Engine::open_with(config(&dir), kinds).unwrap();
+}
+
+#[test]
+fn signatures_are_checked_before_anything_on_the_host() {
+    let f = fixture();
+    let mut forged = f.signed(APP, 0);
+    forged.signatures.clear();
+    assert!(matches!(
+        f.engine.deploy(forged),
+        Err(EngineError::Unauthorized(_))
+    ));
+    assert!(f.take_log().is_empty());
+    f.engine.deploy(f.signed(APP, 0)).unwrap();
+    assert_eq!(f.take_log(), ["check zmachine", "check zmount"]);
+}
+
+#[test]
+fn a_zmount_larger_than_the_disk_has_free_is_refused() {
+    let f = fixture();
+    let huge = APP.replace("size: 16M", "size: 512T");
+    let Err(EngineError::NoCapacity(m)) = f.engine.deploy(f.signed(&huge, 0)) else {
+        panic!("a 512 TiB zmount was admitted");
+    };
+    assert!(m.contains("disk: 512 TiB asked"), "{m}");
+    assert!(f.engine.list(&f.owner.public(), true).unwrap().is_empty());
 }
 
 #[test]
 fn the_monitor_records_what_a_type_reports_for_its_watched_workloads() {
     let f = fixture();
-    f.engine.deploy(f.signed(APP, 0)).unwrap();
+    f.send(APP, 0);
     f.converge();
     f.machines.monitored.lock().unwrap().insert(
         "web".into(),
@@ -350,7 +452,7 @@ fn the_monitor_records_what_a_type_reports_for_its_watched_workloads() {
 fn admission_counts_what_each_type_demands_and_errors_are_typed() {
     let f = fixture();
     let info = f.engine.info();
-    f.engine.deploy(f.signed(APP, 0)).unwrap();
+    f.send(APP, 0);
     let used = f.engine.info().used;
     assert_eq!((used.cpus, used.memory), (2, 2 << 20));
     assert!(info.used.cpus == 0);

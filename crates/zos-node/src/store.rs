@@ -7,6 +7,7 @@
 
 use anyhow::{Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use zos_types::{Deployment, PublicKey};
 
@@ -37,6 +38,15 @@ pub enum Insert {
 impl Store {
     /// Opens (or creates) the database at `path`, the database of node `node`.
     pub fn open(path: &Path, node: &PublicKey) -> Result<Store> {
+        // Owners' env values live here: readable by the node alone, from the first byte on
+        // (redb initializes an empty file), and tightened on databases made before.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)))
+            .with_context(|| format!("creating the node database {}", path.display()))?;
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
                 "the node database {} is in use: another `zos node run` has this data_dir; \
@@ -210,6 +220,20 @@ mod tests {
         let _first = Store::open(&path, &node()).unwrap();
         let err = Store::open(&path, &node()).err().unwrap().to_string();
         assert!(err.contains("another `zos node run`"), "{err}");
+    }
+
+    #[test]
+    fn the_database_is_the_nodes_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        drop(Store::open(&path, &node()).unwrap());
+        assert_eq!(mode(&path), 0o600);
+        // A database made before this rule is tightened when opened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Store::open(&path, &node()).unwrap());
+        assert_eq!(mode(&path), 0o600);
     }
 
     #[test]

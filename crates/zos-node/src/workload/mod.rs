@@ -10,6 +10,7 @@ mod zmount;
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +33,40 @@ pub struct Host {
     pub stop_timeout: Duration,
     /// Crashes in a row after which a zmachine is left in `error`.
     pub max_restarts: u32,
+    /// Days what no deployment owns is kept in the quarantine.
+    pub quarantine_days: u32,
+}
+
+/// Where the node keeps what it found but could not account for.
+pub fn quarantine_dir(host: &Host) -> PathBuf {
+    host.data.join("quarantine")
+}
+
+/// A new dir in the quarantine, named by the time it was made (unix seconds).
+pub fn new_quarantine(quarantine: &Path) -> std::io::Result<PathBuf> {
+    let dir = quarantine.join(now().to_string());
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(quarantine, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
+/// Deletes what was quarantined more than `quarantine_days` ago.
+pub fn prune_quarantine(host: &Host) -> std::io::Result<()> {
+    let dir = quarantine_dir(host);
+    let keep = u64::from(host.quarantine_days) * 86_400;
+    for name in names_in(&dir).or_else(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        _ => Err(e),
+    })? {
+        let Ok(made) = name.parse::<u64>() else {
+            continue;
+        };
+        if now().saturating_sub(made) > keep {
+            tracing::info!(dir = %dir.join(&name).display(), "quarantine expired: deleting");
+            std::fs::remove_dir_all(dir.join(&name))?;
+        }
+    }
+    Ok(())
 }
 
 /// One deployment's workload as a module sees it during a convergence pass.
@@ -97,6 +132,11 @@ pub trait Kind: Send + Sync {
 
     /// Removes one resource; no error when it is already gone.
     fn remove(&self, host: &Host, resource: &str) -> Result<(), String>;
+
+    /// Stops a resource no deployment accounts for and moves it into the dir `into` (on the
+    /// data dir's file system), keeping everything it holds: the node never destroys in
+    /// place what it cannot account for.
+    fn quarantine(&self, host: &Host, resource: &str, into: &Path) -> Result<(), String>;
 
     /// Whether the monitor watches this workload (it runs something that can die).
     fn watched(&self, _workload: &Workload) -> bool {
@@ -245,7 +285,7 @@ pub fn now() -> u64 {
 }
 
 /// The names in `dir` (not starting with `.`: staging and hidden files), sorted.
-fn names_in(dir: &Path) -> std::io::Result<Vec<String>> {
+pub(crate) fn names_in(dir: &Path) -> std::io::Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();

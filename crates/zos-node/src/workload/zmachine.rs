@@ -142,6 +142,13 @@ impl Kind for Zmachine {
         remove_vm(&host.vmm, resource, host.stop_timeout)
     }
 
+    fn quarantine(&self, host: &Host, resource: &str, into: &Path) -> Result<(), String> {
+        self.restarts().remove(resource);
+        host.vmm
+            .move_out(resource, &into.join(resource))
+            .map_err(|e| e.to_string())
+    }
+
     fn watched(&self, w: &Workload) -> bool {
         super::state(w) == Some(ResultState::Ok)
     }

@@ -90,6 +90,12 @@ impl Kind for Zmount {
         Ok(())
     }
 
+    fn quarantine(&self, host: &Host, resource: &str, into: &Path) -> Result<(), String> {
+        let path = disk_path(host, resource);
+        std::fs::rename(&path, into.join(resource))
+            .map_err(|e| format!("moving {} to {}: {e}", path.display(), into.display()))
+    }
+
     fn remove(&self, host: &Host, resource: &str) -> Result<(), String> {
         let path = disk_path(host, resource);
         match std::fs::remove_file(&path) {
@@ -143,6 +149,7 @@ mod tests {
             data: dir.path().to_path_buf(),
             stop_timeout: std::time::Duration::from_secs(1),
             max_restarts: 1,
+            quarantine_days: 1,
         };
         std::fs::create_dir(&host.disks).unwrap();
         let disk = Zmount.resource("abc", "data");

@@ -101,6 +101,20 @@ impl Vmm {
     /// Stops the VM if needed and removes everything it had: processes, mounts, sockets, its
     /// writable layer and its directory. Disks attached from outside are left alone.
     pub fn delete(&self, name: &str) -> Result<()> {
+        // Moved aside first, so a crash half-way never leaves a VM that looks whole (the
+        // dot name is swept at the next start).
+        let doomed = self
+            .cfg
+            .root
+            .join(format!(".deleted.{name}.{}", std::process::id()));
+        self.move_out(name, &doomed)?;
+        fs::remove_dir_all(&doomed)
+            .map_err(|e| Error::io(format!("removing {}", doomed.display()), e))
+    }
+
+    /// Stops a VM, tears down its mounts and helpers, and moves its dir (writable layer,
+    /// logs, record) to `to`, on the same file system: for what must be kept, not deleted.
+    pub fn move_out(&self, name: &str, to: &Path) -> Result<()> {
         let dir = self.existing(name)?;
         let info = self.status(name)?;
         if info.state.is_active() {
@@ -115,15 +129,8 @@ impl Vmm {
         } else {
             teardown(&dir, None, None);
         }
-        // Renamed first, so a crash half-way never leaves a VM that looks whole.
-        let doomed = self
-            .cfg
-            .root
-            .join(format!(".deleted.{name}.{}", std::process::id()));
-        fs::rename(&dir, &doomed)
-            .map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
-        fs::remove_dir_all(&doomed)
-            .map_err(|e| Error::io(format!("removing {}", doomed.display()), e))
+        fs::rename(&dir, to)
+            .map_err(|e| Error::io(format!("moving {} to {}", dir.display(), to.display()), e))
     }
 }
 
