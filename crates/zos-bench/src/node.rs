@@ -83,10 +83,12 @@ impl BenchNode {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\nlisten = [\"unix://{}\"]\ncache_dir = {:?}\ndisk = \"100T\"\n",
+                "data_dir = {:?}\nlisten = [\"unix://{}\"]\ncache_dir = {:?}\ndisk = \"100T\"\n\
+                 flist_dirs = [{:?}]\n",
                 self.work.join("node"),
                 self.socket().display(),
                 self.work.join("cache"),
+                self.work,
             ),
         )
         .with_context(|| format!("writing {}", config.display()))?;

@@ -14,7 +14,8 @@ pub enum NodeCommand {
     /// Run the node: serve the API and run deployments (usually as root, from systemd)
     ///
     /// Makes its identity on first start, reattaches to the VMs it left running, restarts
-    /// what should run and removes what no deployment owns. Stops on SIGINT or SIGTERM,
+    /// what should run and moves what no deployment owns into a quarantine (it refuses to
+    /// start on a host full of VMs when its database holds no deployment). Stops on SIGINT or SIGTERM,
     /// leaving VMs running for the next start.
     #[command(after_help = "The config file is TOML; every key is optional:\n  \
 data_dir = \"/var/lib/zos/node\"              # identity, database, VMs, disks\n  \
@@ -22,10 +23,12 @@ listen = [\"unix:///run/zos/node.sock\"]      # and/or \"tcp://IP:PORT\"\n  \
 reserve_memory = \"1G\"                       # never given to workloads\n  \
 reserve_disk = \"1G\"\n  \
 cpu_overcommit = 4.0                        # vCPUs per host CPU (memory is never overcommitted)\n  \
-disk = \"500G\"                               # default: the data dir's filesystem size\n  \
+disk = \"500G\"                               # default: what the filesystem has free\n  \
 cache_dir = \"/var/lib/zos/node/cache\"       # flist block cache\n  \
+flist_dirs = [\"/var/lib/zos/flists\"]        # the only places tenants may name flists from\n  \
 max_restarts = 5                            # crashes in a row before a zmachine is left in error\n  \
-stop_timeout_secs = 10\nquarantine_days = 7")]
+stop_timeout_secs = 10\n  \
+quarantine_days = 7                         # keeps what no deployment owns, then deletes it")]
     Run {
         /// The node's config file [default: built-in defaults]
         #[arg(long, value_name = "FILE")]

@@ -73,11 +73,12 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\nlisten = [\"unix://{}\", \"tcp://{}\"]\ncache_dir = {:?}\nreserve_memory = \"1G\"\n{}",
+                "data_dir = {:?}\nlisten = [\"unix://{}\", \"tcp://{}\"]\ncache_dir = {:?}\nreserve_memory = \"1G\"\nflist_dirs = [{:?}]\n{}",
                 self.data(),
                 self.socket().display(),
                 self.tcp,
                 self.dir().join("cache"),
+                self.dir(),
                 self.extra_config
             ),
         )
@@ -686,6 +687,30 @@ fn forged_stale_replayed_and_oversized_requests_are_refused() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("data dir"), "{body}");
     let _ = std::fs::remove_file(node.data().join("disks/evil.fl"));
+    // Only flists from the directories the node serves; and a request whose signatures fail
+    // learns nothing of the host, whatever it names.
+    let elsewhere = node.dir().parent().unwrap().join("elsewhere.fl");
+    let yaml = format!(
+        "name: far\nworkloads:\n  - name: vm\n    type: zmachine\n    data: {{ flist: {}, cmd: [sh] }}\n",
+        elsewhere.display()
+    );
+    let mut far = deployment(&node, "alice", &yaml);
+    let (status, body) = node.http(
+        None,
+        "POST",
+        "/v1/deployments",
+        &signed_json(&mut far, &alice),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("not in a directory this node serves"),
+        "{body}"
+    );
+    let unsigned = deployment(&node, "alice", &yaml);
+    let body = serde_json::to_vec(&unsigned).unwrap();
+    let (status, answer) = node.http(None, "POST", "/v1/deployments", &body);
+    assert_eq!(status, 401, "{answer}");
+    assert!(!answer.contains("flist"), "{answer}");
     // And there is no route to anything else on the node.
     let (status, _) = node.http(Some("alice"), "POST", "/v1/exec", b"ls");
     assert_eq!(status, 404);

@@ -5,6 +5,9 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use zos_types::ByteSize;
 
+/// Where tenants' flists come from when the config names nothing.
+pub const DEFAULT_FLIST_DIR: &str = "/var/lib/zos/flists";
+
 /// Where the node listens when the config names nothing.
 pub const DEFAULT_SOCKET: &str = "/run/zos/node.sock";
 
@@ -31,6 +34,9 @@ pub struct NodeConfig {
     pub max_restarts: u32,
     /// Seconds a guest gets to power off cleanly when it is removed or replaced.
     pub stop_timeout_secs: u64,
+    /// The directories tenants may name flists from (absolute; `.fl` files below them, not
+    /// inside `data_dir`). Nothing else on the host can be named in a deployment.
+    pub flist_dirs: Vec<PathBuf>,
     /// Days the node keeps what it found on the host but could not account for (VMs and
     /// disks no deployment owns), in `<data_dir>/quarantine`, before deleting it.
     pub quarantine_days: u32,
@@ -49,6 +55,7 @@ impl Default for NodeConfig {
             max_restarts: 5,
             stop_timeout_secs: 10,
             quarantine_days: 7,
+            flist_dirs: vec![PathBuf::from(DEFAULT_FLIST_DIR)],
         }
     }
 }
@@ -92,6 +99,12 @@ impl NodeConfig {
         }
         for l in &self.listen {
             Listen::parse(l)?;
+        }
+        if let Some(dir) = self.flist_dirs.iter().find(|d| !d.is_absolute()) {
+            anyhow::bail!(
+                "flist_dirs: {:?} is not absolute: name directories like \"{DEFAULT_FLIST_DIR}\"",
+                dir
+            );
         }
         Ok(())
     }

@@ -106,6 +106,7 @@ impl Engine {
             stop_timeout: Duration::from_secs(cfg.stop_timeout_secs),
             max_restarts: cfg.max_restarts,
             quarantine_days: cfg.quarantine_days,
+            flist_dirs: cfg.flist_dirs.clone(),
         };
         let db = host.data.join("node.redb");
         let store = Store::open(&db, &key.public())?;

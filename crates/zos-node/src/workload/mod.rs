@@ -35,6 +35,8 @@ pub struct Host {
     pub max_restarts: u32,
     /// Days what no deployment owns is kept in the quarantine.
     pub quarantine_days: u32,
+    /// The directories tenants may name flists from.
+    pub flist_dirs: Vec<PathBuf>,
 }
 
 /// Where the node keeps what it found but could not account for.

@@ -50,7 +50,7 @@ impl Kind for Zmachine {
 
     fn check(&self, host: &Host, spec: &WorkloadSpec) -> Result<(), String> {
         match data(spec) {
-            Some(m) => check_flist(&m.flist, &host.data),
+            Some(m) => check_flist(&m.flist, host),
             None => Err("not a zmachine".into()),
         }
     }
@@ -234,22 +234,49 @@ impl Kind for Zmachine {
     }
 }
 
-/// Checks a zmachine's `flist` before it is accepted: an absolute path to a `.fl` file on
-/// the node, outside the node's own data (where users' disks live, which their guests
-/// write: a crafted file there must never be mounted as an flist).
-pub fn check_flist(flist: &str, data_dir: &Path) -> Result<(), String> {
+/// Checks a zmachine's `flist` before it is accepted: an absolute path to a `.fl` file in
+/// one of the node's `flist_dirs`, and outside the node's own data (where users' disks
+/// live, which their guests write: a crafted file there must never be mounted as an flist).
+/// The path is judged as written before the file system is asked anything, so naming a
+/// path elsewhere learns nothing about the host; then again with symlinks resolved.
+pub fn check_flist(flist: &str, host: &Host) -> Result<(), String> {
     let path = Path::new(flist);
     if !path.is_absolute() || path.extension().is_none_or(|e| e != "fl") {
         return Err(format!(
             "flist {flist:?}: give the absolute path of a .fl file on the node"
         ));
     }
+    let served = |p: &Path| {
+        p.components().all(|c| c != std::path::Component::ParentDir)
+            && host.flist_dirs.iter().any(|dir| {
+                p.starts_with(dir)
+                    || std::fs::canonicalize(dir).is_ok_and(|real| p.starts_with(real))
+            })
+    };
+    let not_served = || {
+        let dirs: Vec<String> = host
+            .flist_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        format!(
+            "flist {flist:?} is not in a directory this node serves flists from ({}): ask \
+             the node's operator to publish it there",
+            dirs.join(", ")
+        )
+    };
+    if !served(path) {
+        return Err(not_served());
+    }
     let real = std::fs::canonicalize(path)
         .map_err(|_| format!("flist {flist:?} not found on the node"))?;
+    if !served(&real) {
+        return Err(not_served());
+    }
     if !real.is_file() {
         return Err(format!("flist {flist:?} is not a file"));
     }
-    let data = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let data = std::fs::canonicalize(&host.data).unwrap_or_else(|_| host.data.clone());
     if real.starts_with(&data) {
         return Err(format!(
             "flist {flist:?} is inside the node's data dir; flists must come from elsewhere"
@@ -363,29 +390,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flists_come_from_outside_the_data_dir() {
+    fn flists_come_only_from_the_served_dirs_outside_the_data_dir() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("node");
         std::fs::create_dir_all(data.join("disks")).unwrap();
-        let outside = dir.path().join("app.fl");
-        std::fs::write(&outside, b"x").unwrap();
+        let served = dir.path().join("flists");
+        std::fs::create_dir_all(&served).unwrap();
+        let host = Host {
+            vmm: Vmm::new(zos_vmm::VmmConfig::new(
+                data.join("vms"),
+                "zos".into(),
+                dir.path().join("cache"),
+            ))
+            .unwrap(),
+            disks: data.join("disks"),
+            data: data.clone(),
+            stop_timeout: Duration::from_secs(1),
+            max_restarts: 1,
+            quarantine_days: 1,
+            // The data dir served by mistake must still not serve users' disks.
+            flist_dirs: vec![served.clone(), data.clone()],
+        };
+        let app = served.join("app.fl");
+        std::fs::write(&app, b"x").unwrap();
+        let elsewhere = dir.path().join("other.fl");
+        std::fs::write(&elsewhere, b"x").unwrap();
         let inside = data.join("disks/x.fl");
         std::fs::write(&inside, b"x").unwrap();
-        std::os::unix::fs::symlink(&inside, dir.path().join("link.fl")).unwrap();
-        let check = |p: &Path| check_flist(&p.display().to_string(), &data);
-        assert_eq!(check(&outside), Ok(()));
-        let err = check(&inside).unwrap_err();
-        assert!(err.contains("inside the node's data dir"), "{err}");
-        let err = check(&dir.path().join("link.fl")).unwrap_err();
-        assert!(err.contains("inside the node's data dir"), "{err}");
-        assert!(check_flist("app.fl", &data)
+        std::os::unix::fs::symlink(&inside, served.join("link.fl")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, served.join("out.fl")).unwrap();
+        let check = |p: &Path| check_flist(&p.display().to_string(), &host);
+        assert_eq!(check(&app), Ok(()));
+        for (path, why) in [
+            (elsewhere.clone(), "not in a directory this node serves"),
+            (served.join("out.fl"), "not in a directory this node serves"),
+            (
+                served.join("../other.fl"),
+                "not in a directory this node serves",
+            ),
+            (inside.clone(), "inside the node's data dir"),
+            (served.join("link.fl"), "inside the node's data dir"),
+            (served.join("none.fl"), "not found"),
+            // Not served: refused without the file system being asked.
+            (PathBuf::from("/nonexistent/none.fl"), "not in a directory"),
+        ] {
+            let err = check(&path).unwrap_err();
+            assert!(err.contains(why), "{}: {err}", path.display());
+        }
+        assert!(check_flist("app.fl", &host)
             .unwrap_err()
             .contains("absolute path"));
-        assert!(check_flist("/etc/passwd", &data)
+        assert!(check_flist("/etc/passwd", &host)
             .unwrap_err()
             .contains(".fl file"));
-        assert!(check(&dir.path().join("none.fl"))
-            .unwrap_err()
-            .contains("not found"));
     }
 }

@@ -150,6 +150,7 @@ mod tests {
             stop_timeout: std::time::Duration::from_secs(1),
             max_restarts: 1,
             quarantine_days: 1,
+            flist_dirs: Vec::new(),
         };
         std::fs::create_dir(&host.disks).unwrap();
         let disk = Zmount.resource("abc", "data");
