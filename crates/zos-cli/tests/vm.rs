@@ -858,3 +858,40 @@ fn every_write_the_guest_fsynced_survives_a_kill_9_of_qemu() {
         );
     }
 }
+
+#[test]
+fn every_vm_log_is_rotated_past_its_bound_when_the_vm_is_looked_at() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") {
+        return;
+    }
+    let f = Fixture::new();
+    ok(f.zos("run")
+        .arg("-d")
+        .args(["--name", "l"])
+        .arg(&f.fl)
+        .args(["--", "/bin/sh", "-c", "echo up; exec sleep 1000"]));
+    f.wait_for_console("l", "up", 1);
+    // Past the 1 MiB default bound, appended as the writers append.
+    let logs = ["console.log", "mount.log", "virtiofsd.log"];
+    for log in logs {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(f.vm_dir("l").join(log))
+            .unwrap();
+        std::io::Write::write_all(&mut file, &vec![b'x'; 3 << 19]).unwrap();
+    }
+    assert_eq!(f.status("l").0, "l running");
+    for log in logs {
+        let live = std::fs::metadata(f.vm_dir("l").join(log)).unwrap().len();
+        assert!(live < 1 << 20, "{log} was not rotated: {live} bytes");
+        let old = std::fs::metadata(f.vm_dir("l").join(format!("{log}.1")))
+            .unwrap_or_else(|e| panic!("{log}.1: {e}"))
+            .len();
+        assert!(old >= 3 << 19, "{log}.1 has {old} bytes");
+    }
+    // The helpers write on into their rotated logs: the VM still stops cleanly.
+    let out = ok(f.zos("vm").args(["stop", "l", "--timeout", "120s"]));
+    assert_eq!(out.trim(), "l exited (143)");
+    ok(f.zos("vm").args(["rm", "l"]));
+}
