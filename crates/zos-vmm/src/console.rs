@@ -1,39 +1,13 @@
 //! The serial console log of a VM: QEMU appends to it (`append=on`, so truncating it under
-//! QEMU is safe), and it is rotated by copy-and-truncate once it grows past a limit.
+//! QEMU is safe), and it is rotated by copy-and-truncate once it grows past a limit
+//! ([`crate::logs`]).
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-/// How many rotated logs are kept beside the live one (`console.log.1` …).
-pub const KEEP: usize = 2;
-
-/// Rotates `log` if it is larger than `max_bytes`: `.1` → `.2`, live → `.1`, live truncated.
-pub fn rotate_if_large(log: &Path, max_bytes: u64) -> std::io::Result<bool> {
-    let len = match fs::metadata(log) {
-        Ok(m) => m.len(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    if len <= max_bytes {
-        return Ok(false);
-    }
-    for i in (1..KEEP).rev() {
-        let from = numbered(log, i);
-        if from.exists() {
-            fs::rename(&from, numbered(log, i + 1))?;
-        }
-    }
-    fs::copy(log, numbered(log, 1))?;
-    fs::OpenOptions::new().write(true).open(log)?.set_len(0)?;
-    Ok(true)
-}
-
-fn numbered(log: &Path, i: usize) -> PathBuf {
-    let mut name = log.as_os_str().to_owned();
-    name.push(format!(".{i}"));
-    PathBuf::from(name)
-}
+/// The rotation of the console log is that of every VM log (see [`crate::logs`]).
+pub use crate::logs::{rotate_if_large, KEEP};
 
 /// The last `lines` lines of the log (reading at most the last 64 KiB), lossily decoded.
 pub fn tail(log: &Path, lines: usize) -> String {
@@ -135,6 +109,7 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logs::rotated as numbered;
 
     #[test]
     fn the_panic_excerpt_starts_before_the_panic_line_however_long_the_trace() {

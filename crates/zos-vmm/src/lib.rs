@@ -14,6 +14,7 @@ pub mod disk;
 mod fsutil;
 pub mod host;
 pub mod image;
+pub mod logs;
 mod machine;
 mod proc;
 pub mod qmp;

@@ -22,8 +22,8 @@ pub struct VmmConfig {
     pub qemu: PathBuf,
     /// `virtiofsd`.
     pub virtiofsd: PathBuf,
-    /// A console log is rotated past this size.
-    pub console_max: u64,
+    /// Each VM log (console, flist mount, virtiofsd) is rotated past this size.
+    pub log_max: u64,
 }
 
 impl VmmConfig {
@@ -39,7 +39,7 @@ impl VmmConfig {
             cache_size: 2 << 30,
             qemu: find_tool("qemu-system-x86_64"),
             virtiofsd: find_tool("virtiofsd"),
-            console_max: 1 << 20,
+            log_max: 1 << 20,
         }
     }
 }

@@ -119,8 +119,12 @@ pub(super) fn push_disk(
     } else {
         ""
     };
+    // cache=writeback: QEMU writes through the host page cache and turns the guest's flushes
+    // into fdatasync on the file, so what a guest fsync'd survives a host crash (cache=unsafe
+    // dropped them). Not cache=none: O_DIRECT fails on tmpfs and some other host filesystems.
+    // The read-only seed takes the same mode: it is never written, so nothing changes for it.
     let drive = format!(
-        "id={id},file={},format={format},if=none,cache=unsafe{ro}",
+        "id={id},file={},format={format},if=none,cache=writeback{ro}",
         path_arg(path)?
     );
     for a in [

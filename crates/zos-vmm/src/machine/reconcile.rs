@@ -3,14 +3,15 @@
 //! an ended VM leaves behind (helpers, mounts, sockets) is cleaned up.
 
 use super::record::{
-    load, save, Record, Runtime, VmState, CONSOLE, CONTROL, EXIT, INITRD, PIDFILE, QMP, VIRTIOFS,
+    load, save, Record, Runtime, VmState, CONSOLE, CONTROL, EXIT, INITRD, LOGS, PIDFILE, QMP,
+    VIRTIOFS,
 };
 use super::Vmm;
-use crate::console;
 use crate::proc::ProcRef;
 use crate::rootfs::{self, Layers};
 use crate::spec::{Boot, VmSpec};
 use crate::Result;
+use crate::{console, logs};
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
@@ -20,7 +21,10 @@ impl Vmm {
     /// Loads the record and brings it in line with the processes (caller holds the lock).
     pub(super) fn refresh(&self, dir: &Path) -> Result<Record> {
         let mut record = load(dir)?;
-        let _ = console::rotate_if_large(&dir.join(CONSOLE), self.cfg.console_max);
+        // Checked on every look at the VM (status, list, start, stop), as the console was.
+        for log in LOGS {
+            let _ = logs::rotate_if_large(&dir.join(log), self.cfg.log_max);
+        }
         let Some(rt) = record.runtime.clone() else {
             return Ok(record);
         };

@@ -114,6 +114,12 @@ pub(super) struct Runtime {
 pub(super) const RECORD: &str = "vm.json";
 const LOCK: &str = "lock";
 pub(super) const CONSOLE: &str = "console.log";
+/// The flist mount process's stderr.
+pub(super) const MOUNT_LOG: &str = "mount.log";
+/// virtiofsd's stderr.
+pub(super) const VIRTIOFSD_LOG: &str = "virtiofsd.log";
+/// Every log a VM writes, each rotated past `log_max`.
+pub(super) const LOGS: [&str; 3] = [CONSOLE, MOUNT_LOG, VIRTIOFSD_LOG];
 pub(super) const EXIT: &str = "exit.json";
 pub(super) const QMP: &str = "qmp.sock";
 pub(super) const CONTROL: &str = "control.sock";

@@ -7,8 +7,8 @@ use super::qemu_args::{
 };
 use super::reconcile::teardown;
 use super::record::{
-    lock, save, Runtime, VmInfo, VmState, CONSOLE, CONTROL, EXIT, INITRD, PIDFILE, QMP,
-    ROOT_OVERLAY, SEED, VIRTIOFS,
+    lock, save, Runtime, VmInfo, VmState, CONSOLE, CONTROL, EXIT, INITRD, MOUNT_LOG, PIDFILE, QMP,
+    ROOT_OVERLAY, SEED, VIRTIOFS, VIRTIOFSD_LOG,
 };
 use super::Vmm;
 use crate::bootkit::{self, BootKit};
@@ -74,7 +74,7 @@ impl Vmm {
             zos: &self.cfg.zos,
             cache_dir: &self.cfg.cache_dir,
             cache_size: self.cfg.cache_size,
-            log: dir.join("mount.log"),
+            log: dir.join(MOUNT_LOG),
         };
         let layers = Layers::of(dir);
         let accel = spec.accel.resolve();
@@ -252,7 +252,7 @@ impl Vmm {
     /// Starts virtiofsd exporting `shared` on `virtiofs.sock`; returns once the socket is up.
     fn start_virtiofsd(&self, dir: &Path, shared: &Path) -> Result<ProcRef> {
         let socket = dir.join(VIRTIOFS);
-        let log_path = dir.join("virtiofsd.log");
+        let log_path = dir.join(VIRTIOFSD_LOG);
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
