@@ -21,7 +21,7 @@ struct Fixture {
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "ls", "id", "nproc", "sleep", "grep", "hostname", "df", "kill", "test",
-    "pwd", "mkdir", "true", "env", "wc", "dd",
+    "pwd", "mkdir", "true", "env", "wc", "dd", "cp", "chmod", "mknod",
 ];
 
 impl Fixture {
@@ -894,4 +894,71 @@ fn every_vm_log_is_rotated_past_its_bound_when_the_vm_is_looked_at() {
     let out = ok(f.zos("vm").args(["stop", "l", "--timeout", "120s"]));
     assert_eq!(out.trim(), "l exited (143)");
     ok(f.zos("vm").args(["rm", "l"]));
+}
+
+#[test]
+fn a_setuid_program_or_device_node_a_guest_plants_gives_nothing_on_the_host() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") {
+        return;
+    }
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let f = Fixture::new();
+    // The host's own `id` (busybox drops setuid rights by itself, which would prove
+    // nothing), carried in the image for the guest to make setuid root.
+    let root = f.tmp.path().join("root");
+    std::fs::copy("/usr/bin/id", root.join("srv/id")).unwrap();
+    let fl = common::pack(&root, f.tmp.path(), "esc.fl");
+    let plant = "cp /srv/id /suid && chmod 4755 /suid && mknod /blk b 7 0 && \
+                 chmod 666 /blk && echo planted && sleep 600";
+    ok(f.zos("vm")
+        .args(["create", "--name", "esc"])
+        .arg(&fl)
+        .args(["--", "/bin/sh", "-c", plant]));
+    ok(f.zos("vm").args(["start", "esc"]));
+    f.wait_for_console("esc", "planted", 1);
+    let dir = f.vm_dir("esc");
+    for place in ["rw/upper", "root"] {
+        let suid = dir.join(place).join("suid");
+        let meta = std::fs::metadata(&suid).unwrap();
+        assert_eq!(
+            meta.mode() & 0o4000,
+            0o4000,
+            "the bit is kept for the guest"
+        );
+        // Run as nobody through the open file (the VM's dirs are closed to nobody).
+        let c = std::ffi::CString::new(suid.as_os_str().as_bytes()).unwrap();
+        // SAFETY: open(2) of a valid NUL-terminated path; the fd is left inheritable on
+        // purpose, for the child to exec through /proc/self/fd.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
+        assert!(fd >= 0, "opening {}", suid.display());
+        let out = Command::new(format!("/proc/self/fd/{fd}"))
+            .arg0("id")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        // SAFETY: closes the fd opened above, used by nothing else.
+        unsafe { libc::close(fd) };
+        let id = text(&out.stdout);
+        assert!(
+            id.contains("uid=65534"),
+            "{place}: {id} {}",
+            text(&out.stderr)
+        );
+        assert!(
+            !id.contains("euid=0"),
+            "{place}: setuid root worked on the host: {id}"
+        );
+        let blk = dir.join(place).join("blk");
+        let err = std::fs::File::open(&blk).expect_err("a guest's device node opened on the host");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::PermissionDenied,
+            "{place}: {err}"
+        );
+    }
+    ok(f.zos("vm").args(["rm", "esc"]));
+    f.assert_no_vms_left("zos vm rm");
 }

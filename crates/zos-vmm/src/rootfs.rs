@@ -145,9 +145,12 @@ pub(crate) fn mount_root(
     helper: &MountHelper,
 ) -> Result<ProcRef> {
     make_dir(&layers.rw)?;
+    // The guest writes these: a setuid-root program or a device node it makes must never
+    // work on the host (nosuid, nodev on both mounts; the guest's own kernel still sees
+    // the bits through virtio-fs and honours them inside).
     if !is_mounted(&layers.rw) {
         run(Command::new("mount")
-            .args(["-t", "ext4", "-o", "loop,noatime"])
+            .args(["-t", "ext4", "-o", "loop,noatime,nosuid,nodev"])
             .arg(&layers.image)
             .arg(&layers.rw))?;
     }
@@ -189,7 +192,7 @@ fn mount_overlay(target: &Path, options: &str) -> Result<()> {
             source.as_ptr(),
             target_c.as_ptr(),
             source.as_ptr(),
-            0,
+            libc::MS_NOSUID | libc::MS_NODEV,
             data.as_ptr().cast(),
         )
     };
