@@ -941,7 +941,8 @@ fn every_vm_log_is_rotated_past_its_bound_when_the_vm_is_looked_at() {
 }
 
 #[test]
-fn a_setuid_program_or_device_node_a_guest_plants_gives_nothing_on_the_host() {
+fn qemu_is_sandboxed_and_a_setuid_program_or_device_node_a_guest_plants_gives_nothing_on_the_host()
+{
     if !common::is_root() || !common::have("qemu-system-x86_64") {
         return;
     }
@@ -962,6 +963,14 @@ fn a_setuid_program_or_device_node_a_guest_plants_gives_nothing_on_the_host() {
         .args(["--", "/bin/sh", "-c", plant]));
     ok(f.zos("vm").args(["start", "esc"]));
     f.wait_for_console("esc", "planted", 1);
+    // QEMU runs under its seccomp sandbox (mode 2: a filter).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", f.qemu_pid("esc"))).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["Seccomp:", "2"])),
+        "{status}"
+    );
     let dir = f.vm_dir("esc");
     for place in ["rw/upper", "root"] {
         let suid = dir.join(place).join("suid");

@@ -4,7 +4,7 @@
 //! A VM is a directory under the manager's root holding its spec, its runtime record (the
 //! pids of QEMU, virtiofsd and the flist mount, each with its start time so a recycled pid is
 //! never mistaken for ours), its sockets, console log and writable layer. QEMU runs detached
-//! (`-daemonize`), so a VM outlives the manager; a new manager reattaches through the QMP
+//! (its own session, under its seccomp sandbox), so a VM outlives the manager; a new manager reattaches through the QMP
 //! socket. See [`Vmm`] for the lifecycle and [`spec`] for what a VM is made of.
 
 pub mod bootkit;

@@ -41,6 +41,12 @@ pub(super) fn base(dir: &Path, spec: &VmSpec, accel: Accel) -> Result<Vec<OsStri
         "none",
         "-no-reboot",
     ]);
+    // QEMU's own seccomp sandbox: a guest that breaks into QEMU cannot spawn programs, gain
+    // privileges, change scheduling or reach obsolete system calls.
+    push(&[
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]);
     push(&[
         "-chardev",
         &format!(

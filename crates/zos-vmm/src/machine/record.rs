@@ -119,7 +119,9 @@ pub(super) const MOUNT_LOG: &str = "mount.log";
 /// virtiofsd's stderr.
 pub(super) const VIRTIOFSD_LOG: &str = "virtiofsd.log";
 /// Every log a VM writes, each rotated past `log_max`.
-pub(super) const LOGS: [&str; 3] = [CONSOLE, MOUNT_LOG, VIRTIOFSD_LOG];
+/// QEMU's own messages (its stderr): why it would not start.
+pub(super) const QEMU_LOG: &str = "qemu.log";
+pub(super) const LOGS: [&str; 4] = [CONSOLE, MOUNT_LOG, VIRTIOFSD_LOG, QEMU_LOG];
 pub(super) const EXIT: &str = "exit.json";
 pub(super) const QMP: &str = "qmp.sock";
 pub(super) const CONTROL: &str = "control.sock";

@@ -7,14 +7,15 @@ use super::qemu_args::{
 };
 use super::reconcile::teardown;
 use super::record::{
-    lock, save, Runtime, VmInfo, VmState, CONSOLE, CONTROL, EXIT, INITRD, MOUNT_LOG, PIDFILE, QMP,
-    ROOT_OVERLAY, SEED, VIRTIOFS, VIRTIOFSD_LOG,
+    lock, save, Runtime, VmInfo, VmState, CONSOLE, CONTROL, EXIT, INITRD, MOUNT_LOG, PIDFILE,
+    QEMU_LOG, QMP, ROOT_OVERLAY, SEED, VIRTIOFS, VIRTIOFSD_LOG,
 };
 use super::Vmm;
 use crate::bootkit::{self, BootKit};
 use crate::disk::{self, DiskFormat};
 use crate::host::{self, Accel};
 use crate::proc::ProcRef;
+use crate::qmp::Qmp;
 use crate::rootfs::{self, Layers, MountHelper};
 use crate::spec::{Boot, SeedSpec, VmSpec};
 use crate::{cidata, console, Error, Result};
@@ -297,43 +298,92 @@ impl Vmm {
         })
     }
 
-    /// Runs QEMU detached (`-daemonize`): it outlives this process. Returns its pid once up.
+    /// Runs QEMU detached from this process, in a session of its own: it outlives this
+    /// process. Not `-daemonize`: QEMU forks for that after its seccomp sandbox is in place,
+    /// and the sandbox forbids forking and `setsid`. Returns its pid once QMP answers.
     fn run_qemu(&self, dir: &Path, mut args: Vec<OsString>) -> Result<ProcRef> {
         let pidfile = dir.join(PIDFILE);
-        args.extend(["-daemonize", "-pidfile"].map(OsString::from));
-        args.push(pidfile.clone().into_os_string());
-        let out = Command::new(&self.cfg.qemu)
-            .args(&args)
+        args.extend(["-pidfile".into(), pidfile.clone().into_os_string()]);
+        let log_path = dir.join(QEMU_LOG);
+        let log = fs::File::create(&log_path)
+            .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
+        let stdout = log
+            .try_clone()
+            .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
+        let mut cmd = Command::new(&self.cfg.qemu);
+        cmd.args(&args)
             .stdin(Stdio::null())
-            .current_dir(dir)
-            .process_group(0)
-            .output()
-            .map_err(|e| {
-                Error::io(
-                    format!(
-                        "starting {} (install qemu-system-x86 with scripts/setup)",
-                        self.cfg.qemu.display()
-                    ),
-                    e,
-                )
-            })?;
-        if !out.status.success() {
-            return Err(Error::Process {
-                what: "starting QEMU".into(),
-                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            .stdout(stdout)
+            .stderr(log)
+            .current_dir(dir);
+        // SAFETY: setsid(2) is async-signal-safe and touches no memory of this process.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
             });
         }
-        let pid: i32 = fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| Error::Process {
-                what: "starting QEMU".into(),
-                detail: format!("no pid in {}", pidfile.display()),
-            })?;
-        ProcRef::of(pid).ok_or_else(|| Error::Guest {
+        let mut child = cmd.spawn().map_err(|e| {
+            Error::io(
+                format!(
+                    "starting {} (install qemu-system-x86 with scripts/setup)",
+                    self.cfg.qemu.display()
+                ),
+                e,
+            )
+        })?;
+        let pid = child.id() as i32;
+        let qmp = dir.join(QMP);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let up = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break Err(status);
+            }
+            // Up once its monitor answers: QEMU serves QMP only after the machine is built
+            // (devices connected to virtiofsd), which is when `-daemonize` returned.
+            if qmp.exists()
+                && Qmp::connect(&qmp)
+                    .and_then(|mut q| q.execute("query-status", None))
+                    .is_ok()
+            {
+                break Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::Process {
+                    what: "starting QEMU".into(),
+                    detail: "its monitor did not come up within 60 s".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if let Err(status) = up {
+            let said = fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(if said.trim().is_empty() {
+                Error::Guest {
+                    message: format!("QEMU exited right after starting ({status})"),
+                    console_tail: console::tail(&dir.join(CONSOLE), 20),
+                }
+            } else {
+                Error::Process {
+                    what: "starting QEMU".into(),
+                    detail: said.trim().to_string(),
+                }
+            });
+        }
+        let proc = ProcRef::of(pid).ok_or_else(|| Error::Guest {
             message: "QEMU exited right after starting".into(),
             console_tail: console::tail(&dir.join(CONSOLE), 20),
-        })
+        })?;
+        // Someone must reap it when it ends; a process that outlives this one is reaped by
+        // init, as a daemon is.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        Ok(proc)
     }
 }
 
