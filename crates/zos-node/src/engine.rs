@@ -87,15 +87,16 @@ impl Engine {
     /// [`Engine::open`] with the workload types in `kinds` (tests register their own).
     pub fn open_with(cfg: NodeConfig, kinds: Kinds) -> Result<Arc<Engine>> {
         let data = std::path::absolute(&cfg.data_dir)?;
-        let disks = data.join("disks");
+        let (disks, vms) = (data.join("disks"), data.join("vms"));
         // Tenants' data lives below: no other account of the host looks in.
-        for dir in [&data, &disks, &data.join("vms")] {
-            private_dir(dir)?;
+        for dir in [&data, &disks, &vms] {
+            workload::private_dir(dir)
+                .with_context(|| format!("making {} private to the node", dir.display()))?;
         }
         let key = identity(&data.join("identity.pem"))?;
         let zos = std::env::current_exe().context("finding the zos binary")?;
         let vmm = Vmm::new(VmmConfig::new(
-            data.join("vms"),
+            vms,
             zos,
             std::path::absolute(cfg.cache_dir())?,
         ))?;
@@ -445,8 +446,7 @@ impl Engine {
     /// Whether what writes `log` still runs (a followed log ends when it stops).
     pub fn console_active(&self, log: &ConsoleLog) -> bool {
         self.kinds
-            .all()
-            .find(|k| k.type_name() == log.type_name)
+            .named(log.type_name)
             .is_some_and(|k| k.console_active(&self.host, &log.writer))
     }
 
@@ -574,13 +574,21 @@ impl Engine {
         Ok(current.is_none_or(|c| c.version != d.version || is_tombstone(&c)))
     }
 
-    /// Records a workload's result, unless the deployment moved on to a newer version of it.
+    /// Records a workload's result, unless it says what the result read in `d` already says
+    /// (passes and monitor rounds would rewrite the deployment for nothing) or the deployment
+    /// moved on to a newer version of the workload.
     fn set_result(
         &self,
         d: &Deployment,
         w: &Workload,
         r: WorkloadResult,
     ) -> Result<(), EngineError> {
+        if w.result
+            .as_ref()
+            .is_some_and(|old| old.state == r.state && old.message == r.message)
+        {
+            return Ok(());
+        }
         let (state, message) = (r.state, r.message.clone());
         let stored = self.store.modify(&d.owner, &d.name, |now| {
             let Some(target) = now.workloads.iter_mut().find(|x| x.name == w.name) else {
@@ -598,8 +606,9 @@ impl Engine {
         Ok(())
     }
 
-    /// After a start: removes what no deployment owns (VMs, disks, half-made leftovers) and
-    /// converges every deployment, which reattaches to running VMs and restarts the rest.
+    /// After a start: sweeps half-made leftovers, moves what no deployment owns (VMs, disks)
+    /// into the quarantine, and converges every deployment, which reattaches to running VMs
+    /// and restarts the rest.
     pub fn reconcile(self: &Arc<Self>) -> Result<()> {
         for kind in self.kinds.all() {
             kind.sweep(&self.host)
@@ -613,7 +622,6 @@ impl Engine {
             .collect();
         // What no deployment owns is never deleted in place: it is stopped and kept in a
         // quarantine for `quarantine_days`, in case the database, not the host, was wrong.
-        let quarantine = workload::quarantine_dir(&self.host);
         workload::prune_quarantine(&self.host)?;
         let mut into: Option<PathBuf> = None;
         for kind in self.kinds.all() {
@@ -623,7 +631,7 @@ impl Engine {
                 }
                 let dir = match &into {
                     Some(dir) => dir.clone(),
-                    None => into.insert(workload::new_quarantine(&quarantine)?).clone(),
+                    None => into.insert(workload::new_quarantine(&self.host)?).clone(),
                 };
                 tracing::warn!(resource = %resource, into = %dir.display(),
                     "no deployment owns this: moved into the quarantine");
@@ -678,14 +686,6 @@ impl Engine {
         }
         Ok(())
     }
-}
-
-/// Makes `dir` (and its parents) and keeps it to the node: mode 0700.
-fn private_dir(dir: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("making {} private", dir.display()))
 }
 
 /// A node whose database holds no deployment, on a host that holds VMs or disks, lost or

@@ -45,11 +45,18 @@ pub fn quarantine_dir(host: &Host) -> PathBuf {
 }
 
 /// A new dir in the quarantine, named by the time it was made (unix seconds).
-pub fn new_quarantine(quarantine: &Path) -> std::io::Result<PathBuf> {
+pub fn new_quarantine(host: &Host) -> std::io::Result<PathBuf> {
+    let quarantine = quarantine_dir(host);
+    private_dir(&quarantine)?;
     let dir = quarantine.join(now().to_string());
     std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(quarantine, std::fs::Permissions::from_mode(0o700))?;
     Ok(dir)
+}
+
+/// Makes `dir` (and its parents) and keeps it to the node: mode 0700.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// Deletes what was quarantined more than `quarantine_days` ago.
@@ -204,8 +211,12 @@ impl Kinds {
     /// The module of a workload's type. A type with no module here is a node built without
     /// it: refused at admission by [`Kinds::check`], so it never reaches convergence.
     pub fn of(&self, spec: &WorkloadSpec) -> Option<&dyn Kind> {
-        let name = spec.type_name();
-        self.all().find(|k| k.type_name() == name)
+        self.named(spec.type_name())
+    }
+
+    /// The module of the type named `type_name`.
+    pub fn named(&self, type_name: &str) -> Option<&dyn Kind> {
+        self.all().find(|k| k.type_name() == type_name)
     }
 
     /// Checks every workload of a deployment against the node; the error names the

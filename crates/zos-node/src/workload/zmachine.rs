@@ -115,14 +115,7 @@ impl Kind for Zmachine {
             // A fresh (re)provisioning starts a new crash streak.
             self.restarts().remove(&vm);
         }
-        let unchanged = w
-            .result
-            .as_ref()
-            .is_some_and(|old| old.state == r.state && old.message == r.message);
-        Step {
-            result: (!unchanged).then_some(r),
-            usable: Ok(()),
-        }
+        step(r)
     }
 
     fn resource(&self, id: &str, workload: &str) -> String {
@@ -154,7 +147,6 @@ impl Kind for Zmachine {
     }
 
     fn monitor(&self, host: &Host, id: &str, w: &Workload) -> Option<WorkloadResult> {
-        let r = w.result.as_ref()?;
         let vm = self.resource(id, w.name.as_str());
         let info = host.vmm.status(&vm).ok()?;
         let data = json!({ "vm": vm });
@@ -172,7 +164,7 @@ impl Kind for Zmachine {
             }
             VmState::Exited { code: 0, .. } | VmState::Stopped => {
                 let message = info.state.to_string();
-                return (r.message != message).then(|| result(ResultState::Ok, message, data));
+                return Some(result(ResultState::Ok, message, data));
             }
             VmState::Exited { .. } | VmState::Crashed { .. } => info.state.to_string(),
         };
