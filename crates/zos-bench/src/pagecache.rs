@@ -17,21 +17,13 @@ pub fn drop_from_page_cache(path: &Path) -> Result<u64> {
     }
     let mut count = 0;
     if meta.is_dir() {
-        let mut stack = vec![path.to_owned()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-                let e = e.with_context(|| format!("reading {}", d.display()))?;
-                let kind = e
-                    .file_type()
-                    .with_context(|| format!("reading {}", e.path().display()))?;
-                if kind.is_dir() {
-                    stack.push(e.path());
-                } else if kind.is_file() {
-                    drop_file(&e.path())?;
-                    count += 1;
-                }
+        crate::tree::walk(path, |e, kind| {
+            if kind.is_file() {
+                drop_file(&e.path())?;
+                count += 1;
             }
-        }
+            Ok(())
+        })?;
     }
     Ok(count)
 }

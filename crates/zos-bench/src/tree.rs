@@ -116,22 +116,35 @@ impl Shape {
     }
 }
 
-/// Number of entries under `dir` (not counting `dir`), without following symlinks.
-pub fn count_entries(dir: &Path) -> Result<u64> {
-    let mut count = 0;
+/// Calls `f` with every entry under `dir` (not `dir` itself) and its type, descending
+/// into directories without following symlinks: the one tree walk of the benchmarks.
+pub fn walk(
+    dir: &Path,
+    mut f: impl FnMut(&std::fs::DirEntry, std::fs::FileType) -> Result<()>,
+) -> Result<()> {
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
             let e = e.with_context(|| format!("reading {}", d.display()))?;
-            count += 1;
-            if e.file_type()
-                .with_context(|| format!("reading {}", e.path().display()))?
-                .is_dir()
-            {
+            let kind = e
+                .file_type()
+                .with_context(|| format!("reading {}", e.path().display()))?;
+            if kind.is_dir() {
                 stack.push(e.path());
             }
+            f(&e, kind)?;
         }
     }
+    Ok(())
+}
+
+/// Number of entries under `dir` (not counting `dir`), without following symlinks.
+pub fn count_entries(dir: &Path) -> Result<u64> {
+    let mut count = 0;
+    walk(dir, |_, _| {
+        count += 1;
+        Ok(())
+    })?;
     Ok(count)
 }
 
@@ -257,20 +270,15 @@ pub fn change_small_files(tree: &Path, shape: &Shape) -> Result<usize> {
 /// Total bytes and number of regular files under `dir`.
 pub fn dir_usage(dir: &Path) -> Result<(u64, u64)> {
     let (mut bytes, mut files) = (0, 0);
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-            let e = e.with_context(|| format!("reading {}", d.display()))?;
-            let m = e
+    walk(dir, |e, kind| {
+        if kind.is_file() {
+            bytes += e
                 .metadata()
-                .with_context(|| format!("reading {}", e.path().display()))?;
-            if m.is_dir() {
-                stack.push(e.path());
-            } else if m.is_file() {
-                bytes += m.len();
-                files += 1;
-            }
+                .with_context(|| format!("reading {}", e.path().display()))?
+                .len();
+            files += 1;
         }
-    }
+        Ok(())
+    })?;
     Ok((bytes, files))
 }
