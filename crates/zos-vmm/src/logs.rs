@@ -1,12 +1,23 @@
-//! Bounded VM logs: the serial console, the flist mount's and virtiofsd's stderr. Their
-//! writers all append (`O_APPEND`), so a log is rotated by copy-and-truncate under them: the
-//! next write lands at the new end, with no hole before it and no reopen needed.
+//! Bounded VM logs: the serial console, and the flist mount's, virtiofsd's and QEMU's stderr.
+//! Their writers all append (`O_APPEND`, see [`open_for_writer`]), so a log is rotated by
+//! copy-and-truncate under them: the next write lands at the new end, with no hole before it
+//! and no reopen needed.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 /// How many rotated generations are kept beside the live log (`NAME.1` …).
 pub const KEEP: usize = 2;
+
+/// Opens `log` for a helper process to write its output to: created if missing, appending,
+/// as rotation needs.
+pub fn open_for_writer(log: &Path) -> crate::Result<fs::File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| crate::Error::io(format!("opening {}", log.display()), e))
+}
 
 /// Rotates `log` if it is larger than `max_bytes`: `.1` → `.2`, live → `.1`, live truncated.
 /// A missing log is not an error (the helper writing it has not started yet).

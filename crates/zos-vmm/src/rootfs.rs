@@ -108,11 +108,7 @@ pub(crate) fn mount_flist(flist: &FlistSource, at: &Path, helper: &MountHelper) 
     if is_mounted(at) {
         unmount(at);
     }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&helper.log)
-        .map_err(|e| Error::io(format!("opening {}", helper.log.display()), e))?;
+    let log = crate::logs::open_for_writer(&helper.log)?;
     let (mut child, _, first) = FlistMount {
         zos: helper.zos,
         flist: &flist.path,

@@ -18,7 +18,7 @@ use crate::proc::ProcRef;
 use crate::qmp::Qmp;
 use crate::rootfs::{self, Layers, MountHelper};
 use crate::spec::{Boot, SeedSpec, VmSpec};
-use crate::{cidata, console, Error, Result};
+use crate::{cidata, console, logs, Error, Result};
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -254,11 +254,7 @@ impl Vmm {
     fn start_virtiofsd(&self, dir: &Path, shared: &Path) -> Result<ProcRef> {
         let socket = dir.join(VIRTIOFS);
         let log_path = dir.join(VIRTIOFSD_LOG);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
+        let log = logs::open_for_writer(&log_path)?;
         let child = Command::new(&self.cfg.virtiofsd)
             .arg(format!("--socket-path={}", socket.display()))
             .arg(format!("--shared-dir={}", shared.display()))
@@ -304,9 +300,10 @@ impl Vmm {
     fn run_qemu(&self, dir: &Path, mut args: Vec<OsString>) -> Result<ProcRef> {
         let pidfile = dir.join(PIDFILE);
         args.extend(["-pidfile".into(), pidfile.clone().into_os_string()]);
+        // This start's messages alone: they are the error if QEMU does not come up.
         let log_path = dir.join(QEMU_LOG);
-        let log = fs::File::create(&log_path)
-            .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
+        let _ = fs::remove_file(&log_path);
+        let log = logs::open_for_writer(&log_path)?;
         let stdout = log
             .try_clone()
             .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
