@@ -5,7 +5,7 @@ use crate::key;
 use clap::Args;
 use std::path::PathBuf;
 use zos_client::DEFAULT_NODE;
-pub use zos_client::{NodeClient, NodeUrl};
+use zos_client::{NodeClient, NodeUrl};
 use zos_types::PublicKey;
 
 /// The flags every command that talks to a node takes.

@@ -1,7 +1,7 @@
 //! `zos deploy` and `zos sign`: read the file, plan and sign with `zos_client`, send or
 //! write it, print what happened.
 
-use crate::client::{ClientArgs, NodeClient};
+use crate::client::ClientArgs;
 use crate::output::results_table;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use zos_client::status::{failed, pending, state_label};
+use zos_client::NodeClient;
 use zos_client::{
     cosign, describe_signing, missing_signatures, plan, read_signed, sets_versions,
     wait_until_settled, write_signed, Action, DeploymentInput, StateChange, Waited,
