@@ -24,6 +24,10 @@ pub struct VmmConfig {
     pub virtiofsd: PathBuf,
     /// Each VM log (console, flist mount, virtiofsd) is rotated past this size.
     pub log_max: u64,
+    /// Whether QEMU runs jailed (its own uid, a private mount namespace holding only its
+    /// VM's files, no capabilities). On whenever the manager is root; `ZOS_JAIL=off` turns
+    /// it off for `zos-bench vm`'s comparison.
+    pub jail: bool,
 }
 
 impl VmmConfig {
@@ -40,6 +44,7 @@ impl VmmConfig {
             qemu: find_tool("qemu-system-x86_64"),
             virtiofsd: find_tool("virtiofsd"),
             log_max: 1 << 20,
+            jail: is_root() && std::env::var("ZOS_JAIL").as_deref() != Ok("off"),
         }
     }
 }
@@ -58,4 +63,11 @@ fn find_tool(name: &str) -> PathBuf {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Whether this process runs as root: only root can build a jail (and a non-root manager
+/// has no privilege to shed).
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }

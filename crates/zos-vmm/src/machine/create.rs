@@ -42,6 +42,7 @@ impl Vmm {
             created: now(),
             state: VmState::Created,
             runtime: None,
+            uid: None,
         };
         save(staging.path(), &record)?;
         let staged = staging.keep();

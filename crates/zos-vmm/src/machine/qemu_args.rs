@@ -1,10 +1,11 @@
 //! Pieces of QEMU's command line, and the rules for the paths that go into it.
 
-use super::record::{CONSOLE, CONTROL, EXIT, QMP};
+use super::record::{CONSOLE, EXIT};
 use crate::host::Accel;
 use crate::spec::VmSpec;
 use crate::{Error, Result};
 use std::ffi::OsString;
+use std::os::fd::RawFd;
 use std::path::Path;
 
 /// SeaBIOS built for `microvm`: it boots from virtio-mmio disks (QEMU's own microvm
@@ -12,8 +13,8 @@ use std::path::Path;
 pub(super) const DISK_FIRMWARE: &str = "/usr/share/seabios/bios-microvm.bin";
 
 /// What every VM has: the machine, CPUs and shared RAM, no default devices, the serial
-/// console appended to `console.log`, and QMP on `qmp.sock`.
-pub(super) fn base(dir: &Path, spec: &VmSpec, accel: Accel) -> Result<Vec<OsString>> {
+/// console appended to `console.log`, and QMP on the listening socket `qmp`.
+pub(super) fn base(dir: &Path, spec: &VmSpec, accel: Accel, qmp: RawFd) -> Result<Vec<OsString>> {
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
     let mem = format!("{}M", spec.memory_mib);
@@ -56,15 +57,17 @@ pub(super) fn base(dir: &Path, spec: &VmSpec, accel: Accel) -> Result<Vec<OsStri
     ]);
     push(&["-serial", "chardev:con"]);
     push(&[
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", socket_path(dir, QMP)?),
+        "-chardev",
+        &format!("socket,id=qmp,fd={qmp},server=on,wait=off"),
+        "-mon",
+        "chardev=qmp,mode=control",
     ]);
     Ok(args)
 }
 
 /// A container VM's virtio-serial ports to `zos-init`: its exit report goes to `exit.json`,
-/// and stop / signal lines come from `control.sock`.
-pub(super) fn push_guest_ports(args: &mut Vec<OsString>, dir: &Path) -> Result<()> {
+/// and stop / signal lines come from the listening socket `control`.
+pub(super) fn push_guest_ports(args: &mut Vec<OsString>, dir: &Path, control: RawFd) -> Result<()> {
     let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
     push(&["-device", "virtio-serial-device"]);
     push(&[
@@ -77,10 +80,7 @@ pub(super) fn push_guest_ports(args: &mut Vec<OsString>, dir: &Path) -> Result<(
     ]);
     push(&[
         "-chardev",
-        &format!(
-            "socket,id=ctl,path={},server=on,wait=off",
-            socket_path(dir, CONTROL)?
-        ),
+        &format!("socket,id=ctl,fd={control},server=on,wait=off"),
     ]);
     push(&[
         "-device",
@@ -89,11 +89,12 @@ pub(super) fn push_guest_ports(args: &mut Vec<OsString>, dir: &Path) -> Result<(
     Ok(())
 }
 
-/// The vhost-user-fs device exporting the root (tag `rootfs`) through virtiofsd's socket.
-pub(super) fn push_virtiofs(args: &mut Vec<OsString>, socket: &str) {
+/// The vhost-user-fs device exporting the root (tag `rootfs`) through `virtiofsd`, a socket
+/// connected to virtiofsd.
+pub(super) fn push_virtiofs(args: &mut Vec<OsString>, virtiofsd: RawFd) {
     for a in [
         "-chardev".to_string(),
-        format!("socket,id=vfs,path={socket}"),
+        format!("socket,id=vfs,fd={virtiofsd}"),
         "-device".to_string(),
         format!(
             "vhost-user-fs-device,chardev=vfs,tag={}",

@@ -94,6 +94,9 @@ pub(super) struct Record {
     pub(super) created: u64,
     pub(super) state: VmState,
     pub(super) runtime: Option<Runtime>,
+    /// The uid (and gid) its QEMU runs as, given at its first start.
+    #[serde(default)]
+    pub(super) uid: Option<u32>,
 }
 
 /// The processes of an active VM.
@@ -170,12 +173,16 @@ pub(super) struct DirLock(fs::File);
 
 /// Takes the VM's lock, waiting for whoever holds it.
 pub(super) fn lock(dir: &Path) -> Result<DirLock> {
-    let path = dir.join(LOCK);
+    lock_file(&dir.join(LOCK))
+}
+
+/// Takes an exclusive lock on the file at `path` (made if missing), waiting for its holder.
+pub(super) fn lock_file(path: &Path) -> Result<DirLock> {
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
+        .open(path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     // SAFETY: flock on a descriptor we own; it is released when the file is closed.
     let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };

@@ -2,6 +2,7 @@
 //! Whatever a failed start brought up is ended again; a start cut short by the manager's
 //! death is cleaned up by the next one.
 
+use super::jail::{self, Access, Jail, Prepared};
 use super::qemu_args::{
     self, disk_serial, path_arg, push_disk, push_virtiofs, socket_path, DiskRole, DISK_FIRMWARE,
 };
@@ -18,7 +19,7 @@ use crate::proc::ProcRef;
 use crate::qmp::Qmp;
 use crate::rootfs::{self, Layers, MountHelper};
 use crate::spec::{Boot, SeedSpec, VmSpec};
-use crate::{cidata, console, logs, Error, Result};
+use crate::{cidata, console, fsutil, logs, Error, Result};
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -47,9 +48,10 @@ impl Vmm {
         for stale in [EXIT, QMP, CONTROL, VIRTIOFS, PIDFILE] {
             let _ = fs::remove_file(dir.join(stale));
         }
+        let uid = jail::uid_for(&self.cfg.root, &dir, &mut record)?;
         let mut started = Started::default();
         let console_start = fs::metadata(dir.join(CONSOLE)).map_or(0, |m| m.len());
-        match self.launch(&dir, &record.spec, &mut started) {
+        match self.launch(&dir, &record.spec, uid, &mut started) {
             Ok(qemu) => {
                 record.runtime = Some(Runtime {
                     qemu,
@@ -69,8 +71,15 @@ impl Vmm {
         }
     }
 
-    /// Brings up the helpers and QEMU; what got started is left in `started` for cleanup.
-    fn launch(&self, dir: &Path, spec: &VmSpec, started: &mut Started) -> Result<ProcRef> {
+    /// Brings up the helpers and QEMU (jailed as `uid`); what got started is left in
+    /// `started` for cleanup.
+    fn launch(
+        &self,
+        dir: &Path,
+        spec: &VmSpec,
+        uid: u32,
+        started: &mut Started,
+    ) -> Result<ProcRef> {
         let helper = MountHelper {
             zos: &self.cfg.zos,
             cache_dir: &self.cfg.cache_dir,
@@ -84,15 +93,25 @@ impl Vmm {
         } else {
             String::new()
         };
-        let mut args = qemu_args::base(dir, spec, accel)?;
+        let mut jail = Jail::new(dir, uid);
+        let sock = |file: &str| socket_path(dir, file).map(PathBuf::from);
+        let qmp = jail.listen(&sock(QMP)?)?;
+        let console = dir.join(CONSOLE);
+        logs::open_for_writer(&console)?;
+        jail.add(&console, Access::Writable);
+        if accel == Accel::Kvm {
+            jail.allow_kvm()?;
+        }
+        let mut args = qemu_args::base(dir, spec, accel, qmp)?;
         let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-        let sock = |file: &str| socket_path(dir, file);
         let blk = "virtio-blk-device";
         match &spec.boot {
             Boot::Container { flist, process, .. } => {
                 started.mount = Some(rootfs::mount_root(flist, &layers, &helper)?);
                 started.virtiofsd = Some(self.start_virtiofsd(dir, &layers.merged)?);
                 let kernel = self.write_initrd(dir, spec, process)?;
+                jail.add(&kernel, Access::Shared);
+                jail.add(&dir.join(INITRD), Access::ReadOnly);
                 push(&[
                     "-kernel",
                     &path_arg(&kernel)?,
@@ -108,8 +127,12 @@ impl Vmm {
                     // keyboard controller to try first), and -no-reboot makes that an exit.
                     &format!("console=ttyS0 panic=-1 reboot=t {timing} {verbosity}"),
                 ]);
-                push_virtiofs(&mut args, &sock(VIRTIOFS)?);
-                qemu_args::push_guest_ports(&mut args, dir)?;
+                push_virtiofs(&mut args, jail.connect(&sock(VIRTIOFS)?)?);
+                let exit = dir.join(EXIT);
+                logs::open_for_writer(&exit)?;
+                jail.add(&exit, Access::Writable);
+                let control = jail.listen(&sock(CONTROL)?)?;
+                qemu_args::push_guest_ports(&mut args, dir, control)?;
             }
             Boot::Kernel {
                 flist,
@@ -137,8 +160,10 @@ impl Vmm {
                     zos_init::ROOT_TAG
                 );
                 push(&["-append", line.trim_end()]);
-                push_virtiofs(&mut args, &sock(VIRTIOFS)?);
+                jail.add(&layers.lower, Access::Shared);
+                push_virtiofs(&mut args, jail.connect(&sock(VIRTIOFS)?)?);
                 self.attach_seed(&mut args, blk, dir, spec, seed)?;
+                jail.add(&dir.join(SEED), Access::ReadOnly);
             }
             Boot::Disk {
                 flist,
@@ -149,6 +174,9 @@ impl Vmm {
             } => {
                 started.mount = Some(rootfs::mount_flist(flist, &layers.lower, &helper)?);
                 let overlay = root_overlay(dir, &layers, image, *format, *root_size)?;
+                // The overlay's backing image is read through the flist mount.
+                jail.add(&layers.lower, Access::Shared);
+                jail.add(&overlay, Access::Writable);
                 push(&["-bios", DISK_FIRMWARE]);
                 // SeaBIOS would boot the first virtio disk it finds (the last one created):
                 // bootindex makes it this one.
@@ -162,6 +190,7 @@ impl Vmm {
                     DiskRole::Boot,
                 )?;
                 self.attach_seed(&mut args, blk, dir, spec, seed)?;
+                jail.add(&dir.join(SEED), Access::ReadOnly);
             }
         }
         for (i, d) in spec.disks.iter().enumerate() {
@@ -174,8 +203,10 @@ impl Vmm {
                 &disk_serial(i),
                 DiskRole::Data,
             )?;
+            jail.add(&d.path, Access::Writable);
         }
-        self.run_qemu(dir, args)
+        jail.add(&self.cfg.qemu, Access::Shared);
+        self.run_qemu(dir, args, jail.prepare(self.cfg.jail)?)
     }
 
     /// Writes a container VM's initramfs (the base one plus its `GuestConfig`) to
@@ -294,12 +325,11 @@ impl Vmm {
         })
     }
 
-    /// Runs QEMU detached from this process, in a session of its own: it outlives this
-    /// process. Not `-daemonize`: QEMU forks for that after its seccomp sandbox is in place,
-    /// and the sandbox forbids forking and `setsid`. Returns its pid once QMP answers.
-    fn run_qemu(&self, dir: &Path, mut args: Vec<OsString>) -> Result<ProcRef> {
-        let pidfile = dir.join(PIDFILE);
-        args.extend(["-pidfile".into(), pidfile.clone().into_os_string()]);
+    /// Runs QEMU detached from this process, in a session of its own and in its jail: it
+    /// outlives this process. Not `-daemonize`: QEMU forks for that after its seccomp
+    /// sandbox is in place, and the sandbox forbids forking and `setsid`. Returns its pid
+    /// once QMP answers.
+    fn run_qemu(&self, dir: &Path, args: Vec<OsString>, jail: Prepared) -> Result<ProcRef> {
         // This start's messages alone: they are the error if QEMU does not come up.
         let log_path = dir.join(QEMU_LOG);
         let _ = fs::remove_file(&log_path);
@@ -313,16 +343,20 @@ impl Vmm {
             .stdout(stdout)
             .stderr(log)
             .current_dir(dir);
-        // SAFETY: setsid(2) is async-signal-safe and touches no memory of this process.
+        // SAFETY: setsid(2) is async-signal-safe, and `Prepared::enter` makes only system
+        // calls on memory prepared before the fork.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                jail.enter()
             });
         }
-        let mut child = cmd.spawn().map_err(|e| {
+        let spawned = cmd.spawn();
+        // The descriptors QEMU was handed are closed here: QEMU holds its own copies.
+        drop(cmd);
+        let mut child = spawned.map_err(|e| {
             Error::io(
                 format!(
                     "starting {} (install qemu-system-x86 with scripts/setup)",
@@ -332,6 +366,9 @@ impl Vmm {
             )
         })?;
         let pid = child.id() as i32;
+        // Written here, not by QEMU's -pidfile: the jailed QEMU has nowhere to write it.
+        let pidfile = dir.join(PIDFILE);
+        fsutil::write_atomic(&pidfile, pid.to_string().as_bytes())?;
         let qmp = dir.join(QMP);
         let deadline = Instant::now() + Duration::from_secs(60);
         let up = loop {
@@ -340,10 +377,9 @@ impl Vmm {
             }
             // Up once its monitor answers: QEMU serves QMP only after the machine is built
             // (devices connected to virtiofsd), which is when `-daemonize` returned.
-            if qmp.exists()
-                && Qmp::connect(&qmp)
-                    .and_then(|mut q| q.execute("query-status", None))
-                    .is_ok()
+            if Qmp::connect(&qmp)
+                .and_then(|mut q| q.execute("query-status", None))
+                .is_ok()
             {
                 break Ok(());
             }
