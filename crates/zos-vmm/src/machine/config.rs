@@ -24,6 +24,9 @@ pub struct VmmConfig {
     pub virtiofsd: PathBuf,
     /// Each VM log (console, flist mount, virtiofsd) is rotated past this size.
     pub log_max: u64,
+    /// The stores VMs' flists may reach (a node serving tenants); `None`: any, as the flist
+    /// says (a user's own `zos run`).
+    pub store_policy: Option<zos_flist::store::StorePolicy>,
 }
 
 impl VmmConfig {
@@ -40,6 +43,7 @@ impl VmmConfig {
             qemu: find_tool("qemu-system-x86_64"),
             virtiofsd: find_tool("virtiofsd"),
             log_max: 1 << 20,
+            store_policy: None,
         }
     }
 }
