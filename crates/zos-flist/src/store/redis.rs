@@ -192,3 +192,29 @@ impl Store for RedisStore {
         &self.url
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn under_a_policy_each_connection_resolves_and_checks_first() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let url = url::Url::parse(&format!("redis://localhost:{port}")).unwrap();
+        // Made directly, past the check StoreSpec::open_with makes first: the connection
+        // checks on its own, as it must when a name resolves elsewhere the second time.
+        let store = RedisStore::new(&url, Some(Arc::new(StorePolicy::default()))).unwrap();
+        match store.get(&[0; 32]) {
+            Err(StoreError::Refused { reason, .. }) => {
+                assert!(reason.contains("loopback"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(
+            listener.accept().is_err(),
+            "a connection reached the refused address"
+        );
+    }
+}
