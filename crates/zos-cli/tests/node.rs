@@ -974,7 +974,10 @@ fn a_zmachine_whose_flist_routes_to_a_store_the_policy_refuses_fails_with_the_re
         pack_to("name.fl", &by_name),
         pack_to("dir.fl", &format!("dir://{}", elsewhere.display())),
     ];
-    let mut yaml = String::from("name: stores\nworkloads:\n");
+    // Beside them, one whose store (Node::boot's dir) the config allows.
+    let mut yaml = String::from(
+        "name: stores\nworkloads:\n  - name: allowed\n    type: zmachine\n    data: { flist: FLIST, cmd: [sleep, '600'] }\n",
+    );
     for (name, fl) in ["lo", "name", "dir"].iter().zip(&flists) {
         yaml.push_str(&format!(
             "  - name: {name}\n    type: zmachine\n    data: {{ flist: {}, memory: 64M }}\n",
@@ -986,8 +989,28 @@ fn a_zmachine_whose_flist_routes_to_a_store_the_policy_refuses_fails_with_the_re
         .cli("alice", &["deploy", "--no-wait"])
         .arg(node.write_yaml("stores.yaml", &yaml)));
     let settled = node.settled("alice", "stores");
+    assert_eq!(
+        settled["workloads"][0]["result"]["state"], "ok",
+        "{settled}"
+    );
+    // Its mount process runs under the node's policy.
+    let vm = settled["workloads"][0]["result"]["data"]["vm"]
+        .as_str()
+        .unwrap();
+    let mount_args: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("flist mount") && c.contains(vm))
+        .collect();
+    assert_eq!(mount_args.len(), 1, "{mount_args:?} {vm} {settled}");
+    assert!(
+        mount_args[0].contains("--restrict-stores --allow-store-dir")
+            && mount_args[0].contains(&node.dir().join("store").display().to_string()),
+        "{mount_args:?}"
+    );
     let message = |i: usize| {
-        let r = &settled["workloads"][i]["result"];
+        let r = &settled["workloads"][i + 1]["result"];
         assert_eq!(r["state"], "error", "{settled}");
         r["message"].as_str().unwrap().to_string()
     };
@@ -1015,6 +1038,6 @@ fn a_zmachine_whose_flist_routes_to_a_store_the_policy_refuses_fails_with_the_re
         "{m}"
     );
     // Refused before anything was made or reached: no VM, not one request to the store.
-    assert!(node.entries("vms").is_empty(), "{:?}", node.entries("vms"));
+    assert_eq!(node.entries("vms"), vec![vm.to_string()]);
     assert_eq!(common::redis_calls(redis.port, "get"), gets);
 }

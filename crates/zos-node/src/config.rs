@@ -43,8 +43,8 @@ pub struct NodeConfig {
     pub quarantine_days: u32,
     /// The store policy: tenants' flists name their stores, and the node never reaches a
     /// loopback, link-local, unspecified, multicast or broadcast address, nor one of its own,
-    /// for them; except in these networks (CIDRs or single addresses, e.g. a LAN store
-    /// on the node's own address, or `127.0.0.0/8` for a store on the node itself).
+    /// for them; except in these networks (CIDRs or single addresses, e.g. `127.0.0.1/32`
+    /// for a store on the node itself). Other hosts' addresses need no allowance.
     pub allow_store_nets: Vec<String>,
     /// Directories whose `dir://` stores (and Redis unix sockets) tenants' flists may read;
     /// none by default (a path on the host is as private as its loopback).
