@@ -82,7 +82,8 @@ impl HttpStore {
 }
 
 /// ureq's resolver, then the policy on every address it found: the connector gets only
-/// checked addresses, so what was checked is what is connected to.
+/// checked addresses, so what was checked is what is connected to. (ureq's resolver trait
+/// is in its `unversioned` API, hence the `~` on ureq's version in Cargo.toml.)
 #[derive(Debug)]
 struct CheckingResolver {
     inner: DefaultResolver,
