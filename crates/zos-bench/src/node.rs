@@ -84,11 +84,14 @@ impl BenchNode {
             &config,
             format!(
                 "data_dir = {:?}\nlisten = [\"unix://{}\"]\ncache_dir = {:?}\ndisk = \"100T\"\n\
-                 flist_dirs = [{:?}]\n",
+                 flist_dirs = [{:?}]\nallow_store_dirs = [{:?}]\n",
                 self.work.join("node"),
                 self.socket().display(),
                 self.work.join("cache"),
                 self.work,
+                // The image's dir:// store (image::image): a node reaches no local path
+                // a flist names unless its config allows it.
+                self.work.join("store"),
             ),
         )
         .with_context(|| format!("writing {}", config.display()))?;

@@ -241,6 +241,16 @@ pub fn parse_pair(s: &str) -> Result<(String, String)> {
 
 /// The stores to read from: the override if given, else the flist's routes.
 pub fn router_for(flist: &Flist, stores: &[String]) -> Result<Router> {
+    router_for_with(flist, stores, None)
+}
+
+/// [`router_for`] under a store policy: a store it refuses is a [`zos_flist::store::StoreError`]
+/// (`Refused`) at the top of the error.
+pub fn router_for_with(
+    flist: &Flist,
+    stores: &[String],
+    policy: Option<&std::sync::Arc<zos_flist::store::StorePolicy>>,
+) -> Result<Router> {
     let router = if stores.is_empty() {
         let routes = flist.routes()?;
         if routes.is_empty() {
@@ -249,9 +259,9 @@ pub fn router_for(flist: &Flist, stores: &[String]) -> Result<Router> {
                 flist.path().display()
             );
         }
-        Router::from_routes(&routes)?
+        Router::from_routes_with(&routes, policy)?
     } else {
-        Router::from_specs(&parse_specs(stores)?)?
+        Router::from_specs_with(&parse_specs(stores)?, policy)?
     };
     Ok(router)
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use zos_flist::cache::BlockCache;
+use zos_flist::store::{Allowance, IpNet, StoreError, StorePolicy};
 use zos_flist::Flist;
 
 /// Arguments of `zos flist mount`.
@@ -34,6 +35,25 @@ pub struct MountArgs {
     /// Read blocks from these stores instead of the ones recorded in the flist (repeatable)
     #[arg(long = "store", value_name = "URL")]
     stores: Vec<String>,
+    /// Reach stores as a node does for a stranger's flist: never a loopback, link-local,
+    /// unspecified, multicast or broadcast address, nor one of this host's own (names are
+    /// judged by every address they resolve to), nor a path on this host (dir:// stores,
+    /// Redis sockets); except what --allow-store-net / --allow-store-dir allow
+    #[arg(long)]
+    restrict_stores: bool,
+    /// With --restrict-stores: a network its stores may reach anyway, as a CIDR or one
+    /// address (repeatable), e.g. 127.0.0.0/8
+    #[arg(long = "allow-store-net", value_name = "CIDR", requires = "restrict_stores",
+          value_parser = StorePolicy::parse_net)]
+    allow_store_nets: Vec<IpNet>,
+    /// With --restrict-stores: a directory whose dir:// stores and Redis sockets may be used
+    /// (absolute, repeatable)
+    #[arg(
+        long = "allow-store-dir",
+        value_name = "DIR",
+        requires = "restrict_stores"
+    )]
+    allow_store_dirs: Vec<PathBuf>,
     /// Internal: print "ready" on stdout once mounted, then detach stdout (used by --daemon)
     #[arg(long, hide = true)]
     ready_on_stdout: bool,
@@ -113,10 +133,38 @@ pub fn mount(args: MountArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+impl MountArgs {
+    /// The store policy asked for with --restrict-stores.
+    fn policy(&self) -> Result<Option<StorePolicy>> {
+        if !self.restrict_stores {
+            return Ok(None);
+        }
+        StorePolicy::new(self.allow_store_nets.clone(), self.allow_store_dirs.clone())
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("--allow-store-dir: {e}"))
+    }
+}
+
+/// A refused store's error, with the flag that would let it through.
+fn with_allow_hint(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<StoreError>() {
+        Some(StoreError::Refused { allow, .. }) => {
+            let flag = match allow {
+                Allowance::Net(_) => "--allow-store-net",
+                Allowance::Dir(_) => "--allow-store-dir",
+            };
+            anyhow::anyhow!("{e}; if the store is trusted, allow it with {flag} {allow}")
+        }
+        _ => e,
+    }
+}
+
 /// Opens the flist, its stores and the cache, and mounts.
 fn start(args: &MountArgs) -> Result<zos_flist::mount::Mounted> {
     let flist = Flist::open(&args.flist)?;
-    let router = crate::flist::router_for(&flist, &args.stores)?;
+    let policy = args.policy()?.map(Arc::new);
+    let router = crate::flist::router_for_with(&flist, &args.stores, policy.as_ref())
+        .map_err(with_allow_hint)?;
     let cache_dir = args.cache.clone().unwrap_or_else(default_cache_dir);
     let cache = BlockCache::open(&cache_dir, args.cache_size, router)
         .with_context(|| format!("opening the block cache at {}", cache_dir.display()))?;
@@ -155,6 +203,7 @@ fn detach_stdout() -> Result<()> {
 fn daemonize(args: &MountArgs) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("finding the zos binary")?;
     let cache = args.cache.as_deref().map(absolute).transpose()?;
+    let policy = args.policy()?;
     let log = match &args.log {
         Some(path) => Stdio::from(
             std::fs::OpenOptions::new()
@@ -172,6 +221,7 @@ fn daemonize(args: &MountArgs) -> Result<ExitCode> {
         cache: cache.as_deref(),
         cache_size: args.cache_size,
         stores: &args.stores,
+        policy: policy.as_ref(),
     }
     .start(log)
     .context("starting the mount process")?;

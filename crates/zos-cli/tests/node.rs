@@ -73,12 +73,14 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\nlisten = [\"unix://{}\", \"tcp://{}\"]\ncache_dir = {:?}\nreserve_memory = \"1G\"\nflist_dirs = [{:?}]\n{}",
+                "data_dir = {:?}\nlisten = [\"unix://{}\", \"tcp://{}\"]\ncache_dir = {:?}\nreserve_memory = \"1G\"\nflist_dirs = [{:?}]\nallow_store_dirs = [{:?}]\n{}",
                 self.data(),
                 self.socket().display(),
                 self.tcp,
                 self.dir().join("cache"),
                 self.dir(),
+                // common::pack's dir:// store: the store policy allows no local path unasked.
+                self.dir().join("store"),
                 self.extra_config
             ),
         )
@@ -943,4 +945,99 @@ fn a_crashing_zmachine_is_restarted_then_left_in_error_with_its_console() {
     assert!(ps.contains("crash") && ps.contains("error"), "{ps}");
     ok(&mut node.cli("alice", &["rm", "crash"]));
     assert!(node.entries("vms").is_empty());
+}
+
+#[test]
+fn a_zmachine_whose_flist_routes_to_a_store_the_policy_refuses_fails_with_the_reason() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") || !common::have("redis-server") {
+        return;
+    }
+    // The node's config allows its test store dir (Node::boot), nothing on loopback.
+    let node = Node::start("");
+    let redis = common::redis();
+    let root = node.dir().join("root");
+    let pack_to = |name: &str, store: &str| {
+        let fl = node.dir().join(name);
+        ok(zos()
+            .args(["flist", "pack", "-q"])
+            .arg(&root)
+            .arg("-o")
+            .arg(&fl)
+            .args(["--store", store]));
+        fl
+    };
+    let by_address = format!("redis://127.0.0.1:{}", redis.port);
+    let by_name = format!("redis://localhost:{}", redis.port);
+    let elsewhere = node.dir().join("other-store");
+    let flists = [
+        pack_to("lo.fl", &by_address),
+        pack_to("name.fl", &by_name),
+        pack_to("dir.fl", &format!("dir://{}", elsewhere.display())),
+    ];
+    // Beside them, one whose store (Node::boot's dir) the config allows.
+    let mut yaml = String::from(
+        "name: stores\nworkloads:\n  - name: allowed\n    type: zmachine\n    data: { flist: FLIST, cmd: [sleep, '600'] }\n",
+    );
+    for (name, fl) in ["lo", "name", "dir"].iter().zip(&flists) {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    type: zmachine\n    data: {{ flist: {}, memory: 64M }}\n",
+            fl.display()
+        ));
+    }
+    let gets = common::redis_calls(redis.port, "get");
+    ok(node
+        .cli("alice", &["deploy", "--no-wait"])
+        .arg(node.write_yaml("stores.yaml", &yaml)));
+    let settled = node.settled("alice", "stores");
+    assert_eq!(
+        settled["workloads"][0]["result"]["state"], "ok",
+        "{settled}"
+    );
+    // Its mount process runs under the node's policy.
+    let vm = settled["workloads"][0]["result"]["data"]["vm"]
+        .as_str()
+        .unwrap();
+    let mount_args: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("flist mount") && c.contains(vm))
+        .collect();
+    assert_eq!(mount_args.len(), 1, "{mount_args:?} {vm} {settled}");
+    assert!(
+        mount_args[0].contains("--restrict-stores --allow-store-dir")
+            && mount_args[0].contains(&node.dir().join("store").display().to_string()),
+        "{mount_args:?}"
+    );
+    let message = |i: usize| {
+        let r = &settled["workloads"][i + 1]["result"];
+        assert_eq!(r["state"], "error", "{settled}");
+        r["message"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        message(0),
+        format!(
+            "store {by_address} refused by the node's store policy: 127.0.0.1 is a loopback \
+             address; if the store is trusted, the node's operator can allow it with \
+             allow_store_nets = [\"127.0.0.1/32\"] in the node config"
+        )
+    );
+    let m = message(1);
+    assert!(
+        m.contains(&format!(
+            "store {by_name} refused by the node's store policy"
+        )) && m.contains("is a loopback address")
+            && m.contains("allow_store_nets"),
+        "{m}"
+    );
+    let m = message(2);
+    assert!(
+        m.contains("refused by the node's store policy")
+            && m.contains("outside the allowed store directories")
+            && m.contains(&format!("allow_store_dirs = [{:?}]", elsewhere)),
+        "{m}"
+    );
+    // Refused before anything was made or reached: no VM, not one request to the store.
+    assert_eq!(node.entries("vms"), vec![vm.to_string()]);
+    assert_eq!(common::redis_calls(redis.port, "get"), gets);
 }

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use zos_flist::store::StorePolicy;
 use zos_types::ByteSize;
 
 /// Where tenants' flists come from when the config names nothing.
@@ -40,6 +41,14 @@ pub struct NodeConfig {
     /// Days the node keeps what it found on the host but could not account for (VMs and
     /// disks no deployment owns), in `<data_dir>/quarantine`, before deleting it.
     pub quarantine_days: u32,
+    /// The store policy: tenants' flists name their stores, and the node never reaches a
+    /// loopback, link-local, unspecified, multicast or broadcast address, nor one of its own,
+    /// for them; except in these networks (CIDRs or single addresses, e.g. `127.0.0.1/32`
+    /// for a store on the node itself). Other hosts' addresses need no allowance.
+    pub allow_store_nets: Vec<String>,
+    /// Directories whose `dir://` stores (and Redis unix sockets) tenants' flists may read;
+    /// none by default (a path on the host is as private as its loopback).
+    pub allow_store_dirs: Vec<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -56,6 +65,8 @@ impl Default for NodeConfig {
             stop_timeout_secs: 10,
             quarantine_days: 7,
             flist_dirs: vec![PathBuf::from(DEFAULT_FLIST_DIR)],
+            allow_store_nets: Vec::new(),
+            allow_store_dirs: Vec::new(),
         }
     }
 }
@@ -106,7 +117,21 @@ impl NodeConfig {
                 dir
             );
         }
+        self.store_policy()?;
         Ok(())
+    }
+
+    /// The store policy tenants' flists are mounted under.
+    pub fn store_policy(&self) -> anyhow::Result<StorePolicy> {
+        let nets = self
+            .allow_store_nets
+            .iter()
+            .map(|n| {
+                StorePolicy::parse_net(n).map_err(|e| anyhow::anyhow!("allow_store_nets: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        StorePolicy::new(nets, self.allow_store_dirs.clone())
+            .map_err(|e| anyhow::anyhow!("allow_store_dirs: {e}"))
     }
 
     /// The parsed listen addresses.
@@ -176,5 +201,42 @@ mod tests {
 
         std::fs::write(&path, "cpu_overcommit = 0.5\n").unwrap();
         assert!(NodeConfig::load(Some(&path)).is_err());
+    }
+
+    #[test]
+    fn the_store_policy_denies_by_default_and_takes_allowances() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let policy = NodeConfig::default().store_policy().unwrap();
+        assert!(policy.allow_nets().is_empty() && policy.allow_dirs().is_empty());
+        assert!(policy.check_store("redis://127.0.0.1:6379").is_err());
+        assert!(policy.check_store("dir:///var/lib/zos/store").is_err());
+
+        std::fs::write(
+            &path,
+            "allow_store_nets = [\"127.0.0.0/8\", \"::1\"]\nallow_store_dirs = [\"/srv/store\"]\n",
+        )
+        .unwrap();
+        let policy = NodeConfig::load(Some(&path))
+            .unwrap()
+            .store_policy()
+            .unwrap();
+        policy.check_store("redis://127.0.0.1:6379").unwrap();
+        policy.check_store("zdb://[::1]:9900/ns").unwrap();
+        policy.check_store("dir:///srv/store/a").unwrap();
+        assert!(policy.check_store("http://169.254.169.254/").is_err());
+
+        std::fs::write(&path, "allow_store_nets = [\"10.0.0.0/33\"]\n").unwrap();
+        let err = NodeConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(
+            err.contains("allow_store_nets") && err.contains("CIDR"),
+            "{err}"
+        );
+        std::fs::write(&path, "allow_store_dirs = [\"store\"]\n").unwrap();
+        let err = NodeConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(
+            err.contains("allow_store_dirs") && err.contains("absolute"),
+            "{err}"
+        );
     }
 }

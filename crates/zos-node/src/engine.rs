@@ -95,11 +95,10 @@ impl Engine {
         }
         let key = identity(&data.join("identity.pem"))?;
         let zos = std::env::current_exe().context("finding the zos binary")?;
-        let vmm = Vmm::new(VmmConfig::new(
-            vms,
-            zos,
-            std::path::absolute(cfg.cache_dir())?,
-        ))?;
+        let mut vmm_cfg = VmmConfig::new(vms, zos, std::path::absolute(cfg.cache_dir())?);
+        // Tenants' flists name their stores: the node reaches only what its policy allows.
+        vmm_cfg.store_policy = Some(cfg.store_policy()?);
+        let vmm = Vmm::new(vmm_cfg)?;
         let host = Host {
             vmm,
             disks,

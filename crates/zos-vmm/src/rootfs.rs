@@ -14,6 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
+use zos_flist::store::StorePolicy;
 
 /// A `zos flist mount --ready-on-stdout` process to start: the one way flist mounts are
 /// brought up in the background, for VMs and for `zos flist mount --daemon`.
@@ -30,6 +31,8 @@ pub struct FlistMount<'a> {
     pub cache_size: u64,
     /// Stores to read blocks from instead of the flist's routes.
     pub stores: &'a [String],
+    /// The store policy the mount must keep to (`--restrict-stores`); `None`: none.
+    pub policy: Option<&'a StorePolicy>,
 }
 
 /// A started mount process, its stdout after the first line, and that first line: `ready`
@@ -51,6 +54,15 @@ impl FlistMount<'_> {
         }
         for store in self.stores {
             cmd.arg(format!("--store={store}"));
+        }
+        if let Some(policy) = self.policy {
+            cmd.arg("--restrict-stores");
+            for net in policy.allow_nets() {
+                cmd.arg(format!("--allow-store-net={net}"));
+            }
+            for dir in policy.allow_dirs() {
+                cmd.arg("--allow-store-dir").arg(dir);
+            }
         }
         let mut child = cmd
             .stdin(Stdio::null())
@@ -99,6 +111,8 @@ pub(crate) struct MountHelper<'a> {
     pub cache_dir: &'a Path,
     pub cache_size: u64,
     pub log: PathBuf,
+    /// The stores flists may reach ([`crate::VmmConfig::store_policy`]).
+    pub policy: Option<&'a StorePolicy>,
 }
 
 /// Mounts only the flist (VM image mode needs its files, not a root). Returns the mount
@@ -116,6 +130,7 @@ pub(crate) fn mount_flist(flist: &FlistSource, at: &Path, helper: &MountHelper) 
         cache: Some(helper.cache_dir),
         cache_size: helper.cache_size,
         stores: &flist.stores,
+        policy: helper.policy,
     }
     .start(Stdio::from(log))
     .map_err(|e| Error::io(format!("starting {} flist mount", helper.zos.display()), e))?;

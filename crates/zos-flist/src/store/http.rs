@@ -1,9 +1,12 @@
 //! `http(s)://`: a read-only view of a dir store served over HTTP. Tries the sharded layout
 //! `<url>/<hh>/<id>` first and the flat legacy layout `<url>/<id>` second, as rfs does.
 
-use super::{sharded_name, strip_password, Store, StoreError};
+use super::{sharded_name, strip_password, Store, StoreError, StorePolicy};
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 pub(super) struct HttpStore {
     base: String,
@@ -15,17 +18,33 @@ pub(super) struct HttpStore {
 const MAX_BLOCK: u64 = 2 * 1024 * 1024;
 
 impl HttpStore {
-    pub(super) fn new(url: &url::Url) -> Result<Self, StoreError> {
-        let agent = ureq::Agent::config_builder()
+    pub(super) fn new(
+        url: &url::Url,
+        policy: Option<Arc<StorePolicy>>,
+    ) -> Result<Self, StoreError> {
+        let display = strip_password(url.as_str());
+        let config = ureq::Agent::config_builder()
             .timeout_connect(Some(Duration::from_secs(5)))
             .timeout_global(Some(Duration::from_secs(60)))
-            .http_status_as_error(false)
-            .build()
-            .into();
+            .http_status_as_error(false);
+        let agent = match policy {
+            None => config.build().into(),
+            // Every connection, redirects included, goes through the checking resolver; a
+            // proxy from the environment would connect for us, unchecked, so none is used.
+            Some(policy) => ureq::Agent::with_parts(
+                config.proxy(None).build(),
+                DefaultConnector::default(),
+                CheckingResolver {
+                    inner: DefaultResolver::default(),
+                    policy,
+                    store: display.clone(),
+                },
+            ),
+        };
         Ok(HttpStore {
             base: url.as_str().trim_end_matches('/').to_owned(),
             agent,
-            url: strip_password(url.as_str()),
+            url: display,
         })
     }
 
@@ -38,7 +57,13 @@ impl HttpStore {
             .agent
             .get(&format!("{}/{path}", self.base))
             .call()
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| match e {
+                ureq::Error::Other(inner) => match inner.downcast::<StoreError>() {
+                    Ok(refused) => *refused,
+                    Err(other) => fail(other.to_string()),
+                },
+                e => fail(e.to_string()),
+            })?;
         match response.status().as_u16() {
             200 => {
                 let mut body = Vec::new();
@@ -53,6 +78,33 @@ impl HttpStore {
             404 => Ok(None),
             status => Err(fail(format!("HTTP {status} for {path}"))),
         }
+    }
+}
+
+/// ureq's resolver, then the policy on every address it found: the connector gets only
+/// checked addresses, so what was checked is what is connected to. (ureq's resolver trait
+/// is in its `unversioned` API, hence the `~` on ureq's version in Cargo.toml.)
+#[derive(Debug)]
+struct CheckingResolver {
+    inner: DefaultResolver,
+    policy: Arc<StorePolicy>,
+    store: String,
+}
+
+impl Resolver for CheckingResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        for addr in addrs.iter() {
+            self.policy
+                .check_ip(&self.store, addr.ip())
+                .map_err(|e| ureq::Error::Other(Box::new(e)))?;
+        }
+        Ok(addrs)
     }
 }
 

@@ -3,13 +3,18 @@
 //! A store URL names one backend: `dir:///path`, `zdb://[user:pass@]host[:port][/namespace]`,
 //! `redis://[user:pass@]host[:port][/db]`, `http(s)://host/path` (read-only). Any of them may be
 //! prefixed with a range over the first byte of the block id, `00-7f=URL`, as `rfs` accepts.
-//! The [`Router`] sends each block to the stores whose range covers it.
+//! The [`Router`] sends each block to the stores whose range covers it. Under a
+//! [`StorePolicy`] (a node mounting tenants' flists), stores are reached only where the
+//! policy allows.
 
 mod dir;
 mod http;
+mod policy;
 mod redis;
 mod router;
 
+pub use ipnet::IpNet;
+pub use policy::{Allowance, StorePolicy};
 pub use router::{FetchError, Router};
 
 use std::sync::Arc;
@@ -44,6 +49,16 @@ pub enum StoreError {
     ReadOnly {
         /// The store (password stripped).
         store: String,
+    },
+    /// The store policy forbids reaching this store.
+    #[error("store {store} refused by the store policy: {reason}")]
+    Refused {
+        /// The store (password stripped).
+        store: String,
+        /// What it would reach and why that is denied.
+        reason: String,
+        /// What would let it through, for the hint the policy's owner gives.
+        allow: Allowance,
     },
     /// No configured store covers this block id.
     #[error(
@@ -127,14 +142,30 @@ impl StoreSpec {
 
     /// Connects (lazily where the backend allows it) to the store this spec names.
     pub fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
-        let parsed = url::Url::parse(&self.url).map_err(|e| StoreError::BadUrl {
+        self.open_with(None)
+    }
+
+    /// [`StoreSpec::open`] under `policy`: a store the policy refuses now is an error here,
+    /// and the store checks again each address it connects to.
+    pub fn open_with(
+        &self,
+        policy: Option<&Arc<StorePolicy>>,
+    ) -> Result<Arc<dyn Store>, StoreError> {
+        let mut parsed = url::Url::parse(&self.url).map_err(|e| StoreError::BadUrl {
             url: strip_password(&self.url),
             reason: e.to_string(),
         })?;
+        if let Some(policy) = policy {
+            let display = strip_password(&self.url);
+            if let Some(real) = policy.check_url(&display, &parsed)? {
+                // Open what was checked, not what a symlink swapped in later points to.
+                parsed.set_path(&real.to_string_lossy());
+            }
+        }
         Ok(match parsed.scheme() {
             "dir" => Arc::new(dir::DirStore::new(&parsed)?),
-            "zdb" | "redis" => Arc::new(redis::RedisStore::new(&parsed)?),
-            _ => Arc::new(http::HttpStore::new(&parsed)?),
+            "zdb" | "redis" => Arc::new(redis::RedisStore::new(&parsed, policy.cloned())?),
+            _ => Arc::new(http::HttpStore::new(&parsed, policy.cloned())?),
         })
     }
 

@@ -1,6 +1,6 @@
 //! Routes blocks to stores by the first byte of their id.
 
-use super::{Store, StoreError, StoreSpec};
+use super::{Store, StoreError, StorePolicy, StoreSpec};
 use crate::block::{self, BlockRef};
 use crate::meta::Route;
 use std::sync::Arc;
@@ -31,15 +31,32 @@ impl std::fmt::Display for FetchError {
 impl Router {
     /// Connects to the stores named by `specs`.
     pub fn from_specs(specs: &[StoreSpec]) -> Result<Router, StoreError> {
+        Self::from_specs_with(specs, None)
+    }
+
+    /// Connects to the stores named by `specs` under `policy`: one store it refuses fails
+    /// the whole router, so a refused route is never skipped in silence.
+    pub fn from_specs_with(
+        specs: &[StoreSpec],
+        policy: Option<&Arc<StorePolicy>>,
+    ) -> Result<Router, StoreError> {
         let mut router = Router::default();
         for spec in specs {
-            router.add(spec.start, spec.end, spec.open()?);
+            router.add(spec.start, spec.end, spec.open_with(policy)?);
         }
         Ok(router)
     }
 
     /// Connects to the stores an flist's route table names.
     pub fn from_routes(routes: &[Route]) -> Result<Router, StoreError> {
+        Self::from_routes_with(routes, None)
+    }
+
+    /// [`Router::from_routes`] under `policy`.
+    pub fn from_routes_with(
+        routes: &[Route],
+        policy: Option<&Arc<StorePolicy>>,
+    ) -> Result<Router, StoreError> {
         let specs: Vec<StoreSpec> = routes
             .iter()
             .map(|r| {
@@ -50,7 +67,7 @@ impl Router {
                 })
             })
             .collect::<Result<_, _>>()?;
-        Self::from_specs(&specs)
+        Self::from_specs_with(&specs, policy)
     }
 
     /// Adds a store for ids whose first byte is in `start..=end`.

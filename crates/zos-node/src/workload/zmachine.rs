@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use zos_flist::store::{Allowance, StoreError, StorePolicy};
 use zos_types::api::Resources;
 use zos_types::{ResultState, Workload, WorkloadResult, WorkloadSpec, ZMachine};
 use zos_vmm::disk::DiskFormat;
@@ -283,6 +284,9 @@ fn vm_spec(host: &Host, id: &str, workload: &str, m: &ZMachine) -> Result<VmSpec
     if !flist.is_file() {
         return Err(format!("flist {} not found on the node", flist.display()));
     }
+    if let Some(policy) = &host.vmm.config().store_policy {
+        check_stores(&flist, policy)?;
+    }
     let disks = m
         .mounts
         .iter()
@@ -313,6 +317,36 @@ fn vm_spec(host: &Host, id: &str, workload: &str, m: &ZMachine) -> Result<VmSpec
     }
     .plan()
     .map_err(|e| e.to_string())
+}
+
+/// Refuses an flist whose routes lead where the node's store policy forbids, before any VM
+/// is made (the mount process keeps to the same policy at each connection).
+fn check_stores(flist: &Path, policy: &StorePolicy) -> Result<(), String> {
+    let routes = zos_flist::Flist::open(flist)
+        .and_then(|f| f.routes())
+        .map_err(|e| format!("reading the stores of flist {}: {e}", flist.display()))?;
+    for route in routes {
+        match policy.check_store(&route.url) {
+            Ok(()) => {}
+            Err(StoreError::Refused {
+                store,
+                reason,
+                allow,
+            }) => {
+                let setting = match allow {
+                    Allowance::Net(net) => format!("allow_store_nets = [\"{net}\"]"),
+                    Allowance::Dir(dir) => format!("allow_store_dirs = [{:?}]", dir),
+                };
+                return Err(format!(
+                    "store {store} refused by the node's store policy: {reason}; if the store \
+                     is trusted, the node's operator can allow it with {setting} in the node \
+                     config"
+                ));
+            }
+            Err(e) => return Err(format!("flist {}: {e}", flist.display())),
+        }
+    }
+    Ok(())
 }
 
 /// What [`ensure_vm`] did.

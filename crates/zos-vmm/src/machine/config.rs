@@ -28,6 +28,9 @@ pub struct VmmConfig {
     /// VM's files, no capabilities). On whenever the manager is root; `ZOS_JAIL=off` turns
     /// it off for `zos-bench vm`'s comparison.
     pub jail: bool,
+    /// The stores VMs' flists may reach (a node serving tenants); `None`: any, as the flist
+    /// says (a user's own `zos run`).
+    pub store_policy: Option<zos_flist::store::StorePolicy>,
 }
 
 impl VmmConfig {
@@ -45,6 +48,7 @@ impl VmmConfig {
             virtiofsd: find_tool("virtiofsd"),
             log_max: 1 << 20,
             jail: is_root() && std::env::var("ZOS_JAIL").as_deref() != Ok("off"),
+            store_policy: None,
         }
     }
 }

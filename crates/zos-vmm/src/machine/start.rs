@@ -85,6 +85,7 @@ impl Vmm {
             cache_dir: &self.cfg.cache_dir,
             cache_size: self.cfg.cache_size,
             log: dir.join(MOUNT_LOG),
+            policy: self.cfg.store_policy.as_ref(),
         };
         let layers = Layers::of(dir);
         let accel = spec.accel.resolve();
