@@ -2,7 +2,9 @@
 //! same run (a bare QEMU boot of the same kernel and initramfs, with the same accelerator
 //! `zos run` picks).
 
-use crate::image::{image, remove_vms, until_output, zos_in, zos_run_to_mark, MARK};
+use crate::image::{
+    image, remove_vms, until_output, zos_in, zos_run_to_mark, zos_run_unjailed_to_mark, MARK,
+};
 use crate::stats::Timing;
 use crate::table::{fmt, print_grid};
 use crate::workdir::WorkDir;
@@ -16,6 +18,8 @@ use zos_vmm::host::{self, Accel};
 
 /// Target from the issue: `zos run` within this factor of the bare boot (medians).
 const RUN_TARGET: f64 = 1.25;
+/// Target from issue 11: the jail costs at most this factor in start time.
+const JAIL_TARGET: f64 = 1.05;
 
 /// Runs the VM benchmark and prints its table.
 pub fn bench_vm(
@@ -57,12 +61,14 @@ fn measure(zos: &Zos, work: &Path, runs: usize) -> Result<Vec<Row>> {
 
     let mut floor = Vec::new();
     let mut run_small = Vec::new();
+    let mut run_unjailed = Vec::new();
     let mut run_big = Vec::new();
     // Interleaved, so a slow phase of the host hits every step alike.
     for i in 0..runs {
         eprintln!("zos-bench vm: run {}/{runs}", i + 1);
         floor.push(bare_boot(&kit.kernel, &initramfs, accel)?);
         run_small.push(zos_run_to_mark(zos, work, &small)?);
+        run_unjailed.push(zos_run_unjailed_to_mark(zos, work, &small)?);
         run_big.push(zos_run_to_mark(zos, work, &big)?);
     }
     eprintln!("zos-bench vm: ten at once");
@@ -96,6 +102,24 @@ fn measure(zos: &Zos, work: &Path, runs: usize) -> Result<Vec<Row>> {
             notes: format!("{:.2}x floor; {}", t.median / f, t.spread()),
         });
     }
+    let jailed = rows[1].seconds.unwrap_or(f);
+    let unjailed = Timing::of_seconds(run_unjailed, 0.0);
+    let cost = jailed / unjailed.median;
+    rows.push(Row {
+        step: "zos run busybox, QEMU not jailed".into(),
+        seconds: Some(unjailed.median),
+        floor_seconds: Some(f),
+        mib: None,
+        notes: format!(
+            "ZOS_JAIL=off; the jail costs {cost:.2}x in start time ({} {JAIL_TARGET}); {}",
+            if cost <= JAIL_TARGET {
+                "<= met"
+            } else {
+                "> missed"
+            },
+            unjailed.spread()
+        ),
+    });
     rows.push(Row {
         step: "ten zos run at once, all exited".into(),
         seconds: Some(ten),

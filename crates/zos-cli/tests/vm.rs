@@ -1015,3 +1015,120 @@ fn qemu_is_sandboxed_and_a_setuid_program_or_device_node_a_guest_plants_gives_no
     ok(f.zos("vm").args(["rm", "esc"]));
     f.assert_no_vms_left("zos vm rm");
 }
+
+/// `/proc/PID/status` as field → value.
+fn proc_status(pid: i32) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"))
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn each_qemu_runs_jailed_as_its_own_uid_and_reaches_no_other_vms_files() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let f = Fixture::new();
+    for (vm, volume) in [("ja", "va"), ("jb", "vb")] {
+        ok(f.zos("volume").args(["create", volume, "--size", "16M"]));
+        ok(f.zos("vm")
+            .args(["create", "--name", vm, "-v", &format!("{volume}:/data")])
+            .arg(&f.fl)
+            .args(["--", "/bin/sh", "-c", "echo up && sleep 600"]));
+        ok(f.zos("vm").args(["start", vm]));
+    }
+    let (a, b) = (f.qemu_pid("ja"), f.qemu_pid("jb"));
+    let (sa, sb) = (proc_status(a), proc_status(b));
+    let uid = |s: &std::collections::HashMap<String, String>, field: &str| -> u32 {
+        let ids: Vec<u32> = s[field]
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert!(ids.iter().all(|&i| i == ids[0]), "{field}: {ids:?}");
+        ids[0]
+    };
+    let uid_a = uid(&sa, "Uid");
+    assert!(uid_a >= 1_700_000_000, "QEMU runs as uid {uid_a}");
+    assert_eq!(uid(&sa, "Gid"), uid_a);
+    assert_ne!(uid(&sb, "Uid"), uid_a, "two VMs share a uid");
+    for field in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(sa[field], "0000000000000000", "{field}");
+    }
+    assert_eq!(sa["NoNewPrivs"], "1");
+    assert_eq!(sa["Seccomp"], "2");
+
+    // Its root holds the system read-only and this VM's own files, nothing else of the host.
+    let root_a = PathBuf::from(format!("/proc/{a}/root"));
+    let in_a = |p: &Path| root_a.join(p.strip_prefix("/").unwrap());
+    assert!(root_a.join("usr/bin").is_dir());
+    assert!(in_a(&f.vm_dir("ja").join("console.log")).is_file());
+    for host_only in ["etc/passwd", "etc/shadow", "home", "proc", "sys", "var"] {
+        assert!(
+            !root_a.join(host_only).exists(),
+            "{host_only} is in the jail"
+        );
+    }
+    let volume_of = |vm: &str| -> PathBuf {
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(f.vm_dir(vm).join("vm.json")).unwrap()).unwrap();
+        PathBuf::from(record["spec"]["disks"][0]["path"].as_str().unwrap())
+    };
+    assert!(
+        in_a(&volume_of("ja")).is_file(),
+        "its own volume is missing"
+    );
+    let theirs = [
+        f.vm_dir("jb").join("console.log"),
+        f.vm_dir("jb").join("vm.json"),
+        volume_of("jb"),
+        f.vm_dir("ja").join("vm.json"),
+    ];
+    for file in &theirs {
+        assert!(!in_a(file).exists(), "{} is in A's jail", file.display());
+    }
+    // Its uid opens none of the other VM's files on the host either.
+    for file in &theirs[..3] {
+        let out = Command::new("cat")
+            .arg(file)
+            .uid(uid_a)
+            .gid(uid_a)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "uid {uid_a} read {}", file.display());
+        assert!(
+            text(&out.stderr).contains("Permission denied"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+
+    // virtiofsd serves from a sandbox of its own: its worker is filtered and sees only the
+    // VM's root.
+    let parent: i32 = std::fs::read_to_string(f.vm_dir("ja").join("virtiofs.sock.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+        .unwrap_or_default();
+    let worker: i32 = children
+        .split_whitespace()
+        .next()
+        .map_or(parent, |c| c.parse().unwrap());
+    let sw = proc_status(worker);
+    assert_eq!(sw["Seccomp"], "2", "virtiofsd {worker}");
+    assert_eq!(sw["NoNewPrivs"], "1");
+    let root_v = PathBuf::from(format!("/proc/{worker}/root"));
+    assert!(root_v.join("bin/busybox").is_file(), "not the guest's root");
+    assert!(!root_v.join("usr/bin/qemu-system-x86_64").exists());
+
+    for vm in ["ja", "jb"] {
+        ok(f.zos("vm").args(["stop", vm, "--timeout", "1s"]));
+        ok(f.zos("vm").args(["rm", vm]));
+    }
+    f.assert_no_vms_left("zos vm rm");
+}

@@ -24,8 +24,6 @@ use std::path::{Path, PathBuf};
 pub(super) const UID_BASE: u32 = 1_700_000_000;
 /// How many VM uids there are.
 const UID_COUNT: u32 = 1 << 20;
-/// Serialises uid allocation across the managers sharing a root.
-const UID_LOCK: &str = ".uids.lock";
 /// The mount point of the jail's root inside the VM's directory.
 pub(super) const JAIL_DIR: &str = "jail";
 
@@ -386,7 +384,8 @@ pub(super) fn uid_for(root: &Path, dir: &Path, record: &mut Record) -> Result<u3
     if let Some(uid) = record.uid {
         return Ok(uid);
     }
-    let _lock = super::record::lock_file(&root.join(UID_LOCK))?;
+    // Every allocation holds the root's lock, so two first starts never pick one uid.
+    let _lock = super::record::lock_dir(root)?;
     let mut taken = BTreeSet::new();
     let entries =
         fs::read_dir(root).map_err(|e| Error::io(format!("listing {}", root.display()), e))?;

@@ -173,17 +173,25 @@ pub(super) struct DirLock(fs::File);
 
 /// Takes the VM's lock, waiting for whoever holds it.
 pub(super) fn lock(dir: &Path) -> Result<DirLock> {
-    lock_file(&dir.join(LOCK))
-}
-
-/// Takes an exclusive lock on the file at `path` (made if missing), waiting for its holder.
-pub(super) fn lock_file(path: &Path) -> Result<DirLock> {
+    let path = dir.join(LOCK);
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(path)
+        .open(&path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    flock(file, &path)
+}
+
+/// Takes an exclusive lock on the directory `dir` itself (no file is left in it).
+pub(super) fn lock_dir(dir: &Path) -> Result<DirLock> {
+    let file =
+        fs::File::open(dir).map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;
+    flock(file, dir)
+}
+
+/// Locks `file` (opened from `path`), waiting for its holder.
+fn flock(file: fs::File, path: &Path) -> Result<DirLock> {
     // SAFETY: flock on a descriptor we own; it is released when the file is closed.
     let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
     if r != 0 {
