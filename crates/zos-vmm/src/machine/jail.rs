@@ -15,7 +15,7 @@ use std::ffi::CString;
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -173,9 +173,12 @@ impl Jail {
                 .map_err(|e| Error::io(format!("binding {} into the jail", path.display()), e))?;
             let is_dir = meta.is_dir();
             if access != Access::Shared {
-                std::os::unix::fs::chown(&path, Some(self.uid), Some(self.uid)).map_err(|e| {
-                    Error::io(format!("giving {} to uid {}", path.display(), self.uid), e)
-                })?;
+                // Its own, and no one else's but root's.
+                std::os::unix::fs::chown(&path, Some(self.uid), Some(self.uid))
+                    .and_then(|_| fs::set_permissions(&path, fs::Permissions::from_mode(0o600)))
+                    .map_err(|e| {
+                        Error::io(format!("giving {} to uid {}", path.display(), self.uid), e)
+                    })?;
             }
             let mut ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
             ancestors.reverse();

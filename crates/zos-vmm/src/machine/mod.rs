@@ -39,9 +39,12 @@ pub struct Vmm {
 }
 
 impl Vmm {
-    /// A manager over `cfg.root` (created if missing).
+    /// A manager over `cfg.root` (created if missing, and closed to everyone but its
+    /// owner: each VM's jailed uid reaches its own files only through its jail).
     pub fn new(cfg: VmmConfig) -> Result<Vmm> {
+        use std::os::unix::fs::PermissionsExt;
         fs::create_dir_all(&cfg.root)
+            .and_then(|_| fs::set_permissions(&cfg.root, fs::Permissions::from_mode(0o700)))
             .map_err(|e| Error::io(format!("creating {}", cfg.root.display()), e))?;
         Ok(Vmm { cfg })
     }
