@@ -156,12 +156,41 @@ pub fn enter_node_group(h: &Hierarchy, limits: &Limits) -> Result<Group> {
         Hierarchy::V2 { own } => vec![parent_dir(own).join(NODE)],
     };
     for leaf in &leaves {
-        make_dir(leaf)?;
         let procs = leaf.join("cgroup.procs");
-        fs::write(&procs, std::process::id().to_string())
-            .map_err(|e| Error::io(format!("moving the node into {}", procs.display()), e))?;
+        // Another process's `remove` may take the empty group away in between: make it again.
+        let mut tries = 0;
+        loop {
+            make_dir(leaf)?;
+            match fs::write(&procs, std::process::id().to_string()) {
+                Ok(()) => break,
+                Err(e) if e.kind() == ErrorKind::NotFound && tries < 3 => tries += 1,
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("moving the node into {}", procs.display()),
+                        e,
+                    ))
+                }
+            }
+        }
     }
     Group::create(h, NODE, limits)
+}
+
+/// Moves this process back to its own cgroup in `h` (as detected before
+/// [`enter_node_group`]) and removes the node's group if nothing else is in it (helpers the
+/// node started, such as flist mounts, may still be: then it stays until a later
+/// [`remove`]).
+pub fn leave_node_group(h: &Hierarchy, group: &Group) -> Result<()> {
+    let own: Vec<&PathBuf> = match h {
+        Hierarchy::V1 { own } => own.iter().map(|(_, d)| d).collect(),
+        Hierarchy::V2 { own } => vec![own],
+    };
+    for dir in own {
+        let procs = dir.join("cgroup.procs");
+        fs::write(&procs, std::process::id().to_string())
+            .map_err(|e| Error::io(format!("moving the node back into {}", procs.display()), e))?;
+    }
+    remove(group.dirs())
 }
 
 /// Removes a group's directories (as [`Group::dirs`] gave them), then `zos/` if that is
@@ -189,8 +218,10 @@ pub fn remove(dirs: &[PathBuf]) -> Result<()> {
                 }
             }
         }
-        // Another VM may be using it, or be making it right now (create retries then).
+        // Another VM may be using it, or be making it right now (create retries then); the
+        // node's group may be left by a node that was killed (it is removed only if empty).
         if let Some(parent) = dir.parent().filter(|p| p.ends_with(PARENT)) {
+            let _ = fs::remove_dir(parent.join(NODE));
             let _ = fs::remove_dir(parent);
         }
     }

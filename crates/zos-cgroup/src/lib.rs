@@ -14,7 +14,7 @@ mod group;
 mod hierarchy;
 mod limits;
 
-pub use group::{enter_node_group, procs, remove, Group, Joiner, NODE, PARENT};
+pub use group::{enter_node_group, leave_node_group, procs, remove, Group, Joiner, NODE, PARENT};
 pub use hierarchy::Hierarchy;
 pub use limits::{settings, CpuMax, Limits, Setting};
 
