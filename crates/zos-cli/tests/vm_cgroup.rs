@@ -76,11 +76,8 @@ fn assert_gone(dirs: &[PathBuf], after: &str) {
 /// Kills `pid` and waits until it is gone (or a zombie nobody reaped yet).
 fn kill9(pid: i32) {
     // SAFETY: kill has no memory preconditions.
-    assert_eq!(
-        unsafe { libc::kill(pid, libc::SIGKILL) },
-        0,
-        "kill -9 {pid}"
-    );
+    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 {pid}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
