@@ -45,6 +45,9 @@ impl Group {
                     };
                     let dir = parent_dir(own).join(name);
                     make_dir(&dir)?;
+                    if c == Controller::Cpu {
+                        apply(&parent_dir(own), &parent_limits(), c, false, &mut warnings)?;
+                    }
                     apply(&dir, limits, c, false, &mut warnings)?;
                     if !dirs.contains(&dir) {
                         dirs.push(dir);
@@ -56,6 +59,15 @@ impl Group {
                 let base = parent.parent().unwrap_or(&parent).to_path_buf();
                 make_dir(&parent)?;
                 let enabled = enable_controllers(&base, &parent, &mut warnings);
+                if enabled.contains(&Controller::Cpu) {
+                    apply(
+                        &parent,
+                        &parent_limits(),
+                        Controller::Cpu,
+                        true,
+                        &mut warnings,
+                    )?;
+                }
                 let dir = parent.join(name);
                 make_dir(&dir)?;
                 for c in CONTROLLERS {
@@ -236,6 +248,17 @@ pub fn procs(dir: &Path) -> Result<Vec<i32>> {
     Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
+/// The limits of `zos/` itself: a CPU weight of all the host's CPUs (as Kubernetes' kubelet
+/// gives its pods' group), so the groups in it, together, are not squeezed to the share of
+/// one busy thread by the processes beside them.
+fn parent_limits() -> Limits {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    Limits {
+        cpu_weight: Some(100 * cpus),
+        ..Limits::default()
+    }
+}
+
 /// `<own>/zos`, where `own` is this process's cgroup; the node's own group
 /// (`<base>/zos/node`) counts as being at `<base>`.
 fn parent_dir(own: &Path) -> PathBuf {
@@ -383,6 +406,7 @@ mod tests {
                 if *ctl == c.v1_name() {
                     for n in *names {
                         fs::write(dir.join("zos/vm").join(n), "").unwrap();
+                        fs::write(dir.join("zos").join(n), "").unwrap();
                     }
                 }
             }
@@ -412,6 +436,19 @@ mod tests {
         };
         assert_eq!(read("cpu", "cpu.cfs_quota_us"), "100000");
         assert_eq!(read("cpu", "cpu.shares"), "1024");
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        let parent = tmp.path().join("cpu/own/zos/cpu.shares");
+        assert_eq!(
+            fs::read_to_string(parent).unwrap(),
+            (1024 * cpus).to_string(),
+            "zos/ weighs as much as all CPUs"
+        );
+        let untouched = tmp.path().join("memory/own/zos/memory.limit_in_bytes");
+        assert_eq!(
+            fs::read_to_string(untouched).unwrap(),
+            "",
+            "zos/ has no memory limit"
+        );
         assert_eq!(
             read("memory", "memory.limit_in_bytes"),
             (300u64 << 20).to_string()
