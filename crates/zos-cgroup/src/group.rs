@@ -463,6 +463,43 @@ mod tests {
     }
 
     #[test]
+    fn v2_hands_controllers_down_and_writes_one_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let own = tmp.path().join("own");
+        let vm = own.join("zos/vm");
+        fs::create_dir_all(&vm).unwrap();
+        // What the kernel would show: controllers offered to `own` and, once enabled, to zos/;
+        // the limit files of the group. The memory controller is missing from zos/.
+        fs::write(
+            own.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        fs::write(own.join("zos/cgroup.controllers"), "cpu io pids\n").unwrap();
+        for f in ["cpu.weight", "cpu.max", "pids.max", "io.weight"] {
+            fs::write(vm.join(f), "").unwrap();
+        }
+        fs::write(own.join("zos/cpu.weight"), "").unwrap();
+        let g = Group::create(&Hierarchy::V2 { own: own.clone() }, "vm", &limits()).unwrap();
+        assert_eq!(g.dirs(), std::slice::from_ref(&vm));
+        let read = |p: PathBuf| fs::read_to_string(p).unwrap();
+        assert_eq!(read(vm.join("cpu.max")), "100000 100000");
+        assert_eq!(read(vm.join("cpu.weight")), "100");
+        assert_eq!(read(vm.join("pids.max")), "64");
+        assert_eq!(read(vm.join("io.weight")), "default 100");
+        assert!(!vm.join("memory.max").exists(), "memory never reached zos/");
+        assert!(
+            g.warnings()
+                .iter()
+                .any(|w| w.contains("memory") && w.contains("not available")),
+            "{:?}",
+            g.warnings()
+        );
+        // Each controller was enabled with its own write (a fake file keeps the last one).
+        assert_eq!(read(own.join("zos/cgroup.subtree_control")), "+io");
+    }
+
+    #[test]
     fn a_memory_limit_that_cannot_be_set_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
         let h = fake_v1(tmp.path(), &[("memory", &["memory.limit_in_bytes"])]);
