@@ -57,7 +57,10 @@ impl Group {
             Hierarchy::V2 { own } => {
                 let parent = parent_dir(own);
                 let base = parent.parent().unwrap_or(&parent).to_path_buf();
-                make_dir(&parent)?;
+                // The group first: while it exists no other process's `remove` takes zos/
+                // away between here and the controllers being handed down to it.
+                let dir = parent.join(name);
+                make_dir(&dir)?;
                 let enabled = enable_controllers(&base, &parent, &mut warnings);
                 if enabled.contains(&Controller::Cpu) {
                     apply(
@@ -68,8 +71,6 @@ impl Group {
                         &mut warnings,
                     )?;
                 }
-                let dir = parent.join(name);
-                make_dir(&dir)?;
                 for c in CONTROLLERS {
                     if enabled.contains(&c) {
                         apply(&dir, limits, c, true, &mut warnings)?;
