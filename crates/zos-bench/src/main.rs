@@ -15,6 +15,7 @@ mod stats;
 mod table;
 mod tree;
 mod vm;
+mod vm_fair;
 mod workdir;
 mod zos_bin;
 
@@ -48,6 +49,9 @@ enum BenchCommand {
     /// memory per idle 256 MiB container: PSS of QEMU, virtiofsd and the flist mount, mean
     /// over three. Target: `zos run` within 1.25x of the bare boot (medians). The bare boot
     /// uses the accelerator `zos run --accel auto` picks (KVM where usable, else TCG).
+    /// Last, the noisy neighbour: a 2-vCPU guest's CPU-bound work beside a 2-vCPU guest
+    /// spinning every vCPU, over its work alone (8 s windows, interleaved, medians; target
+    /// at least 0.8x).
     #[command(after_help = "Examples:\n  zos-bench vm\n  zos-bench vm --runs 5 --json")]
     Vm {
         /// Work directory (default: a fresh directory under /var/tmp)

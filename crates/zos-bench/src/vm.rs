@@ -75,6 +75,8 @@ fn measure(zos: &Zos, work: &Path, runs: usize) -> Result<Vec<Row>> {
     let ten = ten_at_once(zos, work, &small)?;
     eprintln!("zos-bench vm: idle memory");
     let (per_vm, parts) = idle_memory(zos, work, &small, 3)?;
+    eprintln!("zos-bench vm: noisy neighbour");
+    let (_, fair) = crate::vm_fair::noisy_neighbour(zos, work, &small, runs.max(3))?;
 
     let floor = Timing::of_seconds(floor, 0.0);
     let f = floor.median;
@@ -133,6 +135,13 @@ fn measure(zos: &Zos, work: &Path, runs: usize) -> Result<Vec<Row>> {
         floor_seconds: None,
         mib: Some(per_vm),
         notes: parts,
+    });
+    rows.push(Row {
+        step: "noisy neighbour: work beside a guest spinning 2 vCPUs".into(),
+        seconds: None,
+        floor_seconds: None,
+        mib: None,
+        notes: fair,
     });
     Ok(rows)
 }

@@ -367,8 +367,34 @@ fn deploy_update_and_delete_a_container_with_a_disk() {
     assert!(ps.contains("hello"), "{ps}");
     let info: serde_json::Value =
         serde_json::from_str(&ok(&mut node.cli("alice", &["node", "info", "--json"]))).unwrap();
-    assert_eq!(info["used"]["memory"], 256 << 20, "{info}");
+    // Guest RAM plus what QEMU and virtiofsd take beside it.
+    assert_eq!(
+        info["used"]["memory"],
+        zos_vmm::limits::memory_demand(256 << 20),
+        "{info}"
+    );
     assert_eq!(info["used"]["cpus"], 1, "{info}");
+    // The node runs in its own cgroup, zos/node; its VM's QEMU in a group beside it.
+    let node_pid = node.child.as_ref().map(|c| c.id()).unwrap();
+    let cgroups = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let node_cg = cgroups(node_pid);
+    assert!(
+        node_cg.lines().any(|l| l.ends_with("/zos/node")),
+        "{node_cg}"
+    );
+    let vms: Vec<PathBuf> = std::fs::read_dir(node.data().join("vms"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("qemu.pid"))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(vms.len(), 1, "{vms:?}");
+    let qemu: u32 = std::fs::read_to_string(&vms[0])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let qemu_cg = cgroups(qemu);
+    assert!(qemu_cg.contains("/zos/vm-"), "{qemu_cg}");
 
     // Another owner sees nothing of it and cannot touch it.
     let ps = ok(&mut node.cli("bob", &["ps"]));

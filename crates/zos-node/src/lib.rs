@@ -6,10 +6,12 @@
 //! - [`engine`]: validation, signatures, admission, convergence, monitoring;
 //! - [`workload`]: each workload type's side on the node (a module per type: zmachine
 //!   VMs with `zos-vmm`, zmount disks), behind the one trait the engine drives;
-//! - [`api`]: the HTTP/JSON API on unix sockets and TCP.
+//! - [`api`]: the HTTP/JSON API on unix sockets and TCP;
+//! - [`cgroup`]: the node's own cgroup, beside its VMs'.
 
 pub mod api;
 pub mod capacity;
+pub mod cgroup;
 pub mod config;
 pub mod engine;
 pub mod store;
@@ -28,6 +30,8 @@ const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// SIGINT or SIGTERM. VMs keep running when it stops; the next start reattaches to them.
 pub fn run(config: Option<&Path>) -> Result<()> {
     let cfg = NodeConfig::load(config)?;
+    // Before any thread or helper starts, so all of them are in it.
+    let _group = cgroup::NodeGroup::enter();
     let listeners = cfg.listeners()?;
     let engine = engine::Engine::open(cfg)?;
     engine

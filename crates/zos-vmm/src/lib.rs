@@ -14,6 +14,7 @@ pub mod disk;
 mod fsutil;
 pub mod host;
 pub mod image;
+pub mod limits;
 pub mod logs;
 mod machine;
 mod proc;

@@ -59,7 +59,8 @@ impl Kind for Zmachine {
     fn demand(&self, spec: &WorkloadSpec) -> Resources {
         data(spec).map_or_else(Resources::default, |m| Resources {
             cpus: u64::from(m.cpu),
-            memory: m.memory.0,
+            // What the VM takes on the host, QEMU and virtiofsd included: its cgroup's limit.
+            memory: zos_vmm::limits::memory_demand(m.memory.0),
             disk: m.root_size.0,
         })
     }
@@ -469,5 +470,16 @@ mod tests {
         assert!(check_flist("/etc/passwd", &host)
             .unwrap_err()
             .contains(".fl file"));
+    }
+
+    #[test]
+    fn a_zmachine_demands_its_ram_plus_the_vmm_overhead() {
+        let m: ZMachine =
+            serde_json::from_value(json!({"flist": "/f/app.fl", "cpu": 2, "memory": 512 << 20}))
+                .unwrap();
+        let want = Zmachine::default().demand(&WorkloadSpec::Zmachine(m));
+        assert_eq!(want.cpus, 2);
+        assert_eq!(want.memory, zos_vmm::limits::memory_demand(512 << 20));
+        assert!(want.memory >= (512 << 20) + zos_vmm::limits::VMM_OVERHEAD);
     }
 }

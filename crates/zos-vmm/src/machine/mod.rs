@@ -9,10 +9,11 @@
 //!
 //! The files follow a VM's life: [`config`] (what a manager needs), [`record`] (what is kept
 //! on disk per VM, and its lock), [`create`] (checks and the VM's directory), [`start`]
-//! (layers → virtiofsd → QEMU), [`jail`] (QEMU's own uid and mount namespace),
-//! [`qemu_args`] (QEMU's command line), [`stop`] (stop, pause,
+//! (cgroup → layers → virtiofsd → QEMU), [`cgroup`] (the VM's limits), [`jail`] (QEMU's own
+//! uid and mount namespace), [`qemu_args`] (QEMU's command line), [`stop`] (stop, pause,
 //! resume, signal, delete) and [`reconcile`] (the record brought in line with the processes).
 
+mod cgroup;
 mod config;
 mod create;
 mod jail;

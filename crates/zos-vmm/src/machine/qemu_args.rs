@@ -18,11 +18,12 @@ pub(super) fn base(dir: &Path, spec: &VmSpec, accel: Accel, qmp: RawFd) -> Resul
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
     let mem = format!("{}M", spec.memory_mib);
-    let machine = format!("microvm,accel={},memory-backend=mem", accel.as_str());
     let cpu = if accel == Accel::Kvm { "host" } else { "max" };
     push(&[
         "-M",
-        &machine,
+        "microvm,memory-backend=mem",
+        "-accel",
+        &accel_arg(accel),
         "-cpu",
         cpu,
         "-smp",
@@ -63,6 +64,15 @@ pub(super) fn base(dir: &Path, spec: &VmSpec, accel: Accel, qmp: RawFd) -> Resul
         "chardev=qmp,mode=control",
     ]);
     Ok(args)
+}
+
+/// The accelerator; TCG with its translation cache bounded, so a VM's memory overhead holds
+/// (see [`crate::limits::TCG_TB_MIB`]).
+fn accel_arg(accel: Accel) -> String {
+    match accel {
+        Accel::Tcg => format!("tcg,tb-size={}", crate::limits::TCG_TB_MIB),
+        other => other.as_str().to_string(),
+    }
 }
 
 /// A container VM's virtio-serial ports to `zos-init`: its exit report goes to `exit.json`,

@@ -1,6 +1,6 @@
 //! The record brought in line with the processes: a QEMU that is gone gets its final state
 //! (exit report, stop, power-off or crash), a lost helper takes QEMU down with it, and what
-//! an ended VM leaves behind (helpers, mounts, sockets) is cleaned up.
+//! an ended VM leaves behind (helpers, mounts, sockets, its cgroup) is cleaned up.
 
 use super::record::{
     load, save, Record, Runtime, VmState, CONSOLE, CONTROL, EXIT, INITRD, LOGS, PIDFILE, QMP,
@@ -110,4 +110,6 @@ pub(super) fn teardown(dir: &Path, virtiofsd: Option<ProcRef>, mount: Option<Pro
     for file in [QMP, CONTROL, VIRTIOFS, INITRD, PIDFILE] {
         let _ = fs::remove_file(dir.join(file));
     }
+    // Last: QEMU and virtiofsd are gone by now, so the group is empty.
+    super::cgroup::remove(dir);
 }

@@ -2,6 +2,7 @@
 //! Whatever a failed start brought up is ended again; a start cut short by the manager's
 //! death is cleaned up by the next one.
 
+use super::cgroup;
 use super::jail::{self, Access, Jail, Prepared};
 use super::qemu_args::{
     self, disk_serial, path_arg, push_disk, push_virtiofs, socket_path, DiskRole, DISK_FIRMWARE,
@@ -49,6 +50,7 @@ impl Vmm {
             let _ = fs::remove_file(dir.join(stale));
         }
         let uid = jail::uid_for(&self.cfg.root, &dir, &mut record)?;
+        cgroup::create(&dir, &record.spec)?;
         let mut started = Started::default();
         let console_start = fs::metadata(dir.join(CONSOLE)).map_or(0, |m| m.len());
         match self.launch(&dir, &record.spec, uid, &mut started) {
@@ -287,24 +289,24 @@ impl Vmm {
         let socket = dir.join(VIRTIOFS);
         let log_path = dir.join(VIRTIOFSD_LOG);
         let log = logs::open_for_writer(&log_path)?;
-        let child = Command::new(&self.cfg.virtiofsd)
-            .arg(format!("--socket-path={}", socket.display()))
+        let mut cmd = Command::new(&self.cfg.virtiofsd);
+        cmd.arg(format!("--socket-path={}", socket.display()))
             .arg(format!("--shared-dir={}", shared.display()))
             .args(["--cache=auto", "--log-level=error", "--xattr"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                Error::io(
-                    format!(
-                        "starting {} (install it with scripts/setup)",
-                        self.cfg.virtiofsd.display()
-                    ),
-                    e,
-                )
-            })?;
+            .process_group(0);
+        cgroup::join_on_spawn(&mut cmd, dir)?;
+        let child = cmd.spawn().map_err(|e| {
+            Error::io(
+                format!(
+                    "starting {} (install it with scripts/setup)",
+                    self.cfg.virtiofsd.display()
+                ),
+                e,
+            )
+        })?;
         let pid = child.id() as i32;
         let proc = ProcRef::of(pid);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -344,6 +346,8 @@ impl Vmm {
             .stdout(stdout)
             .stderr(log)
             .current_dir(dir);
+        // Joined first, while the child is still root in the host's mount namespace.
+        cgroup::join_on_spawn(&mut cmd, dir)?;
         // SAFETY: setsid(2) is async-signal-safe, and `Prepared::enter` makes only system
         // calls on memory prepared before the fork.
         unsafe {
