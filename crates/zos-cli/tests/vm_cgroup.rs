@@ -100,7 +100,7 @@ fn a_vms_processes_are_in_a_cgroup_with_its_limits_which_goes_with_them() {
     let dirs = check_limits(&f, "lim");
 
     // A stop ends the processes and the group; a start makes it again.
-    f.wait_for_console("lim", "up");
+    f.wait_for_console("lim", "up", 1);
     ok(f.zos("vm").args(["stop", "lim", "--timeout", "60s"]));
     assert_gone(&dirs, "zos vm stop");
     ok(f.zos("vm").args(["start", "lim"]));

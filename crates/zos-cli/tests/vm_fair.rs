@@ -101,9 +101,9 @@ fn a_guest_spinning_every_vcpu_leaves_its_neighbour_at_least_0_8_of_its_work() {
     }
     let f = Fixture::new();
     f.run_detached("work", 2, "256M", WORK);
-    f.wait_for_console("work", "t");
+    f.wait_for_console("work", "t", 1);
     f.run_detached("noisy", 2, "256M", SPIN);
-    f.wait_for_console("noisy", "spinning");
+    f.wait_for_console("noisy", "spinning", 1);
     idle_node(&f);
     // QMP straight from here rather than `zos vm pause`: no process to start on a busy host.
     let vm = |command: &str| qmp(&f.vm_dir("noisy").join("qmp.sock"), command);
