@@ -4,6 +4,7 @@
 //! The zos steps run the real `zos` binary as child processes, so each one is measured the way
 //! a user runs it (startup included) and its peak memory is that child's alone.
 
+mod disk_image;
 mod flist;
 mod fuse;
 mod image;

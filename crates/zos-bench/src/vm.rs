@@ -22,6 +22,8 @@ const RUN_TARGET: f64 = 1.25;
 const JAIL_TARGET: f64 = 1.05;
 /// Target from issue 12: host memory per idle 256 MiB container, MiB (PSS).
 const DENSITY_TARGET_MIB: f64 = 96.0;
+/// Target from issue 12: host memory per idle 256 MiB disk-image VM, MiB (PSS).
+const DISK_VM_TARGET_MIB: f64 = 384.0;
 
 /// Runs the VM benchmark and prints its table.
 pub fn bench_vm(
@@ -77,6 +79,9 @@ fn measure(zos: &Zos, work: &Path, runs: usize) -> Result<Vec<Row>> {
     let ten = ten_at_once(zos, work, &small)?;
     eprintln!("zos-bench vm: idle memory");
     let (per_vm, parts) = idle_memory(zos, work, &small, 3)?;
+    eprintln!("zos-bench vm: idle disk-image VM");
+    let disk_fl = crate::disk_image::disk_image_flist(zos, work)?;
+    let disk_vm = idle_disk_vm_memory(zos, work, &disk_fl)?;
     eprintln!("zos-bench vm: noisy neighbour");
     let (_, fair) = crate::vm_fair::noisy_neighbour(zos, work, &small, runs.max(3))?;
 
@@ -139,6 +144,16 @@ fn measure(zos: &Zos, work: &Path, runs: usize) -> Result<Vec<Row>> {
         notes: format!("{parts}; target <= {DENSITY_TARGET_MIB} MiB"),
     });
     rows.push(fit_row(per_vm));
+    rows.push(Row {
+        step: "host memory per idle 256 MiB disk-image VM".into(),
+        seconds: None,
+        floor_seconds: None,
+        mib: Some(disk_vm),
+        notes: format!(
+            "SeaBIOS + syslinux + the kit's kernel, busybox idling (a stand-in for a \
+             distribution's cloud image); target <= {DISK_VM_TARGET_MIB} MiB"
+        ),
+    });
     rows.push(Row {
         step: "noisy neighbour: work beside a guest spinning 2 vCPUs".into(),
         seconds: None,
@@ -235,6 +250,59 @@ fn ten_at_once(zos: &Zos, work: &Path, fl: &Path) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// Waits until VM `name` has printed the mark on its console (two minutes at most).
+fn wait_for_mark(work: &Path, name: &str) -> Result<()> {
+    let log = work.join("data/vms").join(name).join("console.log");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(MARK)
+    {
+        if Instant::now() > deadline {
+            bail!(
+                "{name} did not come up within 2 minutes; see {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// The host memory of VM `name` (PSS of its processes, as `zos vm status` reports it), MiB.
+fn memory_mib(zos: &Zos, work: &Path, name: &str) -> Result<f64> {
+    let out = zos_in(zos, work)
+        .args(["vm", "status", "--json", name])
+        .output()
+        .context("starting zos vm status")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("parsing zos vm status --json {name}"))?;
+    Ok(v["memory_bytes"].as_f64().unwrap_or(0.0) / 1048576.0)
+}
+
+/// Boots the disk-image VM with 256 MiB, waits until it idles, and returns its host memory
+/// (PSS, MiB).
+fn idle_disk_vm_memory(zos: &Zos, work: &Path, fl: &Path) -> Result<f64> {
+    let name = "disk0";
+    let out = zos_in(zos, work)
+        .args(["run", "-d", "--memory", "256M", "--name", name])
+        .arg(fl)
+        .output()
+        .context("starting zos run -d")?;
+    if !out.status.success() {
+        bail!(
+            "starting the disk-image VM: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let measured = wait_for_mark(work, name).and_then(|()| {
+        std::thread::sleep(Duration::from_secs(3));
+        memory_mib(zos, work, name)
+    });
+    let _ = zos_in(zos, work).args(["vm", "rm", name]).output();
+    measured
+}
+
 /// Starts `n` idle containers, waits until they are up and settled, and returns the mean
 /// host memory per container (PSS of QEMU + virtiofsd + the flist mount) and a breakdown.
 fn idle_memory(zos: &Zos, work: &Path, fl: &Path, n: usize) -> Result<(f64, String)> {
@@ -256,32 +324,13 @@ fn idle_memory(zos: &Zos, work: &Path, fl: &Path, n: usize) -> Result<(f64, Stri
         }
         names.push(name);
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
     for name in &names {
-        let log = work.join("data/vms").join(name).join("console.log");
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains(MARK)
-        {
-            if Instant::now() > deadline {
-                bail!(
-                    "{name} did not come up within 2 minutes; see {}",
-                    log.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_mark(work, name)?;
     }
     std::thread::sleep(Duration::from_secs(3));
     let mut total = 0.0;
     for name in &names {
-        let out = zos_in(zos, work)
-            .args(["vm", "status", "--json", name])
-            .output()
-            .context("starting zos vm status")?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("parsing zos vm status --json {name}"))?;
-        total += v["memory_bytes"].as_f64().unwrap_or(0.0) / 1048576.0;
+        total += memory_mib(zos, work, name)?;
     }
     let pss = |pattern: &str| -> f64 {
         let pids = pids_matching(pattern, &work.join("data/vms"));
