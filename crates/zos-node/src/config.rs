@@ -49,6 +49,17 @@ pub struct NodeConfig {
     /// Directories whose `dir://` stores (and Redis unix sockets) tenants' flists may read;
     /// none by default (a path on the host is as private as its loopback).
     pub allow_store_dirs: Vec<PathBuf>,
+    /// Seconds a client has to send a request's head, counted from its connection (and TLS
+    /// handshake) or from the end of the previous answer: so also how long a kept-alive
+    /// connection may sit idle.
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a whole request body.
+    pub body_timeout_secs: u64,
+    /// Connections open at once per listener; more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// Streams (followed logs, events) one owner may hold open at once; more are refused
+    /// with 429.
+    pub max_streams_per_owner: usize,
 }
 
 impl Default for NodeConfig {
@@ -67,6 +78,10 @@ impl Default for NodeConfig {
             flist_dirs: vec![PathBuf::from(DEFAULT_FLIST_DIR)],
             allow_store_nets: Vec::new(),
             allow_store_dirs: Vec::new(),
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            max_connections: 1000,
+            max_streams_per_owner: 32,
         }
     }
 }
@@ -118,6 +133,18 @@ impl NodeConfig {
             );
         }
         self.store_policy()?;
+        for (name, value) in [
+            ("header_timeout_secs", self.header_timeout_secs),
+            ("body_timeout_secs", self.body_timeout_secs),
+            ("max_connections", self.max_connections as u64),
+            ("max_streams_per_owner", self.max_streams_per_owner as u64),
+        ] {
+            if value == 0 {
+                anyhow::bail!(
+                    "{name} = 0: give a positive number (or leave it out for the default)"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -137,6 +164,15 @@ impl NodeConfig {
     /// The parsed listen addresses.
     pub fn listeners(&self) -> anyhow::Result<Vec<Listen>> {
         self.listen.iter().map(|l| Listen::parse(l)).collect()
+    }
+
+    /// The limits each listener serves under.
+    pub fn serve_limits(&self) -> crate::serve::Limits {
+        crate::serve::Limits {
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
+            body_timeout: std::time::Duration::from_secs(self.body_timeout_secs),
+            max_connections: self.max_connections,
+        }
     }
 
     /// The block cache dir.

@@ -7,6 +7,7 @@
 //! - [`workload`]: each workload type's side on the node (a module per type: zmachine
 //!   VMs with `zos-vmm`, zmount disks), behind the one trait the engine drives;
 //! - [`api`]: the HTTP/JSON API on unix sockets and TCP;
+//! - [`serve`]: the listeners' limits (connections, header and body time limits);
 //! - [`cgroup`]: the node's own cgroup, beside its VMs'.
 
 pub mod api;
@@ -14,12 +15,12 @@ pub mod capacity;
 pub mod cgroup;
 pub mod config;
 pub mod engine;
+pub mod serve;
 pub mod store;
 pub mod workload;
 
 use anyhow::{Context, Result};
 use config::{Listen, NodeConfig};
-use std::future::IntoFuture;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -33,6 +34,17 @@ pub fn run(config: Option<&Path>) -> Result<()> {
     // Before any thread or helper starts, so all of them are in it.
     let _group = cgroup::NodeGroup::enter();
     let listeners = cfg.listeners()?;
+    let limits = cfg.serve_limits();
+    let files = serve::raise_file_limit();
+    // Each connection holds a descriptor, and the node needs more for VMs, logs, the database.
+    let wanted = (cfg.max_connections * listeners.len()) as u64 + 256;
+    if files < wanted {
+        eprintln!(
+            "zos node: warning: the file limit is {files}, under the {wanted} that max_connections = {} on {} listener(s) needs: lower max_connections or raise the limit (ulimit -n, LimitNOFILE=)",
+            cfg.max_connections,
+            listeners.len()
+        );
+    }
     let engine = engine::Engine::open(cfg)?;
     engine
         .reconcile()
@@ -54,9 +66,6 @@ pub fn run(config: Option<&Path>) -> Result<()> {
         // servers finish the requests they have.
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let app = api::router(engine.clone(), stopping.clone());
-        let serve_until_stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = stopping.wait_for(|stop| *stop).await;
-        };
         let mut servers = tokio::task::JoinSet::new();
         let mut sockets = Vec::new();
         for l in listeners {
@@ -76,22 +85,24 @@ pub fn run(config: Option<&Path>) -> Result<()> {
                         engine.node_id(),
                         path.display()
                     );
-                    servers.spawn(
-                        axum::serve(listener, app.clone())
-                            .with_graceful_shutdown(serve_until_stopped(stopping.clone()))
-                            .into_future(),
-                    );
+                    servers.spawn(serve::serve(
+                        serve::Listener::Unix(listener),
+                        app.clone(),
+                        limits,
+                        stopping.clone(),
+                    ));
                 }
                 Listen::Tcp(addr) => {
                     let listener = tokio::net::TcpListener::bind(&addr)
                         .await
                         .with_context(|| format!("listening on {addr}"))?;
                     eprintln!("zos node {}: listening on tcp://{addr}", engine.node_id());
-                    servers.spawn(
-                        axum::serve(listener, app.clone())
-                            .with_graceful_shutdown(serve_until_stopped(stopping.clone()))
-                            .into_future(),
-                    );
+                    servers.spawn(serve::serve(
+                        serve::Listener::Tcp(listener, None),
+                        app.clone(),
+                        limits,
+                        stopping.clone(),
+                    ));
                 }
             }
         }
