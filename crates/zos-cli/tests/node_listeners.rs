@@ -6,12 +6,13 @@
 mod common;
 
 use common::{ok, zos};
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use zos_types::{Deployment, DeploymentFile, Keypair, PublicKey, RequestAuth};
 
 /// A node in a temp dir with one user's key, listening on a unix socket and on TCP.
 struct Node {
@@ -99,13 +100,157 @@ impl Node {
     }
 }
 
+impl Node {
+    fn keypair(&self) -> Keypair {
+        zos_types::read_key_file(&self.dir().join("alice.pem")).unwrap()
+    }
+
+    /// The node's id, from its one unsigned endpoint.
+    fn id(&self) -> PublicKey {
+        let mut s = UnixStream::connect(self.socket()).unwrap();
+        let (status, body) = exchange(&mut s, "GET", "/v1/node/id", None, b"", true);
+        assert_eq!(status, 200, "{body}");
+        let identity: zos_types::api::NodeIdentity = serde_json::from_str(&body).unwrap();
+        identity.node_id
+    }
+
+    /// Opens a connection on the unix socket and sends a request signed by alice, with
+    /// `Connection: close` when `close`; returns the connection and the answer's status and
+    /// (when closing) its body.
+    fn signed(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        close: bool,
+    ) -> (UnixStream, u16, String) {
+        let auth = RequestAuth::sign(&self.keypair(), &self.id(), method, path, unix_now(), body);
+        let mut s = UnixStream::connect(self.socket()).unwrap();
+        // A node that stalls fails the test rather than hanging it.
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let (status, text) = exchange(&mut s, method, path, Some(&auth.to_header()), body, close);
+        (s, status, text)
+    }
+
+    /// Deploys `yaml` (FLIST replaced by a busybox flist) as alice and waits until no
+    /// workload is `init`; returns the deployment as JSON.
+    fn deploy_settled(&self, yaml: &str) -> serde_json::Value {
+        let root = self.dir().join("root");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        for applet in ["sh", "echo", "sleep"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+        let fl = common::pack(&root, self.dir(), "bb.fl");
+        let text = yaml.replace("FLIST", &fl.display().to_string());
+        let mut d: Deployment = DeploymentFile::from_yaml_str(&text)
+            .unwrap()
+            .into_deployment(self.keypair().public(), self.id());
+        d.sign(&self.keypair());
+        let body = serde_json::to_vec(&d).unwrap();
+        let (_, status, answer) = self.signed("POST", "/v1/deployments", &body, true);
+        assert_eq!(status, 201, "{answer}");
+        let path = format!("/v1/deployments/{}", d.name);
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            let (_, status, body) = self.signed("GET", &path, b"", true);
+            assert_eq!(status, 200, "{body}");
+            let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let busy = d["workloads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["result"]["state"] == "init");
+            if !busy {
+                return d;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still provisioning: {body}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Leave no VM behind: a plain `zos vm rm` of each.
+        let data = self.dir().join("node");
+        for vm in std::fs::read_dir(data.join("vms"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = zos()
+                .args(["vm", "rm"])
+                .arg(vm.file_name())
+                .arg("--data-dir")
+                .arg(&data)
+                .output();
+        }
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Sends one HTTP/1.1 request on `s` and reads the answer's head; with `close`, also the
+/// rest of the answer (the node closes after it). Returns the status and what was read of
+/// the body.
+fn exchange(
+    s: &mut UnixStream,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &[u8],
+    close: bool,
+) -> (u16, String) {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: node\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if close {
+        req.push_str("Connection: close\r\n");
+    }
+    if let Some(a) = auth {
+        req.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).unwrap();
+    let mut out = Vec::new();
+    if close {
+        s.read_to_end(&mut out).unwrap();
+    } else {
+        let mut byte = [0u8; 1];
+        while !out.ends_with(b"\r\n\r\n") {
+            let n = s.read(&mut byte).unwrap();
+            assert!(n > 0, "the node closed before its answer's head");
+            out.push(byte[0]);
+        }
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
 }
 
 /// Whether the node has closed `s` (end of file or reset), looking without waiting.
@@ -187,4 +332,76 @@ fn idle_connections_neither_stall_the_node_nor_stay_open() {
     }
     let out = ok(&mut node.cli(&url, &["node", "info"]));
     assert!(out.contains("memory"), "{out}");
+}
+
+const STREAMS: usize = 600;
+
+#[test]
+fn hundreds_of_followed_logs_leave_the_node_answering_and_are_capped_per_owner() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") {
+        return;
+    }
+    let node = Node::start("tcp://ADDR", &format!("max_streams_per_owner = {STREAMS}"));
+    let d = node.deploy_settled(
+        "name: chatty\nworkloads:\n  - name: web\n    type: zmachine\n    data:\n      flist: FLIST\n      cmd: [sh, -c, 'echo chatty-started; exec sleep 600']\n      memory: 256M\n",
+    );
+    assert_eq!(d["workloads"][0]["result"]["state"], "ok", "{d}");
+    // More followed logs of one VM than tokio's blocking pool has threads (512).
+    let path = "/v1/deployments/chatty/logs/web?follow=true";
+    let streams: Vec<UnixStream> = (0..STREAMS)
+        .map(|i| {
+            let (s, status, body) = node.signed("GET", path, b"", false);
+            assert_eq!(status, 200, "stream {i}: {body}");
+            s
+        })
+        .collect();
+    // Each is a live stream: the first and the last deliver the log.
+    for mut s in [&streams[0], &streams[STREAMS - 1]] {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("chatty-started") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "a followed log ended: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+    // Another request is still answered, and promptly.
+    let asked = Instant::now();
+    let (_, status, body) = node.signed("GET", "/v1/deployments/chatty", b"", true);
+    assert_eq!(status, 200, "{body}");
+    let out = ok(&mut node.cli(&format!("unix://{}", node.socket().display()), &["ps"]));
+    assert!(out.contains("chatty"), "{out}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "with {STREAMS} followed logs open, two requests took {:?}",
+        asked.elapsed()
+    );
+    // One more stream of the same owner, log or events, is refused with the limit named.
+    for path in [path, "/v1/events"] {
+        let (_, status, body) = node.signed("GET", path, b"", true);
+        assert_eq!(status, 429, "{body}");
+        assert!(
+            body.contains(&format!("max_streams_per_owner = {STREAMS}")),
+            "{body}"
+        );
+    }
+    // A stream whose client left frees its slot.
+    drop(streams);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, status, body) = node.signed("GET", "/v1/events", b"", false);
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "closed streams still count against the owner"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

@@ -8,6 +8,7 @@
 //!   VMs with `zos-vmm`, zmount disks), behind the one trait the engine drives;
 //! - [`api`]: the HTTP/JSON API on unix sockets and TCP;
 //! - [`serve`]: the listeners' limits (connections, header and body time limits);
+//! - [`streams`]: followed logs and events: a per-owner cap, logs followed without a thread;
 //! - [`cgroup`]: the node's own cgroup, beside its VMs'.
 
 pub mod api;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod serve;
 pub mod store;
+pub mod streams;
 pub mod workload;
 
 use anyhow::{Context, Result};
@@ -35,6 +37,7 @@ pub fn run(config: Option<&Path>) -> Result<()> {
     let _group = cgroup::NodeGroup::enter();
     let listeners = cfg.listeners()?;
     let limits = cfg.serve_limits();
+    let max_streams = cfg.max_streams_per_owner;
     let files = serve::raise_file_limit();
     // Each connection holds a descriptor, and the node needs more for VMs, logs, the database.
     let wanted = (cfg.max_connections * listeners.len()) as u64 + 256;
@@ -65,7 +68,7 @@ pub fn run(config: Option<&Path>) -> Result<()> {
         // Set once the node stops: open streams (events, followed logs) end cleanly, and the
         // servers finish the requests they have.
         let (stop, stopping) = tokio::sync::watch::channel(false);
-        let app = api::router(engine.clone(), stopping.clone());
+        let app = api::router(engine.clone(), stopping.clone(), max_streams);
         let mut servers = tokio::task::JoinSet::new();
         let mut sockets = Vec::new();
         for l in listeners {
