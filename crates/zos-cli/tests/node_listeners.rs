@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ok, zos};
+use common::{fails, ok, zos};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -290,7 +290,7 @@ fn idle_connections_neither_stall_the_node_nor_stay_open() {
         "tcp://ADDR",
         &format!("header_timeout_secs = {HEADER_TIMEOUT_SECS}\nmax_connections = {CAP}"),
     );
-    let url = format!("http://{}", node.tcp);
+    let url = format!("https://{}", node.tcp);
     let opened = Instant::now();
     let idle: Vec<TcpStream> = (0..IDLE)
         .map(|_| TcpStream::connect(&node.tcp).unwrap())
@@ -404,4 +404,42 @@ fn hundreds_of_followed_logs_leave_the_node_answering_and_are_capped_per_owner()
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+#[test]
+fn tcp_is_tls_bound_to_the_node_key_and_another_key_is_refused() {
+    if !common::is_root() {
+        return;
+    }
+    let a = Node::start("tcp://ADDR", "");
+    let b = Node::start("tcp://ADDR?insecure", "");
+    let (a_url, a_id) = (format!("https://{}", a.tcp), a.id().to_string());
+    // Asked once over TLS, the id is the certificate's key: the client talks to the node.
+    let out = ok(&mut a.cli(&a_url, &["node", "info"]));
+    assert!(out.contains(&a_id), "{out}");
+    // Pinned to its id, too.
+    ok(&mut a.cli(&a_url, &["node", "info", "--node-id", &a_id]));
+    // Pinned to another id (b's): a's certificate is refused before anything is sent.
+    let b_id = b.id().to_string();
+    let err = fails(&mut a.cli(&a_url, &["node", "info", "--node-id", &b_id]));
+    assert!(
+        err.contains("man in the middle") && err.contains(&a_id) && err.contains(&b_id),
+        "{err}"
+    );
+    // Another node (another key) answering at the address a client trusts for a: refused.
+    let c = Node::start("tcp://ADDR", "");
+    let c_url = format!("https://{}", c.tcp);
+    let err = fails(&mut a.cli(&c_url, &["node", "info", "--node-id", &a_id]));
+    assert!(
+        err.contains("man in the middle") && err.contains(&c.id().to_string()),
+        "{err}"
+    );
+    // Plain HTTP on TCP only where the config says ?insecure; TLS is not spoken there, and
+    // plain HTTP is not answered on a TLS listener.
+    let b_http = format!("http://{}", b.tcp);
+    let out = ok(&mut b.cli(&b_http, &["node", "info"]));
+    assert!(out.contains(&b_id), "{out}");
+    fails(&mut b.cli(&format!("https://{}", b.tcp), &["node", "info"]));
+    fails(&mut a.cli(&format!("http://{}", a.tcp), &["node", "info"]));
+    assert!(b.log().contains("?insecure"), "{}", b.log());
 }

@@ -14,8 +14,10 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::rustls::pki_types::ServerName;
 use zos_types::api::{ErrorBody, NodeIdentity, API_PREFIX};
 use zos_types::{Keypair, PublicKey, RequestAuth};
 
@@ -50,8 +52,11 @@ struct Call<'a> {
 pub struct NodeClient {
     url: NodeUrl,
     key: Keypair,
-    /// The node's id, which every signature names: pinned by the user, or asked once.
-    node_id: std::sync::OnceLock<PublicKey>,
+    /// The node's id, which every signature names: pinned by the user, or asked once. The
+    /// TLS connector accepts only a certificate for it once it is set.
+    node_id: Arc<OnceLock<PublicKey>>,
+    /// For an `https://` node.
+    tls: Option<tokio_rustls::TlsConnector>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -63,10 +68,18 @@ impl NodeClient {
             .enable_all()
             .build()
             .map_err(|e| ClientError::Local(format!("starting the async runtime: {e}")))?;
+        let node_id = Arc::new(OnceLock::new());
+        let tls = match &url {
+            NodeUrl::Http { tls: true, .. } => {
+                Some(crate::tls::connector(node_id.clone()).map_err(ClientError::Local)?)
+            }
+            _ => None,
+        };
         Ok(NodeClient {
             url,
             key,
-            node_id: std::sync::OnceLock::new(),
+            node_id,
+            tls,
             runtime,
         })
     }
@@ -91,13 +104,23 @@ impl NodeClient {
             path: &path,
             body: Vec::new(),
         };
-        let identity: NodeIdentity = self
+        let (identity, presented): (NodeIdentity, _) = self
             .limit(&call, REPLY_TIMEOUT, async {
-                let response = self.send_with(&call, None).await?;
+                let (response, presented) = self.send_with(&call, None).await?;
                 let body = self.check_status(&call, response).await?;
-                self.read_json(&call, body).await
+                Ok((self.read_json(&call, body).await?, presented))
             })
             .await?;
+        // Over TLS, the id the node states must be the key it proved it holds.
+        if let Some(presented) = presented {
+            if presented != identity.node_id {
+                return Err(ClientError::WrongNode {
+                    node: self.url.to_string(),
+                    stated: identity.node_id,
+                    presented,
+                });
+            }
+        }
         Ok(*self.node_id.get_or_init(|| identity.node_id))
     }
 
@@ -231,15 +254,16 @@ impl NodeClient {
             timestamp,
             &call.body,
         );
-        self.send_with(call, Some(auth.to_header())).await
+        Ok(self.send_with(call, Some(auth.to_header())).await?.0)
     }
 
-    /// Connects and sends `call` with `authorization`, if any, as its header.
+    /// Connects and sends `call` with `authorization`, if any, as its header; returns the
+    /// answer and, over TLS, the key of the node's certificate.
     async fn send_with(
         &self,
         call: &Call<'_>,
         authorization: Option<String>,
-    ) -> Result<Response<Incoming>, ClientError> {
+    ) -> Result<(Response<Incoming>, Option<PublicKey>), ClientError> {
         if !call.path.starts_with('/') {
             return Err(ClientError::Local(format!(
                 "request path {:?} must start with /",
@@ -276,7 +300,7 @@ impl NodeClient {
                     .await
                     .map_err(|_| connect_timeout())?
                     .map_err(unreachable)?;
-                self.exchange(call, stream, request).await
+                Ok((self.exchange(call, stream, request).await?, None))
             }
             NodeUrl::Http { host, port, .. } => {
                 let connect = tokio::net::TcpStream::connect((host.as_str(), *port));
@@ -284,9 +308,54 @@ impl NodeClient {
                     .await
                     .map_err(|_| connect_timeout())?
                     .map_err(unreachable)?;
-                self.exchange(call, stream, request).await
+                let _ = stream.set_nodelay(true);
+                let Some(tls) = &self.tls else {
+                    return Ok((self.exchange(call, stream, request).await?, None));
+                };
+                let (stream, key) = self.handshake(tls, host, stream).await?;
+                Ok((self.exchange(call, stream, request).await?, Some(key)))
             }
         }
+    }
+
+    /// TLS over `stream`, accepting only a certificate for the node id (once known); returns
+    /// the stream and the certificate's key.
+    async fn handshake(
+        &self,
+        tls: &tokio_rustls::TlsConnector,
+        host: &str,
+        stream: tokio::net::TcpStream,
+    ) -> Result<
+        (
+            tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+            PublicKey,
+        ),
+        ClientError,
+    > {
+        let failed = |cause: String| ClientError::Tls {
+            node: self.url.to_string(),
+            cause,
+        };
+        // The name is not checked (the key is); it is only sent.
+        let name = ServerName::try_from(host.to_string())
+            .unwrap_or_else(|_| ServerName::try_from("localhost").expect("a valid name"));
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, stream))
+            .await
+            .map_err(|_| {
+                failed(format!(
+                    "no handshake within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|e| failed(crate::tls::handshake_error(&e)))?;
+        let cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .ok_or_else(|| failed("the node presented no certificate".into()))?;
+        let key = crate::tls::certificate_key(cert).map_err(failed)?;
+        Ok((stream, key))
     }
 
     async fn exchange<S>(

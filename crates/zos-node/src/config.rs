@@ -18,7 +18,9 @@ pub const DEFAULT_SOCKET: &str = "/run/zos/node.sock";
 pub struct NodeConfig {
     /// Everything the node keeps: its identity, database, VMs and disks.
     pub data_dir: PathBuf,
-    /// Addresses to serve the API on: `unix:///path.sock` or `tcp://HOST:PORT`.
+    /// Addresses to serve the API on: `unix:///path.sock` (plain HTTP), `tcp://IP:PORT`
+    /// (HTTPS, with a certificate for the node's key), or `tcp://IP:PORT?insecure` (plain
+    /// HTTP on TCP: only behind a tunnel or on a trusted network).
     pub listen: Vec<String>,
     /// Memory kept for the host and the node itself, never given to workloads.
     pub reserve_memory: ByteSize,
@@ -92,7 +94,12 @@ pub enum Listen {
     /// A unix socket path.
     Unix(PathBuf),
     /// A TCP address.
-    Tcp(String),
+    Tcp {
+        /// `IP:PORT`.
+        addr: String,
+        /// Serve TLS (the default); false only for `?insecure`.
+        tls: bool,
+    },
 }
 
 impl NodeConfig {
@@ -184,7 +191,7 @@ impl NodeConfig {
 }
 
 impl Listen {
-    /// Parses `unix:///path` or `tcp://host:port`.
+    /// Parses `unix:///path`, `tcp://IP:PORT` or `tcp://IP:PORT?insecure`.
     pub fn parse(s: &str) -> anyhow::Result<Listen> {
         if let Some(path) = s.strip_prefix("unix://") {
             if !path.starts_with('/') {
@@ -192,13 +199,24 @@ impl Listen {
             }
             return Ok(Listen::Unix(PathBuf::from(path)));
         }
-        if let Some(addr) = s.strip_prefix("tcp://") {
+        if let Some(rest) = s.strip_prefix("tcp://") {
+            let (addr, tls) = match rest.split_once('?') {
+                None => (rest, true),
+                Some((addr, "insecure")) => (addr, false),
+                Some((_, option)) => anyhow::bail!(
+                    "listen address {s:?}: unknown option {option:?}; the one option is \
+                     ?insecure (plain HTTP instead of TLS)"
+                ),
+            };
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 anyhow::bail!("listen address {s:?}: use tcp://IP:PORT, e.g. tcp://127.0.0.1:7700");
             }
-            return Ok(Listen::Tcp(addr.to_string()));
+            return Ok(Listen::Tcp {
+                addr: addr.to_string(),
+                tls,
+            });
         }
-        anyhow::bail!("listen address {s:?}: use unix:///PATH or tcp://IP:PORT")
+        anyhow::bail!("listen address {s:?}: use unix:///PATH, tcp://IP:PORT (TLS) or tcp://IP:PORT?insecure (plain HTTP)")
     }
 }
 
@@ -220,8 +238,20 @@ mod tests {
         assert_eq!(c.reserve_memory.0, 2 << 30);
         assert_eq!(
             c.listeners().unwrap(),
-            vec![Listen::Tcp("127.0.0.1:7700".into())]
+            vec![Listen::Tcp {
+                addr: "127.0.0.1:7700".into(),
+                tls: true
+            }]
         );
+        assert_eq!(
+            Listen::parse("tcp://[::1]:7700?insecure").unwrap(),
+            Listen::Tcp {
+                addr: "[::1]:7700".into(),
+                tls: false
+            }
+        );
+        let err = Listen::parse("tcp://127.0.0.1:7700?plain").unwrap_err();
+        assert!(err.to_string().contains("?insecure"), "{err}");
         assert_eq!(c.max_restarts, 5);
 
         std::fs::write(&path, "reserve_memroy = \"2G\"\n").unwrap();
@@ -233,7 +263,7 @@ mod tests {
 
         std::fs::write(&path, "listen = [\"http://x\"]\n").unwrap();
         let err = NodeConfig::load(Some(&path)).unwrap_err().to_string();
-        assert!(err.contains("unix:///PATH or tcp://IP:PORT"), "{err}");
+        assert!(err.contains("unix:///PATH, tcp://IP:PORT (TLS)"), "{err}");
 
         std::fs::write(&path, "cpu_overcommit = 0.5\n").unwrap();
         assert!(NodeConfig::load(Some(&path)).is_err());

@@ -8,6 +8,7 @@
 //!   VMs with `zos-vmm`, zmount disks), behind the one trait the engine drives;
 //! - [`api`]: the HTTP/JSON API on unix sockets and TCP;
 //! - [`serve`]: the listeners' limits (connections, header and body time limits);
+//! - [`tls`]: the TLS certificate bound to the node's key;
 //! - [`streams`]: followed logs and events: a per-owner cap, logs followed without a thread;
 //! - [`cgroup`]: the node's own cgroup, beside its VMs'.
 
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod serve;
 pub mod store;
 pub mod streams;
+pub mod tls;
 pub mod workload;
 
 use anyhow::{Context, Result};
@@ -48,7 +50,10 @@ pub fn run(config: Option<&Path>) -> Result<()> {
             listeners.len()
         );
     }
+    let data_dir = cfg.data_dir.clone();
     let engine = engine::Engine::open(cfg)?;
+    // The TLS certificate is made for the identity the engine just opened (or made).
+    let key = engine::identity(&data_dir.join("identity.pem"))?;
     engine
         .reconcile()
         .context("reconciling with what runs on the host")?;
@@ -95,13 +100,21 @@ pub fn run(config: Option<&Path>) -> Result<()> {
                         stopping.clone(),
                     ));
                 }
-                Listen::Tcp(addr) => {
+                Listen::Tcp { addr, tls } => {
                     let listener = tokio::net::TcpListener::bind(&addr)
                         .await
                         .with_context(|| format!("listening on {addr}"))?;
-                    eprintln!("zos node {}: listening on tcp://{addr}", engine.node_id());
+                    let (scheme, acceptor) = if tls {
+                        ("https", Some(tls::acceptor(&key)?))
+                    } else {
+                        ("http, plain: ?insecure", None)
+                    };
+                    eprintln!(
+                        "zos node {}: listening on tcp://{addr} ({scheme})",
+                        engine.node_id()
+                    );
                     servers.spawn(serve::serve(
-                        serve::Listener::Tcp(listener, None),
+                        serve::Listener::Tcp(listener, acceptor),
                         app.clone(),
                         limits,
                         stopping.clone(),
