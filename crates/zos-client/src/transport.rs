@@ -1,5 +1,5 @@
-//! The connection to one node: every request signed with the user's key, over a unix socket
-//! or TCP, behind a blocking interface. `api.rs` builds the typed endpoints on it.
+//! The connection to one node: every request signed with the user's key, over a unix socket,
+//! TLS (see `tls.rs`) or plain TCP, behind a blocking interface. `api.rs` builds the typed endpoints on it.
 //!
 //! Each request opens its own HTTP/1.1 connection: a client makes a handful of requests, so a
 //! connection pool would add nothing but code, and a fresh connection keeps a request that
