@@ -443,3 +443,32 @@ fn tcp_is_tls_bound_to_the_node_key_and_another_key_is_refused() {
     fails(&mut a.cli(&format!("http://{}", a.tcp), &["node", "info"]));
     assert!(b.log().contains("?insecure"), "{}", b.log());
 }
+
+#[test]
+fn a_kept_connection_the_node_closed_while_idle_is_replaced() {
+    if !common::is_root() {
+        return;
+    }
+    // The node closes idle connections after 1 s; the client keeps one for 2 s.
+    let node = Node::start("tcp://ADDR", "header_timeout_secs = 1");
+    for url in [
+        format!("https://{}", node.tcp),
+        format!("unix://{}", node.socket().display()),
+    ] {
+        let url = zos_client::NodeUrl::parse(&url).unwrap();
+        let client = zos_client::NodeClient::new(url, node.keypair()).unwrap();
+        client.node_info().unwrap();
+        client.deployments(false).unwrap();
+        // Past the node's idle limit, within the client's: the kept connection is closed
+        // under it, and the requests still go through, on a new one.
+        std::thread::sleep(Duration::from_millis(1500));
+        client.node_info().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let err = client
+            .remove("none-such")
+            .err()
+            .map(|e| e.status())
+            .unwrap();
+        assert_eq!(err, Some(zos_client::StatusCode::NOT_FOUND));
+    }
+}
