@@ -472,3 +472,31 @@ fn a_kept_connection_the_node_closed_while_idle_is_replaced() {
         assert_eq!(err, Some(zos_client::StatusCode::NOT_FOUND));
     }
 }
+
+#[test]
+fn a_body_that_stops_arriving_ends_its_request() {
+    if !common::is_root() {
+        return;
+    }
+    let node = Node::start("tcp://ADDR", "body_timeout_secs = 2");
+    let mut s = UnixStream::connect(node.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    // A head promising 1000 bytes, then 10 of them, then nothing.
+    s.write_all(
+        b"POST /v1/deployments HTTP/1.1\r\nHost: node\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"name\":\"",
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let read = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        read.is_ok(),
+        "the node still waits for the body: {read:?} {answer}"
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("timeout"),
+        "{answer}"
+    );
+    // The node still answers others.
+    assert_eq!(node.id().to_string().len(), 64);
+}
