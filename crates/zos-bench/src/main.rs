@@ -73,8 +73,10 @@ enum BenchCommand {
     /// Starts a `zos node run` in a fresh work dir, then measures: zmount-only deployments
     /// accepted per second through the API (signed beforehand; 4 clients; signature check,
     /// admission and a database transaction each), the time until their disks are made,
-    /// p50/p99 latency of signed GETs, the node's restart time with all of them stored
-    /// (SIGTERM, start, until the API answers), and, interleaved over --runs, `zos run` of a
+    /// p50/p99 latency of signed GETs, then deployments/s and GET latency on loopback TCP
+    /// over TLS next to plain HTTP (interleaved; target: TLS at least 0.8x), the node's
+    /// restart time with all of them stored (SIGTERM, start, until the API answers), and,
+    /// interleaved over --runs, `zos run` of a
     /// busybox image until its output (the floor) against deploying the same image as a
     /// zmachine until its output shows in the API's log. Targets: >= 1000 deployments/s;
     /// deploy-to-running within 1.1x of `zos run` (medians). Deployments that end in error

@@ -1,6 +1,7 @@
-//! `zos-bench node`: the node's API throughput and latency, its restart time with many
-//! stored deployments, and deploy-to-running of a container next to `zos run` of the same
-//! image (the floor, same run).
+//! `zos-bench node`: the node's API throughput and latency (on its unix socket, then on TCP
+//! over TLS next to plain HTTP), its restart time with many stored deployments, and
+//! deploy-to-running of a container next to `zos run` of the same image (the floor, same
+//! run).
 
 use crate::image::{image, remove_vms, zos_run_to_mark, MARK};
 use crate::stats::{median, Timing};
@@ -44,6 +45,8 @@ pub fn bench_node(
         zos: zos.clone(),
         work: work.root.clone(),
         child: None,
+        tls_addr: free_port()?,
+        plain_addr: free_port()?,
     };
     let result = measure(&mut node, count.max(1), runs.max(1));
     node.stop();
@@ -61,11 +64,28 @@ pub fn bench_node(
     Ok(ExitCode::SUCCESS)
 }
 
-/// A `zos node run` child over a work dir.
+/// A loopback address with a port free now (bound by the OS, then released for the node).
+fn free_port() -> Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// A `zos node run` child over a work dir, on a unix socket and on loopback TCP twice: TLS,
+/// and plain HTTP (`?insecure`).
 struct BenchNode {
     zos: Zos,
     work: PathBuf,
     child: Option<Child>,
+    tls_addr: String,
+    plain_addr: String,
+}
+
+/// Where a client reaches the node.
+#[derive(Clone, Copy)]
+enum Via {
+    Unix,
+    Tls,
+    Plain,
 }
 
 impl BenchNode {
@@ -74,7 +94,19 @@ impl BenchNode {
     }
 
     fn api(&self, key: &Keypair) -> Result<NodeClient> {
-        NodeClient::new(NodeUrl::Unix(self.socket()), key.clone()).context("making the API client")
+        self.api_via(Via::Unix, key)
+    }
+
+    fn api_via(&self, via: Via, key: &Keypair) -> Result<NodeClient> {
+        let url = match via {
+            Via::Unix => NodeUrl::Unix(self.socket()),
+            Via::Tls => {
+                NodeUrl::parse(&format!("https://{}", self.tls_addr)).map_err(anyhow::Error::msg)?
+            }
+            Via::Plain => NodeUrl::parse(&format!("http://{}", self.plain_addr))
+                .map_err(anyhow::Error::msg)?,
+        };
+        NodeClient::new(url, key.clone()).context("making the API client")
     }
 
     /// Starts the node; returns the seconds until its API answers.
@@ -83,10 +115,12 @@ impl BenchNode {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\nlisten = [\"unix://{}\"]\ncache_dir = {:?}\ndisk = \"100T\"\n\
-                 flist_dirs = [{:?}]\nallow_store_dirs = [{:?}]\n",
+                "data_dir = {:?}\nlisten = [\"unix://{}\", \"tcp://{}\", \"tcp://{}?insecure\"]\n\
+                 cache_dir = {:?}\ndisk = \"100T\"\nflist_dirs = [{:?}]\nallow_store_dirs = [{:?}]\n",
                 self.work.join("node"),
                 self.socket().display(),
+                self.tls_addr,
+                self.plain_addr,
                 self.work.join("cache"),
                 self.work,
                 // The image's dir:// store (image::image): a node reaches no local path
@@ -300,9 +334,13 @@ fn measure(node: &mut BenchNode, count: usize, runs: usize) -> Result<Vec<Row>> 
             unit: "ms",
             floor: None,
             failed: 0,
-            notes: format!("{count} signed GETs of one deployment, one client, a connection each"),
+            notes: format!(
+                "{count} signed GETs of one deployment, one client (its connection kept)"
+            ),
         });
     }
+
+    rows.extend(tls_rows(node, &key, node_id, count)?);
 
     eprintln!("zos-bench node: restart with {count} deployments stored");
     node.stop();
@@ -351,6 +389,126 @@ fn measure(node: &mut BenchNode, count: usize, runs: usize) -> Result<Vec<Row>> 
         ),
     });
     Ok(rows)
+}
+
+/// Sends `bodies` through `via` from [`CLIENTS`] clients at once; returns the seconds taken.
+fn send_all(
+    node: &BenchNode,
+    via: Via,
+    key: &Keypair,
+    node_id: PublicKey,
+    bodies: &[Deployment],
+) -> Result<f64> {
+    let start = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = bodies
+            .chunks(bodies.len().div_ceil(CLIENTS).max(1))
+            .map(|chunk| {
+                let api = node.api_via(via, key);
+                s.spawn(move || -> Result<()> {
+                    let api = api?;
+                    api.pin_node_id(node_id);
+                    for d in chunk {
+                        api.create(d)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Deployments/s and GET latency on TCP, TLS next to plain HTTP, interleaved in the same run.
+/// Each client keeps its connection between requests (as zos-client does), so the TLS
+/// handshake is paid once per client, not per request.
+fn tls_rows(node: &BenchNode, key: &Keypair, node_id: PublicKey, count: usize) -> Result<Vec<Row>> {
+    // Fewer than on the socket: each is one more disk for the workers to make meanwhile.
+    let per_round = (count / 8).max(1);
+    const ROUNDS: usize = 2;
+    eprintln!(
+        "zos-bench node: {} deployments and {count} gets each over TLS and plain HTTP",
+        per_round * ROUNDS
+    );
+    let mut secs = [0.0f64; 2];
+    for round in 0..ROUNDS {
+        for (i, (via, prefix)) in [(Via::Plain, "p"), (Via::Tls, "t")].into_iter().enumerate() {
+            let bodies: Vec<Deployment> = (0..per_round)
+                .map(|j| {
+                    deployment(
+                        key,
+                        node_id,
+                        &format!("name: {prefix}{round}x{j:05}\nworkloads:\n  - name: data\n    type: zmount\n    data: {{ size: 16M }}\n"),
+                    )
+                })
+                .collect::<Result<_>>()?;
+            secs[i] += send_all(node, via, key, node_id, &bodies)?;
+        }
+    }
+    let sent = (per_round * ROUNDS) as f64;
+    let (plain_rate, tls_rate) = (sent / secs[0], sent / secs[1]);
+
+    let (plain, tls) = (node.api_via(Via::Plain, key)?, node.api_via(Via::Tls, key)?);
+    plain.pin_node_id(node_id);
+    tls.pin_node_id(node_id);
+    let mut latencies = [Vec::with_capacity(count), Vec::with_capacity(count)];
+    for i in 0..count {
+        let name = format!("d{:05}", (i * 7919) % count);
+        for (api, times) in [&plain, &tls].into_iter().zip(latencies.iter_mut()) {
+            let start = Instant::now();
+            api.deployment(&name)?;
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let (plain_p50, tls_p50) = (median(&latencies[0]), median(&latencies[1]));
+    let verdict = |x: f64| if x >= 0.8 { "met" } else { "missed" };
+    Ok(vec![
+        Row {
+            step: "deployments/s over TCP, plain HTTP".into(),
+            value: plain_rate,
+            unit: "/s",
+            floor: None,
+            failed: 0,
+            notes: format!("{sent} zmount-only deployments, {CLIENTS} clients, each keeping its connection; the floor for TLS"),
+        },
+        Row {
+            step: "deployments/s over TCP, TLS".into(),
+            value: tls_rate,
+            unit: "/s",
+            floor: Some(plain_rate),
+            failed: 0,
+            notes: format!(
+                "{:.2}x plain HTTP, target >= 0.8x: {}; interleaved with it in {ROUNDS} rounds",
+                tls_rate / plain_rate,
+                verdict(tls_rate / plain_rate)
+            ),
+        },
+        Row {
+            step: "get latency p50, plain HTTP".into(),
+            value: plain_p50,
+            unit: "ms",
+            floor: None,
+            failed: 0,
+            notes: format!("{count} signed GETs, one client, its connection kept; the floor for TLS"),
+        },
+        Row {
+            step: "get latency p50, TLS".into(),
+            value: tls_p50,
+            unit: "ms",
+            floor: Some(plain_p50),
+            failed: 0,
+            notes: format!(
+                "speed {:.2}x plain HTTP (its latency / this), target >= 0.8x: {}; alternating with plain",
+                plain_p50 / tls_p50,
+                verdict(plain_p50 / tls_p50)
+            ),
+        },
+    ])
 }
 
 /// Seconds from sending a signed deployment of `fl` until its console shows the marker (read

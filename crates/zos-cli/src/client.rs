@@ -11,7 +11,8 @@ use zos_types::PublicKey;
 /// The flags every command that talks to a node takes.
 #[derive(Args, Clone)]
 pub struct ClientArgs {
-    /// The node's API: unix:///path/to.sock or http://HOST:PORT
+    /// The node's API: unix:///path/to.sock, https://HOST:PORT (TLS; the certificate must
+    /// be for the node id), or http://HOST:PORT (a node listening with ?insecure)
     #[arg(long, env = "ZOS_NODE", value_name = "URL", default_value = DEFAULT_NODE,
           value_parser = NodeUrl::parse)]
     pub node: NodeUrl,
@@ -20,7 +21,9 @@ pub struct ClientArgs {
     #[arg(long, env = "ZOS_KEY", value_name = "FILE")]
     pub key: Option<PathBuf>,
     /// The node's id (its public key, as `zos node info` shows). Requests and deployments
-    /// are signed for this node only; without it, zos asks the node at --node for its id
+    /// are signed for this node only, and over https only a node proving it holds this key
+    /// is talked to; without it, zos asks the node at --node for its id (over https, the id
+    /// must be the key of the certificate it answers over)
     #[arg(long, env = "ZOS_NODE_ID", value_name = "HEX", value_parser = parse_node_id)]
     pub node_id: Option<PublicKey>,
     /// Print the node's JSON answer (pretty-printed) instead of text

@@ -19,7 +19,8 @@ pub enum NodeCommand {
     /// leaving VMs running for the next start.
     #[command(after_help = "The config file is TOML; every key is optional:\n  \
 data_dir = \"/var/lib/zos/node\"              # identity, database, VMs, disks\n  \
-listen = [\"unix:///run/zos/node.sock\"]      # and/or \"tcp://IP:PORT\"\n  \
+listen = [\"unix:///run/zos/node.sock\"]      # and/or \"tcp://IP:PORT\" (HTTPS: a certificate for the node's key,\n  \
+                                            # which clients check against its id), \"tcp://IP:PORT?insecure\" (plain HTTP)\n  \
 reserve_memory = \"1G\"                       # never given to workloads\n  \
 reserve_disk = \"1G\"\n  \
 cpu_overcommit = 4.0                        # vCPUs per host CPU (memory is never overcommitted)\n  \
@@ -30,7 +31,11 @@ allow_store_nets = [\"127.0.0.1/32\"]         # local addresses (loopback, link-
 allow_store_dirs = [\"/var/lib/zos/store\"]   # dir:// stores tenants' flists may read; default none\n  \
 max_restarts = 5                            # crashes in a row before a zmachine is left in error\n  \
 stop_timeout_secs = 10\n  \
-quarantine_days = 7                         # keeps what no deployment owns, then deletes it")]
+quarantine_days = 7                         # keeps what no deployment owns, then deletes it\n  \
+header_timeout_secs = 10                    # to send a request's head (also a kept-alive connection's idle limit)\n  \
+body_timeout_secs = 30                      # to send a request's body\n  \
+max_connections = 1000                      # open at once per listener; more are closed at once\n  \
+max_streams_per_owner = 32                  # followed logs and event streams open at once per owner (429 beyond)")]
     Run {
         /// The node's config file [default: built-in defaults]
         #[arg(long, value_name = "FILE")]

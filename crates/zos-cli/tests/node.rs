@@ -307,7 +307,7 @@ fn deploy_update_and_delete_a_container_with_a_disk() {
     let events_log = node.dir().join("events.txt");
     let mut events = zos()
         .args(["events", "--json", "--node"])
-        .arg(format!("http://{}", node.tcp))
+        .arg(format!("https://{}", node.tcp))
         .arg("--key")
         .arg(node.key("alice"))
         .stdout(std::fs::File::create(&events_log).unwrap())

@@ -17,6 +17,28 @@ pub enum ClientError {
         /// What connecting said.
         cause: std::io::Error,
     },
+    /// The TLS handshake failed: above all, a certificate whose key is not the node id.
+    #[error("TLS with the node at {node} failed: {cause}")]
+    Tls {
+        /// The node's address.
+        node: String,
+        /// What the handshake said, with its causes.
+        cause: String,
+    },
+    /// Asked for its id, the node named another key than its TLS certificate's.
+    #[error(
+        "the node at {node} says its id is {stated}, but its TLS certificate is for {presented}: \
+         a man in the middle, or a misconfigured proxy; refusing it (pin the right node with \
+         --node-id)"
+    )]
+    WrongNode {
+        /// The node's address.
+        node: String,
+        /// The id in the answer to `GET /v1/node/id`.
+        stated: PublicKey,
+        /// The key of the certificate it came over.
+        presented: PublicKey,
+    },
     /// The node answered with an error status.
     #[error("node: {message} (HTTP {status} for {method} {path})")]
     Node {

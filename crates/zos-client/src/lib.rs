@@ -13,6 +13,7 @@ mod error;
 mod file;
 mod signing;
 pub mod status;
+mod tls;
 mod transport;
 mod url;
 mod wait;

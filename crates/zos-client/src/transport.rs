@@ -1,21 +1,27 @@
-//! The connection to one node: every request signed with the user's key, over a unix socket
-//! or TCP, behind a blocking interface. `api.rs` builds the typed endpoints on it.
+//! The connection to one node: every request signed with the user's key, over a unix socket,
+//! TLS (see `tls.rs`) or plain TCP, behind a blocking interface. `api.rs` builds the typed endpoints on it.
 //!
-//! Each request opens its own HTTP/1.1 connection: a client makes a handful of requests, so a
-//! connection pool would add nothing but code, and a fresh connection keeps a request that
-//! failed half-way from affecting the next one.
+//! One HTTP/1.1 connection is kept for the next request once an answer was read whole, for
+//! [`REUSE_WITHIN`]: a TLS handshake costs more than a request, and clients that poll or send
+//! many requests would pay it each time. A request that failed half-way never leaves its
+//! connection to the next one, streams have their own, and a kept connection that the node
+//! closed meanwhile (its idle limit) is replaced by a fresh one, the request sent again: the
+//! node never read it.
 
 use crate::{ClientError, NodeUrl};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::rustls::pki_types::ServerName;
 use zos_types::api::{ErrorBody, NodeIdentity, API_PREFIX};
 use zos_types::{Keypair, PublicKey, RequestAuth};
 
@@ -23,6 +29,16 @@ use zos_types::{Keypair, PublicKey, RequestAuth};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a whole non-streaming request may take, connection included.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle connection is kept for the next request: well under the node's
+/// default header (idle) timeout of 10 s.
+const REUSE_WITHIN: Duration = Duration::from_secs(2);
+
+/// A connection whose last answer was read whole.
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    /// Over TLS, the key of the node's certificate.
+    presented: Option<PublicKey>,
+}
 
 /// A parsed JSON answer, with the JSON itself for `--json`.
 pub struct Answer<T> {
@@ -50,8 +66,13 @@ struct Call<'a> {
 pub struct NodeClient {
     url: NodeUrl,
     key: Keypair,
-    /// The node's id, which every signature names: pinned by the user, or asked once.
-    node_id: std::sync::OnceLock<PublicKey>,
+    /// The node's id, which every signature names: pinned by the user, or asked once. The
+    /// TLS connector accepts only a certificate for it once it is set.
+    node_id: Arc<OnceLock<PublicKey>>,
+    /// For an `https://` node.
+    tls: Option<tokio_rustls::TlsConnector>,
+    /// The connection kept for the next request, and when it was last used.
+    idle: Mutex<Option<(Conn, Instant)>>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -63,10 +84,19 @@ impl NodeClient {
             .enable_all()
             .build()
             .map_err(|e| ClientError::Local(format!("starting the async runtime: {e}")))?;
+        let node_id = Arc::new(OnceLock::new());
+        let tls = match &url {
+            NodeUrl::Http { tls: true, .. } => {
+                Some(crate::tls::connector(node_id.clone()).map_err(ClientError::Local)?)
+            }
+            _ => None,
+        };
         Ok(NodeClient {
             url,
             key,
-            node_id: std::sync::OnceLock::new(),
+            node_id,
+            tls,
+            idle: Mutex::new(None),
             runtime,
         })
     }
@@ -91,13 +121,24 @@ impl NodeClient {
             path: &path,
             body: Vec::new(),
         };
-        let identity: NodeIdentity = self
+        let (identity, conn): (NodeIdentity, _) = self
             .limit(&call, REPLY_TIMEOUT, async {
-                let response = self.send_with(&call, None).await?;
+                let (response, conn) = self.send_with(&call, None).await?;
                 let body = self.check_status(&call, response).await?;
-                self.read_json(&call, body).await
+                Ok((self.read_json(&call, body).await?, conn))
             })
             .await?;
+        // Over TLS, the id the node states must be the key it proved it holds.
+        if let Some(presented) = conn.presented {
+            if presented != identity.node_id {
+                return Err(ClientError::WrongNode {
+                    node: self.url.to_string(),
+                    stated: identity.node_id,
+                    presented,
+                });
+            }
+        }
+        self.keep(conn);
         Ok(*self.node_id.get_or_init(|| identity.node_id))
     }
 
@@ -157,7 +198,8 @@ impl NodeClient {
             body: Vec::new(),
         };
         self.runtime.block_on(async {
-            let mut body = self
+            // The stream's connection goes with it: it may end anywhere.
+            let (mut body, _conn) = self
                 .limit(&call, REPLY_TIMEOUT, self.send_checked(&call))
                 .await?;
             while let Some(frame) = body.frame().await {
@@ -180,8 +222,10 @@ impl NodeClient {
         let json: serde_json::Value =
             self.runtime
                 .block_on(self.limit(&call, REPLY_TIMEOUT, async {
-                    let body = self.send_checked(&call).await?;
-                    self.read_json(&call, body).await
+                    let (body, conn) = self.send_checked(&call).await?;
+                    let json = self.read_json(&call, body).await?;
+                    self.keep(conn);
+                    Ok(json)
                 }))?;
         let value = serde_json::from_value(json.clone()).map_err(|e| self.bad_answer(&call, e))?;
         Ok(Answer { value, json })
@@ -210,13 +254,27 @@ impl NodeClient {
     }
 
     /// Sends `call` and checks the answer's status; returns the body to read.
-    async fn send_checked(&self, call: &Call<'_>) -> Result<Incoming, ClientError> {
-        let response = self.sign_and_send(call).await?;
-        self.check_status(call, response).await
+    async fn send_checked(&self, call: &Call<'_>) -> Result<(Incoming, Conn), ClientError> {
+        let (response, conn) = self.sign_and_send(call).await?;
+        Ok((self.check_status(call, response).await?, conn))
+    }
+
+    /// Keeps `conn`, whose answer was read whole, for the next request.
+    fn keep(&self, conn: Conn) {
+        *self.idle.lock().unwrap_or_else(|e| e.into_inner()) = Some((conn, Instant::now()));
+    }
+
+    /// The kept connection, if it was used lately and is still open.
+    fn kept(&self) -> Option<Conn> {
+        let (conn, at) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        (at.elapsed() < REUSE_WITHIN && !conn.sender.is_closed()).then_some(conn)
     }
 
     /// Signs `call` for the node and sends it; returns once the answer's head has arrived.
-    async fn sign_and_send(&self, call: &Call<'_>) -> Result<Response<Incoming>, ClientError> {
+    async fn sign_and_send(
+        &self,
+        call: &Call<'_>,
+    ) -> Result<(Response<Incoming>, Conn), ClientError> {
         let node = self.fetch_node_id().await?;
         // The path is sent exactly as signed: it becomes the request target unchanged.
         // A clock before 1970 signs 0, which the node rejects with a clear skew error.
@@ -234,31 +292,45 @@ impl NodeClient {
         self.send_with(call, Some(auth.to_header())).await
     }
 
-    /// Connects and sends `call` with `authorization`, if any, as its header.
+    /// Sends `call` with `authorization`, if any, as its header, on the kept connection or a
+    /// new one; returns the answer and its connection.
     async fn send_with(
         &self,
         call: &Call<'_>,
         authorization: Option<String>,
-    ) -> Result<Response<Incoming>, ClientError> {
+    ) -> Result<(Response<Incoming>, Conn), ClientError> {
         if !call.path.starts_with('/') {
             return Err(ClientError::Local(format!(
                 "request path {:?} must start with /",
                 call.path
             )));
         }
-        let mut request = Request::builder()
-            .method(call.method.clone())
-            .uri(call.path)
-            .header(HOST, self.url.host_header());
-        if let Some(value) = authorization {
-            request = request.header(AUTHORIZATION, value);
+        let build = || {
+            let mut request = Request::builder()
+                .method(call.method.clone())
+                .uri(call.path)
+                .header(HOST, self.url.host_header());
+            if let Some(value) = &authorization {
+                request = request.header(AUTHORIZATION, value);
+            }
+            if !call.body.is_empty() {
+                request = request.header(CONTENT_TYPE, "application/json");
+            }
+            request
+                .body(Full::new(Bytes::from(call.body.clone())))
+                .map_err(|e| ClientError::Local(format!("{} {}: {e}", call.method, call.path)))
+        };
+        if let Some(mut conn) = self.kept() {
+            if conn.sender.ready().await.is_ok() {
+                // Without an answer's head on a kept connection, the node closed it while
+                // idle (seen as a reset, an end of file, or TLS ending without close_notify)
+                // and read nothing: the request then goes on a new connection.
+                if let Ok(response) = conn.sender.send_request(build()?).await {
+                    return Ok((response, conn));
+                }
+            }
         }
-        if !call.body.is_empty() {
-            request = request.header(CONTENT_TYPE, "application/json");
-        }
-        let request = request
-            .body(Full::new(Bytes::from(call.body.clone())))
-            .map_err(|e| ClientError::Local(format!("{} {}: {e}", call.method, call.path)))?;
+        let request = build()?;
         let unreachable = |cause| ClientError::Unreachable {
             node: self.url.to_string(),
             cause,
@@ -276,7 +348,7 @@ impl NodeClient {
                     .await
                     .map_err(|_| connect_timeout())?
                     .map_err(unreachable)?;
-                self.exchange(call, stream, request).await
+                self.exchange(call, stream, request, None).await
             }
             NodeUrl::Http { host, port, .. } => {
                 let connect = tokio::net::TcpStream::connect((host.as_str(), *port));
@@ -284,17 +356,64 @@ impl NodeClient {
                     .await
                     .map_err(|_| connect_timeout())?
                     .map_err(unreachable)?;
-                self.exchange(call, stream, request).await
+                let _ = stream.set_nodelay(true);
+                let Some(tls) = &self.tls else {
+                    return self.exchange(call, stream, request, None).await;
+                };
+                let (stream, key) = self.handshake(tls, host, stream).await?;
+                self.exchange(call, stream, request, Some(key)).await
             }
         }
     }
 
+    /// TLS over `stream`, accepting only a certificate for the node id (once known); returns
+    /// the stream and the certificate's key.
+    async fn handshake(
+        &self,
+        tls: &tokio_rustls::TlsConnector,
+        host: &str,
+        stream: tokio::net::TcpStream,
+    ) -> Result<
+        (
+            tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+            PublicKey,
+        ),
+        ClientError,
+    > {
+        let failed = |cause: String| ClientError::Tls {
+            node: self.url.to_string(),
+            cause,
+        };
+        // The name is not checked (the key is); it is only sent.
+        let name = ServerName::try_from(host.to_string())
+            .unwrap_or_else(|_| ServerName::try_from("localhost").expect("a valid name"));
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, stream))
+            .await
+            .map_err(|_| {
+                failed(format!(
+                    "no handshake within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|e| failed(crate::tls::handshake_error(&e)))?;
+        let cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .ok_or_else(|| failed("the node presented no certificate".into()))?;
+        let key = crate::tls::certificate_key(cert).map_err(failed)?;
+        Ok((stream, key))
+    }
+
+    /// Sends `request` on a new connection over `stream`.
     async fn exchange<S>(
         &self,
         call: &Call<'_>,
         stream: S,
         request: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, ClientError>
+        presented: Option<PublicKey>,
+    ) -> Result<(Response<Incoming>, Conn), ClientError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -306,10 +425,11 @@ impl NodeClient {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        sender
+        let response = sender
             .send_request(request)
             .await
-            .map_err(|e| self.transport(call, &e))
+            .map_err(|e| self.transport(call, &e))?;
+        Ok((response, Conn { sender, presented }))
     }
 
     /// Passes a success on; turns an error status into [`ClientError::Node`].

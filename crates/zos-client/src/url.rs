@@ -1,4 +1,5 @@
-//! Where a node listens: a unix socket or `http://HOST:PORT`.
+//! Where a node listens: a unix socket, `https://HOST:PORT` (TLS, the node's default on TCP)
+//! or `http://HOST:PORT` (a node configured with `?insecure`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -11,21 +12,23 @@ pub const DEFAULT_NODE: &str = "unix:///run/zos/node.sock";
 pub enum NodeUrl {
     /// `unix:///abs/path.sock`.
     Unix(PathBuf),
-    /// `http://HOST:PORT`.
+    /// `https://HOST:PORT` or `http://HOST:PORT`.
     Http {
+        /// TLS (`https`), checked against the node's id.
+        tls: bool,
         /// `HOST:PORT` as written, for the `Host` header.
         authority: String,
         /// The host without IPv6 brackets, for connecting.
         host: String,
-        /// The port (80 when left out).
+        /// The port (443 or 80 when left out).
         port: u16,
     },
 }
 
 impl NodeUrl {
-    /// Parses `unix:///abs/path.sock` or `http://HOST[:PORT]`.
+    /// Parses `unix:///abs/path.sock`, `https://HOST[:PORT]` or `http://HOST[:PORT]`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        const FORMS: &str = "use unix:///absolute/path.sock or http://HOST:PORT";
+        const FORMS: &str = "use unix:///absolute/path.sock, https://HOST:PORT or http://HOST:PORT";
         if let Some(path) = s.strip_prefix("unix://") {
             if !path.starts_with('/') {
                 return Err(format!(
@@ -34,11 +37,15 @@ impl NodeUrl {
             }
             return Ok(NodeUrl::Unix(PathBuf::from(path)));
         }
-        if let Some(rest) = s.strip_prefix("http://") {
+        let (tls, rest) = match (s.strip_prefix("https://"), s.strip_prefix("http://")) {
+            (Some(rest), _) => (true, Some(rest)),
+            (None, rest) => (false, rest),
+        };
+        if let Some(rest) = rest {
             let authority = rest.strip_suffix('/').unwrap_or(rest);
             if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
                 return Err(format!(
-                    "{s:?}: give only the host and port, as in http://10.0.0.5:8080"
+                    "{s:?}: give only the host and port, as in https://10.0.0.5:8080"
                 ));
             }
             let parsed: hyper::http::uri::Authority = authority
@@ -50,16 +57,11 @@ impl NodeUrl {
                 .and_then(|h| h.strip_suffix(']'))
                 .unwrap_or(host);
             return Ok(NodeUrl::Http {
+                tls,
                 authority: authority.to_string(),
                 host: host.to_string(),
-                port: parsed.port_u16().unwrap_or(80),
+                port: parsed.port_u16().unwrap_or(if tls { 443 } else { 80 }),
             });
-        }
-        if s.starts_with("https://") {
-            return Err(format!(
-                "{s:?}: https is not supported; reach a remote node over a tunnel \
-                 (ssh -L, WireGuard) and {FORMS}"
-            ));
         }
         Err(format!("{s:?} is not a node address; {FORMS}"))
     }
@@ -78,7 +80,10 @@ impl fmt::Display for NodeUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NodeUrl::Unix(path) => write!(f, "unix://{}", path.display()),
-            NodeUrl::Http { authority, .. } => write!(f, "http://{authority}"),
+            NodeUrl::Http { authority, tls, .. } => {
+                let scheme = if *tls { "https" } else { "http" };
+                write!(f, "{scheme}://{authority}")
+            }
         }
     }
 }
@@ -97,6 +102,7 @@ mod tests {
         assert_eq!(
             http,
             NodeUrl::Http {
+                tls: false,
                 authority: "[::1]:8080".into(),
                 host: "::1".into(),
                 port: 8080
@@ -110,7 +116,20 @@ mod tests {
         let err = |s| NodeUrl::parse(s).unwrap_err();
         assert!(err("unix://run/zos.sock").contains("must be absolute"));
         assert!(err("http://h:1/v1").contains("only the host and port"));
-        assert!(err("https://h:1").contains("https is not supported"));
-        assert!(err("h:1").contains("unix:///absolute/path.sock or http://HOST:PORT"));
+        let https = NodeUrl::parse("https://127.0.0.1:7700").unwrap();
+        assert!(matches!(
+            https,
+            NodeUrl::Http {
+                tls: true,
+                port: 7700,
+                ..
+            }
+        ));
+        assert_eq!(https.to_string(), "https://127.0.0.1:7700");
+        assert!(matches!(
+            NodeUrl::parse("https://node.example").unwrap(),
+            NodeUrl::Http { port: 443, .. }
+        ));
+        assert!(err("h:1").contains("unix:///absolute/path.sock, https://HOST:PORT"));
     }
 }

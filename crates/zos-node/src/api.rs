@@ -2,6 +2,7 @@
 //! calls, then hand the work to the engine on a blocking thread.
 
 use crate::engine::{Engine, EngineError as ApiError};
+use crate::streams::{ActiveWriters, StreamSlots};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -10,7 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use zos_types::api::ErrorBody;
@@ -35,6 +36,10 @@ pub struct Api {
     stopping: watch::Receiver<bool>,
     /// Signatures of requests seen within the skew window: a request is good once.
     seen: Arc<Mutex<Seen>>,
+    /// Each owner's open streams, under the config's cap.
+    streams: Arc<StreamSlots>,
+    /// Whether followed logs' VMs still run, asked once for all their followers.
+    writers: Arc<ActiveWriters>,
 }
 
 /// The one place engine errors become HTTP statuses.
@@ -61,12 +66,18 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The router over `engine`.
-pub fn router(engine: Arc<Engine>, stopping: watch::Receiver<bool>) -> Router {
+/// The router over `engine`; each owner may hold `max_streams_per_owner` streams open.
+pub fn router(
+    engine: Arc<Engine>,
+    stopping: watch::Receiver<bool>,
+    max_streams_per_owner: usize,
+) -> Router {
     let api = Api {
         engine,
         stopping,
         seen: Arc::default(),
+        streams: StreamSlots::new(max_streams_per_owner),
+        writers: Arc::default(),
     };
     Router::new()
         .route("/v1/node", get(node_info))
@@ -249,35 +260,23 @@ async fn logs(
 ) -> Result<Response, ApiError> {
     let owner = api.caller(&method, &uri, &headers, b"")?;
     let follow = query.get("follow").is_some_and(|v| v == "true" || v == "1");
+    // Only a followed log is a stream: a plain one ends once read.
+    let slot = match follow.then(|| api.streams.take(&owner)).transpose() {
+        Ok(slot) => slot,
+        Err(why) => return Ok(too_many(why)),
+    };
     let engine = api.engine.clone();
     let log = blocking(move || engine.console(&owner, &name, &workload)).await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    let engine = api.engine.clone();
-    let stopping = api.stopping.clone();
-    // The log is read on a blocking thread; when following, until the VM is down and the
-    // log has nothing new, the client is gone, or the node stops.
-    tokio::task::spawn_blocking(move || {
-        let mut follower = zos_vmm::console::Follower::new(&log.path);
-        loop {
-            let chunk = match follower.read_new() {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            };
-            let idle = chunk.is_empty();
-            if !idle && tx.blocking_send(Ok(Bytes::from(chunk))).is_err() {
-                return;
-            }
-            if idle {
-                if !follow || tx.is_closed() || *stopping.borrow() || !engine.console_active(&log) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    });
+    tokio::spawn(crate::streams::follow_log(
+        api.engine.clone(),
+        api.writers.clone(),
+        log,
+        follow,
+        tx,
+        api.stopping.clone(),
+        slot,
+    ));
     Ok(streamed(rx, "text/plain; charset=utf-8"))
 }
 
@@ -288,10 +287,15 @@ async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let owner = api.caller(&method, &uri, &headers, b"")?;
+    let slot = match api.streams.take(&owner) {
+        Ok(slot) => slot,
+        Err(why) => return Ok(too_many(why)),
+    };
     let mut events = api.engine.subscribe();
     let mut stopping = api.stopping.clone();
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     tokio::spawn(async move {
+        let _slot = slot;
         loop {
             // A client that leaves while no events come must not keep this task; a stopping
             // node ends the stream (dropping `tx` ends the body cleanly).
@@ -318,6 +322,15 @@ async fn events(
         }
     });
     Ok(streamed(rx, "application/x-ndjson"))
+}
+
+/// 429 with `why` (which names the limit).
+fn too_many(why: String) -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        Json(ErrorBody { error: why }),
+    )
+        .into_response()
 }
 
 /// A response whose body is what arrives on `rx`.

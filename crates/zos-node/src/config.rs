@@ -18,7 +18,9 @@ pub const DEFAULT_SOCKET: &str = "/run/zos/node.sock";
 pub struct NodeConfig {
     /// Everything the node keeps: its identity, database, VMs and disks.
     pub data_dir: PathBuf,
-    /// Addresses to serve the API on: `unix:///path.sock` or `tcp://HOST:PORT`.
+    /// Addresses to serve the API on: `unix:///path.sock` (plain HTTP), `tcp://IP:PORT`
+    /// (HTTPS, with a certificate for the node's key), or `tcp://IP:PORT?insecure` (plain
+    /// HTTP on TCP: only behind a tunnel or on a trusted network).
     pub listen: Vec<String>,
     /// Memory kept for the host and the node itself, never given to workloads.
     pub reserve_memory: ByteSize,
@@ -49,6 +51,17 @@ pub struct NodeConfig {
     /// Directories whose `dir://` stores (and Redis unix sockets) tenants' flists may read;
     /// none by default (a path on the host is as private as its loopback).
     pub allow_store_dirs: Vec<PathBuf>,
+    /// Seconds a client has to send a request's head, counted from its connection (and TLS
+    /// handshake) or from the end of the previous answer: so also how long a kept-alive
+    /// connection may sit idle.
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a whole request body.
+    pub body_timeout_secs: u64,
+    /// Connections open at once per listener; more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// Streams (followed logs, events) one owner may hold open at once; more are refused
+    /// with 429.
+    pub max_streams_per_owner: usize,
 }
 
 impl Default for NodeConfig {
@@ -67,6 +80,10 @@ impl Default for NodeConfig {
             flist_dirs: vec![PathBuf::from(DEFAULT_FLIST_DIR)],
             allow_store_nets: Vec::new(),
             allow_store_dirs: Vec::new(),
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            max_connections: 1000,
+            max_streams_per_owner: 32,
         }
     }
 }
@@ -77,7 +94,12 @@ pub enum Listen {
     /// A unix socket path.
     Unix(PathBuf),
     /// A TCP address.
-    Tcp(String),
+    Tcp {
+        /// `IP:PORT`.
+        addr: String,
+        /// Serve TLS (the default); false only for `?insecure`.
+        tls: bool,
+    },
 }
 
 impl NodeConfig {
@@ -118,6 +140,18 @@ impl NodeConfig {
             );
         }
         self.store_policy()?;
+        for (name, value) in [
+            ("header_timeout_secs", self.header_timeout_secs),
+            ("body_timeout_secs", self.body_timeout_secs),
+            ("max_connections", self.max_connections as u64),
+            ("max_streams_per_owner", self.max_streams_per_owner as u64),
+        ] {
+            if value == 0 {
+                anyhow::bail!(
+                    "{name} = 0: give a positive number (or leave it out for the default)"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -139,6 +173,15 @@ impl NodeConfig {
         self.listen.iter().map(|l| Listen::parse(l)).collect()
     }
 
+    /// The limits each listener serves under.
+    pub fn serve_limits(&self) -> crate::serve::Limits {
+        crate::serve::Limits {
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
+            body_timeout: std::time::Duration::from_secs(self.body_timeout_secs),
+            max_connections: self.max_connections,
+        }
+    }
+
     /// The block cache dir.
     pub fn cache_dir(&self) -> PathBuf {
         self.cache_dir
@@ -148,7 +191,7 @@ impl NodeConfig {
 }
 
 impl Listen {
-    /// Parses `unix:///path` or `tcp://host:port`.
+    /// Parses `unix:///path`, `tcp://IP:PORT` or `tcp://IP:PORT?insecure`.
     pub fn parse(s: &str) -> anyhow::Result<Listen> {
         if let Some(path) = s.strip_prefix("unix://") {
             if !path.starts_with('/') {
@@ -156,13 +199,24 @@ impl Listen {
             }
             return Ok(Listen::Unix(PathBuf::from(path)));
         }
-        if let Some(addr) = s.strip_prefix("tcp://") {
+        if let Some(rest) = s.strip_prefix("tcp://") {
+            let (addr, tls) = match rest.split_once('?') {
+                None => (rest, true),
+                Some((addr, "insecure")) => (addr, false),
+                Some((_, option)) => anyhow::bail!(
+                    "listen address {s:?}: unknown option {option:?}; the one option is \
+                     ?insecure (plain HTTP instead of TLS)"
+                ),
+            };
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 anyhow::bail!("listen address {s:?}: use tcp://IP:PORT, e.g. tcp://127.0.0.1:7700");
             }
-            return Ok(Listen::Tcp(addr.to_string()));
+            return Ok(Listen::Tcp {
+                addr: addr.to_string(),
+                tls,
+            });
         }
-        anyhow::bail!("listen address {s:?}: use unix:///PATH or tcp://IP:PORT")
+        anyhow::bail!("listen address {s:?}: use unix:///PATH, tcp://IP:PORT (TLS) or tcp://IP:PORT?insecure (plain HTTP)")
     }
 }
 
@@ -184,8 +238,20 @@ mod tests {
         assert_eq!(c.reserve_memory.0, 2 << 30);
         assert_eq!(
             c.listeners().unwrap(),
-            vec![Listen::Tcp("127.0.0.1:7700".into())]
+            vec![Listen::Tcp {
+                addr: "127.0.0.1:7700".into(),
+                tls: true
+            }]
         );
+        assert_eq!(
+            Listen::parse("tcp://[::1]:7700?insecure").unwrap(),
+            Listen::Tcp {
+                addr: "[::1]:7700".into(),
+                tls: false
+            }
+        );
+        let err = Listen::parse("tcp://127.0.0.1:7700?plain").unwrap_err();
+        assert!(err.to_string().contains("?insecure"), "{err}");
         assert_eq!(c.max_restarts, 5);
 
         std::fs::write(&path, "reserve_memroy = \"2G\"\n").unwrap();
@@ -197,7 +263,7 @@ mod tests {
 
         std::fs::write(&path, "listen = [\"http://x\"]\n").unwrap();
         let err = NodeConfig::load(Some(&path)).unwrap_err().to_string();
-        assert!(err.contains("unix:///PATH or tcp://IP:PORT"), "{err}");
+        assert!(err.contains("unix:///PATH, tcp://IP:PORT (TLS)"), "{err}");
 
         std::fs::write(&path, "cpu_overcommit = 0.5\n").unwrap();
         assert!(NodeConfig::load(Some(&path)).is_err());

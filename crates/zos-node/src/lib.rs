@@ -7,6 +7,9 @@
 //! - [`workload`]: each workload type's side on the node (a module per type: zmachine
 //!   VMs with `zos-vmm`, zmount disks), behind the one trait the engine drives;
 //! - [`api`]: the HTTP/JSON API on unix sockets and TCP;
+//! - [`serve`]: the listeners' limits (connections, header and body time limits);
+//! - [`tls`]: the TLS certificate bound to the node's key;
+//! - [`streams`]: followed logs and events: a per-owner cap, logs followed without a thread;
 //! - [`cgroup`]: the node's own cgroup, beside its VMs'.
 
 pub mod api;
@@ -14,12 +17,14 @@ pub mod capacity;
 pub mod cgroup;
 pub mod config;
 pub mod engine;
+pub mod serve;
 pub mod store;
+pub mod streams;
+pub mod tls;
 pub mod workload;
 
 use anyhow::{Context, Result};
 use config::{Listen, NodeConfig};
-use std::future::IntoFuture;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -33,7 +38,22 @@ pub fn run(config: Option<&Path>) -> Result<()> {
     // Before any thread or helper starts, so all of them are in it.
     let _group = cgroup::NodeGroup::enter();
     let listeners = cfg.listeners()?;
+    let limits = cfg.serve_limits();
+    let max_streams = cfg.max_streams_per_owner;
+    let files = serve::raise_file_limit();
+    // Each connection holds a descriptor, and the node needs more for VMs, logs, the database.
+    let wanted = (cfg.max_connections * listeners.len()) as u64 + 256;
+    if files < wanted {
+        eprintln!(
+            "zos node: warning: the file limit is {files}, under the {wanted} that max_connections = {} on {} listener(s) needs: lower max_connections or raise the limit (ulimit -n, LimitNOFILE=)",
+            cfg.max_connections,
+            listeners.len()
+        );
+    }
+    let data_dir = cfg.data_dir.clone();
     let engine = engine::Engine::open(cfg)?;
+    // The TLS certificate is made for the identity the engine just opened (or made).
+    let key = engine::identity(&data_dir.join("identity.pem"))?;
     engine
         .reconcile()
         .context("reconciling with what runs on the host")?;
@@ -53,10 +73,7 @@ pub fn run(config: Option<&Path>) -> Result<()> {
         // Set once the node stops: open streams (events, followed logs) end cleanly, and the
         // servers finish the requests they have.
         let (stop, stopping) = tokio::sync::watch::channel(false);
-        let app = api::router(engine.clone(), stopping.clone());
-        let serve_until_stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = stopping.wait_for(|stop| *stop).await;
-        };
+        let app = api::router(engine.clone(), stopping.clone(), max_streams);
         let mut servers = tokio::task::JoinSet::new();
         let mut sockets = Vec::new();
         for l in listeners {
@@ -76,22 +93,32 @@ pub fn run(config: Option<&Path>) -> Result<()> {
                         engine.node_id(),
                         path.display()
                     );
-                    servers.spawn(
-                        axum::serve(listener, app.clone())
-                            .with_graceful_shutdown(serve_until_stopped(stopping.clone()))
-                            .into_future(),
-                    );
+                    servers.spawn(serve::serve(
+                        serve::Listener::Unix(listener),
+                        app.clone(),
+                        limits,
+                        stopping.clone(),
+                    ));
                 }
-                Listen::Tcp(addr) => {
+                Listen::Tcp { addr, tls } => {
                     let listener = tokio::net::TcpListener::bind(&addr)
                         .await
                         .with_context(|| format!("listening on {addr}"))?;
-                    eprintln!("zos node {}: listening on tcp://{addr}", engine.node_id());
-                    servers.spawn(
-                        axum::serve(listener, app.clone())
-                            .with_graceful_shutdown(serve_until_stopped(stopping.clone()))
-                            .into_future(),
+                    let (scheme, acceptor) = if tls {
+                        ("https", Some(tls::acceptor(&key)?))
+                    } else {
+                        ("http, plain: ?insecure", None)
+                    };
+                    eprintln!(
+                        "zos node {}: listening on tcp://{addr} ({scheme})",
+                        engine.node_id()
                     );
+                    servers.spawn(serve::serve(
+                        serve::Listener::Tcp(listener, acceptor),
+                        app.clone(),
+                        limits,
+                        stopping.clone(),
+                    ));
                 }
             }
         }

@@ -1,0 +1,159 @@
+//! Serving the API on one listener with limits no client can wear down: a cap on open
+//! connections, a time limit on each request's head (which also bounds how long a kept-alive
+//! connection may idle), on TLS handshakes, and on request bodies. Without them, idle
+//! connections that never finish their headers were held forever, and at the process's file
+//! limit the node stopped answering anyone.
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+/// The limits one listener serves under (from the node config).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time a client has to send a request's head: from its connection (and TLS handshake)
+    /// or from the end of the previous answer on a kept-alive connection.
+    pub header_timeout: Duration,
+    /// Time a client has to send a whole request body.
+    pub body_timeout: Duration,
+    /// Connections open at once on this listener; more are closed as soon as accepted.
+    pub max_connections: usize,
+}
+
+/// A listening socket.
+pub enum Listener {
+    /// A unix socket: plain HTTP (the file's permissions and the signatures guard it).
+    Unix(tokio::net::UnixListener),
+    /// TCP, with TLS unless the config asked for plain HTTP.
+    Tcp(tokio::net::TcpListener, Option<TlsAcceptor>),
+}
+
+/// What a connection's bytes travel through, whatever the listener.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An accepted connection, before any TLS handshake.
+enum Accepted {
+    Plain(Box<dyn Io>),
+    Tls(tokio::net::TcpStream, TlsAcceptor),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            Listener::Unix(l) => Ok(Accepted::Plain(Box::new(l.accept().await?.0))),
+            Listener::Tcp(l, tls) => {
+                let (stream, _) = l.accept().await?;
+                // Small answers go out at once rather than waiting for more to send.
+                let _ = stream.set_nodelay(true);
+                Ok(match tls {
+                    Some(acceptor) => Accepted::Tls(stream, acceptor.clone()),
+                    None => Accepted::Plain(Box::new(stream)),
+                })
+            }
+        }
+    }
+}
+
+/// Serves `app` on `listener` under `limits` until `stopping` turns true, then lets open
+/// connections finish (the caller bounds how long it waits for that).
+pub async fn serve(
+    listener: Listener,
+    app: Router,
+    limits: Limits,
+    mut stopping: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        limits.body_timeout,
+    ));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let builder = Arc::new(builder);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopping.wait_for(|stop| *stop) => break,
+        };
+        let accepted = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors or a connection reset before it was taken: keep serving
+                // the others, after a pause so a full table is not spun on.
+                tracing::warn!(error = %e, "accepting a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                "connection refused: max_connections are open"
+            );
+            drop(accepted);
+            continue;
+        };
+        let builder = builder.clone();
+        let service = TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let io: Box<dyn Io> = match accepted {
+                Accepted::Plain(io) => io,
+                Accepted::Tls(stream, acceptor) => {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls)) => Box::new(tls),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            };
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Lets the process open as many files as the host allows it (the soft limit up to the hard
+/// one), so that `max_connections` is reached before the file table is full; returns the
+/// limit now in force.
+pub fn raise_file_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                lim = wanted;
+            }
+        }
+    }
+    lim.rlim_cur
+}
