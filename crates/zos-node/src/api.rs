@@ -45,7 +45,9 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::NoCapacity(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NoCapacity(_) | ApiError::OverLimit(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -130,6 +132,8 @@ impl Api {
                 "this signed request was already used: sign each request anew".into(),
             ));
         }
+        drop(seen);
+        self.engine.throttle(&auth.key)?;
         Ok(auth.key)
     }
 }

@@ -1,6 +1,7 @@
 //! The node's configuration: a TOML file read once at start. It is the operator's only say in
 //! what the node does; there is no API for it.
 
+use crate::limits::OwnerLimits;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use zos_flist::store::StorePolicy;
@@ -49,6 +50,8 @@ pub struct NodeConfig {
     /// Directories whose `dir://` stores (and Redis unix sockets) tenants' flists may read;
     /// none by default (a path on the host is as private as its loopback).
     pub allow_store_dirs: Vec<PathBuf>,
+    /// What one owner may store and ask (`[limits]`): see [`OwnerLimits`].
+    pub limits: OwnerLimits,
 }
 
 impl Default for NodeConfig {
@@ -67,6 +70,7 @@ impl Default for NodeConfig {
             flist_dirs: vec![PathBuf::from(DEFAULT_FLIST_DIR)],
             allow_store_nets: Vec::new(),
             allow_store_dirs: Vec::new(),
+            limits: OwnerLimits::default(),
         }
     }
 }
@@ -118,6 +122,7 @@ impl NodeConfig {
             );
         }
         self.store_policy()?;
+        self.limits.check()?;
         Ok(())
     }
 
@@ -201,6 +206,14 @@ mod tests {
 
         std::fs::write(&path, "cpu_overcommit = 0.5\n").unwrap();
         assert!(NodeConfig::load(Some(&path)).is_err());
+
+        std::fs::write(&path, "[limits]\ndeployments_per_owner = 3\n").unwrap();
+        let c = NodeConfig::load(Some(&path)).unwrap();
+        assert_eq!(c.limits.deployments_per_owner, 3);
+        assert_eq!(c.limits.workloads_per_deployment, 200);
+        std::fs::write(&path, "[limits]\nrequests_per_second = 0.0\n").unwrap();
+        let err = NodeConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("limits.requests_per_second"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use crate::capacity;
 use crate::config::NodeConfig;
+use crate::limits::{OwnerLimits, RateLimiter};
 use crate::store::{self, Insert, Store};
 use crate::workload::{self, deployment_id, is_deleted, result, state, Host, Kinds, Target};
 use anyhow::{Context, Result};
@@ -35,6 +36,16 @@ pub enum EngineError {
     /// Valid, but the node has no room for it.
     #[error("{0}")]
     NoCapacity(String),
+    /// Valid, but beyond one of the owner's limits (how many, how much); the message names
+    /// the limit and its value.
+    #[error("{0}")]
+    OverLimit(String),
+    /// One deployment larger than the node stores; the message names the limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The owner asks faster than their limit allows; the message says when to try again.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The node itself failed.
     #[error("node error: {0:#}")]
     Internal(#[from] anyhow::Error),
@@ -57,6 +68,10 @@ pub struct Engine {
     /// Deployments waiting for a worker.
     queue: Mutex<VecDeque<(PublicKey, String)>>,
     queued: Condvar,
+    /// What one owner may store and ask.
+    limits: OwnerLimits,
+    /// Each owner's request rate.
+    rate: RateLimiter,
 }
 
 /// A workload's console log, found by [`Engine::console`].
@@ -140,6 +155,8 @@ impl Engine {
             events,
             queue: Mutex::new(VecDeque::new()),
             queued: Condvar::new(),
+            rate: RateLimiter::new(cfg.limits.requests_per_second, cfg.limits.request_burst),
+            limits: cfg.limits,
         }))
     }
 
@@ -212,9 +229,79 @@ impl Engine {
         // fail learns nothing about the host (which files exist, say).
         d.verify_signatures()
             .map_err(|e| EngineError::Unauthorized(format!("deployment {:?}: {e}", d.name)))?;
+        self.throttle(&d.owner)?;
+        self.check_size(d)?;
         self.kinds
             .check(&self.host, &d.workloads)
             .map_err(|e| EngineError::Invalid(format!("deployment {:?}: {e}", d.name)))
+    }
+
+    /// Takes one of `owner`'s requests from their rate limit (signed requests only: an
+    /// unsigned one must not spend someone else's).
+    pub fn throttle(&self, owner: &PublicKey) -> Result<(), EngineError> {
+        self.rate.take(owner).map_err(|wait| {
+            EngineError::TooManyRequests(format!(
+                "too many requests from {owner}: the node's limit is limits.requests_per_second \
+                 = {} (bursts of limits.request_burst = {}); try again in {:.1} s",
+                self.limits.requests_per_second, self.limits.request_burst, wait
+            ))
+        })
+    }
+
+    /// The limits on one deployment by itself: how many workloads, how many bytes.
+    fn check_size(&self, d: &Deployment) -> Result<(), EngineError> {
+        let max = self.limits.workloads_per_deployment;
+        if d.workloads.len() > max {
+            return Err(EngineError::OverLimit(format!(
+                "deployment {:?} has {} workloads; the node's limit is \
+                 limits.workloads_per_deployment = {max}: split it into several deployments",
+                d.name,
+                d.workloads.len()
+            )));
+        }
+        let size = stored_size(d)?;
+        let max = self.limits.deployment_bytes;
+        if size > max.0 {
+            return Err(EngineError::TooLarge(format!(
+                "deployment {:?} takes {} stored; the node's limit is limits.deployment_bytes = \
+                 {max}: keep metadata, description and env smaller",
+                d.name,
+                zos_types::ByteSize(size)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The limits on all of an owner's deployments once `d` is stored: how many are live
+    /// (`new` when `d` adds one) and how many bytes they take.
+    fn check_owner(
+        &self,
+        held: &HashMap<String, Resources>,
+        d: &Deployment,
+        new: bool,
+    ) -> Result<(), EngineError> {
+        let max = self.limits.deployments_per_owner;
+        let prefix = format!("{}/", d.owner);
+        let live = held.keys().filter(|k| k.starts_with(&prefix)).count();
+        if new && live >= max {
+            return Err(EngineError::OverLimit(format!(
+                "{} has {live} deployments on this node; the node's limit is \
+                 limits.deployments_per_owner = {max}: remove one first (zos rm)",
+                d.owner
+            )));
+        }
+        let others = self.store.owner_bytes(&d.owner, Some(&d.name))?;
+        let total = others.saturating_add(stored_size(d)?);
+        let max = self.limits.owner_bytes;
+        if total > max.0 {
+            return Err(EngineError::OverLimit(format!(
+                "{}'s deployments would take {} stored; the node's limit is limits.owner_bytes \
+                 = {max}: remove deployments or keep their metadata smaller",
+                d.owner,
+                zos_types::ByteSize(total)
+            )));
+        }
+        Ok(())
     }
 
     /// A new deployment: checked, admitted, stored, then provisioned in the background.
@@ -233,6 +320,7 @@ impl Engine {
         {
             let mut held = self.held();
             let demand = self.kinds.demand(&d.workloads);
+            self.check_owner(&held, &d, true)?;
             capacity::check_fits(demand, self.free(&held, None))
                 .map_err(EngineError::NoCapacity)?;
             match self.store.insert_new(&d)? {
@@ -270,6 +358,8 @@ impl Engine {
         self.check(&d)?;
         let key = store::key(&d.owner, &d.name);
         let mut held = self.held();
+        // A deleted deployment brought back counts as a new one.
+        self.check_owner(&held, &d, !held.contains_key(&key))?;
         let free = self.free(&held, Some(&key));
         // Checked and written in one transaction, against the stored record as it is then:
         // results recorded meanwhile are carried over, not lost.
@@ -685,6 +775,12 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// What `d` takes in the database.
+fn stored_size(d: &Deployment) -> Result<u64, EngineError> {
+    let bytes = serde_json::to_vec(d).context("measuring a deployment")?;
+    Ok(bytes.len() as u64)
 }
 
 /// A node whose database holds no deployment, on a host that holds VMs or disks, lost or

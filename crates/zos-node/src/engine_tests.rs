@@ -471,3 +471,79 @@ fn admission_counts_what_each_type_demands_and_errors_are_typed() {
         Err(EngineError::NotFound(_))
     ));
 }
+
+/// A fixture whose node has `limits`.
+fn fixture_with(limits: crate::limits::OwnerLimits) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let disks = Recorder::new("zmount", 0, &log);
+    let machines = Recorder::new("zmachine", 1, &log);
+    let kinds = Kinds::new(vec![machines.clone(), disks.clone()]);
+    let cfg = NodeConfig {
+        limits,
+        ..config(&dir)
+    };
+    let engine = Engine::open_with(cfg, kinds).unwrap();
+    Fixture {
+        _dir: dir,
+        engine,
+        disks,
+        machines,
+        log,
+        owner: Keypair::from_seed(&[7; 32]),
+    }
+}
+
+/// A deployment of `n` 16M zmounts named `name`.
+fn disks_yaml(name: &str, n: usize) -> String {
+    let mut yaml = format!("name: {name}\nworkloads:\n");
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  - name: d{i}\n    type: zmount\n    data: {{ size: 16M }}\n"
+        ));
+    }
+    yaml
+}
+
+#[test]
+fn each_owner_limit_refuses_with_its_name_and_value() {
+    let f = fixture_with(crate::limits::OwnerLimits {
+        deployments_per_owner: 2,
+        workloads_per_deployment: 3,
+        deployment_bytes: zos_types::ByteSize(4096),
+        owner_bytes: zos_types::ByteSize(4000),
+        requests_per_second: 0.001,
+        request_burst: 6,
+    });
+    let Err(EngineError::OverLimit(m)) = f.engine.deploy(f.signed(&disks_yaml("a", 4), 0)) else {
+        panic!("4 workloads were admitted");
+    };
+    assert!(m.contains("limits.workloads_per_deployment = 3"), "{m}");
+
+    let big = format!("{}description: {}\n", disks_yaml("a", 1), "x".repeat(5000));
+    let Err(EngineError::TooLarge(m)) = f.engine.deploy(f.signed(&big, 0)) else {
+        panic!("a 5 kB deployment was admitted");
+    };
+    assert!(m.contains("limits.deployment_bytes = 4 KiB"), "{m}");
+
+    f.engine.deploy(f.signed(&disks_yaml("a", 1), 0)).unwrap();
+    let mid = format!("{}description: {}\n", disks_yaml("b", 1), "x".repeat(3000));
+    let Err(EngineError::OverLimit(m)) = f.engine.deploy(f.signed(&mid, 0)) else {
+        panic!("the owner's bytes went over");
+    };
+    assert!(m.contains("limits.owner_bytes"), "{m}");
+    f.engine.deploy(f.signed(&disks_yaml("b", 1), 0)).unwrap();
+    let Err(EngineError::OverLimit(m)) = f.engine.deploy(f.signed(&disks_yaml("c", 1), 0)) else {
+        panic!("a third deployment was admitted");
+    };
+    assert!(m.contains("limits.deployments_per_owner = 2"), "{m}");
+
+    // Six requests so far: the bucket is empty for this owner, not for another.
+    let Err(EngineError::TooManyRequests(m)) = f.engine.throttle(&f.owner.public()) else {
+        panic!("a seventh request went through");
+    };
+    assert!(m.contains("limits.requests_per_second = 0.001"), "{m}");
+    f.engine
+        .throttle(&Keypair::from_seed(&[8; 32]).public())
+        .unwrap();
+}

@@ -7,6 +7,7 @@
 //! - [`workload`]: each workload type's side on the node (a module per type: zmachine
 //!   VMs with `zos-vmm`, zmount disks), behind the one trait the engine drives;
 //! - [`api`]: the HTTP/JSON API on unix sockets and TCP;
+//! - [`limits`]: what one owner may store and ask;
 //! - [`cgroup`]: the node's own cgroup, beside its VMs'.
 
 pub mod api;
@@ -14,6 +15,7 @@ pub mod capacity;
 pub mod cgroup;
 pub mod config;
 pub mod engine;
+pub mod limits;
 pub mod store;
 pub mod workload;
 

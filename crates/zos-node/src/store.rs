@@ -136,6 +136,22 @@ impl Store {
         Ok(out)
     }
 
+    /// The bytes `owner`'s stored deployments take, leaving out the one named `except`.
+    pub fn owner_bytes(&self, owner: &PublicKey, except: Option<&str>) -> Result<u64> {
+        let (from, to) = (format!("{owner}/"), format!("{owner}0"));
+        let skip = except.map(|name| key(owner, name));
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEPLOYMENTS)?;
+        let mut total = 0u64;
+        for entry in table.range(from.as_str()..to.as_str())? {
+            let (k, v) = entry?;
+            if skip.as_deref() != Some(k.value()) {
+                total = total.saturating_add(v.value().len() as u64);
+            }
+        }
+        Ok(total)
+    }
+
     /// Every deployment.
     pub fn all(&self) -> Result<Vec<Deployment>> {
         let txn = self.db.begin_read()?;
