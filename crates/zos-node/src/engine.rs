@@ -623,6 +623,7 @@ impl Engine {
         }
         // Lower ranks first: disks before the machines that mount them.
         let mut earlier: HashMap<String, Result<(), String>> = HashMap::new();
+        let mut results = Results::default();
         for kind in self.kinds.all() {
             for w in live
                 .iter()
@@ -636,8 +637,12 @@ impl Engine {
                 }
                 // A VM boot takes seconds: if the deployment moved on (updated, deleted)
                 // meanwhile, stop here and let the next pass work from the new version.
-                if kind.slow() && self.moved_on(d)? {
-                    return Ok(());
+                if kind.slow() {
+                    // What is done is shown before a boot of seconds, not after.
+                    self.write_results(d, &mut results)?;
+                    if self.moved_on(d)? {
+                        return Ok(());
+                    }
                 }
                 let step = kind.converge(
                     &self.host,
@@ -649,12 +654,12 @@ impl Engine {
                     },
                 );
                 if let Some(r) = step.result {
-                    self.set_result(d, w, r)?;
+                    results.add(w, r);
                 }
                 earlier.insert(w.name.to_string(), step.usable);
             }
         }
-        Ok(())
+        self.write_results(d, &mut results)
     }
 
     /// Whether the stored deployment is no longer `d` (updated or deleted since).
@@ -663,34 +668,32 @@ impl Engine {
         Ok(current.is_none_or(|c| c.version != d.version || is_tombstone(&c)))
     }
 
-    /// Records a workload's result, unless it says what the result read in `d` already says
-    /// (passes and monitor rounds would rewrite the deployment for nothing) or the deployment
-    /// moved on to a newer version of the workload.
-    fn set_result(
-        &self,
-        d: &Deployment,
-        w: &Workload,
-        r: WorkloadResult,
-    ) -> Result<(), EngineError> {
-        if w.result
-            .as_ref()
-            .is_some_and(|old| old.state == r.state && old.message == r.message)
-        {
+    /// Records workloads' results in one transaction (each rewrite stores the whole
+    /// deployment: one per result made a 17,000-workload deployment write ~146 GB), except
+    /// for workloads the deployment moved on from (a newer version of the workload, or
+    /// deleted); each recorded result is an event.
+    fn write_results(&self, d: &Deployment, results: &mut Results) -> Result<(), EngineError> {
+        let pending = std::mem::take(&mut results.0);
+        if pending.is_empty() {
             return Ok(());
         }
-        let (state, message) = (r.state, r.message.clone());
         let stored = self.store.modify(&d.owner, &d.name, |now| {
-            let Some(target) = now.workloads.iter_mut().find(|x| x.name == w.name) else {
-                return false;
-            };
-            if target.version != w.version || is_deleted(target) {
-                return false;
+            let mut stored = Vec::new();
+            for (name, version, r) in pending {
+                let Some(target) = now.workloads.iter_mut().find(|x| x.name.as_str() == name)
+                else {
+                    continue;
+                };
+                if target.version != version || is_deleted(target) {
+                    continue;
+                }
+                stored.push((name, r.state, r.message.clone()));
+                target.result = Some(r);
             }
-            target.result = Some(r);
-            true
+            stored
         })?;
-        if stored == Some(true) {
-            self.emit(d, Some(w.name.as_str()), state, &message);
+        for (name, state, message) in stored.unwrap_or_default() {
+            self.emit(d, Some(&name), state, &message);
         }
         Ok(())
     }
@@ -767,13 +770,33 @@ impl Engine {
                 continue;
             };
             let id = deployment_id(&d.owner, &d.name);
+            let mut results = Results::default();
             for w in d.workloads.iter().filter(|w| self.watched(w)) {
                 if let Some(r) = self.kind_of(w)?.monitor(&self.host, &id, w) {
-                    self.set_result(&d, w, r)?;
+                    results.add(w, r);
                 }
             }
+            self.write_results(&d, &mut results)?;
         }
         Ok(())
+    }
+}
+
+/// Results not yet written: (workload, its version, result).
+#[derive(Default)]
+struct Results(Vec<(String, u32, WorkloadResult)>);
+
+impl Results {
+    /// Adds `w`'s new result, unless it says what `w`'s stored one says (passes and monitor
+    /// rounds would rewrite the deployment for nothing).
+    fn add(&mut self, w: &Workload, r: WorkloadResult) {
+        if w.result
+            .as_ref()
+            .is_some_and(|old| old.state == r.state && old.message == r.message)
+        {
+            return;
+        }
+        self.0.push((w.name.to_string(), w.version, r));
     }
 }
 

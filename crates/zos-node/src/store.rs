@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use zos_types::{Deployment, PublicKey};
 
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
@@ -20,6 +21,10 @@ const FORMAT: u64 = 2;
 /// The deployment database.
 pub struct Store {
     db: Database,
+    /// Write transactions committed, and the bytes of the deployments they wrote: what
+    /// batching results is judged by.
+    writes: AtomicU64,
+    written: AtomicU64,
 }
 
 /// The database key of a deployment.
@@ -67,7 +72,11 @@ impl Store {
             }
         }
         txn.commit()?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            writes: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+        })
     }
 
     /// Stores `d` unless its owner already has a deployment of that name: the check and the
@@ -80,7 +89,9 @@ impl Store {
             if let Some(old) = table.get(k.as_str())? {
                 return Ok(Insert::Exists(Box::new(decode(old.value())?)));
             }
-            table.insert(k.as_str(), encode(d)?.as_slice())?;
+            let bytes = encode(d)?;
+            table.insert(k.as_str(), bytes.as_slice())?;
+            self.count(bytes.len());
         }
         txn.commit()?;
         Ok(Insert::Done)
@@ -104,11 +115,26 @@ impl Store {
             };
             let mut d = current;
             let out = f(&mut d);
-            table.insert(k.as_str(), encode(&d)?.as_slice())?;
+            let bytes = encode(&d)?;
+            table.insert(k.as_str(), bytes.as_slice())?;
+            self.count(bytes.len());
             out
         };
         txn.commit()?;
         Ok(Some(out))
+    }
+
+    fn count(&self, bytes: usize) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.written.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Deployment writes since the store was opened, and the bytes they wrote.
+    pub fn writes(&self) -> (u64, u64) {
+        (
+            self.writes.load(Ordering::Relaxed),
+            self.written.load(Ordering::Relaxed),
+        )
     }
 
     /// One deployment.
