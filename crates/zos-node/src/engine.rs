@@ -6,10 +6,11 @@
 use crate::capacity;
 use crate::config::NodeConfig;
 use crate::limits::{OwnerLimits, RateLimiter};
+use crate::schedule::Queue;
 use crate::store::{self, Insert, Store};
 use crate::workload::{self, deployment_id, is_deleted, result, state, Host, Kinds, Target};
 use anyhow::{Context, Result};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -65,9 +66,11 @@ pub struct Engine {
     /// One lock per deployment: its convergence runs one at a time.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     events: broadcast::Sender<(PublicKey, Event)>,
-    /// Deployments waiting for a worker.
-    queue: Mutex<VecDeque<(PublicKey, String)>>,
+    /// Deployments waiting for a worker, owners taking turns.
+    queue: Mutex<Queue>,
     queued: Condvar,
+    /// Passes under way, by deployment key: where the next slice starts.
+    passes: Mutex<HashMap<String, Pass>>,
     /// What one owner may store and ask.
     limits: OwnerLimits,
     /// Each owner's request rate.
@@ -87,6 +90,24 @@ pub struct ConsoleLog {
 /// Convergence workers: one per host CPU would starve the guests under TCG; two keep a slow
 /// VM boot from holding up everything else.
 pub const WORKERS: usize = 2;
+
+/// Workloads one turn of a worker converges before the deployment goes to the back of the
+/// queue and the next owner's turn comes: a deployment of hundreds of workloads holds a
+/// worker for a slice, not for all of them.
+pub const SLICE: usize = 16;
+
+/// What a slow workload (a VM boot: seconds) takes of a slice, in workloads: a turn boots
+/// at most `SLICE / SLOW_COST` VMs.
+pub const SLOW_COST: usize = 4;
+
+/// A convergence pass of one version of a deployment, done a slice at a time.
+struct Pass {
+    version: u32,
+    /// Workloads (in convergence order) already looked at.
+    next: usize,
+    /// Whether each workload looked at is usable, for those converged after it.
+    earlier: HashMap<String, Result<(), String>>,
+}
 
 /// A deployment whose every workload is deleted: kept only so old versions cannot return.
 fn is_tombstone(d: &Deployment) -> bool {
@@ -153,8 +174,9 @@ impl Engine {
             held: Mutex::new(held),
             locks: Mutex::new(HashMap::new()),
             events,
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::default(),
             queued: Condvar::new(),
+            passes: Mutex::default(),
             rate: RateLimiter::new(cfg.limits.requests_per_second, cfg.limits.request_burst),
             limits: cfg.limits,
         }))
@@ -556,60 +578,101 @@ impl Engine {
     }
 
     /// Queues a deployment for convergence (once, however often it is asked for).
-    fn spawn_converge(self: &Arc<Self>, owner: PublicKey, name: String) {
+    fn spawn_converge(&self, owner: PublicKey, name: String) {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.iter().any(|(o, n)| *o == owner && *n == name) {
-            return;
-        }
-        queue.push_back((owner, name));
+        queue.push(owner, name);
         self.queued.notify_one();
     }
 
-    /// Converges queued deployments, one at a time per worker; the node runs
+    /// Converges queued deployments a slice at a time, owners taking turns; the node runs
     /// [`WORKERS`] of these, so a burst of deployments does not start a burst of VMs.
     pub fn worker(self: &Arc<Self>) {
         loop {
-            let (owner, name) = {
+            let job = {
                 let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 loop {
-                    if let Some(job) = queue.pop_front() {
+                    if let Some(job) = queue.pop() {
                         break job;
                     }
                     queue = self.queued.wait(queue).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            if let Err(e) = self.converge(&owner, &name) {
-                tracing::error!(deployment = %name, error = %e, "converging failed");
-            }
+            self.work(job);
+        }
+    }
+
+    /// One turn of a worker without waiting: false if nothing was queued.
+    #[cfg(test)]
+    fn work_once(&self) -> bool {
+        let job = self.queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        job.map(|job| self.work(job)).is_some()
+    }
+
+    /// A slice of `name`'s convergence; queued again (behind other owners) if more is left.
+    fn work(&self, (owner, name): (PublicKey, String)) {
+        match self.converge_slice(&owner, &name, SLICE) {
+            Ok(true) => self.spawn_converge(owner, name),
+            Ok(false) => {}
+            Err(e) => tracing::error!(deployment = %name, error = %e, "converging failed"),
         }
     }
 
     /// Makes the host match the stored deployment, until a pass finds nothing newer.
     fn converge(&self, owner: &PublicKey, name: &str) -> Result<(), EngineError> {
-        let lock = self.lock_for(owner, name);
-        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(mut d) = self.store.get(owner, name)? else {
-            return Ok(());
-        };
-        loop {
-            self.converge_once(&d)?;
-            match self.store.get(owner, name)? {
-                Some(now) if now.version != d.version => d = now,
-                _ => return Ok(()),
-            }
-        }
+        while self.converge_slice(owner, name, usize::MAX)? {}
+        Ok(())
     }
 
-    fn converge_once(&self, d: &Deployment) -> Result<(), EngineError> {
+    /// Converges up to `budget` workloads of the stored deployment, going on from where the
+    /// last slice of its current version stopped; true if more is left (the rest of the
+    /// pass, or a newer version stored meanwhile).
+    fn converge_slice(
+        &self,
+        owner: &PublicKey,
+        name: &str,
+        budget: usize,
+    ) -> Result<bool, EngineError> {
+        let lock = self.lock_for(owner, name);
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let key = store::key(owner, name);
+        let passes = || self.passes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(d) = self.store.get(owner, name)? else {
+            passes().remove(&key);
+            return Ok(false);
+        };
+        let pass = passes().remove(&key).filter(|p| p.version == d.version);
+        let mut pass = match pass {
+            Some(pass) => pass,
+            None => {
+                self.remove_unwanted(&d)?;
+                Pass {
+                    version: d.version,
+                    next: 0,
+                    earlier: HashMap::new(),
+                }
+            }
+        };
+        let done = self.converge_some(&d, &mut pass, budget)?;
+        if !done {
+            passes().insert(key, pass);
+            return Ok(true);
+        }
+        Ok(self
+            .store
+            .get(owner, name)?
+            .is_some_and(|now| now.version != d.version))
+    }
+
+    /// What this deployment no longer has goes first, freeing its resources. Found by name
+    /// alone: asking every VM of the node for its state would make each deployment's pass
+    /// cost as much as all VMs.
+    fn remove_unwanted(&self, d: &Deployment) -> Result<(), EngineError> {
         let id = deployment_id(&d.owner, &d.name);
-        let live: Vec<&Workload> = d.workloads.iter().filter(|w| !is_deleted(w)).collect();
-        // What this deployment no longer has goes first, freeing its resources. Found by
-        // name alone: asking every VM of the node for its state would make each
-        // deployment's pass cost as much as all VMs.
         for kind in self.kinds.all() {
-            let wanted: HashSet<String> = live
+            let wanted: HashSet<String> = d
+                .workloads
                 .iter()
-                .filter(|w| w.spec.type_name() == kind.type_name())
+                .filter(|w| !is_deleted(w) && w.spec.type_name() == kind.type_name())
                 .map(|w| kind.resource(&id, w.name.as_str()))
                 .collect();
             let existing = kind.resources(&self.host).map_err(anyhow::Error::from)?;
@@ -621,45 +684,71 @@ impl Engine {
                 }
             }
         }
-        // Lower ranks first: disks before the machines that mount them.
-        let mut earlier: HashMap<String, Result<(), String>> = HashMap::new();
+        Ok(())
+    }
+
+    /// Converges `d`'s live workloads from `pass.next` on, lower ranks first (disks before
+    /// the machines that mount them), up to `budget` of them; true once the pass is done or
+    /// `d` was replaced (the next pass works from the new version).
+    fn converge_some(
+        &self,
+        d: &Deployment,
+        pass: &mut Pass,
+        budget: usize,
+    ) -> Result<bool, EngineError> {
+        let id = deployment_id(&d.owner, &d.name);
+        let order: Vec<(&dyn workload::Kind, &Workload)> = self
+            .kinds
+            .all()
+            .flat_map(|kind| {
+                d.workloads
+                    .iter()
+                    .filter(move |w| !is_deleted(w) && w.spec.type_name() == kind.type_name())
+                    .map(move |w| (kind, w))
+            })
+            .collect();
         let mut results = Results::default();
-        for kind in self.kinds.all() {
-            for w in live
-                .iter()
-                .filter(|w| w.spec.type_name() == kind.type_name())
-            {
-                let current = state(w);
-                if !matches!(current, Some(ResultState::Init | ResultState::Ok)) {
-                    let why = w.result.as_ref().map(|r| r.message.clone());
-                    earlier.insert(w.name.to_string(), Err(why.unwrap_or_default()));
-                    continue;
-                }
-                // A VM boot takes seconds: if the deployment moved on (updated, deleted)
-                // meanwhile, stop here and let the next pass work from the new version.
-                if kind.slow() {
-                    // What is done is shown before a boot of seconds, not after.
-                    self.write_results(d, &mut results)?;
-                    if self.moved_on(d)? {
-                        return Ok(());
-                    }
-                }
-                let step = kind.converge(
-                    &self.host,
-                    &Target {
-                        id: &id,
-                        workload: w,
-                        fresh: current == Some(ResultState::Init),
-                        earlier: &earlier,
-                    },
-                );
-                if let Some(r) = step.result {
-                    results.add(w, r);
-                }
-                earlier.insert(w.name.to_string(), step.usable);
+        let mut spent = 0;
+        while let Some(&(kind, w)) = order.get(pass.next) {
+            let current = state(w);
+            if !matches!(current, Some(ResultState::Init | ResultState::Ok)) {
+                let why = w.result.as_ref().map(|r| r.message.clone());
+                pass.earlier
+                    .insert(w.name.to_string(), Err(why.unwrap_or_default()));
+                pass.next += 1;
+                continue;
             }
+            if spent >= budget {
+                self.write_results(d, &mut results)?;
+                return Ok(false);
+            }
+            // A VM boot takes seconds: if the deployment moved on (updated, deleted)
+            // meanwhile, stop here and let the next pass work from the new version.
+            if kind.slow() {
+                // What is done is shown before a boot of seconds, not after.
+                self.write_results(d, &mut results)?;
+                if self.moved_on(d)? {
+                    return Ok(true);
+                }
+            }
+            let step = kind.converge(
+                &self.host,
+                &Target {
+                    id: &id,
+                    workload: w,
+                    fresh: current == Some(ResultState::Init),
+                    earlier: &pass.earlier,
+                },
+            );
+            if let Some(r) = step.result {
+                results.add(w, r);
+            }
+            pass.earlier.insert(w.name.to_string(), step.usable);
+            pass.next += 1;
+            spent = spent.saturating_add(if kind.slow() { SLOW_COST } else { 1 });
         }
-        self.write_results(d, &mut results)
+        self.write_results(d, &mut results)?;
+        Ok(true)
     }
 
     /// Whether the stored deployment is no longer `d` (updated or deleted since).

@@ -567,3 +567,63 @@ fn a_pass_writes_its_results_once_not_once_per_workload() {
     f.converge();
     assert_eq!(f.engine.store.writes().0, after);
 }
+
+#[test]
+fn a_second_owners_zmount_is_served_while_the_first_owners_hundreds_converge() {
+    let f = fixture();
+    let other = Keypair::from_seed(&[9; 32]);
+    // Owner A: two deployments of 200 zmounts each, queued first.
+    for name in ["flood1", "flood2"] {
+        f.engine
+            .deploy(f.signed(&disks_yaml(name, 200), 0))
+            .unwrap();
+    }
+    let mut small = DeploymentFile::from_yaml_str(&disks_yaml("small", 1))
+        .unwrap()
+        .into_deployment(other.public(), f.engine.node_id());
+    small.sign(&other);
+    f.engine.deploy(small).unwrap();
+    let served = |owner: &Keypair, name: &str| {
+        let d = f.engine.get(&owner.public(), name).unwrap();
+        d.workloads
+            .iter()
+            .filter(|w| state(w) == Some(ResultState::Ok))
+            .count()
+    };
+    let mut turns = 0;
+    while served(&other, "small") == 0 {
+        assert!(
+            f.engine.work_once(),
+            "the queue ran dry before owner B was served"
+        );
+        turns += 1;
+    }
+    // B came after one slice of A's (not after A's 400 workloads), and A is still going.
+    let a_done = served(&f.owner, "flood1") + served(&f.owner, "flood2");
+    assert_eq!(turns, 2, "owner B waited {turns} turns");
+    assert_eq!(
+        a_done, SLICE,
+        "owner A had {a_done} workloads converged first"
+    );
+    // The rest converges, a slice at a time, with one write per slice.
+    let writes = f.engine.store.writes().0;
+    while f.engine.work_once() {}
+    assert_eq!(served(&f.owner, "flood1") + served(&f.owner, "flood2"), 400);
+    let slice = SLICE as u64;
+    let slices = (200 - slice).div_ceil(slice) + 200u64.div_ceil(slice);
+    assert_eq!(f.engine.store.writes().0 - writes, slices);
+    // A disk made in one slice is known as usable to a machine converged in a later one.
+    let app = format!(
+        "{}  - name: web\n    type: zmachine\n    data: {{ flist: /nowhere/app.fl, mounts: [{{ name: d0, mountpoint: /data }}] }}\n",
+        disks_yaml("app", SLICE + 1)
+    );
+    f.engine.deploy(f.signed(&app, 0)).unwrap();
+    f.take_log();
+    while f.engine.work_once() {}
+    let log = f.take_log();
+    let web = log.iter().find(|l| l.contains("zmachine web")).unwrap();
+    assert!(
+        web.contains("\"d0=ok\"") && web.contains(&format!("\"d{SLICE}=ok\"")),
+        "{web}"
+    );
+}

@@ -8,6 +8,7 @@
 //!   VMs with `zos-vmm`, zmount disks), behind the one trait the engine drives;
 //! - [`api`]: the HTTP/JSON API on unix sockets and TCP;
 //! - [`limits`]: what one owner may store and ask;
+//! - [`schedule`]: the convergence queue, owners taking turns;
 //! - [`cgroup`]: the node's own cgroup, beside its VMs'.
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod cgroup;
 pub mod config;
 pub mod engine;
 pub mod limits;
+pub mod schedule;
 pub mod store;
 pub mod workload;
 
