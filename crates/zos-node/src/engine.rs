@@ -7,7 +7,7 @@ use crate::capacity;
 use crate::config::NodeConfig;
 use crate::limits::{OwnerLimits, RateLimiter};
 use crate::schedule::Queue;
-use crate::store::{self, Insert, Store};
+use crate::store::{self, is_tombstone, Insert, Store};
 use crate::workload::{self, deployment_id, is_deleted, result, state, Host, Kinds, Target};
 use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet};
@@ -69,6 +69,8 @@ pub struct Engine {
     /// Deployments waiting for a worker, owners taking turns.
     queue: Mutex<Queue>,
     queued: Condvar,
+    /// The live deployments with a workload of a type the monitor watches: all it reads.
+    monitored: Mutex<HashSet<(PublicKey, String)>>,
     /// Passes under way, by deployment key: where the next slice starts.
     passes: Mutex<HashMap<String, Pass>>,
     /// What one owner may store and ask.
@@ -109,11 +111,6 @@ struct Pass {
     earlier: HashMap<String, Result<(), String>>,
 }
 
-/// A deployment whose every workload is deleted: kept only so old versions cannot return.
-fn is_tombstone(d: &Deployment) -> bool {
-    d.workloads.iter().all(is_deleted)
-}
-
 impl Engine {
     /// Opens the node's state under `cfg.data_dir`, making its identity on first start.
     pub fn open(cfg: NodeConfig) -> Result<Arc<Engine>> {
@@ -151,8 +148,12 @@ impl Engine {
             refuse_unaccounted(&kinds, &host, &db)?;
         }
         let mut held = HashMap::new();
+        let mut monitored = HashSet::new();
         for d in stored.iter().filter(|d| !is_tombstone(d)) {
             held.insert(store::key(&d.owner, &d.name), kinds.demand(&d.workloads));
+            if is_monitored(&kinds, d) {
+                monitored.insert((d.owner, d.name.clone()));
+            }
         }
         // What the file system really has free, plus what deployments already hold (their
         // disks may not have taken all of it yet): the node offers no more than that.
@@ -177,6 +178,7 @@ impl Engine {
             queue: Mutex::default(),
             queued: Condvar::new(),
             passes: Mutex::default(),
+            monitored: Mutex::new(monitored),
             rate: RateLimiter::new(cfg.limits.requests_per_second, cfg.limits.request_burst),
             limits: cfg.limits,
         }))
@@ -359,6 +361,7 @@ impl Engine {
             }
             held.insert(key, demand);
         }
+        self.index(&d);
         self.emit(&d, None, ResultState::Init, "deployed");
         self.spawn_converge(d.owner, d.name.clone());
         Ok(d)
@@ -399,6 +402,7 @@ impl Engine {
             })??;
         held.insert(key, demand);
         drop(held);
+        self.index(&d);
         self.emit(&d, None, ResultState::Init, "updated");
         self.spawn_converge(d.owner, d.name.clone());
         Ok(d)
@@ -481,11 +485,16 @@ impl Engine {
                         ));
                     }
                 }
-                d.clone()
+                // The caller sees what went; the database keeps only what replay
+                // protection needs.
+                let whole = d.clone();
+                *d = store::tombstone_of(d);
+                whole
             })?
             .ok_or_else(|| EngineError::NotFound(format!("no deployment named {name:?}")))?;
         held.remove(&store::key(owner, name));
         drop(held);
+        self.index(&tombstone);
         let id = deployment_id(owner, name);
         for kind in self.kinds.all() {
             kind.forget(&id);
@@ -511,6 +520,17 @@ impl Engine {
         let mut all = self.store.list(owner)?;
         all.retain(|d| include_deleted || !is_tombstone(d));
         Ok(all)
+    }
+
+    /// Keeps `d` in the monitor's index while it has a workload the monitor may watch.
+    fn index(&self, d: &Deployment) {
+        let mut monitored = self.monitored.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (d.owner, d.name.clone());
+        if !is_tombstone(d) && is_monitored(&self.kinds, d) {
+            monitored.insert(key);
+        } else {
+            monitored.remove(&key);
+        }
     }
 
     /// The console log of one of the caller's workloads.
@@ -845,17 +865,18 @@ impl Engine {
     }
 
     fn monitor_once(&self) -> Result<(), EngineError> {
-        for d in self.store.all()? {
-            if is_tombstone(&d) || !d.workloads.iter().any(|w| self.watched(w)) {
-                continue;
-            }
-            let lock = self.lock_for(&d.owner, &d.name);
+        let watched: Vec<(PublicKey, String)> = {
+            let monitored = self.monitored.lock().unwrap_or_else(|e| e.into_inner());
+            monitored.iter().cloned().collect()
+        };
+        for (owner, name) in watched {
+            let lock = self.lock_for(&owner, &name);
             // Busy deployments are being converged: look again next round.
             let Ok(_guard) = lock.try_lock() else {
                 continue;
             };
-            // Read again under the lock: a convergence may have just changed it.
-            let Some(d) = self.store.get(&d.owner, &d.name)? else {
+            // Read under the lock: a convergence may have just changed it.
+            let Some(d) = self.store.get(&owner, &name)? else {
                 continue;
             };
             let id = deployment_id(&d.owner, &d.name);
@@ -869,6 +890,13 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Whether `d` has a live workload of a type the monitor watches.
+fn is_monitored(kinds: &Kinds, d: &Deployment) -> bool {
+    d.workloads
+        .iter()
+        .any(|w| !is_deleted(w) && kinds.of(&w.spec).is_some_and(|k| k.monitors()))
 }
 
 /// Results not yet written: (workload, its version, result).

@@ -124,6 +124,10 @@ impl Kind for Recorder {
         self.resources.lock().unwrap().remove(resource);
         Ok(())
     }
+    fn monitors(&self) -> bool {
+        // As the real types: machines run something that can die, disks do not.
+        self.name == "zmachine"
+    }
     fn watched(&self, w: &Workload) -> bool {
         self.monitored.lock().unwrap().contains_key(w.name.as_str())
     }
@@ -626,4 +630,61 @@ fn a_second_owners_zmount_is_served_while_the_first_owners_hundreds_converge() {
         web.contains("\"d0=ok\"") && web.contains(&format!("\"d{SLICE}=ok\"")),
         "{web}"
     );
+}
+
+#[test]
+fn a_tombstone_keeps_what_replay_protection_needs_and_nothing_more() {
+    let f = fixture();
+    let fat = format!(
+        "{}description: {}\n",
+        disks_yaml("app", 3),
+        "x".repeat(100_000)
+    );
+    f.send(&fat, 0);
+    f.converge();
+    let gone = f.engine.delete(&f.owner.public(), "app").unwrap();
+    // The caller is told what went…
+    assert_eq!(gone.workloads.len(), 3);
+    // …the database keeps the name, owner, version and requirement alone.
+    let stored = f.engine.store.owner_bytes(&f.owner.public(), None).unwrap();
+    assert!(stored < 1000, "a tombstone takes {stored} bytes");
+    let tomb = f.engine.get(&f.owner.public(), "app").unwrap();
+    assert_eq!(tomb.version, 1);
+    assert!(tomb.workloads.is_empty() && tomb.description.is_empty());
+    assert!(f.engine.list(&f.owner.public(), false).unwrap().is_empty());
+    assert_eq!(f.engine.list(&f.owner.public(), true).unwrap().len(), 1);
+    // Old signed versions cannot return; a version signed after the delete can.
+    assert!(matches!(
+        f.engine.deploy(f.signed(&fat, 0)),
+        Err(EngineError::Conflict(_))
+    ));
+    assert!(matches!(
+        f.engine.update("app", f.signed(&disks_yaml("app", 1), 1)),
+        Err(EngineError::Conflict(_))
+    ));
+    let back = f
+        .engine
+        .update("app", f.signed(&disks_yaml("app", 1), 2))
+        .unwrap();
+    assert_eq!(states(&back)[0].1, ResultState::Init);
+}
+
+#[test]
+fn the_monitor_reads_only_deployments_with_something_to_watch() {
+    let f = fixture();
+    for i in 0..10 {
+        f.engine
+            .deploy(f.signed(&disks_yaml(&format!("disks{i}"), 2), 0))
+            .unwrap();
+    }
+    f.send(APP, 0);
+    while f.engine.work_once() {}
+    let reads = f.engine.store.reads();
+    f.engine.monitor_once().unwrap();
+    // One deployment has a machine: one read, not eleven.
+    assert_eq!(f.engine.store.reads() - reads, 1);
+    f.engine.delete(&f.owner.public(), "app").unwrap();
+    let reads = f.engine.store.reads();
+    f.engine.monitor_once().unwrap();
+    assert_eq!(f.engine.store.reads(), reads);
 }

@@ -15,8 +15,9 @@ use zos_types::{Deployment, PublicKey};
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 /// Facts about the database itself; `format` is the version of the stored deployments.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// Format 2: every deployment names its node (format 1, before, had no `meta` table).
-const FORMAT: u64 = 2;
+/// Format 3: tombstones are stripped ([`tombstone_of`]); format 2: every deployment names
+/// its node (format 1, before, had no `meta` table).
+const FORMAT: u64 = 3;
 
 /// The deployment database.
 pub struct Store {
@@ -25,6 +26,8 @@ pub struct Store {
     /// batching results is judged by.
     writes: AtomicU64,
     written: AtomicU64,
+    /// Single deployments read ([`Store::get`]): what the monitor's index is judged by.
+    reads: AtomicU64,
 }
 
 /// The database key of a deployment.
@@ -61,6 +64,8 @@ impl Store {
             e => anyhow::Error::new(e)
                 .context(format!("opening the node database {}", path.display())),
         })?;
+        let mut db = db;
+        let mut upgraded = false;
         let txn = db.begin_write()?;
         {
             let mut deployments = txn.open_table(DEPLOYMENTS)?;
@@ -68,14 +73,21 @@ impl Store {
             // Upgraded once, not read through at every start.
             if meta.get("format")?.map(|v| v.value()) != Some(FORMAT) {
                 name_the_node(&mut deployments, node)?;
+                strip_tombstones(&mut deployments)?;
                 meta.insert("format", FORMAT)?;
+                upgraded = true;
             }
         }
         txn.commit()?;
+        // The space fat tombstones took goes back to the file system once.
+        if upgraded {
+            db.compact().context("compacting the node database")?;
+        }
         Ok(Store {
             db,
             writes: AtomicU64::new(0),
             written: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
         })
     }
 
@@ -137,8 +149,14 @@ impl Store {
         )
     }
 
+    /// Deployments read one by one since the store was opened.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
     /// One deployment.
     pub fn get(&self, owner: &PublicKey, name: &str) -> Result<Option<Deployment>> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let txn = self.db.begin_read()?;
         let table = txn.open_table(DEPLOYMENTS)?;
         let k = key(owner, name);
@@ -214,6 +232,49 @@ fn name_the_node(table: &mut redb::Table<&str, &[u8]>, node: &PublicKey) -> Resu
     Ok(())
 }
 
+/// Whether `d` is deleted: every workload's result says so (a stripped tombstone has none).
+pub fn is_tombstone(d: &Deployment) -> bool {
+    d.workloads.iter().all(|w| {
+        w.result
+            .as_ref()
+            .is_some_and(|r| r.state == zos_types::ResultState::Deleted)
+    })
+}
+
+/// What a deleted deployment keeps: its owner, name and version (so that no signed version
+/// up to it can be replayed into existence), its node, and its signature requirement (a
+/// revival must still satisfy every co-owner); not its workloads, metadata or signatures,
+/// which could take a megabyte each for good.
+pub fn tombstone_of(d: &Deployment) -> Deployment {
+    Deployment {
+        name: d.name.clone(),
+        version: d.version,
+        owner: d.owner,
+        node: d.node,
+        metadata: String::new(),
+        description: String::new(),
+        signature_requirement: d.signature_requirement.clone(),
+        signatures: Vec::new(),
+        workloads: Vec::new(),
+    }
+}
+
+/// Tombstones stored whole before format 3 are stripped.
+fn strip_tombstones(table: &mut redb::Table<&str, &[u8]>) -> Result<()> {
+    let mut fat = Vec::new();
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        let d = decode(v.value())?;
+        if is_tombstone(&d) && !d.workloads.is_empty() {
+            fat.push((k.value().to_string(), encode(&tombstone_of(&d))?));
+        }
+    }
+    for (k, v) in fat {
+        table.insert(k.as_str(), v.as_slice())?;
+    }
+    Ok(())
+}
+
 fn decode(bytes: &[u8]) -> Result<Deployment> {
     serde_json::from_slice(bytes).context("a stored deployment cannot be read")
 }
@@ -253,6 +314,46 @@ mod tests {
         }
         let store = Store::open(&path, &node()).unwrap();
         assert_eq!(store.get(&d.owner, "old").unwrap(), Some(d));
+    }
+
+    #[test]
+    fn tombstones_stored_whole_are_stripped_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let owner = Keypair::from_seed(&[1; 32]);
+        let mut d = deployment(&owner, "gone");
+        d.version = 4;
+        d.description = "x".repeat(100_000);
+        for w in &mut d.workloads {
+            w.result = Some(zos_types::WorkloadResult {
+                state: zos_types::ResultState::Deleted,
+                message: String::new(),
+                data: serde_json::Value::Null,
+                created: 0,
+            });
+        }
+        let live = deployment(&owner, "live");
+        {
+            let store = Store::open(&path, &node()).unwrap();
+            store.insert_new(&d).unwrap();
+            store.insert_new(&live).unwrap();
+            // As format 2 left them.
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert("format", 2).unwrap();
+            txn.commit().unwrap();
+        }
+        let before = std::fs::metadata(&path).unwrap().len();
+        let store = Store::open(&path, &node()).unwrap();
+        let tomb = store.get(&owner.public(), "gone").unwrap().unwrap();
+        assert_eq!(tomb, tombstone_of(&d));
+        assert!(is_tombstone(&tomb) && tomb.version == 4 && tomb.description.is_empty());
+        assert_eq!(store.get(&owner.public(), "live").unwrap(), Some(live));
+        assert!(store.owner_bytes(&owner.public(), Some("live")).unwrap() < 1000);
+        let after = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            after < before,
+            "the database kept its size: {before} -> {after}"
+        );
     }
 
     #[test]
