@@ -206,14 +206,28 @@ async fn list(
 async fn get_one(
     State(api): State<Api>,
     Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<Deployment>, ApiError> {
-    one(api, name, method, uri, headers, |e, owner, name| {
-        e.get(owner, name)
-    })
-    .await
+    let caller = api.caller(&method, &uri, &headers, b"")?;
+    let owner = owner_of(&query)?;
+    let engine = api.engine.clone();
+    let d = blocking(move || engine.read(&caller, owner.as_ref(), &name)).await?;
+    Ok(Json(d))
+}
+
+/// The `owner` a co-owner may name (`?owner=KEY`), when several of its deployments share
+/// a name.
+fn owner_of(query: &HashMap<String, String>) -> Result<Option<PublicKey>, ApiError> {
+    query
+        .get("owner")
+        .map(|k| {
+            k.parse()
+                .map_err(|e| ApiError::Invalid(format!("owner {k:?}: {e}")))
+        })
+        .transpose()
 }
 
 async fn remove(
@@ -251,10 +265,15 @@ async fn logs(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let owner = api.caller(&method, &uri, &headers, b"")?;
+    let caller = api.caller(&method, &uri, &headers, b"")?;
     let follow = query.get("follow").is_some_and(|v| v == "true" || v == "1");
+    let owner = owner_of(&query)?;
     let engine = api.engine.clone();
-    let log = blocking(move || engine.console(&owner, &name, &workload)).await?;
+    let log = blocking(move || {
+        let owner = engine.resolve(&caller, owner.as_ref(), &name)?;
+        engine.console(&owner, &name, &workload)
+    })
+    .await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let engine = api.engine.clone();
     let stopping = api.stopping.clone();
@@ -291,7 +310,8 @@ async fn events(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let owner = api.caller(&method, &uri, &headers, b"")?;
+    let caller = api.caller(&method, &uri, &headers, b"")?;
+    let engine = api.engine.clone();
     let mut events = api.engine.subscribe();
     let mut stopping = api.stopping.clone();
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
@@ -309,7 +329,7 @@ async fn events(
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => return,
             };
-            if who != owner {
+            if !engine.may_read(&caller, &who, &event.deployment) {
                 continue;
             }
             let Ok(mut line) = serde_json::to_vec(&event) else {

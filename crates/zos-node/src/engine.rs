@@ -6,6 +6,7 @@
 use crate::capacity;
 use crate::config::NodeConfig;
 use crate::limits::{OwnerLimits, RateLimiter};
+use crate::readers::Readers;
 use crate::schedule::Queue;
 use crate::store::{self, is_tombstone, Insert, Store};
 use crate::workload::{self, deployment_id, is_deleted, result, state, Host, Kinds, Target};
@@ -71,6 +72,8 @@ pub struct Engine {
     queued: Condvar,
     /// The live deployments with a workload of a type the monitor watches: all it reads.
     monitored: Mutex<HashSet<(PublicKey, String)>>,
+    /// Each deployment's co-owners, who may read it too.
+    readers: Mutex<Readers>,
     /// Passes under way, by deployment key: where the next slice starts.
     passes: Mutex<HashMap<String, Pass>>,
     /// What one owner may store and ask.
@@ -149,6 +152,12 @@ impl Engine {
         }
         let mut held = HashMap::new();
         let mut monitored = HashSet::new();
+        let mut readers = Readers::default();
+        // Tombstones keep their requirement: co-owners see a deleted deployment as its
+        // owner does.
+        for d in &stored {
+            readers.set(d);
+        }
         for d in stored.iter().filter(|d| !is_tombstone(d)) {
             held.insert(store::key(&d.owner, &d.name), kinds.demand(&d.workloads));
             if is_monitored(&kinds, d) {
@@ -179,6 +188,7 @@ impl Engine {
             queued: Condvar::new(),
             passes: Mutex::default(),
             monitored: Mutex::new(monitored),
+            readers: Mutex::new(readers),
             rate: RateLimiter::new(cfg.limits.requests_per_second, cfg.limits.request_burst),
             limits: cfg.limits,
         }))
@@ -362,6 +372,7 @@ impl Engine {
             held.insert(key, demand);
         }
         self.index(&d);
+        self.readers().set(&d);
         self.emit(&d, None, ResultState::Init, "deployed");
         self.spawn_converge(d.owner, d.name.clone());
         Ok(d)
@@ -403,6 +414,7 @@ impl Engine {
         held.insert(key, demand);
         drop(held);
         self.index(&d);
+        self.readers().set(&d);
         self.emit(&d, None, ResultState::Init, "updated");
         self.spawn_converge(d.owner, d.name.clone());
         Ok(d)
@@ -511,15 +523,86 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound(format!("no deployment named {name:?}")))
     }
 
-    /// The caller's deployments; deleted ones only with `include_deleted`.
+    /// The caller's deployments and those it co-owns, by name; deleted ones only with
+    /// `include_deleted`.
     pub fn list(
         &self,
-        owner: &PublicKey,
+        caller: &PublicKey,
         include_deleted: bool,
     ) -> Result<Vec<Deployment>, EngineError> {
-        let mut all = self.store.list(owner)?;
+        let mut all = self.store.list(caller)?;
+        let co_owned = self.readers().of(caller);
+        for (owner, name) in co_owned {
+            all.extend(self.store.get(&owner, &name)?);
+        }
         all.retain(|d| include_deleted || !is_tombstone(d));
+        all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
+    }
+
+    fn readers(&self) -> std::sync::MutexGuard<'_, Readers> {
+        self.readers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `caller` may read `owner`'s deployment `name`: its owner, or a key its
+    /// signature requirement names.
+    pub fn may_read(&self, caller: &PublicKey, owner: &PublicKey, name: &str) -> bool {
+        self.readers().can_read(caller, owner, name)
+    }
+
+    /// The owner of the deployment `name` that `caller` asks about: `owner` when given (and
+    /// `caller` may read it), else `caller`'s own, else the one deployment of that name
+    /// `caller` co-owns. Another's deployment `caller` may not read is not found, as one
+    /// that does not exist.
+    pub fn resolve(
+        &self,
+        caller: &PublicKey,
+        owner: Option<&PublicKey>,
+        name: &str,
+    ) -> Result<PublicKey, EngineError> {
+        let missing = || EngineError::NotFound(format!("no deployment named {name:?}"));
+        if let Some(owner) = owner {
+            return if self.may_read(caller, owner, name) {
+                Ok(*owner)
+            } else {
+                Err(missing())
+            };
+        }
+        if self.store.get(caller, name)?.is_some() {
+            return Ok(*caller);
+        }
+        let owners: Vec<PublicKey> = self
+            .readers()
+            .of(caller)
+            .into_iter()
+            .filter(|(_, n)| n == name)
+            .map(|(o, _)| o)
+            .collect();
+        match owners.as_slice() {
+            [] => Err(missing()),
+            [one] => Ok(*one),
+            several => Err(EngineError::Conflict(format!(
+                "you co-own {} deployments named {name:?} (owners {}): name the owner \
+                 (?owner=KEY)",
+                several.len(),
+                several
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// A deployment `caller` may read (see [`Engine::resolve`]).
+    pub fn read(
+        &self,
+        caller: &PublicKey,
+        owner: Option<&PublicKey>,
+        name: &str,
+    ) -> Result<Deployment, EngineError> {
+        let owner = self.resolve(caller, owner, name)?;
+        self.get(&owner, name)
     }
 
     /// Keeps `d` in the monitor's index while it has a workload the monitor may watch.

@@ -688,3 +688,65 @@ fn the_monitor_reads_only_deployments_with_something_to_watch() {
     f.engine.monitor_once().unwrap();
     assert_eq!(f.engine.store.reads(), reads);
 }
+
+#[test]
+fn every_signer_of_a_co_owned_deployment_can_read_it_and_no_one_else() {
+    let f = fixture();
+    let (co, stranger) = (Keypair::from_seed(&[10; 32]), Keypair::from_seed(&[11; 32]));
+    let shared = format!(
+        "{}signature_requirement:\n  weight_required: 1\n  requests:\n    - {{ key: {}, weight: 1, required: true }}\n    - {{ key: {}, weight: 1 }}\n",
+        disks_yaml("shared", 1),
+        f.owner.public(),
+        co.public()
+    );
+    f.engine.deploy(f.signed(&shared, 0)).unwrap();
+    f.engine
+        .deploy(f.signed(&disks_yaml("mine", 1), 0))
+        .unwrap();
+    let owner = f.owner.public();
+    // The co-owner finds it by name, lists it, and sees its events; a stranger does not.
+    assert_eq!(
+        f.engine.read(&co.public(), None, "shared").unwrap().owner,
+        owner
+    );
+    assert_eq!(
+        f.engine
+            .read(&co.public(), Some(&owner), "shared")
+            .unwrap()
+            .name,
+        "shared"
+    );
+    let names: Vec<String> = f
+        .engine
+        .list(&co.public(), false)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, ["shared"]);
+    assert!(f.engine.may_read(&co.public(), &owner, "shared"));
+    assert!(!f.engine.may_read(&co.public(), &owner, "mine"));
+    for name in ["shared", "mine"] {
+        assert!(matches!(
+            f.engine.read(&stranger.public(), Some(&owner), name),
+            Err(EngineError::NotFound(_))
+        ));
+        assert!(matches!(
+            f.engine.read(&stranger.public(), None, name),
+            Err(EngineError::NotFound(_))
+        ));
+    }
+    assert!(matches!(
+        f.engine.read(&co.public(), None, "mine"),
+        Err(EngineError::NotFound(_))
+    ));
+    assert!(f.engine.list(&stranger.public(), true).unwrap().is_empty());
+    // Its owner's list is unchanged.
+    assert_eq!(f.engine.list(&owner, false).unwrap().len(), 2);
+    // A version that drops the co-owner (the old requirement needs the owner alone) takes
+    // their reading away.
+    let alone = f.signed(&disks_yaml("shared", 1), 1);
+    f.engine.update("shared", alone).unwrap();
+    assert!(!f.engine.may_read(&co.public(), &owner, "shared"));
+    assert!(f.engine.list(&co.public(), true).unwrap().is_empty());
+}

@@ -9,6 +9,7 @@
 //! - [`api`]: the HTTP/JSON API on unix sockets and TCP;
 //! - [`limits`]: what one owner may store and ask;
 //! - [`schedule`]: the convergence queue, owners taking turns;
+//! - [`readers`]: who may read a deployment (its owner and co-owners);
 //! - [`cgroup`]: the node's own cgroup, beside its VMs'.
 
 pub mod api;
@@ -17,6 +18,7 @@ pub mod cgroup;
 pub mod config;
 pub mod engine;
 pub mod limits;
+pub mod readers;
 pub mod schedule;
 pub mod store;
 pub mod workload;
