@@ -4,7 +4,7 @@
 use crate::{Answer, ClientError, NodeClient};
 use hyper::StatusCode;
 use zos_types::api::{Event, NodeInfo, API_PREFIX};
-use zos_types::{is_valid_deployment_name, Deployment, WorkloadName};
+use zos_types::{is_valid_deployment_name, Deployment, PublicKey, WorkloadName};
 
 /// One line of the event stream: the text as the node sent it (trimmed), and the event when
 /// this client understands it.
@@ -41,6 +41,17 @@ impl NodeClient {
     pub fn deployment(&self, name: &str) -> Result<Answer<Deployment>, ClientError> {
         check_deployment_name(name)?;
         self.get(&format!("{API_PREFIX}/deployments/{name}"))
+    }
+
+    /// `owner`'s deployment `name`, which the caller owns or co-owns (is a signer of):
+    /// `GET /v1/deployments/{name}?owner=KEY`.
+    pub fn deployment_of(
+        &self,
+        owner: &PublicKey,
+        name: &str,
+    ) -> Result<Answer<Deployment>, ClientError> {
+        check_deployment_name(name)?;
+        self.get(&format!("{API_PREFIX}/deployments/{name}?owner={owner}"))
     }
 
     /// Like [`NodeClient::deployment`], but `None` when the node holds none by that name.
