@@ -101,6 +101,9 @@ pub const WORKERS: usize = 2;
 /// worker for a slice, not for all of them.
 pub const SLICE: usize = 16;
 
+/// How long a slice goes on converging once it has converged one workload.
+pub const SLICE_TIME: Duration = Duration::from_millis(250);
+
 /// What a slow workload (a VM boot: seconds) takes of a slice, in workloads: a turn boots
 /// at most `SLICE / SLOW_COST` VMs.
 pub const SLOW_COST: usize = 4;
@@ -713,7 +716,12 @@ impl Engine {
 
     /// A slice of `name`'s convergence; queued again (behind other owners) if more is left.
     fn work(&self, (owner, name): (PublicKey, String)) {
-        match self.converge_slice(&owner, &name, SLICE) {
+        let more = self.converge_slice(&owner, &name, SLICE);
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finished(&owner);
+        match more {
             Ok(true) => self.spawn_converge(owner, name),
             Ok(false) => {}
             Err(e) => tracing::error!(deployment = %name, error = %e, "converging failed"),
@@ -812,6 +820,7 @@ impl Engine {
             .collect();
         let mut results = Results::default();
         let mut spent = 0;
+        let started = std::time::Instant::now();
         while let Some(&(kind, w)) = order.get(pass.next) {
             let current = state(w);
             if !matches!(current, Some(ResultState::Init | ResultState::Ok)) {
@@ -821,7 +830,9 @@ impl Engine {
                 pass.next += 1;
                 continue;
             }
-            if spent >= budget {
+            // Bounded in time too: a slice of slow disks must not keep another owner's
+            // single workload waiting for seconds.
+            if spent >= budget || (spent > 0 && started.elapsed() >= SLICE_TIME) {
                 self.write_results(d, &mut results)?;
                 return Ok(false);
             }

@@ -12,6 +12,8 @@ pub struct Queue {
     turns: VecDeque<PublicKey>,
     /// Each waiting owner's deployments, first come first served.
     waiting: HashMap<PublicKey, VecDeque<String>>,
+    /// Slices being converged, per owner.
+    running: HashMap<PublicKey, usize>,
 }
 
 impl Queue {
@@ -28,9 +30,18 @@ impl Queue {
         names.push_back(name);
     }
 
-    /// The next owner's first waiting deployment; that owner's turn moves to the back.
+    /// The first waiting deployment of the next owner with nothing being converged (or of
+    /// the next owner, if every waiting one has), so that one owner keeps no more than one
+    /// worker while another waits; that owner's turn moves to the back. Call
+    /// [`Queue::finished`] once its slice is done.
     pub fn pop(&mut self) -> Option<(PublicKey, String)> {
-        let owner = self.turns.pop_front()?;
+        let idle = self
+            .turns
+            .iter()
+            .position(|o| !self.running.contains_key(o))
+            .unwrap_or(0);
+        let owner = self.turns.remove(idle)?;
+        *self.running.entry(owner).or_default() += 1;
         let names = self.waiting.get_mut(&owner)?;
         let name = names.pop_front()?;
         if names.is_empty() {
@@ -39,6 +50,16 @@ impl Queue {
             self.turns.push_back(owner);
         }
         Some((owner, name))
+    }
+
+    /// A slice of `owner`'s, handed out by [`Queue::pop`], is done.
+    pub fn finished(&mut self, owner: &PublicKey) {
+        if let Some(n) = self.running.get_mut(owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.running.remove(owner);
+            }
+        }
     }
 }
 
@@ -55,7 +76,11 @@ mod tests {
             q.push(a, name.into());
         }
         q.push(b, "b1".into());
-        let order: Vec<_> = std::iter::from_fn(|| q.pop()).collect();
+        let mut order = Vec::new();
+        while let Some((owner, name)) = q.pop() {
+            q.finished(&owner);
+            order.push((owner, name));
+        }
         assert_eq!(
             order,
             [
@@ -66,5 +91,24 @@ mod tests {
             ]
         );
         assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn an_owner_being_served_waits_behind_one_that_is_not() {
+        let (a, b) = (Keypair::generate().public(), Keypair::generate().public());
+        let mut q = Queue::default();
+        for name in ["a1", "a2", "a3"] {
+            q.push(a, name.into());
+        }
+        assert_eq!(q.pop(), Some((a, "a1".into())));
+        // A's turn came back to the front; B, with nothing running, goes first.
+        q.push(b, "b1".into());
+        assert_eq!(q.pop(), Some((b, "b1".into())));
+        assert_eq!(q.pop(), Some((a, "a2".into())));
+        q.finished(&a);
+        q.finished(&b);
+        q.push(b, "b2".into());
+        // A has a slice running still (a2): B's turn again.
+        assert_eq!(q.pop(), Some((b, "b2".into())));
     }
 }
