@@ -101,6 +101,10 @@ pub const WORKERS: usize = 2;
 /// worker for a slice, not for all of them.
 pub const SLICE: usize = 16;
 
+/// Workers one owner may keep busy: one fewer than there are, so that another owner's
+/// deployment always finds a worker free (or one within a slice).
+pub const PER_OWNER: usize = if WORKERS > 1 { WORKERS - 1 } else { 1 };
+
 /// How long a slice goes on converging once it has converged one workload.
 pub const SLICE_TIME: Duration = Duration::from_millis(250);
 
@@ -690,14 +694,15 @@ impl Engine {
         self.queued.notify_one();
     }
 
-    /// Converges queued deployments a slice at a time, owners taking turns; the node runs
-    /// [`WORKERS`] of these, so a burst of deployments does not start a burst of VMs.
+    /// Converges queued deployments a slice at a time, owners taking turns, each owner on
+    /// at most [`PER_OWNER`] workers; the node runs [`WORKERS`] of these, so a burst of
+    /// deployments does not start a burst of VMs.
     pub fn worker(self: &Arc<Self>) {
         loop {
             let job = {
                 let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 loop {
-                    if let Some(job) = queue.pop() {
+                    if let Some(job) = queue.pop(PER_OWNER) {
                         break job;
                     }
                     queue = self.queued.wait(queue).unwrap_or_else(|e| e.into_inner());
@@ -710,7 +715,11 @@ impl Engine {
     /// One turn of a worker without waiting: false if nothing was queued.
     #[cfg(test)]
     fn work_once(&self) -> bool {
-        let job = self.queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let job = self
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop(PER_OWNER);
         job.map(|job| self.work(job)).is_some()
     }
 
@@ -721,6 +730,8 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .finished(&owner);
+        // The owner's next deployment may be waiting for this worker.
+        self.queued.notify_one();
         match more {
             Ok(true) => self.spawn_converge(owner, name),
             Ok(false) => {}

@@ -30,17 +30,17 @@ impl Queue {
         names.push_back(name);
     }
 
-    /// The first waiting deployment of the next owner with nothing being converged (or of
-    /// the next owner, if every waiting one has), so that one owner keeps no more than one
-    /// worker while another waits; that owner's turn moves to the back. Call
-    /// [`Queue::finished`] once its slice is done.
-    pub fn pop(&mut self) -> Option<(PublicKey, String)> {
-        let idle = self
+    /// The first waiting deployment of the next owner who has fewer than `per_owner`
+    /// slices being converged; that owner's turn moves to the back. `None` when nothing is
+    /// waiting, or only owners at their cap are: a worker left idle so is one another
+    /// owner's deployment finds free the moment it arrives. Call [`Queue::finished`] once
+    /// the slice is done.
+    pub fn pop(&mut self, per_owner: usize) -> Option<(PublicKey, String)> {
+        let next = self
             .turns
             .iter()
-            .position(|o| !self.running.contains_key(o))
-            .unwrap_or(0);
-        let owner = self.turns.remove(idle)?;
+            .position(|o| self.running.get(o).copied().unwrap_or(0) < per_owner)?;
+        let owner = self.turns.remove(next)?;
         *self.running.entry(owner).or_default() += 1;
         let names = self.waiting.get_mut(&owner)?;
         let name = names.pop_front()?;
@@ -77,7 +77,7 @@ mod tests {
         }
         q.push(b, "b1".into());
         let mut order = Vec::new();
-        while let Some((owner, name)) = q.pop() {
+        while let Some((owner, name)) = q.pop(1) {
             q.finished(&owner);
             order.push((owner, name));
         }
@@ -90,25 +90,25 @@ mod tests {
                 (a, "a3".into())
             ]
         );
-        assert!(q.pop().is_none());
+        assert!(q.pop(1).is_none());
     }
 
     #[test]
-    fn an_owner_being_served_waits_behind_one_that_is_not() {
+    fn an_owner_at_its_cap_leaves_a_worker_for_the_next_owner() {
         let (a, b) = (Keypair::generate().public(), Keypair::generate().public());
         let mut q = Queue::default();
         for name in ["a1", "a2", "a3"] {
             q.push(a, name.into());
         }
-        assert_eq!(q.pop(), Some((a, "a1".into())));
-        // A's turn came back to the front; B, with nothing running, goes first.
+        assert_eq!(q.pop(1), Some((a, "a1".into())));
+        // A has one slice running: its next waits, though a worker is free…
+        assert_eq!(q.pop(1), None);
+        // …for B, who gets it at once.
         q.push(b, "b1".into());
-        assert_eq!(q.pop(), Some((b, "b1".into())));
-        assert_eq!(q.pop(), Some((a, "a2".into())));
+        assert_eq!(q.pop(1), Some((b, "b1".into())));
         q.finished(&a);
-        q.finished(&b);
-        q.push(b, "b2".into());
-        // A has a slice running still (a2): B's turn again.
-        assert_eq!(q.pop(), Some((b, "b2".into())));
+        assert_eq!(q.pop(1), Some((a, "a2".into())));
+        // With a cap of 2, A may take a second worker.
+        assert_eq!(q.pop(2), Some((a, "a3".into())));
     }
 }
