@@ -1133,6 +1133,16 @@ fn every_signer_reads_a_co_owned_deployment_and_each_owner_limit_refuses_by_name
     // Nor may Bob remove it.
     let (status, body) = node.http(Some("bob"), "DELETE", "/v1/deployments/shared", b"");
     assert_eq!(status, 404, "{body}");
+    // Bob's own deployment of that name is made as his (not an update of Alice's), and his
+    // name then means his; Alice's he still reads by naming her.
+    let own = node.write_yaml("own.yaml", &DISK_ONLY.replace("NAME", "shared"));
+    ok(node.cli("bob", &["deploy"]).arg(&own));
+    let mine = ok(&mut node.cli("bob", &["get", "shared", "--json"]));
+    assert!(mine.contains(&format!("\"owner\": \"{bob}\"")), "{mine}");
+    let path = format!("/v1/deployments/shared?owner={alice}");
+    let (status, body) = node.http(Some("bob"), "GET", &path, b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"web\""), "{body}");
 
     // Limits: each refusal names its setting and value, with its status.
     let send = |user: &str, yaml: &str| {

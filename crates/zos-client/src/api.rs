@@ -54,9 +54,10 @@ impl NodeClient {
         self.get(&format!("{API_PREFIX}/deployments/{name}?owner={owner}"))
     }
 
-    /// Like [`NodeClient::deployment`], but `None` when the node holds none by that name.
+    /// The caller's own deployment `name` (never one it co-owns), or `None` when the node
+    /// holds none of the caller's by that name.
     pub fn find_deployment(&self, name: &str) -> Result<Option<Answer<Deployment>>, ClientError> {
-        match self.deployment(name) {
+        match self.deployment_of(&self.key().public(), name) {
             Ok(found) => Ok(Some(found)),
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
             Err(e) => Err(e),
