@@ -116,7 +116,11 @@ impl BenchNode {
             &config,
             format!(
                 "data_dir = {:?}\nlisten = [\"unix://{}\", \"tcp://{}\", \"tcp://{}?insecure\"]\n\
-                 cache_dir = {:?}\ndisk = \"100T\"\nflist_dirs = [{:?}]\nallow_store_dirs = [{:?}]\n",
+                 cache_dir = {:?}\ndisk = \"100T\"\nflist_dirs = [{:?}]\nallow_store_dirs = [{:?}]\n\
+                 # One key sends everything here: what is measured is the node's throughput,\n\
+                 # not its per-owner limits.\n\
+                 [limits]\ndeployments_per_owner = 1000000\nowner_bytes = \"1T\"\n\
+                 requests_per_second = 1000000.0\nrequest_burst = 1000000\n",
                 self.work.join("node"),
                 self.socket().display(),
                 self.tls_addr,
@@ -388,6 +392,7 @@ fn measure(node: &mut BenchNode, count: usize, runs: usize) -> Result<Vec<Row>> 
             deployed.spread()
         ),
     });
+    rows.extend(fair_service(&api, runs)?);
     Ok(rows)
 }
 
@@ -509,6 +514,103 @@ fn tls_rows(node: &BenchNode, key: &Keypair, node_id: PublicKey, count: usize) -
             ),
         },
     ])
+}
+
+/// Deployments of [`FLOOD_WORKLOADS`] zmounts each that the flooding owner sends.
+const FLOOD_DEPLOYMENTS: usize = 5;
+/// Workloads per flooding deployment: the default `limits.workloads_per_deployment`.
+const FLOOD_WORKLOADS: usize = 200;
+
+/// A second owner's deploy-to-ok of one zmount on the idle node, then while another owner's
+/// `FLOOD_DEPLOYMENTS x FLOOD_WORKLOADS` zmounts converge (target: within 1.5x); interleaved
+/// over `runs`, medians. The flood is left to the node's removal at the end.
+fn fair_service(api: &NodeClient, runs: usize) -> Result<Vec<Row>> {
+    eprintln!("zos-bench node: a second owner's zmount, idle and during a flood");
+    let (flooder, other) = (Keypair::generate(), Keypair::generate());
+    let node_id = api.node_id()?;
+    let (flood_api, other_api) = (
+        NodeClient::new(api.url().clone(), flooder.clone())?,
+        NodeClient::new(api.url().clone(), other.clone())?,
+    );
+    let mut idle = Vec::new();
+    for i in 0..runs {
+        idle.push(zmount_to_ok(
+            &other_api,
+            &other,
+            node_id,
+            &format!("idle{i}"),
+        )?);
+    }
+    let mut flood = String::new();
+    for i in 0..FLOOD_WORKLOADS {
+        flood.push_str(&format!(
+            "  - name: d{i}\n    type: zmount\n    data: {{ size: 16M }}\n"
+        ));
+    }
+    for i in 0..FLOOD_DEPLOYMENTS {
+        let yaml = format!("name: flood{i}\nworkloads:\n{flood}");
+        flood_api.create(&deployment(&flooder, node_id, &yaml)?)?;
+    }
+    let mut busy = Vec::new();
+    for i in 0..runs {
+        busy.push(zmount_to_ok(
+            &other_api,
+            &other,
+            node_id,
+            &format!("busy{i}"),
+        )?);
+    }
+    let pending = Tally::of(&flood_api.deployments(false)?.value).pending;
+    let (idle, busy) = (Timing::of_seconds(idle, 0.0), Timing::of_seconds(busy, 0.0));
+    let ratio = busy.median / idle.median;
+    Ok(vec![
+        Row {
+            step: "second owner's zmount to ok, idle node".into(),
+            value: idle.median,
+            unit: "s",
+            floor: Some(idle.median),
+            failed: 0,
+            notes: format!("the floor; {}", idle.spread()),
+        },
+        Row {
+            step: "second owner's zmount to ok, node flooded".into(),
+            value: busy.median,
+            unit: "s",
+            floor: Some(idle.median),
+            failed: 0,
+            notes: format!(
+                "{ratio:.2}x idle, target 1.5x: {}; another owner's {FLOOD_DEPLOYMENTS} x \
+                 {FLOOD_WORKLOADS} zmounts converging ({pending} of {FLOOD_DEPLOYMENTS} still \
+                 pending after); {}",
+                if ratio <= 1.5 { "met" } else { "missed" },
+                busy.spread()
+            ),
+        },
+    ])
+}
+
+/// Seconds from sending a one-zmount deployment `name` until its zmount is `ok`.
+fn zmount_to_ok(api: &NodeClient, key: &Keypair, node: PublicKey, name: &str) -> Result<f64> {
+    let yaml = format!(
+        "name: {name}\nworkloads:\n  - name: data\n    type: zmount\n    data: {{ size: 16M }}\n"
+    );
+    let d = deployment(key, node, &yaml)?;
+    let start = Instant::now();
+    api.create(&d)?;
+    loop {
+        let now = api.deployment(name)?.value;
+        let tally = Tally::of(std::slice::from_ref(&now));
+        if let Some(error) = tally.first_error {
+            bail!("deployment {name} failed: {error}");
+        }
+        if tally.pending == 0 {
+            return Ok(start.elapsed().as_secs_f64());
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            bail!("deployment {name} was not ok after 5 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Seconds from sending a signed deployment of `fl` until its console shows the marker (read

@@ -110,11 +110,18 @@ fn send_signed(args: &DeployArgs, signed: Deployment) -> Result<ExitCode> {
 fn send(args: &DeployArgs, node: &NodeClient, deployment: Deployment) -> Result<ExitCode> {
     let name = deployment.name.clone();
     let accepted = node.send(&deployment)?;
-    // Reads are the owner's alone: a co-signer who sends it cannot follow it.
-    let owner = deployment.owner;
-    let followable = owner == node.key().public();
+    // Its owner and every key its requirement names can read it; another sender cannot.
+    let (owner, me) = (deployment.owner, node.key().public());
+    let followable = owner == me
+        || deployment
+            .signature_requirement
+            .requests
+            .iter()
+            .any(|r| r.key == me);
     if !followable {
-        eprintln!("accepted; only its owner {owner} can follow it (`zos get {name}`)");
+        eprintln!(
+            "accepted; only its owner {owner} and its signers can follow it (`zos get {name}`)"
+        );
     }
     let Waited { last, settled } = if args.no_wait || !followable {
         Waited {

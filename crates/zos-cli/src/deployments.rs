@@ -13,9 +13,12 @@ use zos_client::{check_deployment_name, EventLine};
 use zos_types::api::Event;
 use zos_types::{Deployment, WorkloadName, WorkloadSpec};
 
-/// Runs `zos ps`; deleted deployments only with `all`.
+/// Runs `zos ps`: the caller's deployments and those it co-owns (is a signer of); deleted
+/// ones only with `all`.
 pub fn ps(all: bool, args: &ClientArgs) -> Result<ExitCode> {
-    let mut list = args.connect()?.deployments(all)?;
+    let node = args.connect()?;
+    let me = node.key().public();
+    let mut list = node.deployments(all)?;
     if args.json {
         println!("{}", list.pretty());
         return Ok(ExitCode::SUCCESS);
@@ -30,12 +33,17 @@ pub fn ps(all: bool, args: &ClientArgs) -> Result<ExitCode> {
                 d.version.to_string(),
                 d.workloads.len().to_string(),
                 summary_state(d).to_string(),
+                if d.owner == me {
+                    "you".to_string()
+                } else {
+                    d.owner.to_string()
+                },
             ]
         })
         .collect();
     print!(
         "{}",
-        table(&["NAME", "VERSION", "WORKLOADS", "STATE"], &rows)
+        table(&["NAME", "VERSION", "WORKLOADS", "STATE", "OWNER"], &rows)
     );
     Ok(ExitCode::SUCCESS)
 }

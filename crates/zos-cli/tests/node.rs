@@ -803,7 +803,7 @@ fn a_deployment_owned_by_two_keys_is_sent_only_with_both_signatures() {
             Deployment::from_json_str(&std::fs::read_to_string(&signed).unwrap()).unwrap();
         assert_eq!(d.signatures.len(), 2);
         assert_eq!(d.version, version);
-        // Either of them sends it; only the owner can follow it.
+        // Either of them sends it, and follows it.
         let sender = if version == 0 { "bob" } else { "alice" };
         ok(node.cli(sender, &["deploy"]).arg(&signed));
         let got = node.settled("alice", "shared");
@@ -1066,4 +1066,136 @@ fn a_zmachine_whose_flist_routes_to_a_store_the_policy_refuses_fails_with_the_re
     // Refused before anything was made or reached: no VM, not one request to the store.
     assert_eq!(node.entries("vms"), vec![vm.to_string()]);
     assert_eq!(common::redis_calls(redis.port, "get"), gets);
+}
+
+#[test]
+fn every_signer_reads_a_co_owned_deployment_and_each_owner_limit_refuses_by_name() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") {
+        return;
+    }
+    let node = Node::start(
+        "[limits]\ndeployments_per_owner = 2\nworkloads_per_deployment = 3\ndeployment_bytes = \"64K\"\nrequests_per_second = 5.0\nrequest_burst = 50\n",
+    );
+    let (alice, bob) = (node.keypair("alice").public(), node.keypair("bob").public());
+    // Alice owns it; Bob is named a signer (not needed: Alice's signature is enough).
+    let yaml = node.write_yaml(
+        "shared.yaml",
+        &format!(
+            "name: shared\nsignature_requirement:\n  weight_required: 1\n  requests:\n    \
+             - {{ key: {alice}, weight: 1, required: true }}\n    - {{ key: {bob}, weight: 1 }}\n\
+             workloads:\n  - name: web\n    type: zmachine\n    data:\n      flist: FLIST\n      \
+             cmd: [sh, -c, 'echo hello-co-owner; exec sleep 600']\n      memory: 256M\n"
+        ),
+    );
+    // Bob's event stream, from before the deploy.
+    let mut events = node
+        .cli("bob", &["events"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    ok(node.cli("alice", &["deploy"]).arg(&yaml));
+    let seen = std::io::BufReader::new(events.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("shared") && l.contains("web") && l.contains("ok"));
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(
+        seen.is_some(),
+        "Bob saw no event of the deployment he co-owns"
+    );
+    // Bob gets it by name, lists it with its owner, and reads its console.
+    let got = ok(&mut node.cli("bob", &["get", "shared"]));
+    assert!(got.contains(&alice.to_string()), "{got}");
+    let ps = ok(&mut node.cli("bob", &["ps"]));
+    assert!(
+        ps.contains("shared") && ps.contains(&alice.to_string()),
+        "{ps}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let logs = loop {
+        let logs = ok(&mut node.cli("bob", &["logs", "shared/web"]));
+        if logs.contains("hello-co-owner") || Instant::now() > deadline {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(logs.contains("hello-co-owner"), "{logs}");
+    // A key that is not a signer sees nothing of it, even naming the owner.
+    let stranger = node.dir().join("carol.pem");
+    ok(zos().args(["key", "new", "-o"]).arg(&stranger));
+    let carol = zos_types::read_key_file(&stranger).unwrap();
+    let path = format!("/v1/deployments/shared?owner={alice}");
+    let auth = RequestAuth::sign(&carol, &node.id(), "GET", &path, unix_now(), b"").to_header();
+    let (status, body) = raw_http(&node.socket(), "GET", &path, Some(&auth), b"");
+    assert_eq!(status, 404, "{body}");
+    // Nor may Bob remove it.
+    let (status, body) = node.http(Some("bob"), "DELETE", "/v1/deployments/shared", b"");
+    assert_eq!(status, 404, "{body}");
+    // Bob's own deployment of that name is made as his (not an update of Alice's), and his
+    // name then means his; Alice's he still reads by naming her.
+    let own = node.write_yaml("own.yaml", &DISK_ONLY.replace("NAME", "shared"));
+    ok(node.cli("bob", &["deploy"]).arg(&own));
+    let mine = ok(&mut node.cli("bob", &["get", "shared", "--json"]));
+    assert!(mine.contains(&format!("\"owner\": \"{bob}\"")), "{mine}");
+    let path = format!("/v1/deployments/shared?owner={alice}");
+    let (status, body) = node.http(Some("bob"), "GET", &path, b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"web\""), "{body}");
+
+    // Limits: each refusal names its setting and value, with its status.
+    let send = |user: &str, yaml: &str| {
+        let mut d = deployment(&node, user, yaml);
+        let body = signed_json(&mut d, &node.keypair(user));
+        node.http(Some(user), "POST", "/v1/deployments", &body)
+    };
+    let mut four = String::from("name: four\nworkloads:\n");
+    for i in 0..4 {
+        four.push_str(&format!(
+            "  - name: d{i}\n    type: zmount\n    data: {{ size: 16M }}\n"
+        ));
+    }
+    let (status, body) = send("alice", &four);
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("limits.workloads_per_deployment = 3"),
+        "{body}"
+    );
+    let fat = format!(
+        "{}description: {}\n",
+        DISK_ONLY.replace("NAME", "fat"),
+        "x".repeat(100_000)
+    );
+    let (status, body) = send("alice", &fat);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("limits.deployment_bytes = 64 KiB"), "{body}");
+    let (status, body) = send("alice", &DISK_ONLY.replace("NAME", "two"));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = send("alice", &DISK_ONLY.replace("NAME", "three"));
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("limits.deployments_per_owner = 2"), "{body}");
+    // Carol floods: she is refused with 429 once her bucket is empty; Alice is still served.
+    let mut refused = None;
+    for _ in 0..200 {
+        let auth = RequestAuth::sign(
+            &carol,
+            &node.id(),
+            "GET",
+            "/v1/deployments",
+            unix_now(),
+            b"",
+        )
+        .to_header();
+        let (status, body) = raw_http(&node.socket(), "GET", "/v1/deployments", Some(&auth), b"");
+        if status == 429 {
+            refused = Some(body);
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+    }
+    let body = refused.expect("200 requests in a burst were all served");
+    assert!(body.contains("limits.requests_per_second = 5"), "{body}");
+    let (status, body) = node.http(Some("alice"), "GET", "/v1/deployments/two", b"");
+    assert_eq!(status, 200, "{body}");
 }

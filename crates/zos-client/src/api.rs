@@ -4,7 +4,7 @@
 use crate::{Answer, ClientError, NodeClient};
 use hyper::StatusCode;
 use zos_types::api::{Event, NodeInfo, API_PREFIX};
-use zos_types::{is_valid_deployment_name, Deployment, WorkloadName};
+use zos_types::{is_valid_deployment_name, Deployment, PublicKey, WorkloadName};
 
 /// One line of the event stream: the text as the node sent it (trimmed), and the event when
 /// this client understands it.
@@ -43,9 +43,21 @@ impl NodeClient {
         self.get(&format!("{API_PREFIX}/deployments/{name}"))
     }
 
-    /// Like [`NodeClient::deployment`], but `None` when the node holds none by that name.
+    /// `owner`'s deployment `name`, which the caller owns or co-owns (is a signer of):
+    /// `GET /v1/deployments/{name}?owner=KEY`.
+    pub fn deployment_of(
+        &self,
+        owner: &PublicKey,
+        name: &str,
+    ) -> Result<Answer<Deployment>, ClientError> {
+        check_deployment_name(name)?;
+        self.get(&format!("{API_PREFIX}/deployments/{name}?owner={owner}"))
+    }
+
+    /// The caller's own deployment `name` (never one it co-owns), or `None` when the node
+    /// holds none of the caller's by that name.
     pub fn find_deployment(&self, name: &str) -> Result<Option<Answer<Deployment>>, ClientError> {
-        match self.deployment(name) {
+        match self.deployment_of(&self.key().public(), name) {
             Ok(found) => Ok(Some(found)),
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
             Err(e) => Err(e),

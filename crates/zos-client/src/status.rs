@@ -29,7 +29,8 @@ pub fn state_name(state: ResultState) -> &'static str {
 }
 
 /// The state of a whole deployment: `ok` when every workload is, otherwise the worst one
-/// (error, then init, then paused, then deleted); `-` without workloads.
+/// (error, then init, then paused, then deleted); `deleted` without workloads (what a node
+/// keeps of a deleted deployment: a deployment is never admitted without one).
 pub fn summary_state(d: &Deployment) -> &'static str {
     let rank = |state: Option<ResultState>| match state {
         Some(ResultState::Error) => 4,
@@ -42,7 +43,7 @@ pub fn summary_state(d: &Deployment) -> &'static str {
         .iter()
         .map(state_of)
         .max_by_key(|s| rank(*s))
-        .map_or("-", |s| s.map_or("init", state_name))
+        .map_or("deleted", |s| s.map_or("init", state_name))
 }
 
 /// The workloads that ended in `error`.
@@ -76,6 +77,7 @@ mod tests {
         assert_eq!(state(&[Some(Error), Some(Paused)]), "error");
         let mut empty = d;
         empty.workloads.clear();
-        assert_eq!(summary_state(&empty), "-");
+        // What a node keeps of a deleted deployment.
+        assert_eq!(summary_state(&empty), "deleted");
     }
 }

@@ -57,7 +57,13 @@ pub fn wait_until_settled(
             });
         }
         std::thread::sleep(POLL_INTERVAL);
-        current = node.deployment(&name)?;
+        // A co-owner follows the owner's deployment, not one of its own by that name.
+        let owner = current.value.owner;
+        current = if owner == node.key().public() {
+            node.deployment(&name)?
+        } else {
+            node.deployment_of(&owner, &name)?
+        };
         for w in &current.value.workloads {
             let now = state_label(w);
             let before = seen.insert(w.name.clone(), now);

@@ -50,7 +50,9 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::NoCapacity(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NoCapacity(_) | ApiError::OverLimit(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -141,6 +143,8 @@ impl Api {
                 "this signed request was already used: sign each request anew".into(),
             ));
         }
+        drop(seen);
+        self.engine.throttle(&auth.key)?;
         Ok(auth.key)
     }
 }
@@ -213,14 +217,28 @@ async fn list(
 async fn get_one(
     State(api): State<Api>,
     Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<Deployment>, ApiError> {
-    one(api, name, method, uri, headers, |e, owner, name| {
-        e.get(owner, name)
-    })
-    .await
+    let caller = api.caller(&method, &uri, &headers, b"")?;
+    let owner = owner_of(&query)?;
+    let engine = api.engine.clone();
+    let d = blocking(move || engine.read(&caller, owner.as_ref(), &name)).await?;
+    Ok(Json(d))
+}
+
+/// The `owner` a co-owner may name (`?owner=KEY`), when several of its deployments share
+/// a name.
+fn owner_of(query: &HashMap<String, String>) -> Result<Option<PublicKey>, ApiError> {
+    query
+        .get("owner")
+        .map(|k| {
+            k.parse()
+                .map_err(|e| ApiError::Invalid(format!("owner {k:?}: {e}")))
+        })
+        .transpose()
 }
 
 async fn remove(
@@ -258,15 +276,20 @@ async fn logs(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let owner = api.caller(&method, &uri, &headers, b"")?;
+    let caller = api.caller(&method, &uri, &headers, b"")?;
     let follow = query.get("follow").is_some_and(|v| v == "true" || v == "1");
-    // Only a followed log is a stream: a plain one ends once read.
-    let slot = match follow.then(|| api.streams.take(&owner)).transpose() {
+    let owner = owner_of(&query)?;
+    // Only a followed log is a stream: a plain one ends once read. The reader holds it.
+    let slot = match follow.then(|| api.streams.take(&caller)).transpose() {
         Ok(slot) => slot,
         Err(why) => return Ok(too_many(why)),
     };
     let engine = api.engine.clone();
-    let log = blocking(move || engine.console(&owner, &name, &workload)).await?;
+    let log = blocking(move || {
+        let owner = engine.resolve(&caller, owner.as_ref(), &name)?;
+        engine.console(&owner, &name, &workload)
+    })
+    .await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(crate::streams::follow_log(
         api.engine.clone(),
@@ -286,11 +309,12 @@ async fn events(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let owner = api.caller(&method, &uri, &headers, b"")?;
-    let slot = match api.streams.take(&owner) {
+    let caller = api.caller(&method, &uri, &headers, b"")?;
+    let slot = match api.streams.take(&caller) {
         Ok(slot) => slot,
         Err(why) => return Ok(too_many(why)),
     };
+    let engine = api.engine.clone();
     let mut events = api.engine.subscribe();
     let mut stopping = api.stopping.clone();
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
@@ -309,7 +333,7 @@ async fn events(
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => return,
             };
-            if who != owner {
+            if !engine.may_read(&caller, &who, &event.deployment) {
                 continue;
             }
             let Ok(mut line) = serde_json::to_vec(&event) else {

@@ -1,6 +1,7 @@
 //! The node's configuration: a TOML file read once at start. It is the operator's only say in
 //! what the node does; there is no API for it.
 
+use crate::limits::OwnerLimits;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use zos_flist::store::StorePolicy;
@@ -62,6 +63,8 @@ pub struct NodeConfig {
     /// Streams (followed logs, events) one owner may hold open at once; more are refused
     /// with 429.
     pub max_streams_per_owner: usize,
+    /// What one owner may store and ask (`[limits]`): see [`OwnerLimits`].
+    pub limits: OwnerLimits,
 }
 
 impl Default for NodeConfig {
@@ -84,6 +87,7 @@ impl Default for NodeConfig {
             body_timeout_secs: 30,
             max_connections: 1000,
             max_streams_per_owner: 32,
+            limits: OwnerLimits::default(),
         }
     }
 }
@@ -152,6 +156,7 @@ impl NodeConfig {
                 );
             }
         }
+        self.limits.check()?;
         Ok(())
     }
 
@@ -267,6 +272,14 @@ mod tests {
 
         std::fs::write(&path, "cpu_overcommit = 0.5\n").unwrap();
         assert!(NodeConfig::load(Some(&path)).is_err());
+
+        std::fs::write(&path, "[limits]\ndeployments_per_owner = 3\n").unwrap();
+        let c = NodeConfig::load(Some(&path)).unwrap();
+        assert_eq!(c.limits.deployments_per_owner, 3);
+        assert_eq!(c.limits.workloads_per_deployment, 200);
+        std::fs::write(&path, "[limits]\nrequests_per_second = 0.0\n").unwrap();
+        let err = NodeConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("limits.requests_per_second"), "{err}");
     }
 
     #[test]

@@ -5,10 +5,13 @@
 
 use crate::capacity;
 use crate::config::NodeConfig;
-use crate::store::{self, Insert, Store};
+use crate::limits::{OwnerLimits, RateLimiter};
+use crate::readers::Readers;
+use crate::schedule::Queue;
+use crate::store::{self, is_tombstone, Insert, Store};
 use crate::workload::{self, deployment_id, is_deleted, result, state, Host, Kinds, Target};
 use anyhow::{Context, Result};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -35,6 +38,16 @@ pub enum EngineError {
     /// Valid, but the node has no room for it.
     #[error("{0}")]
     NoCapacity(String),
+    /// Valid, but beyond one of the owner's limits (how many, how much); the message names
+    /// the limit and its value.
+    #[error("{0}")]
+    OverLimit(String),
+    /// One deployment larger than the node stores; the message names the limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The owner asks faster than their limit allows; the message says when to try again.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The node itself failed.
     #[error("node error: {0:#}")]
     Internal(#[from] anyhow::Error),
@@ -54,9 +67,19 @@ pub struct Engine {
     /// One lock per deployment: its convergence runs one at a time.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     events: broadcast::Sender<(PublicKey, Event)>,
-    /// Deployments waiting for a worker.
-    queue: Mutex<VecDeque<(PublicKey, String)>>,
+    /// Deployments waiting for a worker, owners taking turns.
+    queue: Mutex<Queue>,
     queued: Condvar,
+    /// The live deployments with a workload of a type the monitor watches: all it reads.
+    monitored: Mutex<HashSet<(PublicKey, String)>>,
+    /// Each deployment's co-owners, who may read it too.
+    readers: Mutex<Readers>,
+    /// Passes under way, by deployment key: where the next slice starts.
+    passes: Mutex<HashMap<String, Pass>>,
+    /// What one owner may store and ask.
+    limits: OwnerLimits,
+    /// Each owner's request rate.
+    rate: RateLimiter,
 }
 
 /// A workload's console log, found by [`Engine::console`].
@@ -73,9 +96,29 @@ pub struct ConsoleLog {
 /// VM boot from holding up everything else.
 pub const WORKERS: usize = 2;
 
-/// A deployment whose every workload is deleted: kept only so old versions cannot return.
-fn is_tombstone(d: &Deployment) -> bool {
-    d.workloads.iter().all(is_deleted)
+/// Workloads one turn of a worker converges before the deployment goes to the back of the
+/// queue and the next owner's turn comes: a deployment of hundreds of workloads holds a
+/// worker for a slice, not for all of them.
+pub const SLICE: usize = 16;
+
+/// Workers one owner may keep busy: one fewer than there are, so that another owner's
+/// deployment always finds a worker free (or one within a slice).
+pub const PER_OWNER: usize = if WORKERS > 1 { WORKERS - 1 } else { 1 };
+
+/// How long a slice goes on converging once it has converged one workload.
+pub const SLICE_TIME: Duration = Duration::from_millis(250);
+
+/// What a slow workload (a VM boot: seconds) takes of a slice, in workloads: a turn boots
+/// at most `SLICE / SLOW_COST` VMs.
+pub const SLOW_COST: usize = 4;
+
+/// A convergence pass of one version of a deployment, done a slice at a time.
+struct Pass {
+    version: u32,
+    /// Workloads (in convergence order) already looked at.
+    next: usize,
+    /// Whether each workload looked at is usable, for those converged after it.
+    earlier: HashMap<String, Result<(), String>>,
 }
 
 impl Engine {
@@ -115,8 +158,18 @@ impl Engine {
             refuse_unaccounted(&kinds, &host, &db)?;
         }
         let mut held = HashMap::new();
+        let mut monitored = HashSet::new();
+        let mut readers = Readers::default();
+        // Tombstones keep their requirement: co-owners see a deleted deployment as its
+        // owner does.
+        for d in &stored {
+            readers.set(d);
+        }
         for d in stored.iter().filter(|d| !is_tombstone(d)) {
             held.insert(store::key(&d.owner, &d.name), kinds.demand(&d.workloads));
+            if is_monitored(&kinds, d) {
+                monitored.insert((d.owner, d.name.clone()));
+            }
         }
         // What the file system really has free, plus what deployments already hold (their
         // disks may not have taken all of it yet): the node offers no more than that.
@@ -138,8 +191,13 @@ impl Engine {
             held: Mutex::new(held),
             locks: Mutex::new(HashMap::new()),
             events,
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::default(),
             queued: Condvar::new(),
+            passes: Mutex::default(),
+            monitored: Mutex::new(monitored),
+            readers: Mutex::new(readers),
+            rate: RateLimiter::new(cfg.limits.requests_per_second, cfg.limits.request_burst),
+            limits: cfg.limits,
         }))
     }
 
@@ -212,9 +270,79 @@ impl Engine {
         // fail learns nothing about the host (which files exist, say).
         d.verify_signatures()
             .map_err(|e| EngineError::Unauthorized(format!("deployment {:?}: {e}", d.name)))?;
+        self.throttle(&d.owner)?;
+        self.check_size(d)?;
         self.kinds
             .check(&self.host, &d.workloads)
             .map_err(|e| EngineError::Invalid(format!("deployment {:?}: {e}", d.name)))
+    }
+
+    /// Takes one of `owner`'s requests from their rate limit (signed requests only: an
+    /// unsigned one must not spend someone else's).
+    pub fn throttle(&self, owner: &PublicKey) -> Result<(), EngineError> {
+        self.rate.take(owner).map_err(|wait| {
+            EngineError::TooManyRequests(format!(
+                "too many requests from {owner}: the node's limit is limits.requests_per_second \
+                 = {} (bursts of limits.request_burst = {}); try again in {:.1} s",
+                self.limits.requests_per_second, self.limits.request_burst, wait
+            ))
+        })
+    }
+
+    /// The limits on one deployment by itself: how many workloads, how many bytes.
+    fn check_size(&self, d: &Deployment) -> Result<(), EngineError> {
+        let max = self.limits.workloads_per_deployment;
+        if d.workloads.len() > max {
+            return Err(EngineError::OverLimit(format!(
+                "deployment {:?} has {} workloads; the node's limit is \
+                 limits.workloads_per_deployment = {max}: split it into several deployments",
+                d.name,
+                d.workloads.len()
+            )));
+        }
+        let size = stored_size(d)?;
+        let max = self.limits.deployment_bytes;
+        if size > max.0 {
+            return Err(EngineError::TooLarge(format!(
+                "deployment {:?} takes {} stored; the node's limit is limits.deployment_bytes = \
+                 {max}: keep metadata, description and env smaller",
+                d.name,
+                zos_types::ByteSize(size)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The limits on all of an owner's deployments once `d` is stored: how many are live
+    /// (`new` when `d` adds one) and how many bytes they take.
+    fn check_owner(
+        &self,
+        held: &HashMap<String, Resources>,
+        d: &Deployment,
+        new: bool,
+    ) -> Result<(), EngineError> {
+        let max = self.limits.deployments_per_owner;
+        let prefix = format!("{}/", d.owner);
+        let live = held.keys().filter(|k| k.starts_with(&prefix)).count();
+        if new && live >= max {
+            return Err(EngineError::OverLimit(format!(
+                "{} has {live} deployments on this node; the node's limit is \
+                 limits.deployments_per_owner = {max}: remove one first (zos rm)",
+                d.owner
+            )));
+        }
+        let others = self.store.owner_bytes(&d.owner, Some(&d.name))?;
+        let total = others.saturating_add(stored_size(d)?);
+        let max = self.limits.owner_bytes;
+        if total > max.0 {
+            return Err(EngineError::OverLimit(format!(
+                "{}'s deployments would take {} stored; the node's limit is limits.owner_bytes \
+                 = {max}: remove deployments or keep their metadata smaller",
+                d.owner,
+                zos_types::ByteSize(total)
+            )));
+        }
+        Ok(())
     }
 
     /// A new deployment: checked, admitted, stored, then provisioned in the background.
@@ -233,6 +361,7 @@ impl Engine {
         {
             let mut held = self.held();
             let demand = self.kinds.demand(&d.workloads);
+            self.check_owner(&held, &d, true)?;
             capacity::check_fits(demand, self.free(&held, None))
                 .map_err(EngineError::NoCapacity)?;
             match self.store.insert_new(&d)? {
@@ -249,6 +378,8 @@ impl Engine {
             }
             held.insert(key, demand);
         }
+        self.index(&d);
+        self.readers().set(&d);
         self.emit(&d, None, ResultState::Init, "deployed");
         self.spawn_converge(d.owner, d.name.clone());
         Ok(d)
@@ -270,6 +401,8 @@ impl Engine {
         self.check(&d)?;
         let key = store::key(&d.owner, &d.name);
         let mut held = self.held();
+        // A deleted deployment brought back counts as a new one.
+        self.check_owner(&held, &d, !held.contains_key(&key))?;
         let free = self.free(&held, Some(&key));
         // Checked and written in one transaction, against the stored record as it is then:
         // results recorded meanwhile are carried over, not lost.
@@ -287,6 +420,8 @@ impl Engine {
             })??;
         held.insert(key, demand);
         drop(held);
+        self.index(&d);
+        self.readers().set(&d);
         self.emit(&d, None, ResultState::Init, "updated");
         self.spawn_converge(d.owner, d.name.clone());
         Ok(d)
@@ -369,11 +504,16 @@ impl Engine {
                         ));
                     }
                 }
-                d.clone()
+                // The caller sees what went; the database keeps only what replay
+                // protection needs.
+                let whole = d.clone();
+                *d = store::tombstone_of(d);
+                whole
             })?
             .ok_or_else(|| EngineError::NotFound(format!("no deployment named {name:?}")))?;
         held.remove(&store::key(owner, name));
         drop(held);
+        self.index(&tombstone);
         let id = deployment_id(owner, name);
         for kind in self.kinds.all() {
             kind.forget(&id);
@@ -390,15 +530,97 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound(format!("no deployment named {name:?}")))
     }
 
-    /// The caller's deployments; deleted ones only with `include_deleted`.
+    /// The caller's deployments and those it co-owns, by name; deleted ones only with
+    /// `include_deleted`.
     pub fn list(
         &self,
-        owner: &PublicKey,
+        caller: &PublicKey,
         include_deleted: bool,
     ) -> Result<Vec<Deployment>, EngineError> {
-        let mut all = self.store.list(owner)?;
+        let mut all = self.store.list(caller)?;
+        let co_owned = self.readers().of(caller);
+        for (owner, name) in co_owned {
+            all.extend(self.store.get(&owner, &name)?);
+        }
         all.retain(|d| include_deleted || !is_tombstone(d));
+        all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
+    }
+
+    fn readers(&self) -> std::sync::MutexGuard<'_, Readers> {
+        self.readers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `caller` may read `owner`'s deployment `name`: its owner, or a key its
+    /// signature requirement names.
+    pub fn may_read(&self, caller: &PublicKey, owner: &PublicKey, name: &str) -> bool {
+        self.readers().can_read(caller, owner, name)
+    }
+
+    /// The owner of the deployment `name` that `caller` asks about: `owner` when given (and
+    /// `caller` may read it), else `caller`'s own, else the one deployment of that name
+    /// `caller` co-owns. Another's deployment `caller` may not read is not found, as one
+    /// that does not exist.
+    pub fn resolve(
+        &self,
+        caller: &PublicKey,
+        owner: Option<&PublicKey>,
+        name: &str,
+    ) -> Result<PublicKey, EngineError> {
+        let missing = || EngineError::NotFound(format!("no deployment named {name:?}"));
+        if let Some(owner) = owner {
+            return if self.may_read(caller, owner, name) {
+                Ok(*owner)
+            } else {
+                Err(missing())
+            };
+        }
+        if self.store.get(caller, name)?.is_some() {
+            return Ok(*caller);
+        }
+        let owners: Vec<PublicKey> = self
+            .readers()
+            .of(caller)
+            .into_iter()
+            .filter(|(_, n)| n == name)
+            .map(|(o, _)| o)
+            .collect();
+        match owners.as_slice() {
+            [] => Err(missing()),
+            [one] => Ok(*one),
+            several => Err(EngineError::Conflict(format!(
+                "you co-own {} deployments named {name:?} (owners {}): name the owner \
+                 (?owner=KEY)",
+                several.len(),
+                several
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// A deployment `caller` may read (see [`Engine::resolve`]).
+    pub fn read(
+        &self,
+        caller: &PublicKey,
+        owner: Option<&PublicKey>,
+        name: &str,
+    ) -> Result<Deployment, EngineError> {
+        let owner = self.resolve(caller, owner, name)?;
+        self.get(&owner, name)
+    }
+
+    /// Keeps `d` in the monitor's index while it has a workload the monitor may watch.
+    fn index(&self, d: &Deployment) {
+        let mut monitored = self.monitored.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (d.owner, d.name.clone());
+        if !is_tombstone(d) && is_monitored(&self.kinds, d) {
+            monitored.insert(key);
+        } else {
+            monitored.remove(&key);
+        }
     }
 
     /// The console log of one of the caller's workloads.
@@ -466,60 +688,113 @@ impl Engine {
     }
 
     /// Queues a deployment for convergence (once, however often it is asked for).
-    fn spawn_converge(self: &Arc<Self>, owner: PublicKey, name: String) {
+    fn spawn_converge(&self, owner: PublicKey, name: String) {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.iter().any(|(o, n)| *o == owner && *n == name) {
-            return;
-        }
-        queue.push_back((owner, name));
+        queue.push(owner, name);
         self.queued.notify_one();
     }
 
-    /// Converges queued deployments, one at a time per worker; the node runs
-    /// [`WORKERS`] of these, so a burst of deployments does not start a burst of VMs.
+    /// Converges queued deployments a slice at a time, owners taking turns, each owner on
+    /// at most [`PER_OWNER`] workers; the node runs [`WORKERS`] of these, so a burst of
+    /// deployments does not start a burst of VMs.
     pub fn worker(self: &Arc<Self>) {
         loop {
-            let (owner, name) = {
+            let job = {
                 let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 loop {
-                    if let Some(job) = queue.pop_front() {
+                    if let Some(job) = queue.pop(PER_OWNER) {
                         break job;
                     }
                     queue = self.queued.wait(queue).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            if let Err(e) = self.converge(&owner, &name) {
-                tracing::error!(deployment = %name, error = %e, "converging failed");
-            }
+            self.work(job);
+        }
+    }
+
+    /// One turn of a worker without waiting: false if nothing was queued.
+    #[cfg(test)]
+    fn work_once(&self) -> bool {
+        let job = self
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop(PER_OWNER);
+        job.map(|job| self.work(job)).is_some()
+    }
+
+    /// A slice of `name`'s convergence; queued again (behind other owners) if more is left.
+    fn work(&self, (owner, name): (PublicKey, String)) {
+        let more = self.converge_slice(&owner, &name, SLICE);
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finished(&owner);
+        // The owner's next deployment may be waiting for this worker.
+        self.queued.notify_one();
+        match more {
+            Ok(true) => self.spawn_converge(owner, name),
+            Ok(false) => {}
+            Err(e) => tracing::error!(deployment = %name, error = %e, "converging failed"),
         }
     }
 
     /// Makes the host match the stored deployment, until a pass finds nothing newer.
     fn converge(&self, owner: &PublicKey, name: &str) -> Result<(), EngineError> {
-        let lock = self.lock_for(owner, name);
-        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(mut d) = self.store.get(owner, name)? else {
-            return Ok(());
-        };
-        loop {
-            self.converge_once(&d)?;
-            match self.store.get(owner, name)? {
-                Some(now) if now.version != d.version => d = now,
-                _ => return Ok(()),
-            }
-        }
+        while self.converge_slice(owner, name, usize::MAX)? {}
+        Ok(())
     }
 
-    fn converge_once(&self, d: &Deployment) -> Result<(), EngineError> {
+    /// Converges up to `budget` workloads of the stored deployment, going on from where the
+    /// last slice of its current version stopped; true if more is left (the rest of the
+    /// pass, or a newer version stored meanwhile).
+    fn converge_slice(
+        &self,
+        owner: &PublicKey,
+        name: &str,
+        budget: usize,
+    ) -> Result<bool, EngineError> {
+        let lock = self.lock_for(owner, name);
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let key = store::key(owner, name);
+        let passes = || self.passes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(d) = self.store.get(owner, name)? else {
+            passes().remove(&key);
+            return Ok(false);
+        };
+        let pass = passes().remove(&key).filter(|p| p.version == d.version);
+        let mut pass = match pass {
+            Some(pass) => pass,
+            None => {
+                self.remove_unwanted(&d)?;
+                Pass {
+                    version: d.version,
+                    next: 0,
+                    earlier: HashMap::new(),
+                }
+            }
+        };
+        let done = self.converge_some(&d, &mut pass, budget)?;
+        if !done {
+            passes().insert(key, pass);
+            return Ok(true);
+        }
+        Ok(self
+            .store
+            .get(owner, name)?
+            .is_some_and(|now| now.version != d.version))
+    }
+
+    /// What this deployment no longer has goes first, freeing its resources. Found by name
+    /// alone: asking every VM of the node for its state would make each deployment's pass
+    /// cost as much as all VMs.
+    fn remove_unwanted(&self, d: &Deployment) -> Result<(), EngineError> {
         let id = deployment_id(&d.owner, &d.name);
-        let live: Vec<&Workload> = d.workloads.iter().filter(|w| !is_deleted(w)).collect();
-        // What this deployment no longer has goes first, freeing its resources. Found by
-        // name alone: asking every VM of the node for its state would make each
-        // deployment's pass cost as much as all VMs.
         for kind in self.kinds.all() {
-            let wanted: HashSet<String> = live
+            let wanted: HashSet<String> = d
+                .workloads
                 .iter()
-                .filter(|w| w.spec.type_name() == kind.type_name())
+                .filter(|w| !is_deleted(w) && w.spec.type_name() == kind.type_name())
                 .map(|w| kind.resource(&id, w.name.as_str()))
                 .collect();
             let existing = kind.resources(&self.host).map_err(anyhow::Error::from)?;
@@ -531,40 +806,74 @@ impl Engine {
                 }
             }
         }
-        // Lower ranks first: disks before the machines that mount them.
-        let mut earlier: HashMap<String, Result<(), String>> = HashMap::new();
-        for kind in self.kinds.all() {
-            for w in live
-                .iter()
-                .filter(|w| w.spec.type_name() == kind.type_name())
-            {
-                let current = state(w);
-                if !matches!(current, Some(ResultState::Init | ResultState::Ok)) {
-                    let why = w.result.as_ref().map(|r| r.message.clone());
-                    earlier.insert(w.name.to_string(), Err(why.unwrap_or_default()));
-                    continue;
-                }
-                // A VM boot takes seconds: if the deployment moved on (updated, deleted)
-                // meanwhile, stop here and let the next pass work from the new version.
-                if kind.slow() && self.moved_on(d)? {
-                    return Ok(());
-                }
-                let step = kind.converge(
-                    &self.host,
-                    &Target {
-                        id: &id,
-                        workload: w,
-                        fresh: current == Some(ResultState::Init),
-                        earlier: &earlier,
-                    },
-                );
-                if let Some(r) = step.result {
-                    self.set_result(d, w, r)?;
-                }
-                earlier.insert(w.name.to_string(), step.usable);
-            }
-        }
         Ok(())
+    }
+
+    /// Converges `d`'s live workloads from `pass.next` on, lower ranks first (disks before
+    /// the machines that mount them), up to `budget` of them; true once the pass is done or
+    /// `d` was replaced (the next pass works from the new version).
+    fn converge_some(
+        &self,
+        d: &Deployment,
+        pass: &mut Pass,
+        budget: usize,
+    ) -> Result<bool, EngineError> {
+        let id = deployment_id(&d.owner, &d.name);
+        let order: Vec<(&dyn workload::Kind, &Workload)> = self
+            .kinds
+            .all()
+            .flat_map(|kind| {
+                d.workloads
+                    .iter()
+                    .filter(move |w| !is_deleted(w) && w.spec.type_name() == kind.type_name())
+                    .map(move |w| (kind, w))
+            })
+            .collect();
+        let mut results = Results::default();
+        let mut spent = 0;
+        let started = std::time::Instant::now();
+        while let Some(&(kind, w)) = order.get(pass.next) {
+            let current = state(w);
+            if !matches!(current, Some(ResultState::Init | ResultState::Ok)) {
+                let why = w.result.as_ref().map(|r| r.message.clone());
+                pass.earlier
+                    .insert(w.name.to_string(), Err(why.unwrap_or_default()));
+                pass.next += 1;
+                continue;
+            }
+            // Bounded in time too: a slice of slow disks must not keep another owner's
+            // single workload waiting for seconds.
+            if spent >= budget || (spent > 0 && started.elapsed() >= SLICE_TIME) {
+                self.write_results(d, &mut results)?;
+                return Ok(false);
+            }
+            // A VM boot takes seconds: if the deployment moved on (updated, deleted)
+            // meanwhile, stop here and let the next pass work from the new version.
+            if kind.slow() {
+                // What is done is shown before a boot of seconds, not after.
+                self.write_results(d, &mut results)?;
+                if self.moved_on(d)? {
+                    return Ok(true);
+                }
+            }
+            let step = kind.converge(
+                &self.host,
+                &Target {
+                    id: &id,
+                    workload: w,
+                    fresh: current == Some(ResultState::Init),
+                    earlier: &pass.earlier,
+                },
+            );
+            if let Some(r) = step.result {
+                results.add(w, r);
+            }
+            pass.earlier.insert(w.name.to_string(), step.usable);
+            pass.next += 1;
+            spent = spent.saturating_add(if kind.slow() { SLOW_COST } else { 1 });
+        }
+        self.write_results(d, &mut results)?;
+        Ok(true)
     }
 
     /// Whether the stored deployment is no longer `d` (updated or deleted since).
@@ -573,34 +882,32 @@ impl Engine {
         Ok(current.is_none_or(|c| c.version != d.version || is_tombstone(&c)))
     }
 
-    /// Records a workload's result, unless it says what the result read in `d` already says
-    /// (passes and monitor rounds would rewrite the deployment for nothing) or the deployment
-    /// moved on to a newer version of the workload.
-    fn set_result(
-        &self,
-        d: &Deployment,
-        w: &Workload,
-        r: WorkloadResult,
-    ) -> Result<(), EngineError> {
-        if w.result
-            .as_ref()
-            .is_some_and(|old| old.state == r.state && old.message == r.message)
-        {
+    /// Records workloads' results in one transaction (each rewrite stores the whole
+    /// deployment: one per result made a 17,000-workload deployment write ~146 GB), except
+    /// for workloads the deployment moved on from (a newer version of the workload, or
+    /// deleted); each recorded result is an event.
+    fn write_results(&self, d: &Deployment, results: &mut Results) -> Result<(), EngineError> {
+        let pending = std::mem::take(&mut results.0);
+        if pending.is_empty() {
             return Ok(());
         }
-        let (state, message) = (r.state, r.message.clone());
         let stored = self.store.modify(&d.owner, &d.name, |now| {
-            let Some(target) = now.workloads.iter_mut().find(|x| x.name == w.name) else {
-                return false;
-            };
-            if target.version != w.version || is_deleted(target) {
-                return false;
+            let mut stored = Vec::new();
+            for (name, version, r) in pending {
+                let Some(target) = now.workloads.iter_mut().find(|x| x.name.as_str() == name)
+                else {
+                    continue;
+                };
+                if target.version != version || is_deleted(target) {
+                    continue;
+                }
+                stored.push((name, r.state, r.message.clone()));
+                target.result = Some(r);
             }
-            target.result = Some(r);
-            true
+            stored
         })?;
-        if stored == Some(true) {
-            self.emit(d, Some(w.name.as_str()), state, &message);
+        for (name, state, message) in stored.unwrap_or_default() {
+            self.emit(d, Some(&name), state, &message);
         }
         Ok(())
     }
@@ -663,28 +970,62 @@ impl Engine {
     }
 
     fn monitor_once(&self) -> Result<(), EngineError> {
-        for d in self.store.all()? {
-            if is_tombstone(&d) || !d.workloads.iter().any(|w| self.watched(w)) {
-                continue;
-            }
-            let lock = self.lock_for(&d.owner, &d.name);
+        let watched: Vec<(PublicKey, String)> = {
+            let monitored = self.monitored.lock().unwrap_or_else(|e| e.into_inner());
+            monitored.iter().cloned().collect()
+        };
+        for (owner, name) in watched {
+            let lock = self.lock_for(&owner, &name);
             // Busy deployments are being converged: look again next round.
             let Ok(_guard) = lock.try_lock() else {
                 continue;
             };
-            // Read again under the lock: a convergence may have just changed it.
-            let Some(d) = self.store.get(&d.owner, &d.name)? else {
+            // Read under the lock: a convergence may have just changed it.
+            let Some(d) = self.store.get(&owner, &name)? else {
                 continue;
             };
             let id = deployment_id(&d.owner, &d.name);
+            let mut results = Results::default();
             for w in d.workloads.iter().filter(|w| self.watched(w)) {
                 if let Some(r) = self.kind_of(w)?.monitor(&self.host, &id, w) {
-                    self.set_result(&d, w, r)?;
+                    results.add(w, r);
                 }
             }
+            self.write_results(&d, &mut results)?;
         }
         Ok(())
     }
+}
+
+/// Whether `d` has a live workload of a type the monitor watches.
+fn is_monitored(kinds: &Kinds, d: &Deployment) -> bool {
+    d.workloads
+        .iter()
+        .any(|w| !is_deleted(w) && kinds.of(&w.spec).is_some_and(|k| k.monitors()))
+}
+
+/// Results not yet written: (workload, its version, result).
+#[derive(Default)]
+struct Results(Vec<(String, u32, WorkloadResult)>);
+
+impl Results {
+    /// Adds `w`'s new result, unless it says what `w`'s stored one says (passes and monitor
+    /// rounds would rewrite the deployment for nothing).
+    fn add(&mut self, w: &Workload, r: WorkloadResult) {
+        if w.result
+            .as_ref()
+            .is_some_and(|old| old.state == r.state && old.message == r.message)
+        {
+            return;
+        }
+        self.0.push((w.name.to_string(), w.version, r));
+    }
+}
+
+/// What `d` takes in the database.
+fn stored_size(d: &Deployment) -> Result<u64, EngineError> {
+    let bytes = serde_json::to_vec(d).context("measuring a deployment")?;
+    Ok(bytes.len() as u64)
 }
 
 /// A node whose database holds no deployment, on a host that holds VMs or disks, lost or

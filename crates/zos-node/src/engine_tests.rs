@@ -52,14 +52,18 @@ impl Kind for Recorder {
         Ok(())
     }
     fn demand(&self, spec: &WorkloadSpec) -> Resources {
-        let disk = match spec {
-            WorkloadSpec::Zmount(m) => m.size.0,
-            _ => 1 << 20,
-        };
-        Resources {
-            cpus: 1,
-            memory: 1 << 20,
-            disk,
+        // Disks take disk alone, as the real ones do: hundreds of them fit any host.
+        match spec {
+            WorkloadSpec::Zmount(m) => Resources {
+                cpus: 0,
+                memory: 0,
+                disk: m.size.0,
+            },
+            _ => Resources {
+                cpus: 1,
+                memory: 1 << 20,
+                disk: 1 << 20,
+            },
         }
     }
     fn converge(&self, _host: &Host, t: &Target) -> Step {
@@ -119,6 +123,10 @@ impl Kind for Recorder {
         self.note(format!("quarantine {resource}"));
         self.resources.lock().unwrap().remove(resource);
         Ok(())
+    }
+    fn monitors(&self) -> bool {
+        // As the real types: machines run something that can die, disks do not.
+        self.name == "zmachine"
     }
     fn watched(&self, w: &Workload) -> bool {
         self.monitored.lock().unwrap().contains_key(w.name.as_str())
@@ -454,7 +462,7 @@ fn admission_counts_what_each_type_demands_and_errors_are_typed() {
     let info = f.engine.info();
     f.send(APP, 0);
     let used = f.engine.info().used;
-    assert_eq!((used.cpus, used.memory), (2, 2 << 20));
+    assert_eq!((used.cpus, used.memory), (1, 1 << 20));
     assert!(info.used.cpus == 0);
     assert!(matches!(
         f.engine.deploy(f.signed(APP, 0)),
@@ -470,4 +478,275 @@ fn admission_counts_what_each_type_demands_and_errors_are_typed() {
         f.engine.get(&f.owner.public(), "nope"),
         Err(EngineError::NotFound(_))
     ));
+}
+
+/// A fixture whose node has `limits`.
+fn fixture_with(limits: crate::limits::OwnerLimits) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let disks = Recorder::new("zmount", 0, &log);
+    let machines = Recorder::new("zmachine", 1, &log);
+    let kinds = Kinds::new(vec![machines.clone(), disks.clone()]);
+    let cfg = NodeConfig {
+        limits,
+        ..config(&dir)
+    };
+    let engine = Engine::open_with(cfg, kinds).unwrap();
+    Fixture {
+        _dir: dir,
+        engine,
+        disks,
+        machines,
+        log,
+        owner: Keypair::from_seed(&[7; 32]),
+    }
+}
+
+/// A deployment of `n` 16M zmounts named `name`.
+fn disks_yaml(name: &str, n: usize) -> String {
+    let mut yaml = format!("name: {name}\nworkloads:\n");
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  - name: d{i}\n    type: zmount\n    data: {{ size: 16M }}\n"
+        ));
+    }
+    yaml
+}
+
+#[test]
+fn each_owner_limit_refuses_with_its_name_and_value() {
+    let f = fixture_with(crate::limits::OwnerLimits {
+        deployments_per_owner: 2,
+        workloads_per_deployment: 3,
+        deployment_bytes: zos_types::ByteSize(4096),
+        owner_bytes: zos_types::ByteSize(4000),
+        requests_per_second: 0.001,
+        request_burst: 6,
+    });
+    let Err(EngineError::OverLimit(m)) = f.engine.deploy(f.signed(&disks_yaml("a", 4), 0)) else {
+        panic!("4 workloads were admitted");
+    };
+    assert!(m.contains("limits.workloads_per_deployment = 3"), "{m}");
+
+    let big = format!("{}description: {}\n", disks_yaml("a", 1), "x".repeat(5000));
+    let Err(EngineError::TooLarge(m)) = f.engine.deploy(f.signed(&big, 0)) else {
+        panic!("a 5 kB deployment was admitted");
+    };
+    assert!(m.contains("limits.deployment_bytes = 4 KiB"), "{m}");
+
+    f.engine.deploy(f.signed(&disks_yaml("a", 1), 0)).unwrap();
+    let mid = format!("{}description: {}\n", disks_yaml("b", 1), "x".repeat(3000));
+    let Err(EngineError::OverLimit(m)) = f.engine.deploy(f.signed(&mid, 0)) else {
+        panic!("the owner's bytes went over");
+    };
+    assert!(m.contains("limits.owner_bytes"), "{m}");
+    f.engine.deploy(f.signed(&disks_yaml("b", 1), 0)).unwrap();
+    let Err(EngineError::OverLimit(m)) = f.engine.deploy(f.signed(&disks_yaml("c", 1), 0)) else {
+        panic!("a third deployment was admitted");
+    };
+    assert!(m.contains("limits.deployments_per_owner = 2"), "{m}");
+
+    // Six requests so far: the bucket is empty for this owner, not for another.
+    let Err(EngineError::TooManyRequests(m)) = f.engine.throttle(&f.owner.public()) else {
+        panic!("a seventh request went through");
+    };
+    assert!(m.contains("limits.requests_per_second = 0.001"), "{m}");
+    f.engine
+        .throttle(&Keypair::from_seed(&[8; 32]).public())
+        .unwrap();
+}
+
+#[test]
+fn a_pass_writes_its_results_once_not_once_per_workload() {
+    let f = fixture();
+    let yaml = disks_yaml("app", 50);
+    f.send(&yaml, 0);
+    let (writes, _) = f.engine.store.writes();
+    let d = f.converge();
+    assert!(states(&d).iter().all(|(_, s, _)| *s == ResultState::Ok));
+    let (after, bytes) = f.engine.store.writes();
+    // 50 results, one transaction (it was 50, each rewriting the whole deployment).
+    assert_eq!(after - writes, 1, "{bytes} bytes written");
+    // A pass that changes nothing writes nothing.
+    f.converge();
+    assert_eq!(f.engine.store.writes().0, after);
+}
+
+#[test]
+fn a_second_owners_zmount_is_served_while_the_first_owners_hundreds_converge() {
+    let f = fixture();
+    let other = Keypair::from_seed(&[9; 32]);
+    // Owner A: two deployments of 200 zmounts each, queued first.
+    for name in ["flood1", "flood2"] {
+        f.engine
+            .deploy(f.signed(&disks_yaml(name, 200), 0))
+            .unwrap();
+    }
+    let mut small = DeploymentFile::from_yaml_str(&disks_yaml("small", 1))
+        .unwrap()
+        .into_deployment(other.public(), f.engine.node_id());
+    small.sign(&other);
+    f.engine.deploy(small).unwrap();
+    let served = |owner: &Keypair, name: &str| {
+        let d = f.engine.get(&owner.public(), name).unwrap();
+        d.workloads
+            .iter()
+            .filter(|w| state(w) == Some(ResultState::Ok))
+            .count()
+    };
+    let mut turns = 0;
+    while served(&other, "small") == 0 {
+        assert!(
+            f.engine.work_once(),
+            "the queue ran dry before owner B was served"
+        );
+        turns += 1;
+    }
+    // B came after one slice of A's (not after A's 400 workloads), and A is still going.
+    let a_done = served(&f.owner, "flood1") + served(&f.owner, "flood2");
+    assert_eq!(turns, 2, "owner B waited {turns} turns");
+    assert_eq!(
+        a_done, SLICE,
+        "owner A had {a_done} workloads converged first"
+    );
+    // The rest converges, a slice at a time, with one write per slice.
+    let writes = f.engine.store.writes().0;
+    while f.engine.work_once() {}
+    assert_eq!(served(&f.owner, "flood1") + served(&f.owner, "flood2"), 400);
+    let slice = SLICE as u64;
+    let slices = (200 - slice).div_ceil(slice) + 200u64.div_ceil(slice);
+    assert_eq!(f.engine.store.writes().0 - writes, slices);
+    // A disk made in one slice is known as usable to a machine converged in a later one.
+    let app = format!(
+        "{}  - name: web\n    type: zmachine\n    data: {{ flist: /nowhere/app.fl, mounts: [{{ name: d0, mountpoint: /data }}] }}\n",
+        disks_yaml("app", SLICE + 1)
+    );
+    f.engine.deploy(f.signed(&app, 0)).unwrap();
+    f.take_log();
+    while f.engine.work_once() {}
+    let log = f.take_log();
+    let web = log.iter().find(|l| l.contains("zmachine web")).unwrap();
+    assert!(
+        web.contains("\"d0=ok\"") && web.contains(&format!("\"d{SLICE}=ok\"")),
+        "{web}"
+    );
+}
+
+#[test]
+fn a_tombstone_keeps_what_replay_protection_needs_and_nothing_more() {
+    let f = fixture();
+    let fat = format!(
+        "{}description: {}\n",
+        disks_yaml("app", 3),
+        "x".repeat(100_000)
+    );
+    f.send(&fat, 0);
+    f.converge();
+    let gone = f.engine.delete(&f.owner.public(), "app").unwrap();
+    // The caller is told what went…
+    assert_eq!(gone.workloads.len(), 3);
+    // …the database keeps the name, owner, version and requirement alone.
+    let stored = f.engine.store.owner_bytes(&f.owner.public(), None).unwrap();
+    assert!(stored < 1000, "a tombstone takes {stored} bytes");
+    let tomb = f.engine.get(&f.owner.public(), "app").unwrap();
+    assert_eq!(tomb.version, 1);
+    assert!(tomb.workloads.is_empty() && tomb.description.is_empty());
+    assert!(f.engine.list(&f.owner.public(), false).unwrap().is_empty());
+    assert_eq!(f.engine.list(&f.owner.public(), true).unwrap().len(), 1);
+    // Old signed versions cannot return; a version signed after the delete can.
+    assert!(matches!(
+        f.engine.deploy(f.signed(&fat, 0)),
+        Err(EngineError::Conflict(_))
+    ));
+    assert!(matches!(
+        f.engine.update("app", f.signed(&disks_yaml("app", 1), 1)),
+        Err(EngineError::Conflict(_))
+    ));
+    let back = f
+        .engine
+        .update("app", f.signed(&disks_yaml("app", 1), 2))
+        .unwrap();
+    assert_eq!(states(&back)[0].1, ResultState::Init);
+}
+
+#[test]
+fn the_monitor_reads_only_deployments_with_something_to_watch() {
+    let f = fixture();
+    for i in 0..10 {
+        f.engine
+            .deploy(f.signed(&disks_yaml(&format!("disks{i}"), 2), 0))
+            .unwrap();
+    }
+    f.send(APP, 0);
+    while f.engine.work_once() {}
+    let reads = f.engine.store.reads();
+    f.engine.monitor_once().unwrap();
+    // One deployment has a machine: one read, not eleven.
+    assert_eq!(f.engine.store.reads() - reads, 1);
+    f.engine.delete(&f.owner.public(), "app").unwrap();
+    let reads = f.engine.store.reads();
+    f.engine.monitor_once().unwrap();
+    assert_eq!(f.engine.store.reads(), reads);
+}
+
+#[test]
+fn every_signer_of_a_co_owned_deployment_can_read_it_and_no_one_else() {
+    let f = fixture();
+    let (co, stranger) = (Keypair::from_seed(&[10; 32]), Keypair::from_seed(&[11; 32]));
+    let shared = format!(
+        "{}signature_requirement:\n  weight_required: 1\n  requests:\n    - {{ key: {}, weight: 1, required: true }}\n    - {{ key: {}, weight: 1 }}\n",
+        disks_yaml("shared", 1),
+        f.owner.public(),
+        co.public()
+    );
+    f.engine.deploy(f.signed(&shared, 0)).unwrap();
+    f.engine
+        .deploy(f.signed(&disks_yaml("mine", 1), 0))
+        .unwrap();
+    let owner = f.owner.public();
+    // The co-owner finds it by name, lists it, and sees its events; a stranger does not.
+    assert_eq!(
+        f.engine.read(&co.public(), None, "shared").unwrap().owner,
+        owner
+    );
+    assert_eq!(
+        f.engine
+            .read(&co.public(), Some(&owner), "shared")
+            .unwrap()
+            .name,
+        "shared"
+    );
+    let names: Vec<String> = f
+        .engine
+        .list(&co.public(), false)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, ["shared"]);
+    assert!(f.engine.may_read(&co.public(), &owner, "shared"));
+    assert!(!f.engine.may_read(&co.public(), &owner, "mine"));
+    for name in ["shared", "mine"] {
+        assert!(matches!(
+            f.engine.read(&stranger.public(), Some(&owner), name),
+            Err(EngineError::NotFound(_))
+        ));
+        assert!(matches!(
+            f.engine.read(&stranger.public(), None, name),
+            Err(EngineError::NotFound(_))
+        ));
+    }
+    assert!(matches!(
+        f.engine.read(&co.public(), None, "mine"),
+        Err(EngineError::NotFound(_))
+    ));
+    assert!(f.engine.list(&stranger.public(), true).unwrap().is_empty());
+    // Its owner's list is unchanged.
+    assert_eq!(f.engine.list(&owner, false).unwrap().len(), 2);
+    // A version that drops the co-owner (the old requirement needs the owner alone) takes
+    // their reading away.
+    let alone = f.signed(&disks_yaml("shared", 1), 1);
+    f.engine.update("shared", alone).unwrap();
+    assert!(!f.engine.may_read(&co.public(), &owner, "shared"));
+    assert!(f.engine.list(&co.public(), true).unwrap().is_empty());
 }

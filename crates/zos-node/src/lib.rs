@@ -10,6 +10,9 @@
 //! - [`serve`]: the listeners' limits (connections, header and body time limits);
 //! - [`tls`]: the TLS certificate bound to the node's key;
 //! - [`streams`]: followed logs and events: a per-owner cap, logs followed without a thread;
+//! - [`limits`]: what one owner may store and ask;
+//! - [`schedule`]: the convergence queue, owners taking turns;
+//! - [`readers`]: who may read a deployment (its owner and co-owners);
 //! - [`cgroup`]: the node's own cgroup, beside its VMs'.
 
 pub mod api;
@@ -18,6 +21,9 @@ pub mod cgroup;
 pub mod config;
 pub mod engine;
 pub mod serve;
+pub mod limits;
+pub mod readers;
+pub mod schedule;
 pub mod store;
 pub mod streams;
 pub mod tls;

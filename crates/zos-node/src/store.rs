@@ -9,17 +9,25 @@ use anyhow::{Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use zos_types::{Deployment, PublicKey};
 
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 /// Facts about the database itself; `format` is the version of the stored deployments.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// Format 2: every deployment names its node (format 1, before, had no `meta` table).
-const FORMAT: u64 = 2;
+/// Format 3: tombstones are stripped ([`tombstone_of`]); format 2: every deployment names
+/// its node (format 1, before, had no `meta` table).
+const FORMAT: u64 = 3;
 
 /// The deployment database.
 pub struct Store {
     db: Database,
+    /// Write transactions committed, and the bytes of the deployments they wrote: what
+    /// batching results is judged by.
+    writes: AtomicU64,
+    written: AtomicU64,
+    /// Single deployments read ([`Store::get`]): what the monitor's index is judged by.
+    reads: AtomicU64,
 }
 
 /// The database key of a deployment.
@@ -56,6 +64,8 @@ impl Store {
             e => anyhow::Error::new(e)
                 .context(format!("opening the node database {}", path.display())),
         })?;
+        let mut db = db;
+        let mut upgraded = false;
         let txn = db.begin_write()?;
         {
             let mut deployments = txn.open_table(DEPLOYMENTS)?;
@@ -63,11 +73,22 @@ impl Store {
             // Upgraded once, not read through at every start.
             if meta.get("format")?.map(|v| v.value()) != Some(FORMAT) {
                 name_the_node(&mut deployments, node)?;
+                strip_tombstones(&mut deployments)?;
                 meta.insert("format", FORMAT)?;
+                upgraded = true;
             }
         }
         txn.commit()?;
-        Ok(Store { db })
+        // The space fat tombstones took goes back to the file system once.
+        if upgraded {
+            db.compact().context("compacting the node database")?;
+        }
+        Ok(Store {
+            db,
+            writes: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+        })
     }
 
     /// Stores `d` unless its owner already has a deployment of that name: the check and the
@@ -80,7 +101,9 @@ impl Store {
             if let Some(old) = table.get(k.as_str())? {
                 return Ok(Insert::Exists(Box::new(decode(old.value())?)));
             }
-            table.insert(k.as_str(), encode(d)?.as_slice())?;
+            let bytes = encode(d)?;
+            table.insert(k.as_str(), bytes.as_slice())?;
+            self.count(bytes.len());
         }
         txn.commit()?;
         Ok(Insert::Done)
@@ -104,15 +127,36 @@ impl Store {
             };
             let mut d = current;
             let out = f(&mut d);
-            table.insert(k.as_str(), encode(&d)?.as_slice())?;
+            let bytes = encode(&d)?;
+            table.insert(k.as_str(), bytes.as_slice())?;
+            self.count(bytes.len());
             out
         };
         txn.commit()?;
         Ok(Some(out))
     }
 
+    fn count(&self, bytes: usize) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.written.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Deployment writes since the store was opened, and the bytes they wrote.
+    pub fn writes(&self) -> (u64, u64) {
+        (
+            self.writes.load(Ordering::Relaxed),
+            self.written.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Deployments read one by one since the store was opened.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
     /// One deployment.
     pub fn get(&self, owner: &PublicKey, name: &str) -> Result<Option<Deployment>> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let txn = self.db.begin_read()?;
         let table = txn.open_table(DEPLOYMENTS)?;
         let k = key(owner, name);
@@ -134,6 +178,22 @@ impl Store {
             out.push(decode(v.value())?);
         }
         Ok(out)
+    }
+
+    /// The bytes `owner`'s stored deployments take, leaving out the one named `except`.
+    pub fn owner_bytes(&self, owner: &PublicKey, except: Option<&str>) -> Result<u64> {
+        let (from, to) = (format!("{owner}/"), format!("{owner}0"));
+        let skip = except.map(|name| key(owner, name));
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEPLOYMENTS)?;
+        let mut total = 0u64;
+        for entry in table.range(from.as_str()..to.as_str())? {
+            let (k, v) = entry?;
+            if skip.as_deref() != Some(k.value()) {
+                total = total.saturating_add(v.value().len() as u64);
+            }
+        }
+        Ok(total)
     }
 
     /// Every deployment.
@@ -167,6 +227,49 @@ fn name_the_node(table: &mut redb::Table<&str, &[u8]>, node: &PublicKey) -> Resu
         }
     }
     for (k, v) in older {
+        table.insert(k.as_str(), v.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Whether `d` is deleted: every workload's result says so (a stripped tombstone has none).
+pub fn is_tombstone(d: &Deployment) -> bool {
+    d.workloads.iter().all(|w| {
+        w.result
+            .as_ref()
+            .is_some_and(|r| r.state == zos_types::ResultState::Deleted)
+    })
+}
+
+/// What a deleted deployment keeps: its owner, name and version (so that no signed version
+/// up to it can be replayed into existence), its node, and its signature requirement (a
+/// revival must still satisfy every co-owner); not its workloads, metadata or signatures,
+/// which could take a megabyte each for good.
+pub fn tombstone_of(d: &Deployment) -> Deployment {
+    Deployment {
+        name: d.name.clone(),
+        version: d.version,
+        owner: d.owner,
+        node: d.node,
+        metadata: String::new(),
+        description: String::new(),
+        signature_requirement: d.signature_requirement.clone(),
+        signatures: Vec::new(),
+        workloads: Vec::new(),
+    }
+}
+
+/// Tombstones stored whole before format 3 are stripped.
+fn strip_tombstones(table: &mut redb::Table<&str, &[u8]>) -> Result<()> {
+    let mut fat = Vec::new();
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        let d = decode(v.value())?;
+        if is_tombstone(&d) && !d.workloads.is_empty() {
+            fat.push((k.value().to_string(), encode(&tombstone_of(&d))?));
+        }
+    }
+    for (k, v) in fat {
         table.insert(k.as_str(), v.as_slice())?;
     }
     Ok(())
@@ -211,6 +314,46 @@ mod tests {
         }
         let store = Store::open(&path, &node()).unwrap();
         assert_eq!(store.get(&d.owner, "old").unwrap(), Some(d));
+    }
+
+    #[test]
+    fn tombstones_stored_whole_are_stripped_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let owner = Keypair::from_seed(&[1; 32]);
+        let mut d = deployment(&owner, "gone");
+        d.version = 4;
+        d.description = "x".repeat(100_000);
+        for w in &mut d.workloads {
+            w.result = Some(zos_types::WorkloadResult {
+                state: zos_types::ResultState::Deleted,
+                message: String::new(),
+                data: serde_json::Value::Null,
+                created: 0,
+            });
+        }
+        let live = deployment(&owner, "live");
+        {
+            let store = Store::open(&path, &node()).unwrap();
+            store.insert_new(&d).unwrap();
+            store.insert_new(&live).unwrap();
+            // As format 2 left them.
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert("format", 2).unwrap();
+            txn.commit().unwrap();
+        }
+        let before = std::fs::metadata(&path).unwrap().len();
+        let store = Store::open(&path, &node()).unwrap();
+        let tomb = store.get(&owner.public(), "gone").unwrap().unwrap();
+        assert_eq!(tomb, tombstone_of(&d));
+        assert!(is_tombstone(&tomb) && tomb.version == 4 && tomb.description.is_empty());
+        assert_eq!(store.get(&owner.public(), "live").unwrap(), Some(live));
+        assert!(store.owner_bytes(&owner.public(), Some("live")).unwrap() < 1000);
+        let after = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            after < before,
+            "the database kept its size: {before} -> {after}"
+        );
     }
 
     #[test]

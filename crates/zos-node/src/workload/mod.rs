@@ -147,6 +147,12 @@ pub trait Kind: Send + Sync {
     /// place what it cannot account for.
     fn quarantine(&self, host: &Host, resource: &str, into: &Path) -> Result<(), String>;
 
+    /// Whether workloads of this type can be watched at all: the monitor looks only at
+    /// deployments that have one, never reading the others.
+    fn monitors(&self) -> bool {
+        false
+    }
+
     /// Whether the monitor watches this workload (it runs something that can die).
     fn watched(&self, _workload: &Workload) -> bool {
         false

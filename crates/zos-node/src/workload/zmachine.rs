@@ -144,6 +144,10 @@ impl Kind for Zmachine {
             .map_err(|e| e.to_string())
     }
 
+    fn monitors(&self) -> bool {
+        true
+    }
+
     fn watched(&self, w: &Workload) -> bool {
         super::state(w) == Some(ResultState::Ok)
     }
