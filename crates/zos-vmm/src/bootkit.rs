@@ -22,7 +22,6 @@ const WANTED_MODULES: &[&str] = &[
     "virtio_console",
     "virtio_blk",
     "virtio_net",
-    "virtio_balloon",
 ];
 
 /// Where modules are placed inside the initramfs.

@@ -43,9 +43,6 @@ pub(super) fn base(dir: &Path, spec: &VmSpec, accel: Accel, qmp: RawFd) -> Resul
         "none",
         "-no-reboot",
     ]);
-    // The guest hands the pages it frees back to the host (free page reporting): an idle VM
-    // holds what it uses, not everything it once touched (boot, the unpacked initramfs).
-    push(&["-device", "virtio-balloon-device,free-page-reporting=on"]);
     // QEMU's own seccomp sandbox: a guest that breaks into QEMU cannot spawn programs, gain
     // privileges, change scheduling or reach obsolete system calls.
     push(&[
