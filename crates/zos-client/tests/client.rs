@@ -69,8 +69,14 @@ fn error_statuses_are_typed_and_a_missing_deployment_is_none() {
     assert_eq!(err.status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
     assert!(err.to_string().contains("disk full"), "{err}");
     let heads = server.join().unwrap();
+    // find_deployment asks for the caller's own deployment of that name, not a co-owned one.
+    let own = Keypair::from_seed(&[1; 32]).public().to_string();
     assert!(
-        heads[0].starts_with("GET /v1/deployments/app HTTP/1.1"),
+        heads[0].starts_with(&format!("GET /v1/deployments/app?owner={own} HTTP/1.1")),
+        "{heads:?}"
+    );
+    assert!(
+        heads[1].starts_with("GET /v1/deployments/app HTTP/1.1"),
         "{heads:?}"
     );
     assert!(
