@@ -872,3 +872,34 @@ fn each_qemu_runs_jailed_as_its_own_uid_and_reaches_no_other_vms_files() {
     }
     f.assert_no_vms_left("zos vm rm");
 }
+
+#[test]
+fn a_guest_that_reported_its_exit_but_does_not_power_off_is_ended_by_the_host() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") {
+        return;
+    }
+    let f = Fixture::new();
+    ok(f.zos("vm")
+        .args(["create", "--name", "stuck"])
+        .arg(&f.fl)
+        .args(["--", "/bin/sh", "-c", "echo up && sleep 600"]));
+    ok(f.zos("vm").args(["start", "stuck"]));
+    f.wait_for_console("stuck", "up", 1);
+    let qemu = f.qemu_pid("stuck");
+    // What a guest stuck on its way out leaves: its exit report, and QEMU still running.
+    std::fs::write(f.vm_dir("stuck").join("exit.json"), "{\"code\":7}\n").unwrap();
+    let (line, _) = f.status("stuck");
+    assert_eq!(line.split_whitespace().nth(1), Some("running"), "{line}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (line, all) = f.status("stuck");
+        if line.contains("exited (7)") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ended:\n{all}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(gone(qemu), "QEMU {qemu} still runs");
+    ok(f.zos("vm").args(["rm", "stuck"]));
+    f.assert_no_vms_left("zos vm rm");
+}

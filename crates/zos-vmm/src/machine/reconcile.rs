@@ -8,6 +8,7 @@ use super::record::{
 };
 use super::Vmm;
 use crate::proc::ProcRef;
+use crate::qmp::Qmp;
 use crate::rootfs::{self, Layers};
 use crate::spec::{Boot, VmSpec};
 use crate::Result;
@@ -33,10 +34,20 @@ impl Vmm {
             .find(|(_, p)| p.is_some_and(|p| !p.alive()))
             .map(|(name, _)| name);
         let mut lost_helper = None;
-        if rt.qemu.alive() {
-            let Some(helper) = helper_died else {
+        if rt.qemu.alive() && helper_died.is_none() {
+            if !exit_report_overdue(dir) {
                 return Ok(record);
-            };
+            }
+            // zos-init reports only once everything is flushed and unmounted, and then powers
+            // off: a QEMU still up long after the report has a guest stuck on its way out.
+            tracing::warn!(vm = %dir.display(), "the guest reported its exit but did not power off; quitting QEMU");
+            let _ = Qmp::connect(&dir.join(QMP)).and_then(|mut q| q.execute("quit", None));
+            if !rt.qemu.wait_gone(Duration::from_secs(5)) {
+                rt.qemu.signal(libc::SIGKILL);
+                rt.qemu.wait_gone(Duration::from_secs(5));
+            }
+        }
+        if let (true, Some(helper)) = (rt.qemu.alive(), helper_died) {
             // virtiofsd also exits when a powering-off guest drops its connection, a moment
             // before QEMU itself is gone: that is an ordinary exit, not a crash.
             if !rt.qemu.wait_gone(Duration::from_secs(2)) {
@@ -61,11 +72,7 @@ impl Vmm {
     /// Why QEMU is gone: the container's exit report, a stop, a power-off, or a crash.
     fn exit_state(&self, dir: &Path, spec: &VmSpec, rt: &Runtime) -> VmState {
         let stop_requested = rt.stop_requested;
-        let report = fs::read_to_string(dir.join(EXIT)).ok().and_then(|text| {
-            text.lines()
-                .find_map(|l| serde_json::from_str::<ExitReport>(l.trim()).ok())
-        });
-        if let Some(report) = report {
+        if let Some(report) = read_exit_report(dir) {
             return VmState::Exited {
                 code: report.code,
                 error: report.error,
@@ -99,6 +106,31 @@ impl Vmm {
             reason: format!("{what}\n{console}"),
         }
     }
+}
+
+/// How long QEMU may stay up after the guest's exit report before it is quit.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(5);
+
+/// Whether the guest's exit report arrived more than [`POWER_OFF_GRACE`] ago.
+fn exit_report_overdue(dir: &Path) -> bool {
+    let path = dir.join(EXIT);
+    let Ok(meta) = fs::metadata(&path) else {
+        return false;
+    };
+    let old = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .is_some_and(|age| age > POWER_OFF_GRACE);
+    old && read_exit_report(dir).is_some()
+}
+
+/// The guest's exit report, if it wrote one.
+fn read_exit_report(dir: &Path) -> Option<ExitReport> {
+    fs::read_to_string(dir.join(EXIT)).ok().and_then(|text| {
+        text.lines()
+            .find_map(|l| serde_json::from_str::<ExitReport>(l.trim()).ok())
+    })
 }
 
 /// Stops the helpers and removes the runtime leftovers of a VM whose QEMU is gone.
