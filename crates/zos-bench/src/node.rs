@@ -235,37 +235,9 @@ fn measure(node: &mut BenchNode, count: usize, runs: usize) -> Result<Vec<Row>> 
     // admission, one database transaction) plus the HTTP round trip.
     eprintln!("zos-bench node: {count} zmount deployments through the API");
     let bodies: Vec<Deployment> = (0..count)
-        .map(|i| {
-            deployment(
-                &key,
-                node_id,
-                &format!("name: d{i:05}\nworkloads:\n  - name: data\n    type: zmount\n    data: {{ size: 16M }}\n"),
-            )
-        })
+        .map(|i| deployment(&key, node_id, &one_zmount(&format!("d{i:05}"))))
         .collect::<Result<_>>()?;
-    let start = Instant::now();
-    std::thread::scope(|s| -> Result<()> {
-        let handles: Vec<_> = bodies
-            .chunks(count.div_ceil(CLIENTS))
-            .map(|chunk| {
-                let api = node.api(&key);
-                s.spawn(move || -> Result<()> {
-                    let api = api?;
-                    api.pin_node_id(node_id);
-                    for d in chunk {
-                        api.create(d)?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
-        }
-        Ok(())
-    })?;
-    let secs = start.elapsed().as_secs_f64();
+    let secs = send_all(node, Via::Unix, &key, node_id, &bodies)?;
     let rate = count as f64 / secs;
     rows.push(Row {
         step: "deployments accepted per second".into(),
@@ -448,7 +420,7 @@ fn tls_rows(node: &BenchNode, key: &Keypair, node_id: PublicKey, count: usize) -
                     deployment(
                         key,
                         node_id,
-                        &format!("name: {prefix}{round}x{j:05}\nworkloads:\n  - name: data\n    type: zmount\n    data: {{ size: 16M }}\n"),
+                        &one_zmount(&format!("{prefix}{round}x{j:05}")),
                     )
                 })
                 .collect::<Result<_>>()?;
@@ -589,12 +561,16 @@ fn fair_service(api: &NodeClient, runs: usize) -> Result<Vec<Row>> {
     ])
 }
 
+/// The deployment file of `name` holding one 16M zmount, `data`: what the bench sends most.
+fn one_zmount(name: &str) -> String {
+    format!(
+        "name: {name}\nworkloads:\n  - name: data\n    type: zmount\n    data: {{ size: 16M }}\n"
+    )
+}
+
 /// Seconds from sending a one-zmount deployment `name` until its zmount is `ok`.
 fn zmount_to_ok(api: &NodeClient, key: &Keypair, node: PublicKey, name: &str) -> Result<f64> {
-    let yaml = format!(
-        "name: {name}\nworkloads:\n  - name: data\n    type: zmount\n    data: {{ size: 16M }}\n"
-    );
-    let d = deployment(key, node, &yaml)?;
+    let d = deployment(key, node, &one_zmount(name))?;
     let start = Instant::now();
     api.create(&d)?;
     loop {
@@ -680,10 +656,7 @@ mod tests {
     use zos_types::WorkloadResult;
 
     fn with_state(key: &Keypair, name: &str, state: Option<ResultState>) -> Deployment {
-        let yaml = format!(
-            "name: {name}\nworkloads:\n  - name: data\n    type: zmount\n    data: {{ size: 16M }}\n"
-        );
-        let mut d = deployment(key, key.public(), &yaml).unwrap();
+        let mut d = deployment(key, key.public(), &one_zmount(name)).unwrap();
         d.workloads[0].result = state.map(|state| WorkloadResult {
             state,
             message: format!("{name} says so"),
