@@ -159,21 +159,7 @@ fn config(dir: &tempfile::TempDir) -> NodeConfig {
 }
 
 fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let disks = Recorder::new("zmount", 0, &log);
-    let machines = Recorder::new("zmachine", 1, &log);
-    // Registered in the "wrong" order: the registry sorts by rank.
-    let kinds = Kinds::new(vec![machines.clone(), disks.clone()]);
-    let engine = Engine::open_with(config(&dir), kinds).unwrap();
-    Fixture {
-        _dir: dir,
-        engine,
-        disks,
-        machines,
-        log,
-        owner: Keypair::from_seed(&[7; 32]),
-    }
+    fixture_with(crate::limits::OwnerLimits::default())
 }
 
 const APP: &str = r#"
@@ -486,6 +472,7 @@ fn fixture_with(limits: crate::limits::OwnerLimits) -> Fixture {
     let log = Arc::new(Mutex::new(Vec::new()));
     let disks = Recorder::new("zmount", 0, &log);
     let machines = Recorder::new("zmachine", 1, &log);
+    // Registered in the "wrong" order: the registry sorts by rank.
     let kinds = Kinds::new(vec![machines.clone(), disks.clone()]);
     let cfg = NodeConfig {
         limits,
