@@ -1,5 +1,6 @@
 //! Pieces of QEMU's command line, and the rules for the paths that go into it.
 
+use super::jail::{Access, Jail};
 use super::record::{CONSOLE, EXIT};
 use crate::host::Accel;
 use crate::spec::VmSpec;
@@ -116,10 +117,10 @@ pub(super) fn push_virtiofs(args: &mut Vec<OsString>, virtiofsd: RawFd) {
 }
 
 /// A virtio-blk disk: `-drive` (host side) and `-device` (what the guest sees, with the
-/// `serial` it is found by).
+/// `serial` it is found by); its file is bound into the VM's jail.
 pub(super) fn push_disk(
     args: &mut Vec<OsString>,
-    device: &str,
+    jail: &mut Jail,
     id: &str,
     path: &Path,
     format: &str,
@@ -148,10 +149,17 @@ pub(super) fn push_disk(
         "-drive".to_string(),
         drive,
         "-device".to_string(),
-        format!("{device},drive={id},serial={serial}{boot}"),
+        format!("virtio-blk-device,drive={id},serial={serial}{boot}"),
     ] {
         args.push(a.into());
     }
+    // Every drive QEMU opens is in its jail, and only those.
+    let access = if role == DiskRole::ReadOnly {
+        Access::ReadOnly
+    } else {
+        Access::Writable
+    };
+    jail.add(path, access);
     Ok(())
 }
 

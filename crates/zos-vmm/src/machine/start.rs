@@ -107,7 +107,6 @@ impl Vmm {
         }
         let mut args = qemu_args::base(dir, spec, accel, qmp)?;
         let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-        let blk = "virtio-blk-device";
         match &spec.boot {
             Boot::Container { flist, process, .. } => {
                 started.mount = Some(rootfs::mount_root(flist, &layers, &helper)?);
@@ -165,8 +164,7 @@ impl Vmm {
                 push(&["-append", line.trim_end()]);
                 jail.add(&layers.lower, Access::Shared);
                 push_virtiofs(&mut args, jail.connect(&sock(VIRTIOFS)?)?);
-                self.attach_seed(&mut args, blk, dir, spec, seed)?;
-                jail.add(&dir.join(SEED), Access::ReadOnly);
+                self.attach_seed(&mut args, &mut jail, dir, spec, seed)?;
             }
             Boot::Disk {
                 flist,
@@ -179,34 +177,31 @@ impl Vmm {
                 let overlay = root_overlay(dir, &layers, image, *format, *root_size)?;
                 // The overlay's backing image is read through the flist mount.
                 jail.add(&layers.lower, Access::Shared);
-                jail.add(&overlay, Access::Writable);
                 push(&["-bios", DISK_FIRMWARE]);
                 // SeaBIOS would boot the first virtio disk it finds (the last one created):
                 // bootindex makes it this one.
                 push_disk(
                     &mut args,
-                    blk,
+                    &mut jail,
                     "root",
                     &overlay,
                     "qcow2",
                     "zos-root",
                     DiskRole::Boot,
                 )?;
-                self.attach_seed(&mut args, blk, dir, spec, seed)?;
-                jail.add(&dir.join(SEED), Access::ReadOnly);
+                self.attach_seed(&mut args, &mut jail, dir, spec, seed)?;
             }
         }
         for (i, d) in spec.disks.iter().enumerate() {
             push_disk(
                 &mut args,
-                blk,
+                &mut jail,
                 &format!("d{i}"),
                 &d.path,
                 d.format.as_qemu(),
                 &disk_serial(i),
                 DiskRole::Data,
             )?;
-            jail.add(&d.path, Access::Writable);
         }
         jail.add(&self.cfg.qemu, Access::Shared);
         self.run_qemu(dir, args, jail.prepare(self.cfg.jail)?)
@@ -247,7 +242,7 @@ impl Vmm {
     fn attach_seed(
         &self,
         args: &mut Vec<OsString>,
-        device: &str,
+        jail: &mut Jail,
         dir: &Path,
         spec: &VmSpec,
         seed: &SeedSpec,
@@ -255,7 +250,7 @@ impl Vmm {
         self.write_seed(dir, spec, seed)?;
         push_disk(
             args,
-            device,
+            jail,
             "seed",
             &dir.join(SEED),
             "raw",
