@@ -119,37 +119,24 @@ impl Jail {
         // Directories made in the jail's root, and paths bound into it.
         let mut made: BTreeSet<PathBuf> = BTreeSet::new();
         let mut bound: Vec<PathBuf> = Vec::new();
+        let mut files = self.files;
         // The system QEMU links against and reads its firmware from, read-only; the
         // top-level names merged-/usr systems make symlinks stay symlinks.
-        steps.push(Step::Mkdir(cstr(&root.join("usr"))?));
-        steps.push(Step::Bind {
-            from: cstr(Path::new("/usr"))?,
-            to: cstr(&root.join("usr"))?,
-            dir: true,
-            read_only: true,
-        });
-        bound.push(PathBuf::from("/usr"));
+        files.push(("/usr".into(), Access::Shared));
         for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
             let host = Path::new("/").join(top);
             match fs::read_link(&host) {
-                Ok(target) => steps.push(Step::Symlink {
-                    target: cstr(&target)?,
-                    at: cstr(&root.join(top))?,
-                }),
-                Err(_) if host.is_dir() => {
-                    steps.push(Step::Mkdir(cstr(&root.join(top))?));
-                    steps.push(Step::Bind {
-                        from: cstr(&host)?,
-                        to: cstr(&root.join(top))?,
-                        dir: true,
-                        read_only: true,
+                Ok(target) => {
+                    steps.push(Step::Symlink {
+                        target: cstr(&target)?,
+                        at: cstr(&root.join(top))?,
                     });
+                    bound.push(host);
                 }
-                Err(_) => continue,
+                Err(_) if host.is_dir() => files.push((host, Access::Shared)),
+                Err(_) => {}
             }
-            bound.push(host);
         }
-        let mut files = self.files;
         if Path::new("/etc/ld.so.cache").exists() {
             files.push(("/etc/ld.so.cache".into(), Access::Shared));
         }
