@@ -30,7 +30,7 @@ pub fn disk_image_flist(zos: &Zos, work: &Path) -> Result<PathBuf> {
     let root = dir.join("root");
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     make_disk(
-        &kit.kernel,
+        &kit.bzimage,
         &initrd,
         &dir.join("syslinux.cfg"),
         &root.join("image.raw"),

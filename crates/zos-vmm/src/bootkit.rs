@@ -34,8 +34,11 @@ pub struct BootKit {
     pub dir: PathBuf,
     /// Kernel release, e.g. `6.1.0-56-cloud-amd64`.
     pub version: String,
-    /// The bzImage.
+    /// The kernel VMs boot: the uncompressed PVH ELF when this kernel has one (see
+    /// [`crate::vmlinux`]), else the bzImage.
     pub kernel: PathBuf,
+    /// The package's bzImage, for what needs one (a bootloader on a disk image).
+    pub bzimage: PathBuf,
     /// `lib/modules/<version>` of the kernel package.
     pub modules: PathBuf,
 }
@@ -64,9 +67,9 @@ impl BootKit {
             .and_then(|n| n.to_str())
             .ok_or_else(|| Error::Invalid(format!("{} has no version name", target.display())))?
             .to_string();
-        let kernel = target.join("vmlinuz");
+        let bzimage = target.join("vmlinuz");
         let modules = target.join("modules");
-        for needed in [&kernel, &modules.join("modules.dep")] {
+        for needed in [&bzimage, &modules.join("modules.dep")] {
             if !needed.exists() {
                 return Err(Error::Invalid(format!(
                     "the boot kit in {} is incomplete ({} is missing): run scripts/bootkit again",
@@ -78,7 +81,8 @@ impl BootKit {
         Ok(BootKit {
             dir: dir.to_path_buf(),
             version,
-            kernel,
+            kernel: crate::vmlinux::pvh_kernel(&bzimage).unwrap_or_else(|| bzimage.clone()),
+            bzimage,
             modules,
         })
     }

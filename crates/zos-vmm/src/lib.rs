@@ -21,6 +21,7 @@ mod proc;
 pub mod qmp;
 mod rootfs;
 pub mod spec;
+pub mod vmlinux;
 
 pub use machine::{VmInfo, VmState, Vmm, VmmConfig};
 pub use proc::pss_bytes;

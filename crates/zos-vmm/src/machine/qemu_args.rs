@@ -80,7 +80,9 @@ fn accel_arg(accel: Accel) -> String {
 /// and stop / signal lines come from the listening socket `control`.
 pub(super) fn push_guest_ports(args: &mut Vec<OsString>, dir: &Path, control: RawFd) -> Result<()> {
     let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-    push(&["-device", "virtio-serial-device"]);
+    // Port 0 is reserved for a console, so our two ports need 3; QEMU's default of 31 has the
+    // guest set up queues for 31 ports (3.7 MiB of its RAM).
+    push(&["-device", "virtio-serial-device,max_ports=3"]);
     push(&[
         "-chardev",
         &format!("file,id=exit,path={}", path_arg(&dir.join(EXIT))?),
