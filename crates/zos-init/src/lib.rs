@@ -3,15 +3,20 @@
 //! The host appends a tiny cpio archive holding [`CONFIG_PATH`] to the shared initramfs (Linux
 //! unpacks concatenated archives as one), so each VM gets its own configuration without
 //! rebuilding the base image. `zos-init` reads it, brings the guest up and runs the process;
-//! when the process ends it writes one [`ExitReport`] line to the virtio-serial port named
-//! [`STATUS_PORT`] and powers the VM off. The host sends [`Control`] lines on [`CONTROL_PORT`].
+//! when the process ends it writes one [`ExitReport`] line to the serial port [`STATUS_TTY`]
+//! and powers the VM off. The host sends [`Control`] lines on the virtio-serial port
+//! [`CONTROL_PORT`].
 
 use serde::{Deserialize, Serialize};
 
 /// Where the per-VM config lives in the initramfs.
 pub const CONFIG_PATH: &str = "/zos/config.json";
-/// Name of the virtio-serial port the exit report is written to (`/dev/virtio-ports/<name>`).
-pub const STATUS_PORT: &str = "zos.status";
+/// The serial port the exit report is written to: the second UART, which the host gives a
+/// file. Not a virtio-serial port: each of those fills 4 MiB of guest RAM with receive
+/// buffers for a line that only ever goes out.
+pub const STATUS_TTY: &str = "/dev/ttyS1";
+/// The index of [`STATUS_TTY`] among the machine's UARTs (QEMU's `isa-serial,index=`).
+pub const STATUS_UART: u8 = 1;
 /// Name of the virtio-serial port the host sends [`Control`] lines on.
 pub const CONTROL_PORT: &str = "zos.control";
 /// The virtio-fs tag of the container's root filesystem.
@@ -57,7 +62,7 @@ pub struct Process {
     pub user: String,
 }
 
-/// The single line `zos-init` writes on [`STATUS_PORT`] before powering off.
+/// The single line `zos-init` writes on [`STATUS_TTY`] before powering off.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExitReport {
     /// The container's exit code; `128 + N` when it was killed by signal N (as Docker reports).

@@ -3,10 +3,9 @@
 use crate::sys::{self, Reaped};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use zos_init::{ExitReport, STATUS_PORT};
+use zos_init::{ExitReport, STATUS_TTY};
 
 /// Disks mounted so far, unmounted (last first) before powering off.
 static MOUNTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -22,40 +21,6 @@ pub fn remember_mount(path: &str) {
 /// Prints an error on the console (init's stderr), which is the container's output.
 pub fn console_error(msg: &str) {
     let _ = writeln!(io::stderr(), "zos-init: {msg}");
-}
-
-/// Finds the device of the virtio-serial port `name`. /dev/virtio-ports/ is made by udev, which
-/// the guest lacks, so the port is looked up by name in sysfs. Waits up to `wait` for it.
-pub fn find_port(name: &str, wait: Duration) -> Option<PathBuf> {
-    let start = Instant::now();
-    loop {
-        let link = PathBuf::from("/dev/virtio-ports").join(name);
-        if link.exists() {
-            return Some(link);
-        }
-        let found = std::fs::read_dir("/sys/class/virtio-ports")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .find(|e| {
-                std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name)
-            })
-            .map(|e| PathBuf::from("/dev").join(e.file_name()))
-            .filter(|dev| dev.exists());
-        if found.is_some() || start.elapsed() >= wait {
-            return found;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Whether a virtio-serial device is bound, so its ports are worth waiting for.
-fn have_virtio_serial() -> bool {
-    std::fs::read_dir("/sys/bus/virtio/drivers/virtio_console")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with("virtio"))
 }
 
 /// Reaps children until none are left or `limit` passes; true when none are left.
@@ -92,20 +57,14 @@ fn unmount_disks() {
 }
 
 fn write_report(report: &ExitReport) -> io::Result<()> {
-    let wait = if have_virtio_serial() {
-        Duration::from_secs(2)
-    } else {
-        Duration::ZERO
-    };
-    let Some(port) = find_port(STATUS_PORT, wait) else {
-        return Err(io::Error::new(io::ErrorKind::NotFound, "no such port"));
-    };
     let line = serde_json::to_string(report).map_err(io::Error::other)? + "\n";
-    // Non-blocking: a port with nobody on the host side would block forever.
+    // Non-blocking: a UART whose host side is gone would block forever.
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&port)?;
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(STATUS_TTY)?;
+    // Raw: the line goes out byte for byte (no "\n" to "\r\n").
+    sys::make_raw(&file)?;
     let mut rest = line.as_bytes();
     let start = Instant::now();
     while !rest.is_empty() {
@@ -118,12 +77,8 @@ fn write_report(report: &ExitReport) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    // Ports have no fsync; the error is expected and harmless.
-    let _ = file.sync_all();
-    // The host may take the buffer asynchronously (ioeventfd under KVM): give it a moment
-    // before the power-off request can overtake it.
-    std::thread::sleep(Duration::from_millis(20));
-    Ok(())
+    // Every byte is out of the UART before the power-off request can overtake it.
+    sys::drain(&file)
 }
 
 /// Ends the VM with `report`.
@@ -135,7 +90,7 @@ pub fn finish(report: &ExitReport) -> ! {
     if let Err(e) = write_report(report) {
         let line = serde_json::to_string(report).unwrap_or_default();
         console_error(&format!(
-            "cannot write the exit report {line} to {STATUS_PORT}: {e}"
+            "cannot write the exit report {line} to {STATUS_TTY}: {e}"
         ));
     }
     sys::power_off()

@@ -1,12 +1,13 @@
 //! Running the container's process: reaping every child, forwarding signals, and obeying
 //! [`Control`] lines from the host.
 
-use crate::shutdown::{console_error, find_port};
+use crate::shutdown::console_error;
 use crate::sys::{self, Reaped};
 use std::io::{self, Read};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use zos_init::{Control, CONTROL_PORT};
 
 /// How long a stopped process gets between SIGTERM and SIGKILL.
@@ -84,6 +85,31 @@ pub fn run(pid: libc::pid_t) -> i32 {
             }
             signal => main.signal(signal),
         }
+    }
+}
+
+/// Finds the device of the virtio-serial port `name`. /dev/virtio-ports/ is made by udev, which
+/// the guest lacks, so the port is looked up by name in sysfs. Waits up to `wait` for it.
+pub fn find_port(name: &str, wait: Duration) -> Option<PathBuf> {
+    let start = Instant::now();
+    loop {
+        let link = PathBuf::from("/dev/virtio-ports").join(name);
+        if link.exists() {
+            return Some(link);
+        }
+        let found = std::fs::read_dir("/sys/class/virtio-ports")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|e| {
+                std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name)
+            })
+            .map(|e| PathBuf::from("/dev").join(e.file_name()))
+            .filter(|dev| dev.exists());
+        if found.is_some() || start.elapsed() >= wait {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

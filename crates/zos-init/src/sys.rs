@@ -169,6 +169,33 @@ pub fn wait_signal(set: &libc::sigset_t) -> libc::c_int {
     }
 }
 
+/// Puts the terminal `tty` in raw mode: bytes pass unchanged in both directions.
+pub fn make_raw(tty: &impl AsRawFd) -> io::Result<()> {
+    let fd = tty.as_raw_fd();
+    // SAFETY: termios is plain data, filled by tcgetattr before use.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open for the borrow's life and `t` is a valid termios to fill.
+    if unsafe { libc::tcgetattr(fd, &mut t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `t` is initialised by tcgetattr.
+    unsafe { libc::cfmakeraw(&mut t) };
+    // SAFETY: as for tcgetattr; `t` is a valid termios.
+    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits until everything written to the terminal `tty` has been sent.
+pub fn drain(tty: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: `fd` is open for the borrow's life.
+    if unsafe { libc::tcdrain(tty.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// sync(2).
 pub fn sync() {
     // SAFETY: sync has no preconditions.

@@ -76,21 +76,22 @@ fn accel_arg(accel: Accel) -> String {
     }
 }
 
-/// A container VM's virtio-serial ports to `zos-init`: its exit report goes to `exit.json`,
-/// and stop / signal lines come from the listening socket `control`.
+/// A container VM's channels to `zos-init`: its exit report comes out of the second UART
+/// into `exit.json`, and stop / signal lines go in through a virtio-serial port on the
+/// listening socket `control`.
 pub(super) fn push_guest_ports(args: &mut Vec<OsString>, dir: &Path, control: RawFd) -> Result<()> {
     let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-    // Port 0 is reserved for a console, so our two ports need 3; QEMU's default of 31 has the
-    // guest set up queues for 31 ports (3.7 MiB of its RAM).
-    push(&["-device", "virtio-serial-device,max_ports=3"]);
     push(&[
         "-chardev",
         &format!("file,id=exit,path={}", path_arg(&dir.join(EXIT))?),
     ]);
     push(&[
         "-device",
-        &format!("virtserialport,chardev=exit,name={}", zos_init::STATUS_PORT),
+        &format!("isa-serial,chardev=exit,index={}", zos_init::STATUS_UART),
     ]);
+    // Port 0 is reserved for a console, so one port needs 2; QEMU's default of 31 has the
+    // guest set up queues for 31 ports (3.7 MiB of its RAM).
+    push(&["-device", "virtio-serial-device,max_ports=2"]);
     push(&[
         "-chardev",
         &format!("socket,id=ctl,fd={control},server=on,wait=off"),
