@@ -4,8 +4,8 @@
 //! unpacks concatenated archives as one), so each VM gets its own configuration without
 //! rebuilding the base image. `zos-init` reads it, brings the guest up and runs the process;
 //! when the process ends it writes one [`ExitReport`] line to the serial port [`STATUS_TTY`]
-//! and powers the VM off. The host sends [`Control`] lines on the virtio-serial port
-//! [`CONTROL_PORT`].
+//! and powers the VM off. The host sends [`Control`] lines on the virtio console
+//! [`CONTROL_TTY`].
 
 use serde::{Deserialize, Serialize};
 
@@ -17,8 +17,10 @@ pub const CONFIG_PATH: &str = "/zos/config.json";
 pub const STATUS_TTY: &str = "/dev/ttyS1";
 /// The index of [`STATUS_TTY`] among the machine's UARTs (QEMU's `isa-serial,index=`).
 pub const STATUS_UART: u8 = 1;
-/// Name of the virtio-serial port the host sends [`Control`] lines on.
-pub const CONTROL_PORT: &str = "zos.control";
+/// The virtio console the host sends [`Control`] lines on. A console rather than a named
+/// virtio-serial port: a single port needs no control queue, whose receive buffers would
+/// hold another 4 MiB of guest RAM.
+pub const CONTROL_TTY: &str = "/dev/hvc0";
 /// The virtio-fs tag of the container's root filesystem.
 pub const ROOT_TAG: &str = "rootfs";
 
@@ -73,7 +75,7 @@ pub struct ExitReport {
     pub error: Option<String>,
 }
 
-/// A line the host sends on [`CONTROL_PORT`].
+/// A line the host sends on [`CONTROL_TTY`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum Control {

@@ -4,16 +4,16 @@
 use crate::shutdown::console_error;
 use crate::sys::{self, Reaped};
 use std::io::{self, Read};
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use zos_init::{Control, CONTROL_PORT};
+use zos_init::{Control, CONTROL_TTY};
 
 /// How long a stopped process gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// How often the control port is polled while the host is not connected to it (the port
-/// then reads as end-of-file at once rather than blocking).
+/// The pause before reading the control console again after it read as end-of-file (a
+/// hang-up), so such a console is not spun on.
 const CONTROL_IDLE: Duration = Duration::from_millis(100);
 /// Longest control line kept; anything longer is garbage.
 const MAX_LINE: usize = 64 * 1024;
@@ -88,50 +88,41 @@ pub fn run(pid: libc::pid_t) -> i32 {
     }
 }
 
-/// Finds the device of the virtio-serial port `name`. /dev/virtio-ports/ is made by udev, which
-/// the guest lacks, so the port is looked up by name in sysfs. Waits up to `wait` for it.
-pub fn find_port(name: &str, wait: Duration) -> Option<PathBuf> {
+/// Opens the control console in raw mode (no echo, no line editing), waiting up to `wait` for
+/// its device: until virtio_console has probed it, opening fails with ENODEV.
+fn open_control(wait: Duration) -> Option<std::fs::File> {
     let start = Instant::now();
     loop {
-        let link = PathBuf::from("/dev/virtio-ports").join(name);
-        if link.exists() {
-            return Some(link);
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(CONTROL_TTY);
+        match opened {
+            Ok(file) => {
+                if let Err(e) = sys::make_raw(&file) {
+                    console_error(&format!("cannot set {CONTROL_TTY} raw: {e}"));
+                }
+                return Some(file);
+            }
+            Err(_) if start.elapsed() < wait => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                console_error(&format!("no control console {CONTROL_TTY}: {e}"));
+                return None;
+            }
         }
-        let found = std::fs::read_dir("/sys/class/virtio-ports")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .find(|e| {
-                std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name)
-            })
-            .map(|e| PathBuf::from("/dev").join(e.file_name()))
-            .filter(|dev| dev.exists());
-        if found.is_some() || start.elapsed() >= wait {
-            return found;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// Reads [`Control`] lines from the control port for the life of the VM.
 fn read_control(main: &Arc<MainProcess>) {
-    let Some(port) = find_port(CONTROL_PORT, Duration::from_secs(5)) else {
-        return;
-    };
-    let Ok(mut file) = std::fs::File::open(&port) else {
+    let Some(mut file) = open_control(Duration::from_secs(5)) else {
         return;
     };
     let mut buf = Vec::new();
     let mut chunk = [0u8; 512];
     loop {
         match file.read(&mut chunk) {
-            // The host is not connected: a connection's last line may lack its newline.
-            Ok(0) => {
-                if !buf.is_empty() {
-                    handle_line(main, &std::mem::take(&mut buf));
-                }
-                std::thread::sleep(CONTROL_IDLE);
-            }
+            Ok(0) => std::thread::sleep(CONTROL_IDLE),
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
                 while let Some(end) = buf.iter().position(|&b| b == b'\n') {

@@ -77,8 +77,8 @@ fn accel_arg(accel: Accel) -> String {
 }
 
 /// A container VM's channels to `zos-init`: its exit report comes out of the second UART
-/// into `exit.json`, and stop / signal lines go in through a virtio-serial port on the
-/// listening socket `control`.
+/// into `exit.json`, and stop / signal lines go in through a virtio console on the listening
+/// socket `control`.
 pub(super) fn push_guest_ports(args: &mut Vec<OsString>, dir: &Path, control: RawFd) -> Result<()> {
     let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
     push(&[
@@ -89,17 +89,14 @@ pub(super) fn push_guest_ports(args: &mut Vec<OsString>, dir: &Path, control: Ra
         "-device",
         &format!("isa-serial,chardev=exit,index={}", zos_init::STATUS_UART),
     ]);
-    // Port 0 is reserved for a console, so one port needs 2; QEMU's default of 31 has the
-    // guest set up queues for 31 ports (3.7 MiB of its RAM).
-    push(&["-device", "virtio-serial-device,max_ports=2"]);
+    // One console port and no more: with a single port the guest sets up no control queue,
+    // and QEMU's default of 31 ports would have it set up queues for all 31.
+    push(&["-device", "virtio-serial-device,max_ports=1"]);
     push(&[
         "-chardev",
         &format!("socket,id=ctl,fd={control},server=on,wait=off"),
     ]);
-    push(&[
-        "-device",
-        &format!("virtserialport,chardev=ctl,name={}", zos_init::CONTROL_PORT),
-    ]);
+    push(&["-device", "virtconsole,chardev=ctl"]);
     Ok(())
 }
 

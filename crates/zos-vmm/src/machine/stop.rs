@@ -137,7 +137,13 @@ impl Vmm {
 /// Sends one line to `zos-init` over the container's control port.
 fn send_control(dir: &Path, control: &Control) -> Result<()> {
     let path = dir.join(CONTROL);
-    let line = serde_json::to_string(control).map_err(|e| Error::Invalid(e.to_string()))? + "\n";
+    // The console cannot tell the guest that a sender went away, so a sender that died
+    // mid-line left a fragment there: the leading newline ends it (an empty or broken line is
+    // ignored) and this line arrives whole.
+    let line = format!(
+        "\n{}\n",
+        serde_json::to_string(control).map_err(|e| Error::Invalid(e.to_string()))?
+    );
     let mut stream = UnixStream::connect(&path).map_err(|e| {
         Error::io(
             format!(
