@@ -48,8 +48,9 @@ pub fn pvh_kernel(bzimage: &Path) -> Option<PathBuf> {
 fn extract(bzimage: &Path, out: &Path) -> Result<()> {
     let image =
         fs::read(bzimage).map_err(|e| Error::io(format!("reading {}", bzimage.display()), e))?;
-    let elf = decompress(payload(&image)?)?;
+    let mut elf = decompress(payload(&image)?)?;
     check_pvh(&elf)?;
+    trim_zero_tails(&mut elf)?;
     let dir = out.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .map_err(|e| Error::io(format!("creating a file in {}", dir.display()), e))?;
@@ -162,6 +163,39 @@ fn check_pvh(elf: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Shortens each loadable segment's file part by the zero bytes it ends with (its memory
+/// size stays): a loader zero-fills past the file part anyway, and QEMU keeps every file page
+/// it read mapped for the VM's life. The kernel's last segment ends in .bss, .brk and
+/// .init.scratch, 11 MiB of zeros in the file.
+fn trim_zero_tails(elf: &mut [u8]) -> Result<()> {
+    let parsed = goblin::elf::Elf::parse(elf)
+        .map_err(|e| Error::Invalid(format!("the decompressed kernel is not an ELF: {e}")))?;
+    let (phoff, phentsize) = (
+        parsed.header.e_phoff as usize,
+        usize::from(parsed.header.e_phentsize),
+    );
+    let loads: Vec<(usize, std::ops::Range<usize>)> = parsed
+        .program_headers
+        .iter()
+        .enumerate()
+        .filter(|(_, ph)| ph.p_type == goblin::elf::program_header::PT_LOAD)
+        .map(|(i, ph)| (i, ph.file_range()))
+        .collect();
+    for (i, range) in loads {
+        let data = elf.get(range.clone()).ok_or_else(|| {
+            Error::Invalid(format!("the kernel's segment {i} lies outside the file"))
+        })?;
+        let filesz = data.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
+        // Elf64_Phdr.p_filesz is the sixth field, at byte 32.
+        let at = phoff + i * phentsize + 32;
+        let field = elf.get_mut(at..at + 8).ok_or_else(|| {
+            Error::Invalid(format!("the kernel's program header {i} lies outside the file"))
+        })?;
+        field.copy_from_slice(&(filesz as u64).to_le_bytes());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,7 +267,22 @@ mod tests {
         fs::copy(&kit.bzimage, &bz).unwrap();
         let elf = pvh_kernel(&bz).expect("the kit's kernel boots through PVH");
         assert_eq!(elf, dir.path().join("vmlinux"));
-        check_pvh(&fs::read(&elf).unwrap()).unwrap();
+        let bytes = fs::read(&elf).unwrap();
+        check_pvh(&bytes).unwrap();
+        // Every loadable segment ends in a non-zero byte once trimmed, and the last one, which
+        // ends in .bss, is left with a file part smaller than its memory size.
+        let parsed = goblin::elf::Elf::parse(&bytes).unwrap();
+        let loads: Vec<_> = parsed
+            .program_headers
+            .iter()
+            .filter(|ph| ph.p_type == goblin::elf::program_header::PT_LOAD)
+            .collect();
+        for ph in &loads {
+            let r = ph.file_range();
+            assert!(r.is_empty() || bytes[r.end - 1] != 0, "{ph:?}");
+        }
+        let last = loads.last().unwrap();
+        assert!(last.p_filesz < last.p_memsz, "{last:?}");
         let mode =
             std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&elf).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o644, "every VM's uid reads it");
