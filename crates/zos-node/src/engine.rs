@@ -684,6 +684,10 @@ impl Engine {
 
     fn lock_for(&self, owner: &PublicKey, name: &str) -> Arc<Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        // Locks nobody holds go, so the map stays as small as the work in flight instead of
+        // growing with every name ever deployed. One that someone holds stays: a second
+        // caller for its deployment gets the same lock.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
         locks.entry(store::key(owner, name)).or_default().clone()
     }
 

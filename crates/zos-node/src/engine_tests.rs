@@ -737,3 +737,20 @@ fn every_signer_of_a_co_owned_deployment_can_read_it_and_no_one_else() {
     assert!(!f.engine.may_read(&co.public(), &owner, "shared"));
     assert!(f.engine.list(&co.public(), true).unwrap().is_empty());
 }
+
+#[test]
+fn the_lock_map_keeps_only_locks_in_use() {
+    let f = fixture();
+    let owner = f.owner.public();
+    let held = f.engine.lock_for(&owner, "held");
+    for i in 0..100 {
+        drop(f.engine.lock_for(&owner, &format!("d{i}")));
+    }
+    let again = f.engine.lock_for(&owner, "held");
+    assert!(
+        Arc::ptr_eq(&held, &again),
+        "a held lock is the one handed out again"
+    );
+    let size = f.engine.locks.lock().unwrap().len();
+    assert_eq!(size, 1, "only the held lock is left");
+}

@@ -7,9 +7,9 @@ use zos_cgroup::{CpuMax, Limits};
 /// Memory a VM's QEMU and virtiofsd use beside the guest's RAM. First measured on a container
 /// VM under TCG (QEMU 7.2) whose guest touched all of its 256 MiB: 84 MiB anonymous (47 MiB
 /// of it translated code, then bounded at 128 MiB) and 11 MiB shared beyond the guest's RAM.
-/// With the translation cache at [`TCG_TB_MIB`] the anonymous part of an idle container is
-/// 48 MiB (code cache, QEMU's copy of kernel and initramfs, heap); 128 MiB leaves room for
-/// I/O buffers under load. Page cache the VM brings in is reclaimed before anything is killed.
+/// With the translation cache at [`TCG_TB_MIB`] and the kernel booted as a PVH ELF (QEMU
+/// keeps no copy of it) the anonymous part of an idle container is 32 MiB (code cache,
+/// translation tables, heap); 128 MiB leaves room for I/O buffers under load. Page cache the VM brings in is reclaimed before anything is killed.
 pub const VMM_OVERHEAD: u64 = 128 << 20;
 
 /// QEMU's translated-code cache under TCG, MiB. QEMU's default reserves up to 1 GiB, filled

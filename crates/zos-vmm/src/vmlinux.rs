@@ -185,11 +185,16 @@ fn trim_zero_tails(elf: &mut [u8]) -> Result<()> {
         let data = elf.get(range.clone()).ok_or_else(|| {
             Error::Invalid(format!("the kernel's segment {i} lies outside the file"))
         })?;
-        let filesz = data.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
+        let filesz = data
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(0, |last| last + 1);
         // Elf64_Phdr.p_filesz is the sixth field, at byte 32.
         let at = phoff + i * phentsize + 32;
         let field = elf.get_mut(at..at + 8).ok_or_else(|| {
-            Error::Invalid(format!("the kernel's program header {i} lies outside the file"))
+            Error::Invalid(format!(
+                "the kernel's program header {i} lies outside the file"
+            ))
         })?;
         field.copy_from_slice(&(filesz as u64).to_le_bytes());
     }
