@@ -35,6 +35,7 @@ quarantine_days = 7                         # keeps what no deployment owns, the
 header_timeout_secs = 10                    # to send a request's head (also a kept-alive connection's idle limit)\n  \
 body_timeout_secs = 30                      # to send a request's body\n  \
 max_connections = 1000                      # open at once per listener; more are closed at once\n  \
+max_connections_per_peer = 100             # open at once from one address on a TCP listener\n  \
 max_streams_per_owner = 32                  # followed logs and event streams open at once per owner (429 beyond)")]
     Run {
         /// The node's config file [default: built-in defaults]

@@ -60,6 +60,9 @@ pub struct NodeConfig {
     pub body_timeout_secs: u64,
     /// Connections open at once per listener; more are closed as soon as accepted.
     pub max_connections: usize,
+    /// Connections one peer address may hold open at once on a TCP listener; more from it
+    /// are closed as soon as accepted, so one client cannot take all of `max_connections`.
+    pub max_connections_per_peer: usize,
     /// Streams (followed logs, events) one owner may hold open at once; more are refused
     /// with 429.
     pub max_streams_per_owner: usize,
@@ -86,6 +89,7 @@ impl Default for NodeConfig {
             header_timeout_secs: 10,
             body_timeout_secs: 30,
             max_connections: 1000,
+            max_connections_per_peer: 100,
             max_streams_per_owner: 32,
             limits: OwnerLimits::default(),
         }
@@ -148,6 +152,10 @@ impl NodeConfig {
             ("header_timeout_secs", self.header_timeout_secs),
             ("body_timeout_secs", self.body_timeout_secs),
             ("max_connections", self.max_connections as u64),
+            (
+                "max_connections_per_peer",
+                self.max_connections_per_peer as u64,
+            ),
             ("max_streams_per_owner", self.max_streams_per_owner as u64),
         ] {
             if value == 0 {
@@ -184,6 +192,7 @@ impl NodeConfig {
             header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
             body_timeout: std::time::Duration::from_secs(self.body_timeout_secs),
             max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
         }
     }
 

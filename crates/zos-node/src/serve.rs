@@ -1,5 +1,5 @@
 //! Serving the API on one listener with limits no client can wear down: a cap on open
-//! connections, a time limit on each request's head (which also bounds how long a kept-alive
+//! connections, in all and per peer address, a time limit on each request's head (which also bounds how long a kept-alive
 //! connection may idle), on TLS handshakes, and on request bodies. Without them, idle
 //! connections that never finish their headers were held forever, and at the process's file
 //! limit the node stopped answering anyone.
@@ -8,6 +8,8 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -24,6 +26,9 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Connections open at once on this listener; more are closed as soon as accepted.
     pub max_connections: usize,
+    /// Connections one peer address may hold open at once on a TCP listener, so a single
+    /// client cannot take every slot of [`Self::max_connections`].
+    pub max_connections_per_peer: usize,
 }
 
 /// A listening socket.
@@ -44,18 +49,52 @@ enum Accepted {
     Tls(tokio::net::TcpStream, TlsAcceptor),
 }
 
+/// Open connections per peer address: taken when one is accepted, given back when it ends.
+#[derive(Default)]
+struct PerPeer(std::sync::Mutex<HashMap<IpAddr, usize>>);
+
+/// One peer's connection counted in [`PerPeer`] until dropped.
+struct PeerSlot(Arc<PerPeer>, IpAddr);
+
+impl PerPeer {
+    /// A slot for `peer`, or `None` when it already holds `max` connections.
+    fn take(self: &Arc<Self>, peer: IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(peer).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot(self.clone(), peer))
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = (self.0).0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
 impl Listener {
-    async fn accept(&self) -> std::io::Result<Accepted> {
+    /// The next connection, and its peer's address on TCP.
+    async fn accept(&self) -> std::io::Result<(Accepted, Option<IpAddr>)> {
         match self {
-            Listener::Unix(l) => Ok(Accepted::Plain(Box::new(l.accept().await?.0))),
+            Listener::Unix(l) => Ok((Accepted::Plain(Box::new(l.accept().await?.0)), None)),
             Listener::Tcp(l, tls) => {
-                let (stream, _) = l.accept().await?;
+                let (stream, peer) = l.accept().await?;
                 // Small answers go out at once rather than waiting for more to send.
                 let _ = stream.set_nodelay(true);
-                Ok(match tls {
+                let accepted = match tls {
                     Some(acceptor) => Accepted::Tls(stream, acceptor.clone()),
                     None => Accepted::Plain(Box::new(stream)),
-                })
+                };
+                Ok((accepted, Some(peer.ip())))
             }
         }
     }
@@ -73,6 +112,7 @@ pub async fn serve(
         limits.body_timeout,
     ));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_peer = Arc::new(PerPeer::default());
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -84,7 +124,7 @@ pub async fn serve(
             a = listener.accept() => a,
             _ = stopping.wait_for(|stop| *stop) => break,
         };
-        let accepted = match accepted {
+        let (accepted, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of descriptors or a connection reset before it was taken: keep serving
@@ -102,11 +142,25 @@ pub async fn serve(
             drop(accepted);
             continue;
         };
+        let peer_slot = match peer {
+            Some(ip) => match per_peer.take(ip, limits.max_connections_per_peer) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::warn!(
+                        peer = %ip,
+                        max_connections_per_peer = limits.max_connections_per_peer,
+                        "connection refused: this peer has max_connections_per_peer open"
+                    );
+                    continue;
+                }
+            },
+            None => None,
+        };
         let builder = builder.clone();
         let service = TowerToHyperService::new(app.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, peer_slot);
             let io: Box<dyn Io> = match accepted {
                 Accepted::Plain(io) => io,
                 Accepted::Tls(stream, acceptor) => {
