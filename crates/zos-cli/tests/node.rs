@@ -4,291 +4,15 @@
 //! restarts.
 
 mod common;
+mod node_common;
 
 use common::{fails, ok, zos};
-use std::io::{BufRead, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use zos_types::{Deployment, DeploymentFile, Keypair, PublicKey, RequestAuth};
-
-/// A node in a temp dir with two users' keys and a busybox flist.
-struct Node {
-    tmp: tempfile::TempDir,
-    child: Option<Child>,
-    fl: PathBuf,
-    /// The TCP address the node also listens on.
-    tcp: String,
-    extra_config: String,
-}
-
-impl Node {
-    fn start(extra_config: &str) -> Node {
-        let tmp = tempfile::tempdir_in("/tmp").unwrap();
-        let root = tmp.path().join("root");
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for applet in ["sh", "echo", "cat", "sleep", "df", "env", "hostname"] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-        let fl = common::pack(&root, tmp.path(), "bb.fl");
-        for user in ["alice", "bob"] {
-            ok(zos()
-                .args(["key", "new", "-o"])
-                .arg(tmp.path().join(format!("{user}.pem"))));
-        }
-        // A free port: bound by the OS, released, then taken by the node.
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .to_string();
-        let mut node = Node {
-            tmp,
-            child: None,
-            fl,
-            tcp,
-            extra_config: extra_config.to_string(),
-        };
-        node.boot();
-        node
-    }
-
-    fn dir(&self) -> &Path {
-        self.tmp.path()
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir().join("node.sock")
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir().join("node")
-    }
-
-    /// (Re)starts `zos node run`, waiting for its socket to answer.
-    fn boot(&mut self) {
-        let config = self.dir().join("node.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = {:?}\nlisten = [\"unix://{}\", \"tcp://{}\"]\ncache_dir = {:?}\nreserve_memory = \"1G\"\nflist_dirs = [{:?}]\nallow_store_dirs = [{:?}]\n{}",
-                self.data(),
-                self.socket().display(),
-                self.tcp,
-                self.dir().join("cache"),
-                self.dir(),
-                // common::pack's dir:// store: the store policy allows no local path unasked.
-                self.dir().join("store"),
-                self.extra_config
-            ),
-        )
-        .unwrap();
-        let _ = std::fs::remove_file(self.socket());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir().join("node.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_zos"))
-            .args(["node", "run", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while UnixStream::connect(self.socket()).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the node did not come up:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Stops the node the way a service manager does (SIGTERM); returns its exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("the node runs");
-        // SAFETY: a plain kill(2) of our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        child.wait().unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir().join("node.log")).unwrap_or_default()
-    }
-
-    fn key(&self, user: &str) -> PathBuf {
-        self.dir().join(format!("{user}.pem"))
-    }
-
-    fn keypair(&self, user: &str) -> Keypair {
-        zos_types::read_key_file(&self.key(user)).unwrap()
-    }
-
-    /// `zos SUB --node … --key USER`.
-    fn cli(&self, user: &str, args: &[&str]) -> Command {
-        let mut cmd = zos();
-        cmd.args(args)
-            .arg("--node")
-            .arg(format!("unix://{}", self.socket().display()))
-            .arg("--key")
-            .arg(self.key(user));
-        cmd
-    }
-
-    fn write_yaml(&self, file: &str, text: &str) -> PathBuf {
-        let path = self.dir().join(file);
-        std::fs::write(&path, text.replace("FLIST", &self.fl.display().to_string())).unwrap();
-        path
-    }
-
-    /// The node's id, from its one unsigned endpoint.
-    fn id(&self) -> PublicKey {
-        let (status, body) = raw_http(&self.socket(), "GET", "/v1/node/id", None, b"");
-        assert_eq!(status, 200, "{body}");
-        let identity: zos_types::api::NodeIdentity = serde_json::from_str(&body).unwrap();
-        identity.node_id
-    }
-
-    /// A raw request over the unix socket, signed by `user` for this node unless `None`.
-    fn http(&self, user: Option<&str>, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-        let auth = user.map(|u| {
-            RequestAuth::sign(&self.keypair(u), &self.id(), method, path, unix_now(), body)
-                .to_header()
-        });
-        raw_http(&self.socket(), method, path, auth.as_deref(), body)
-    }
-
-    /// Waits until no workload of `name` is `init`; returns the deployment as JSON.
-    fn settled(&self, user: &str, name: &str) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(240);
-        loop {
-            let (status, body) =
-                self.http(Some(user), "GET", &format!("/v1/deployments/{name}"), b"");
-            assert_eq!(status, 200, "{body}");
-            let d: serde_json::Value = serde_json::from_str(&body).unwrap();
-            let busy = d["workloads"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|w| w["result"]["state"] == "init");
-            if !busy {
-                return d;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still provisioning: {body}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn entries(&self, sub: &str) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.data().join(sub))
-            .map(|d| {
-                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-    }
-
-    /// Mounts under the node's data dir.
-    fn mounts(&self) -> Vec<String> {
-        let data = self.data().display().to_string();
-        std::fs::read_to_string("/proc/self/mounts")
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(1))
-            .filter(|m| m.starts_with(&data))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-        // Leave no VM behind a failed test: a plain `zos vm rm` of each.
-        for vm in self.entries("vms") {
-            let _ = zos()
-                .args(["vm", "rm", &vm, "--data-dir"])
-                .arg(self.data())
-                .output();
-        }
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// HTTP/1.1 over a unix socket, one request per connection.
-fn raw_http(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    auth: Option<&str>,
-    body: &[u8],
-) -> (u16, String) {
-    let mut s = UnixStream::connect(socket).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: node\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(a) = auth {
-        req.push_str(&format!("Authorization: {a}\r\n"));
-    }
-    req.push_str("\r\n");
-    // One write: a node that answers before reading the body (a 404) may close early, and
-    // a second write would then fail with a broken pipe.
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    let _ = s.write_all(&bytes);
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
-}
-
-fn deployment(node: &Node, owner: &str, yaml: &str) -> Deployment {
-    let text = yaml.replace("FLIST", &node.fl.display().to_string());
-    DeploymentFile::from_yaml_str(&text)
-        .unwrap()
-        .into_deployment(node.keypair(owner).public(), node.id())
-}
-
-fn signed_json(d: &mut Deployment, key: &Keypair) -> Vec<u8> {
-    d.sign(key);
-    serde_json::to_vec(d).unwrap()
-}
+use node_common::{raw_http, signed_json, unix_now, Node};
+use std::io::{BufRead, Read};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use zos_types::{Deployment, Keypair, RequestAuth};
 
 const DISK_ONLY: &str =
     "name: NAME\nworkloads:\n  - name: data\n    type: zmount\n    data: { size: 32M }\n";
@@ -375,7 +99,7 @@ fn deploy_update_and_delete_a_container_with_a_disk() {
     );
     assert_eq!(info["used"]["cpus"], 1, "{info}");
     // The node runs in its own cgroup, zos/node; its VM's QEMU in a group beside it.
-    let node_pid = node.child.as_ref().map(|c| c.id()).unwrap();
+    let node_pid = node.pid();
     let cgroups = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let node_cg = cgroups(node_pid);
     assert!(
@@ -496,7 +220,7 @@ fn forged_stale_replayed_and_oversized_requests_are_refused() {
     let (alice, bob) = (node.keypair("alice"), node.keypair("bob"));
 
     // Unsigned, signed by the wrong key, tampered after signing.
-    let mut d = deployment(&node, "alice", &DISK_ONLY.replace("NAME", "x"));
+    let mut d = node.deployment("alice", &DISK_ONLY.replace("NAME", "x"));
     let (status, body) = node.http(
         None,
         "POST",
@@ -539,8 +263,7 @@ fn forged_stale_replayed_and_oversized_requests_are_refused() {
     );
 
     // More memory than the node has free.
-    let mut big = deployment(
-        &node,
+    let mut big = node.deployment(
         "alice",
         "name: big\nworkloads:\n  - name: vm\n    type: zmachine\n    data: { flist: FLIST, cmd: [sh], memory: 1000G }\n",
     );
@@ -645,7 +368,7 @@ fn forged_stale_replayed_and_oversized_requests_are_refused() {
     );
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("signed for node"), "{body}");
-    let mut moved = deployment(&node, "alice", &DISK_ONLY.replace("NAME", "moved"));
+    let mut moved = node.deployment("alice", &DISK_ONLY.replace("NAME", "moved"));
     moved.node = elsewhere;
     let (status, body) = node.http(
         None,
@@ -663,7 +386,7 @@ fn forged_stale_replayed_and_oversized_requests_are_refused() {
     let (status, _) = node.http(Some("bob"), "DELETE", "/v1/deployments/x", b"");
     assert_eq!(status, 404);
     // Bob cannot pass off a deployment as Alice's.
-    let mut forged = deployment(&node, "alice", &DISK_ONLY.replace("NAME", "y"));
+    let mut forged = node.deployment("alice", &DISK_ONLY.replace("NAME", "y"));
     let (status, _) = node.http(
         None,
         "POST",
@@ -672,7 +395,7 @@ fn forged_stale_replayed_and_oversized_requests_are_refused() {
     );
     assert_eq!(status, 401);
     // Nor by naming himself the only signer of a deployment in her name.
-    let mut squat = deployment(&node, "alice", &DISK_ONLY.replace("NAME", "y"));
+    let mut squat = node.deployment("alice", &DISK_ONLY.replace("NAME", "y"));
     squat.signature_requirement = zos_types::SignatureRequirement::owner_only(&bob.public());
     let (status, body) = node.http(
         None,
@@ -686,7 +409,7 @@ fn forged_stale_replayed_and_oversized_requests_are_refused() {
         "{body}"
     );
     // A new deployment starts at version 0.
-    let mut late = deployment(&node, "alice", &DISK_ONLY.replace("NAME", "late"));
+    let mut late = node.deployment("alice", &DISK_ONLY.replace("NAME", "late"));
     late.version = 5;
     late.workloads[0].version = 5;
     let (status, body) = node.http(
@@ -698,8 +421,7 @@ fn forged_stale_replayed_and_oversized_requests_are_refused() {
     assert_eq!(status, 400, "{body}");
     // An flist from inside the node's data dir (where guests write their disks) is refused.
     std::fs::write(node.data().join("disks/evil.fl"), b"x").unwrap();
-    let mut evil = deployment(
-        &node,
+    let mut evil = node.deployment(
         "alice",
         &format!(
             "name: evil\nworkloads:\n  - name: vm\n    type: zmachine\n    data: {{ flist: {}, cmd: [sh] }}\n",
@@ -722,7 +444,7 @@ fn forged_stale_replayed_and_oversized_requests_are_refused() {
         "name: far\nworkloads:\n  - name: vm\n    type: zmachine\n    data: {{ flist: {}, cmd: [sh] }}\n",
         elsewhere.display()
     );
-    let mut far = deployment(&node, "alice", &yaml);
+    let mut far = node.deployment("alice", &yaml);
     let (status, body) = node.http(
         None,
         "POST",
@@ -734,7 +456,7 @@ fn forged_stale_replayed_and_oversized_requests_are_refused() {
         body.contains("not in a directory this node serves"),
         "{body}"
     );
-    let unsigned = deployment(&node, "alice", &yaml);
+    let unsigned = node.deployment("alice", &yaml);
     let body = serde_json::to_vec(&unsigned).unwrap();
     let (status, answer) = node.http(None, "POST", "/v1/deployments", &body);
     assert_eq!(status, 401, "{answer}");
@@ -826,8 +548,7 @@ fn a_node_killed_mid_provisioning_comes_back_consistent() {
     }
     let mut node = Node::start("");
     let alice = node.keypair("alice");
-    let mut d = deployment(
-        &node,
+    let mut d = node.deployment(
         "alice",
         "name: k\nworkloads:\n  - name: data\n    type: zmount\n    data: { size: 32M }\n  - name: vm\n    type: zmachine\n    data:\n      flist: FLIST\n      cmd: [sh, -c, 'echo up; exec sleep 600']\n      mounts: [{ name: data, mountpoint: /data }]\n",
     );
@@ -1146,7 +867,7 @@ fn every_signer_reads_a_co_owned_deployment_and_each_owner_limit_refuses_by_name
 
     // Limits: each refusal names its setting and value, with its status.
     let send = |user: &str, yaml: &str| {
-        let mut d = deployment(&node, user, yaml);
+        let mut d = node.deployment(user, yaml);
         let body = signed_json(&mut d, &node.keypair(user));
         node.http(Some(user), "POST", "/v1/deployments", &body)
     };
