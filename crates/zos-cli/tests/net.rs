@@ -14,6 +14,7 @@ mod vm_common;
 
 use common::{fails, ok};
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use vm_common::{code_of, describe, text, Fixture};
@@ -192,11 +193,17 @@ fn assert_nothing_left_of_vm(ip: &str, port: Option<u16>) {
             "port {port} left in the zos tables:\n{rules}"
         );
     }
-    let leases = std::fs::read_to_string("/var/lib/zos/net/leases.json").unwrap_or_default();
+    let leases = leases();
     assert!(
         !leases.contains(&format!("\"{ip}\"")),
         "lease of {ip} left:\n{leases}"
     );
+}
+
+/// zos's lease file (ZOS_NET_DIR, as zos reads it).
+fn leases() -> String {
+    let dir = std::env::var("ZOS_NET_DIR").unwrap_or_else(|_| "/var/lib/zos/net".into());
+    std::fs::read_to_string(Path::new(&dir).join("leases.json")).unwrap_or_default()
 }
 
 /// Runs `cmd` until its stdout contains `want` (at most `tries` times, a second apart);
@@ -247,7 +254,8 @@ fn two_containers_talk_tcp_and_rm_leaves_no_tap_rule_or_lease() {
     );
     // The client retries while the server boots; bounded by count.
     let script = format!(
-        "i=0; while [ $i -lt 60 ]; do echo -e 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 80 | grep -q hello-from && echo got-the-page && exit 0; i=$((i+1)); sleep 1; done; exit 1"
+        "set -- $(ip -4 -o addr show dev eth0); echo client-ip=${{4%/*}}
+i=0; while [ $i -lt 60 ]; do echo -e 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 80 | grep -q hello-from && echo got-the-page && exit 0; i=$((i+1)); sleep 1; done; exit 1"
     );
     let out = f.run(&[
         "--name",
@@ -268,7 +276,13 @@ fn two_containers_talk_tcp_and_rm_leaves_no_tap_rule_or_lease() {
         "the server's page expected: {}",
         describe(&out)
     );
-    // The client ran without -d: it is gone with its network.
+    // The client ran without -d: it went with its exit, and its network with it.
+    let client_ip = text(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("client-ip=").map(str::to_string))
+        .unwrap_or_else(|| panic!("the client printed no address: {}", describe(&out)));
+    assert_ne!(client_ip, ip, "two VMs got one address");
+    assert_nothing_left_of_vm(&client_ip, None);
     ok(f.zos("vm").args(["rm", &server]));
     assert_nothing_left_of_vm(&ip, None);
     f.assert_no_vms_left("zos vm rm");
@@ -346,7 +360,7 @@ fn a_published_port_answers_from_a_namespace_and_localhost_and_a_taken_one_is_re
         "clear refusal expected: {err}"
     );
     assert_eq!(f.vm_entries(), before, "a refused run left a VM");
-    let leases = std::fs::read_to_string("/var/lib/zos/net/leases.json").unwrap_or_default();
+    let leases = leases();
     assert!(
         !leases.contains("net-pub-again") && !leases.contains("net-pub-busy"),
         "a refused run left a lease:\n{leases}"
