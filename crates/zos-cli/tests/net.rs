@@ -283,6 +283,43 @@ i=0; while [ $i -lt 60 ]; do echo -e 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip}
         .unwrap_or_else(|| panic!("the client printed no address: {}", describe(&out)));
     assert_ne!(client_ip, ip, "two VMs got one address");
     assert_nothing_left_of_vm(&client_ip, None);
+    // Stopped, the server has no tap and no rules, but keeps its address for its next start.
+    ok(f.zos("vm").args(["stop", &server]));
+    let links = text(
+        &Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    assert!(
+        !links.contains(&tap),
+        "tap {tap} left after stop:
+{links}"
+    );
+    assert!(!ruleset().contains(&tap), "rules of {tap} left after stop");
+    assert!(
+        leases().contains(&format!("\"{ip}\"")),
+        "lease of {ip} lost at stop"
+    );
+    ok(f.zos("vm").args(["start", &server]));
+    assert_eq!(
+        address_of(&f, &server),
+        ip,
+        "a restarted VM keeps its address"
+    );
+    let links = text(
+        &Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    assert!(
+        links.contains(&format!("{tap}:")),
+        "tap {tap} back after start:
+{links}"
+    );
     ok(f.zos("vm").args(["rm", &server]));
     assert_nothing_left_of_vm(&ip, None);
     f.assert_no_vms_left("zos vm rm");
@@ -296,7 +333,12 @@ fn a_published_port_answers_from_a_namespace_and_localhost_and_a_taken_one_is_re
     let f = Fixture::new();
     let ns = Netns::new(1);
     let id = unique(1);
-    let port = 20000 + id as u16;
+    // A port nothing on the host uses right now (the kernel's pick, let go again).
+    let port = TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let name = format!("net-pub-{id}");
     ok(f.zos("run")
         .args(["-d", "--name", &name, "--memory", "128M", "-p"])
