@@ -105,9 +105,10 @@ pub struct VmArgs {
     #[arg(long, value_name = "FILE")]
     user_data: Option<PathBuf>,
     /// Container mode: `default` joins the host's local network (10.77.0.0/16 on the bridge
-    /// zos0, NATed out through the host), `none` leaves only `lo`
-    #[arg(long, default_value = "default", value_name = "default|none", value_parser = ["default", "none"])]
-    network: String,
+    /// zos0, NATed out through the host), `none` leaves only `lo` [default: default as root,
+    /// none otherwise: taps and NAT need root]
+    #[arg(long, value_name = "default|none", value_parser = ["default", "none"])]
+    network: Option<String>,
     /// Publish a guest port on the host (repeatable, Docker's syntax): HOST:GUEST or
     /// IP:HOST:GUEST, optionally /tcp (the default) or /udp; reachable on the host's
     /// addresses, 127.0.0.1 included; a host port already taken is refused before boot
@@ -149,11 +150,15 @@ impl VmArgs {
                     .with_context(|| format!("reading user-data {}", path.display()))?,
             );
         }
-        let network = match self.network.as_str() {
-            "none" if !self.ports.is_empty() => {
+        let network = match self.network.as_deref() {
+            Some("none") if !self.ports.is_empty() => {
                 bail!("--publish needs a network: drop --network none")
             }
-            "none" => None,
+            Some("none") => None,
+            None if !nix_is_root() && self.ports.is_empty() => None,
+            _ if !nix_is_root() => bail!(
+                "the local network (--network default, --publish) needs root: run as root, or pass --network none"
+            ),
             _ => Some(NetSpec {
                 ports: self.ports.clone(),
                 interface: None,
