@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -51,24 +50,8 @@ struct Locked {
 
 impl Locked {
     fn open() -> Result<Locked> {
-        let dir = state_dir();
-        fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let lock_path = dir.join("lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
-        // SAFETY: flock on a descriptor we own; it is released when the file is closed.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::io(
-                format!("locking {}", lock_path.display()),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        let path = dir.join("leases.json");
+        let lock = crate::lock::exclusive("lock")?;
+        let path = state_dir().join("leases.json");
         let leases = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 Error::Invalid(format!(
@@ -169,7 +152,7 @@ pub fn allocate(owner: &Path, ports: &[PortMap]) -> Result<Interface> {
     file.save()?;
     Ok(Interface {
         bridge: local::BRIDGE.to_string(),
-        tap: format!("zt{:08x}", u32::from(ip)),
+        tap: tap_name(ip),
         mac: local::mac_for(ip),
         ip,
         prefix: local::PREFIX,
@@ -177,6 +160,12 @@ pub fn allocate(owner: &Path, ports: &[PortMap]) -> Result<Interface> {
         mtu: local::MTU,
         ports: ports.to_vec(),
     })
+}
+
+/// The tap of a guest address: the zos prefix and the address in hex, 10 bytes (Linux allows
+/// 15), unique while the address is leased.
+fn tap_name(ip: Ipv4Addr) -> String {
+    format!("{}{:08x}", crate::rules::TAP_PREFIX, u32::from(ip))
 }
 
 /// Gives back `owner`'s address and host ports; nothing to do when it has none.
@@ -199,7 +188,7 @@ pub(crate) fn tests_interface() -> Interface {
     let ip = Ipv4Addr::new(10, 77, 0, 5);
     Interface {
         bridge: local::BRIDGE.to_string(),
-        tap: format!("zt{:08x}", u32::from(ip)),
+        tap: tap_name(ip),
         mac: local::mac_for(ip),
         ip,
         prefix: local::PREFIX,

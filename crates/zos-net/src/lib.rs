@@ -21,6 +21,7 @@ pub mod dns;
 pub mod lease;
 pub mod link;
 pub mod local;
+mod lock;
 pub mod plug;
 pub mod ports;
 pub mod rules;

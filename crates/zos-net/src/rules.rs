@@ -8,9 +8,8 @@
 //! adding and removing a VM never touches a rule, and `nft delete table inet zos` /
 //! `nft delete table bridge zos` remove all of it.
 
-use crate::{lease, local, Error, Interface, PortMap, Result};
+use crate::{local, Error, Interface, PortMap, Result};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 
 /// The name of zos's tables (one `inet`, one `bridge`).
@@ -18,13 +17,14 @@ pub const TABLE: &str = "zos";
 /// Every tap zos makes starts with this (the filters match taps by it).
 pub const TAP_PREFIX: &str = "zt";
 
-/// The two base tables, whole.
-fn base() -> String {
+/// A base table, whole: `inet` (NAT) or `bridge` (the taps' filters).
+fn base(family: &str) -> String {
     let subnet = local::cidr();
     let bridge = local::BRIDGE;
     let tap = format!("{TAP_PREFIX}*");
-    format!(
-        r#"table inet {TABLE} {{
+    if family == "inet" {
+        return format!(
+            r#"table inet {TABLE} {{
   map ports_any {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
   map ports_ip {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}
   chain prerouting {{
@@ -43,7 +43,11 @@ fn base() -> String {
     oifname "{bridge}" ip saddr 127.0.0.0/8 masquerade
   }}
 }}
-table bridge {TABLE} {{
+"#
+        );
+    }
+    format!(
+        r#"table bridge {TABLE} {{
   set macs {{ type ifname . ether_addr; }}
   set ips {{ type ifname . ipv4_addr; }}
   chain prerouting {{
@@ -137,38 +141,19 @@ fn table_exists(family: &str) -> Result<bool> {
     Ok(status.success())
 }
 
-/// Makes the base tables unless both exist (under a host-wide lock, so two managers never
-/// make them twice); a half-made pair (one table removed by hand) is made again whole.
+/// Makes whichever base table is missing (under a host-wide lock, so two managers never
+/// make one twice). One that exists is kept with its elements: the VMs running now need them.
 pub fn ensure_base() -> Result<()> {
-    let dir = lease::state_dir();
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let lock_path = dir.join("rules.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
-    // SAFETY: flock on a descriptor we own; released when `lock` is closed.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(Error::io(
-            format!("locking {}", lock_path.display()),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    let (inet, bridge) = (table_exists("inet")?, table_exists("bridge")?);
-    if inet && bridge {
-        return Ok(());
-    }
-    // Whole or nothing: a table left alone would keep elements the new one lacks.
+    let _lock = crate::lock::exclusive("rules.lock")?;
     let mut script = String::new();
-    for (family, there) in [("inet", inet), ("bridge", bridge)] {
-        if there {
-            script.push_str(&format!("delete table {family} {TABLE}\n"));
+    for family in ["inet", "bridge"] {
+        if !table_exists(family)? {
+            script.push_str(&base(family));
         }
     }
-    script.push_str(&base());
+    if script.is_empty() {
+        return Ok(());
+    }
     nft(&script)
 }
 

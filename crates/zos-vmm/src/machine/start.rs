@@ -214,7 +214,7 @@ impl Vmm {
         let kit = BootKit::locate(&self.cfg.bootkit)?;
         let (base, mut modules) = kit.initramfs(&self.init_path()?)?;
         // Each module costs boot time under TCG: load only what this VM has devices
-        // for (no network devices yet; block only with disks).
+        // for (network only with a network; block only with disks).
         let has_net = spec.network().is_some();
         modules.retain(|m| {
             let unused_net = !has_net && (m.contains("failover") || m.ends_with("virtio_net.ko"));
