@@ -370,6 +370,30 @@ fn a_published_port_answers_from_a_namespace_and_localhost_and_a_taken_one_is_re
         10,
     );
     assert!(got.contains("published-page"), "curl {local}: {got}");
+    // From another VM, through the gateway (a host address). (With br_netfilter on, as
+    // here, the bridge un-DNATs the answer by itself; zos's hairpin masquerade is what makes
+    // this work on hosts without it.)
+    let script = format!("echo -e 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 10.77.0.1 {port}");
+    let out = f.run(&[
+        "--name",
+        &format!("net-hairpin-{id}"),
+        "--",
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    assert!(
+        text(&out.stdout).contains("published-page"),
+        "another VM reaches the published port through the gateway: {}",
+        describe(&out)
+    );
+    // However many VMs were plugged, each rule is there once.
+    let rules = ruleset();
+    assert_eq!(
+        rules.matches("masquerade").count(),
+        3,
+        "rules doubled:\n{rules}"
+    );
 
     // The same host port again: refused before anything is made.
     let before = f.vm_entries();

@@ -4,9 +4,10 @@
 //! Two tables named [`TABLE`] hold everything zos adds: `inet zos` (published ports as DNAT
 //! maps, masquerade of the local subnet) and `bridge zos` (anti-spoof: a frame from a tap
 //! must carry that tap's MAC and IPv4 address, ARP included; other protocols are dropped).
-//! The chains are fixed and made once; a VM is only elements in their sets and maps, so
-//! adding and removing a VM never touches a rule, and `nft delete table inet zos` /
-//! `nft delete table bridge zos` remove all of it.
+//! The chains' rules are written afresh in one transaction at each plug (idempotent, so
+//! rules are never doubled and a newer zos brings them up to date); a VM is only elements in
+//! the sets and maps, so adding and removing one never touches a rule, and
+//! `nft delete table inet zos` / `nft delete table bridge zos` remove all of it.
 
 use crate::{local, Error, Interface, PortMap, Result};
 use std::io::Write;
@@ -17,50 +18,105 @@ pub const TABLE: &str = "zos";
 /// Every tap zos makes starts with this (the filters match taps by it).
 pub const TAP_PREFIX: &str = "zt";
 
-/// A base table, whole: `inet` (NAT) or `bridge` (the taps' filters).
-fn base(family: &str) -> String {
-    let subnet = local::cidr();
-    let bridge = local::BRIDGE;
-    let tap = format!("{TAP_PREFIX}*");
+/// A base chain: its name, its header (type, hook, priority, policy) and its rules.
+struct Chain {
+    name: &'static str,
+    header: &'static str,
+    rules: Vec<String>,
+}
+
+/// The sets and maps of a base table: `inet` (NAT) or `bridge` (the taps' filters).
+fn sets(family: &str) -> &'static [&'static str] {
     if family == "inet" {
-        return format!(
-            r#"table inet {TABLE} {{
-  map ports_any {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
-  map ports_ip {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}
-  chain prerouting {{
-    type nat hook prerouting priority dstnat; policy accept;
-    fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @ports_ip
-    fib daddr type local dnat ip to meta l4proto . th dport map @ports_any
-  }}
-  chain output {{
-    type nat hook output priority -100; policy accept;
-    fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @ports_ip
-    fib daddr type local dnat ip to meta l4proto . th dport map @ports_any
-  }}
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    ip saddr {subnet} ip daddr != {subnet} masquerade
-    oifname "{bridge}" ip saddr 127.0.0.0/8 masquerade
-  }}
-}}
-"#
-        );
+        &[
+            "map ports_any { type inet_proto . inet_service : ipv4_addr . inet_service; }",
+            "map ports_ip { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }",
+        ]
+    } else {
+        &[
+            "set macs { type ifname . ether_addr; }",
+            "set ips { type ifname . ipv4_addr; }",
+        ]
     }
-    format!(
-        r#"table bridge {TABLE} {{
-  set macs {{ type ifname . ether_addr; }}
-  set ips {{ type ifname . ipv4_addr; }}
-  chain prerouting {{
-    type filter hook prerouting priority -300; policy accept;
-    iifname "{tap}" iifname . ether saddr != @macs drop
-    iifname "{tap}" ether type ip iifname . ip saddr != @ips drop
-    iifname "{tap}" ether type arp iifname . arp saddr ip != @ips drop
-    iifname "{tap}" ether type arp iifname . arp saddr ether != @macs drop
-    iifname "{tap}" ether type != {{ ip, arp }} drop
-  }}
-}}
-"#
-    )
+}
+
+/// The chains of a base table.
+fn chains(family: &str) -> Vec<Chain> {
+    let subnet = local::cidr();
+    let tap = format!("\"{TAP_PREFIX}*\"");
+    if family == "inet" {
+        let dnat = vec![
+            "fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @ports_ip"
+                .to_string(),
+            "fib daddr type local dnat ip to meta l4proto . th dport map @ports_any".to_string(),
+        ];
+        return vec![
+            Chain {
+                name: "prerouting",
+                header: "type nat hook prerouting priority dstnat; policy accept;",
+                rules: dnat.clone(),
+            },
+            Chain {
+                name: "output",
+                header: "type nat hook output priority -100; policy accept;",
+                rules: dnat,
+            },
+            Chain {
+                name: "postrouting",
+                header: "type nat hook postrouting priority srcnat; policy accept;",
+                rules: vec![
+                    // Egress: the guests' traffic leaves with the host's address.
+                    format!("ip saddr {subnet} ip daddr != {subnet} masquerade"),
+                    // A guest reaching another's published port through a host address:
+                    // the answer must come back through the host to be un-DNATed.
+                    format!("ct status dnat ip saddr {subnet} ip daddr {subnet} masquerade"),
+                    // 127.0.0.1:PORT forwarded to a guest, which cannot answer loopback.
+                    format!(
+                        "oifname \"{}\" ip saddr 127.0.0.0/8 masquerade",
+                        local::BRIDGE
+                    ),
+                ],
+            },
+        ];
+    }
+    vec![Chain {
+        name: "prerouting",
+        header: "type filter hook prerouting priority -300; policy accept;",
+        rules: vec![
+            format!("iifname {tap} iifname . ether saddr != @macs drop"),
+            format!("iifname {tap} ether type ip iifname . ip saddr != @ips drop"),
+            format!("iifname {tap} ether type arp iifname . arp saddr ip != @ips drop"),
+            format!("iifname {tap} ether type arp iifname . arp saddr ether != @macs drop"),
+            format!("iifname {tap} ether type != {{ ip, arp }} drop"),
+        ],
+    }]
+}
+
+/// The script that makes both base tables what this version wants, idempotently: tables,
+/// sets and chains are declared (nft's declarations add only what is missing, and keep the
+/// elements of what exists), each chain is flushed and its rules written again, all in one
+/// transaction. So the running VMs keep their elements, and a zos with other rules brings
+/// the chains up to date.
+fn base() -> String {
+    let mut out = String::new();
+    for family in ["inet", "bridge"] {
+        let chains = chains(family);
+        out.push_str(&format!("table {family} {TABLE} {{\n"));
+        for set in sets(family) {
+            out.push_str(&format!("  {set}\n"));
+        }
+        for c in &chains {
+            out.push_str(&format!("  chain {} {{ {} }}\n", c.name, c.header));
+        }
+        out.push_str("}\n");
+        for c in &chains {
+            out.push_str(&format!("flush chain {family} {TABLE} {}\n", c.name));
+            for rule in &c.rules {
+                out.push_str(&format!("add rule {family} {TABLE} {} {rule}\n", c.name));
+            }
+        }
+    }
+    out
 }
 
 /// The elements one interface adds: (set or map, element), each as nft writes it.
@@ -130,31 +186,11 @@ fn nft(script: &str) -> Result<()> {
     }
 }
 
-/// Whether `nft list table FAMILY zos` finds the table.
-fn table_exists(family: &str) -> Result<bool> {
-    let status = Command::new("nft")
-        .args(["list", "table", family, TABLE])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| Error::io("running nft (install nftables with scripts/setup)", e))?;
-    Ok(status.success())
-}
-
-/// Makes whichever base table is missing (under a host-wide lock, so two managers never
-/// make one twice). One that exists is kept with its elements: the VMs running now need them.
+/// Brings zos's base tables to what this version wants (see [`base`]), under a host-wide
+/// lock so two managers never interleave.
 pub fn ensure_base() -> Result<()> {
     let _lock = crate::lock::exclusive("rules.lock")?;
-    let mut script = String::new();
-    for family in ["inet", "bridge"] {
-        if !table_exists(family)? {
-            script.push_str(&base(family));
-        }
-    }
-    if script.is_empty() {
-        return Ok(());
-    }
-    nft(&script)
+    nft(&base())
 }
 
 /// Adds an interface's elements (its MAC and address on its tap, its published ports).
