@@ -584,3 +584,72 @@ fn network_none_gives_only_loopback() {
     assert!(err.contains("--publish needs a network"), "{err}");
     f.assert_no_vms_left("zos run --network none");
 }
+
+#[test]
+fn a_vm_whose_qemu_is_killed_loses_its_tap_and_rules_at_the_next_look() {
+    if !prerequisites() {
+        return;
+    }
+    let f = Fixture::new();
+    let id = unique(3);
+    let name = format!("net-crash-{id}");
+    let port = TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    ok(f.zos("run")
+        .args(["-d", "--name", &name, "--memory", "128M", "-p"])
+        .arg(format!("{port}:80"))
+        .arg(&f.fl)
+        .args(["--", "/bin/sleep", "600"]));
+    let ip = address_of(&f, &name);
+    assert!(
+        ruleset().contains(&format!(". {port} :")),
+        "the published port is in the rules while the VM runs"
+    );
+    let pid = f.qemu_pid(&name);
+    // SAFETY: kill has no memory preconditions; the pid is this test's own VM's QEMU.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGKILL) },
+        0,
+        "kill -9 {pid}"
+    );
+    // The next look at the VM notices, and tears its network down with the rest.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (state, out) = f.status(&name);
+        if state.contains("crashed") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the VM never showed as crashed:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let tap = tap_of(&ip);
+    let links = text(
+        &Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    assert!(
+        !links.contains(&tap),
+        "tap {tap} left after the crash:\n{links}"
+    );
+    let rules = ruleset();
+    assert!(
+        !rules.contains(&tap) && !rules.contains(&format!(". {port} :")),
+        "rules of the crashed VM left:\n{rules}"
+    );
+    // Its address stays its own until it is removed.
+    assert!(
+        leases().contains(&format!("\"{ip}\"")),
+        "lease of {ip} lost"
+    );
+    ok(f.zos("vm").args(["rm", &name]));
+    assert_nothing_left_of_vm(&ip, Some(port));
+}
