@@ -65,7 +65,11 @@ impl Netns {
             ns_ip: format!("{net}.2"),
         };
         let peer = format!("znp{id}");
-        let _ = Command::new("ip").args(["netns", "del", &ns.name]).status();
+        // Left by an earlier run killed before its guard ran.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns.name])
+            .stderr(Stdio::null())
+            .status();
         let _ = Command::new("ip")
             .args(["link", "del", &ns.host_link])
             .stderr(Stdio::null())
@@ -610,11 +614,8 @@ fn a_vm_whose_qemu_is_killed_loses_its_tap_and_rules_at_the_next_look() {
     );
     let pid = f.qemu_pid(&name);
     // SAFETY: kill has no memory preconditions; the pid is this test's own VM's QEMU.
-    assert_eq!(
-        unsafe { libc::kill(pid, libc::SIGKILL) },
-        0,
-        "kill -9 {pid}"
-    );
+    let killed = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(killed, 0, "kill -9 {pid}");
     // The next look at the VM notices, and tears its network down with the rest.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
