@@ -9,11 +9,12 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use zos_net::PortMap;
 use zos_types::ByteSize;
 use zos_vmm::disk::{self, DiskFormat};
 use zos_vmm::host::Accel;
 use zos_vmm::image::Overrides;
-use zos_vmm::spec::{DiskAttach, FlistSource, SeedSpec, VmRequest, VmSpec};
+use zos_vmm::spec::{DiskAttach, FlistSource, NetSpec, SeedSpec, VmRequest, VmSpec};
 use zos_vmm::{VmInfo, VmState, Vmm, VmmConfig};
 
 /// Where VMs, volumes and the block cache live.
@@ -103,9 +104,23 @@ pub struct VmArgs {
     /// VM mode: a cloud-init user-data file
     #[arg(long, value_name = "FILE")]
     user_data: Option<PathBuf>,
+    /// Container mode: `default` joins the host's local network (10.77.0.0/16 on the bridge
+    /// zos0, NATed out through the host), `none` leaves only `lo` [default: default as root,
+    /// none otherwise: taps and NAT need root]
+    #[arg(long, value_name = "default|none", value_parser = ["default", "none"])]
+    network: Option<String>,
+    /// Publish a guest port on the host (repeatable, Docker's syntax): HOST:GUEST or
+    /// IP:HOST:GUEST, optionally /tcp (the default) or /udp; reachable on the host's
+    /// addresses, 127.0.0.1 included; a host port already taken is refused before boot
+    #[arg(long = "publish", short = 'p', value_name = "[IP:]HOST:GUEST[/PROTO]", value_parser = parse_port)]
+    ports: Vec<PortMap>,
     /// Command and arguments, replacing the image's CMD
     #[arg(last = true)]
     command: Vec<String>,
+}
+
+fn parse_port(s: &str) -> Result<PortMap, String> {
+    PortMap::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -135,6 +150,20 @@ impl VmArgs {
                     .with_context(|| format!("reading user-data {}", path.display()))?,
             );
         }
+        let network = match self.network.as_deref() {
+            Some("none") if !self.ports.is_empty() => {
+                bail!("--publish needs a network: drop --network none")
+            }
+            Some("none") => None,
+            None if !nix_is_root() && self.ports.is_empty() => None,
+            _ if !nix_is_root() => bail!(
+                "the local network (--network default, --publish) needs root: run as root, or pass --network none"
+            ),
+            _ => Some(NetSpec {
+                ports: self.ports.clone(),
+                interface: None,
+            }),
+        };
         let disks = self
             .volumes
             .iter()
@@ -162,6 +191,7 @@ impl VmArgs {
                 seed,
             },
             disks,
+            network,
         }
         .plan()?)
     }
@@ -402,6 +432,7 @@ pub fn vm(cmd: VmCommand, place: Place) -> Result<ExitCode> {
                 if let VmState::Crashed { reason } = &info.state {
                     println!("{reason}");
                 }
+                print_network(&info);
             }
         }
         VmCommand::Logs { name, follow } => {
@@ -434,6 +465,21 @@ pub fn vm(cmd: VmCommand, place: Place) -> Result<ExitCode> {
 
 fn print_state(info: &VmInfo) {
     println!("{} {}", info.name, info.state);
+}
+
+/// The VM's address and published ports, one line each.
+fn print_network(info: &VmInfo) {
+    let Some(iface) = info.spec.network().and_then(|n| n.interface.as_ref()) else {
+        println!("network: none");
+        return;
+    };
+    println!(
+        "address: {}/{} on {} (gateway {}, mac {})",
+        iface.ip, iface.prefix, iface.bridge, iface.gateway, iface.mac
+    );
+    for p in &iface.ports {
+        println!("port: {p}");
+    }
 }
 
 /// `zos volume …`: disks that outlive VMs, mounted with `--volume NAME:/path`.

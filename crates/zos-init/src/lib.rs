@@ -36,6 +36,48 @@ pub struct GuestConfig {
     pub disks: Vec<GuestDisk>,
     /// The process to run as the container.
     pub process: Process,
+    /// The guest's network; `None`: only `lo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<GuestNetwork>,
+}
+
+/// What `zos-init` configures before starting the process: interfaces (found by MAC),
+/// `/etc/resolv.conf` and `/etc/hosts`, written inside the container's root.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GuestNetwork {
+    /// The interfaces.
+    pub interfaces: Vec<GuestInterface>,
+    /// Resolvers for `/etc/resolv.conf`; empty: the image's file is left as it is.
+    #[serde(default)]
+    pub dns: Vec<std::net::IpAddr>,
+    /// Extra `/etc/hosts` lines (after localhost and the guest's own name).
+    #[serde(default)]
+    pub hosts: Vec<HostEntry>,
+}
+
+/// One guest interface.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GuestInterface {
+    /// Its MAC, `aa:bb:cc:dd:ee:ff`: how the guest finds it.
+    pub mac: String,
+    /// Its address.
+    pub address: std::net::Ipv4Addr,
+    /// Prefix length of its network.
+    pub prefix: u8,
+    /// The default route through it, if any.
+    #[serde(default)]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
+/// An `/etc/hosts` line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostEntry {
+    /// The address.
+    pub ip: std::net::IpAddr,
+    /// Its names.
+    pub names: Vec<String>,
 }
 
 /// A virtio-blk disk to mount inside the guest.

@@ -11,6 +11,7 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod exec;
+mod net;
 mod setup;
 mod shutdown;
 mod supervise;

@@ -55,9 +55,12 @@ pub fn setup() -> Result<GuestConfig, String> {
         sys::sethostname(&config.hostname)
             .map_err(|e| format!("setting hostname {:?}: {e}", config.hostname))?;
     }
-    write_hosts(&config.hostname)?;
     // Best effort: without it only localhost networking is missing, not worth failing for.
     let _ = sys::loopback_up();
+    match &config.network {
+        Some(net) => crate::net::configure(net, &config.hostname)?,
+        None => write_hosts(&config.hostname)?,
+    }
     for disk in &config.disks {
         mount_disk(disk)?;
     }

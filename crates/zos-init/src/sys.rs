@@ -219,6 +219,11 @@ pub fn power_off() -> ! {
 
 /// Brings the loopback interface up; Linux then gives it 127.0.0.1 by itself.
 pub fn loopback_up() -> io::Result<()> {
+    link_up("lo")
+}
+
+/// Sets IFF_UP on the interface `name`.
+pub fn link_up(name: &str) -> io::Result<()> {
     // SAFETY: socket has no memory-safety preconditions.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -228,8 +233,13 @@ pub fn loopback_up() -> io::Result<()> {
     let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     // SAFETY: ifreq is plain data, valid when zeroed.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
+    for (dst, src) in req
+        .ifr_name
+        .iter_mut()
+        .take(libc::IFNAMSIZ - 1)
+        .zip(name.bytes())
+    {
+        *dst = src as libc::c_char;
     }
     // SAFETY: `req` is a valid ifreq naming an interface; the ioctls read and write it.
     unsafe {

@@ -391,6 +391,7 @@ mod tests {
             modules: vec![],
             hostname: "h".into(),
             disks: vec![],
+            network: None,
             process: zos_init::Process {
                 argv: vec!["/bin/true".into()],
                 env: vec![],

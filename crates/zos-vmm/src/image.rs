@@ -81,6 +81,8 @@ pub fn plan(source: FlistSource, overrides: &Overrides) -> Result<Boot> {
         flist: source,
         root_size: overrides.root_size,
         process,
+        // Set by the caller (VmRequest::plan): the network is no part of the image.
+        network: None,
     })
 }
 

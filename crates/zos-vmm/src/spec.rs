@@ -26,6 +26,37 @@ pub struct VmSpec {
     pub disks: Vec<DiskAttach>,
 }
 
+impl VmSpec {
+    /// The VM's network, if it has one (container mode only for now).
+    pub fn network(&self) -> Option<&NetSpec> {
+        match &self.boot {
+            Boot::Container { network, .. } => network.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The VM's network, to fill in its interface.
+    pub fn network_mut(&mut self) -> Option<&mut NetSpec> {
+        match &mut self.boot {
+            Boot::Container { network, .. } => network.as_mut(),
+            _ => None,
+        }
+    }
+}
+
+/// A VM on the host's local network (see `zos_net::local`): asked for with its published
+/// ports; its interface (address, MAC, tap) is leased when the VM is created and given
+/// back when it is deleted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NetSpec {
+    /// Host ports forwarded to the guest.
+    #[serde(default)]
+    pub ports: Vec<zos_net::PortMap>,
+    /// The interface, once leased by create.
+    #[serde(default)]
+    pub interface: Option<zos_net::Interface>,
+}
+
 /// What a caller asks of a VM before its flist is read: the one way from "run this flist
 /// with these settings" to a [`VmSpec`], shared by `zos run` and the node's zmachines.
 #[derive(Debug, Clone)]
@@ -44,6 +75,9 @@ pub struct VmRequest {
     pub overrides: Overrides,
     /// Extra disks.
     pub disks: Vec<DiskAttach>,
+    /// The network; container mode only for now (VM modes get theirs through the NoCloud
+    /// seed in a later part), so it is dropped for the others.
+    pub network: Option<NetSpec>,
 }
 
 impl VmRequest {
@@ -51,7 +85,10 @@ impl VmRequest {
     pub fn plan(mut self) -> crate::Result<VmSpec> {
         // Whole MiB: disk images want whole sectors, and nobody means a byte count here.
         self.overrides.root_size = self.overrides.root_size.div_ceil(1 << 20) << 20;
-        let boot = image::plan(self.flist, &self.overrides)?;
+        let mut boot = image::plan(self.flist, &self.overrides)?;
+        if let Boot::Container { network, .. } = &mut boot {
+            *network = self.network;
+        }
         Ok(VmSpec {
             cpus: self.cpus,
             memory_mib: self.memory.div_ceil(1 << 20),
@@ -102,6 +139,9 @@ pub enum Boot {
         root_size: u64,
         /// The process to run.
         process: zos_init::Process,
+        /// Its network; `None`: only `lo`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        network: Option<NetSpec>,
     },
     /// The flist carries its own kernel: it boots with the flist (plus a writable layer) as
     /// its root over virtio-fs, and a NoCloud seed disk for cloud-init.

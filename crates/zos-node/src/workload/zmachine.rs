@@ -319,6 +319,8 @@ fn vm_spec(host: &Host, id: &str, workload: &str, m: &ZMachine) -> Result<VmSpec
             ..Overrides::default()
         },
         disks,
+        // The node's `network` workload comes in a later part of issue 13.
+        network: None,
     }
     .plan()
     .map_err(|e| e.to_string())

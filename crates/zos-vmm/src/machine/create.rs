@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 impl Vmm {
     /// Records a new VM; checks everything that can be checked before any VM starts.
-    pub fn create(&self, name: &str, spec: VmSpec) -> Result<VmInfo> {
+    pub fn create(&self, name: &str, mut spec: VmSpec) -> Result<VmInfo> {
         check_name(name)?;
         self.check_spec(&spec)?;
         let dir = self.dir(name);
@@ -24,6 +24,20 @@ impl Vmm {
                 "a VM named {name:?} already exists (remove it first)"
             )));
         }
+        // Last check, first thing made: the address and host ports, given back if the
+        // rest fails.
+        if let Some(net) = spec.network_mut() {
+            net.interface = Some(super::net::lease(&dir, &net.ports)?);
+        }
+        let made = self.make_dir(name, &dir, spec);
+        if made.is_err() {
+            super::net::release(&dir);
+        }
+        made
+    }
+
+    /// Builds the VM's directory aside and renames it into place.
+    fn make_dir(&self, name: &str, dir: &Path, spec: VmSpec) -> Result<VmInfo> {
         // Built in a staging dir and renamed, so a failed create leaves nothing.
         let staging = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
@@ -46,11 +60,11 @@ impl Vmm {
         };
         save(staging.path(), &record)?;
         let staged = staging.keep();
-        fs::rename(&staged, &dir).map_err(|e| {
+        fs::rename(&staged, dir).map_err(|e| {
             let _ = fs::remove_dir_all(&staged);
             Error::io(format!("creating {}", dir.display()), e)
         })?;
-        Ok(self.info(&dir, &record))
+        Ok(self.info(dir, &record))
     }
 
     /// Refuses a spec this host cannot run, naming what to change.

@@ -83,7 +83,8 @@ impl Jail {
         Ok(self.hand_over(stream.into()))
     }
 
-    fn hand_over(&mut self, fd: OwnedFd) -> RawFd {
+    /// Hands `fd` to QEMU (kept open across exec); returns its number for the command line.
+    pub(super) fn hand_over(&mut self, fd: OwnedFd) -> RawFd {
         let raw = fd.as_raw_fd();
         self.fds.push(fd);
         raw

@@ -17,6 +17,7 @@ mod cgroup;
 mod config;
 mod create;
 mod jail;
+mod net;
 mod qemu_args;
 mod reconcile;
 mod record;

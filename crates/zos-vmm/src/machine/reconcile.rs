@@ -139,6 +139,7 @@ pub(super) fn teardown(dir: &Path, virtiofsd: Option<ProcRef>, mount: Option<Pro
         v.terminate(Duration::from_secs(2));
     }
     rootfs::unmount_root(&Layers::of(dir), mount);
+    super::net::unplug(dir);
     for file in [QMP, CONTROL, VIRTIOFS, INITRD, PIDFILE] {
         let _ = fs::remove_file(dir.join(file));
     }

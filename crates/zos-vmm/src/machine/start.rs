@@ -192,6 +192,7 @@ impl Vmm {
                 self.attach_seed(&mut args, &mut jail, dir, spec, seed)?;
             }
         }
+        super::net::push_network(&mut args, &mut jail, spec)?;
         for (i, d) in spec.disks.iter().enumerate() {
             push_disk(
                 &mut args,
@@ -213,9 +214,10 @@ impl Vmm {
         let kit = BootKit::locate(&self.cfg.bootkit)?;
         let (base, mut modules) = kit.initramfs(&self.init_path()?)?;
         // Each module costs boot time under TCG: load only what this VM has devices
-        // for (no network devices yet; block only with disks).
+        // for (network only with a network; block only with disks).
+        let has_net = spec.network().is_some();
         modules.retain(|m| {
-            let unused_net = m.contains("failover") || m.ends_with("virtio_net.ko");
+            let unused_net = !has_net && (m.contains("failover") || m.ends_with("virtio_net.ko"));
             let unused_blk = spec.disks.is_empty() && m.ends_with("virtio_blk.ko");
             !unused_net && !unused_blk
         });
@@ -233,6 +235,7 @@ impl Vmm {
                 })
                 .collect(),
             process: process.clone(),
+            network: super::net::guest_network(spec),
         };
         bootkit::write_vm_initrd(&base, &config, &dir.join(INITRD))?;
         Ok(kit.kernel)

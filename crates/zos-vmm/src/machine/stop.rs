@@ -108,6 +108,8 @@ impl Vmm {
             .root
             .join(format!(".deleted.{name}.{}", std::process::id()));
         self.move_out(name, &doomed)?;
+        // Its address and host ports are free once nothing of it runs.
+        super::net::release(&self.dir(name));
         fs::remove_dir_all(&doomed)
             .map_err(|e| Error::io(format!("removing {}", doomed.display()), e))
     }

@@ -1,0 +1,160 @@
+//! The guest's network: interfaces found by MAC, addressed and routed with the classic
+//! ioctls (no netlink library: zos-init stays small), then `/etc/resolv.conf` and
+//! `/etc/hosts` written inside the container's root (through its writable layer).
+
+use crate::sys;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+use zos_init::{GuestInterface, GuestNetwork};
+
+/// How long a NIC gets to appear after its driver loads.
+const NIC_WAIT: Duration = Duration::from_secs(5);
+
+/// Configures every interface, then the resolver and hosts files.
+pub fn configure(net: &GuestNetwork, hostname: &str) -> Result<(), String> {
+    for iface in &net.interfaces {
+        let name = wait_for_mac(&iface.mac)?;
+        configure_one(&name, iface)
+            .map_err(|e| format!("configuring {name} ({}): {e}", iface.mac))?;
+    }
+    if !net.dns.is_empty() {
+        let text: String = net
+            .dns
+            .iter()
+            .map(|ip| format!("nameserver {ip}\n"))
+            .collect();
+        replace_file("/etc/resolv.conf", &text)?;
+    }
+    let mut hosts =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if let Some(own) = net.interfaces.first() {
+        if !hostname.is_empty() {
+            hosts.push_str(&format!("{}\t{hostname}\n", own.address));
+        }
+    }
+    for entry in &net.hosts {
+        hosts.push_str(&format!("{}\t{}\n", entry.ip, entry.names.join(" ")));
+    }
+    replace_file("/etc/hosts", &hosts)
+}
+
+/// Writes `path` afresh: a symlink there (e.g. to systemd-resolved's stub file, absent in
+/// a container) is replaced by a file rather than followed.
+fn replace_file(path: &str, text: &str) -> Result<(), String> {
+    let _ = std::fs::create_dir_all("/etc");
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.is_file() => {
+            std::fs::remove_file(path).map_err(|e| format!("replacing {path}: {e}"))?
+        }
+        _ => {}
+    }
+    std::fs::write(path, text).map_err(|e| format!("writing {path}: {e}"))
+}
+
+/// The name of the interface with MAC `mac`, waiting for it to show up in sysfs.
+fn wait_for_mac(mac: &str) -> Result<String, String> {
+    let start = Instant::now();
+    loop {
+        let entries = std::fs::read_dir("/sys/class/net")
+            .map_err(|e| format!("listing /sys/class/net: {e}"))?;
+        for entry in entries.flatten() {
+            let found = std::fs::read_to_string(entry.path().join("address"))
+                .is_ok_and(|a| a.trim().eq_ignore_ascii_case(mac));
+            if found {
+                return Ok(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        if start.elapsed() > NIC_WAIT {
+            return Err(format!("no network interface with MAC {mac} appeared"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn configure_one(name: &str, iface: &GuestInterface) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let fd = sock.as_raw_fd();
+    let mut req = ifreq(name);
+    req.ifr_ifru.ifru_mtu = iface.mtu as libc::c_int;
+    ioctl(fd, libc::SIOCSIFMTU, &mut req)?;
+    let mut req = ifreq(name);
+    req.ifr_ifru.ifru_addr = sockaddr(iface.address);
+    ioctl(fd, libc::SIOCSIFADDR, &mut req)?;
+    let mask = Ipv4Addr::from(
+        u32::MAX
+            .checked_shl(32 - u32::from(iface.prefix))
+            .unwrap_or(0),
+    );
+    let mut req = ifreq(name);
+    req.ifr_ifru.ifru_netmask = sockaddr(mask);
+    ioctl(fd, libc::SIOCSIFNETMASK, &mut req)?;
+    sys::link_up(name)?;
+    if let Some(gw) = iface.gateway {
+        // SAFETY: rtentry is plain data, valid when zeroed.
+        let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
+        route.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
+        route.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
+        route.rt_gateway = sockaddr(gw);
+        route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+        // SAFETY: `route` is a valid rtentry; SIOCADDRT only reads it.
+        let ret = unsafe { libc::ioctl(fd, libc::SIOCADDRT, &route) };
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("default route via {gw}: {e}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn inet_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket has no memory-safety preconditions.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a socket just opened and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain data, valid when zeroed.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req
+        .ifr_name
+        .iter_mut()
+        .take(libc::IFNAMSIZ - 1)
+        .zip(name.bytes())
+    {
+        *dst = src as libc::c_char;
+    }
+    req
+}
+
+fn ioctl(fd: libc::c_int, op: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
+    // SAFETY: `req` is a valid ifreq naming an interface; the ioctl reads and writes it.
+    if unsafe { libc::ioctl(fd, op, req as *mut libc::ifreq) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr are both 16 bytes of plain data; the kernel reads
+    // a sockaddr_in when sa_family is AF_INET.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}

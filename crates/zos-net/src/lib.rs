@@ -1,0 +1,98 @@
+//! Networks for zos VMs on one host.
+//!
+//! This first slice is the local network every `zos run` container joins: one bridge
+//! ([`local::BRIDGE`]) holding the gateway address, a tap per VM interface attached to it and
+//! handed to QEMU as an open descriptor, masquerade for egress, published ports as DNAT,
+//! and anti-spoof rules on each tap. Every rule zos makes lives in the two nftables tables
+//! named [`rules::TABLE`] (`inet zos` for NAT, `bridge zos` for the per-tap filters), so they
+//! can be listed and removed whole.
+//!
+//! One job per module: [`local`] (the default network's numbers), [`lease`] (addresses and
+//! host ports, under a lock, surviving restarts), [`ports`] (published port syntax and the
+//! host check), [`link`] (bridge and links over netlink), [`tap`] (tap devices),
+//! [`rules`] (the nftables text, applied with `nft -f -`), [`dns`] (the guest's resolvers)
+//! and [`plug`] (bringing one interface up and down).
+//!
+//! Later parts of the network work (the node's `network` workload, WireGuard, per-network
+//! resolvers, public IPs) add networks beside [`local`]: an [`Interface`] already names
+//! its bridge and gateway rather than assuming them.
+
+pub mod dns;
+pub mod lease;
+pub mod link;
+pub mod local;
+mod lock;
+pub mod plug;
+pub mod ports;
+pub mod rules;
+pub mod tap;
+
+pub use lease::{allocate, release};
+pub use plug::{plug, unplug};
+pub use ports::{PortMap, Proto};
+
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+/// One VM interface on a network: everything needed to plug it on the host and configure it
+/// in the guest. Made by [`allocate`], kept in the VM's spec, so a restarted VM keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Interface {
+    /// The bridge the tap joins.
+    pub bridge: String,
+    /// The tap's name on the host (at most 15 bytes).
+    pub tap: String,
+    /// The guest's MAC, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// The guest's address.
+    pub ip: Ipv4Addr,
+    /// Prefix length of the network.
+    pub prefix: u8,
+    /// The gateway (the bridge's own address).
+    pub gateway: Ipv4Addr,
+    /// MTU of the link.
+    pub mtu: u32,
+    /// Host ports forwarded to the guest.
+    #[serde(default)]
+    pub ports: Vec<PortMap>,
+}
+
+/// What can go wrong setting up networks.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A system call or file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, on what.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A netlink request failed.
+    #[error("{what}: {detail}")]
+    Netlink {
+        /// What was being done.
+        what: String,
+        /// The kernel's answer.
+        detail: String,
+    },
+    /// `nft` refused the rules or could not be run.
+    #[error("nftables: {0}")]
+    Nft(String),
+    /// Bad input, or a resource already taken: the message says what to change.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

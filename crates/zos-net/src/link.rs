@@ -1,0 +1,144 @@
+//! Links over rtnetlink: the bridge (made once, idempotently, with its address), taps joined
+//! to it, links removed. Each call runs its requests on a private current-thread runtime,
+//! so callers stay synchronous.
+
+use crate::{Error, Result};
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::LinkMessage;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec};
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Runs `f` with a netlink handle.
+fn with_handle<T, F, Fut>(f: F) -> Result<T>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| Error::io("starting the netlink runtime", e))?;
+    rt.block_on(async {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| Error::io("opening a netlink socket", e))?;
+        let task = tokio::spawn(conn);
+        let out = f(handle).await;
+        task.abort();
+        out
+    })
+}
+
+/// The kernel's errno in a netlink error, if it is one.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+fn netlink(what: String) -> impl FnOnce(rtnetlink::Error) -> Error {
+    move |e| Error::Netlink {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+async fn find(handle: &Handle, name: &str) -> Result<Option<LinkMessage>> {
+    match handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(link) => Ok(link),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(netlink(format!("looking up link {name}"))(e)),
+    }
+}
+
+async fn index_of(handle: &Handle, name: &str) -> Result<u32> {
+    find(handle, name)
+        .await?
+        .map(|l| l.header.index)
+        .ok_or_else(|| Error::Invalid(format!("link {name} does not exist")))
+}
+
+/// Makes the bridge `name` with address `addr/prefix` and brings it up; what already exists
+/// is kept, so concurrent and repeated calls are fine.
+pub fn ensure_bridge(name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+    with_handle(|handle| async move {
+        if find(&handle, name).await?.is_none() {
+            match handle
+                .link()
+                .add(LinkBridge::new(name).build())
+                .execute()
+                .await
+            {
+                Err(e) if errno(&e) != Some(libc::EEXIST) => {
+                    return Err(netlink(format!("creating bridge {name}"))(e))
+                }
+                _ => {}
+            }
+        }
+        let index = index_of(&handle, name).await?;
+        match handle
+            .address()
+            .add(index, IpAddr::V4(addr), prefix)
+            .execute()
+            .await
+        {
+            Err(e) if errno(&e) != Some(libc::EEXIST) => {
+                return Err(netlink(format!("adding {addr}/{prefix} to {name}"))(e))
+            }
+            _ => {}
+        }
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(netlink(format!("bringing {name} up")))
+    })
+}
+
+/// Joins `port` to `bridge` and brings it up.
+pub fn join_bridge(port: &str, bridge: &str) -> Result<()> {
+    with_handle(|handle| async move {
+        let br = index_of(&handle, bridge).await?;
+        let index = index_of(&handle, port).await?;
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .controller(br)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink(format!("joining {port} to bridge {bridge}")))
+    })
+}
+
+/// Whether a link named `name` exists.
+pub fn exists(name: &str) -> Result<bool> {
+    with_handle(|handle| async move { Ok(find(&handle, name).await?.is_some()) })
+}
+
+/// Removes the link `name`; nothing to do when it is gone.
+pub fn remove(name: &str) -> Result<()> {
+    with_handle(|handle| async move {
+        let Some(link) = find(&handle, name).await? else {
+            return Ok(());
+        };
+        match handle.link().del(link.header.index).execute().await {
+            Err(e) if errno(&e) != Some(libc::ENODEV) => {
+                Err(netlink(format!("removing link {name}"))(e))
+            }
+            _ => Ok(()),
+        }
+    })
+}

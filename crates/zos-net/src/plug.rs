@@ -1,0 +1,48 @@
+//! One interface up and down on the host: the network it joins made if needed, its tap, its
+//! rules.
+
+use crate::{link, local, rules, tap, Error, Interface, Result};
+use std::os::fd::OwnedFd;
+
+/// Makes sure the interface's network exists (bridge, address, base rules, forwarding),
+/// creates its tap on the bridge and adds its rules. Returns the tap's descriptor for QEMU;
+/// the tap lives as long as a copy of it is open.
+pub fn plug(iface: &Interface) -> Result<OwnedFd> {
+    if iface.bridge != local::BRIDGE {
+        return Err(Error::Invalid(format!(
+            "network bridge {:?} is unknown: only the local network {} exists yet",
+            iface.bridge,
+            local::BRIDGE
+        )));
+    }
+    link::ensure_bridge(&iface.bridge, iface.gateway, iface.prefix)?;
+    // Forwarding is what NAT and published ports need; route_localnet (on zos's own bridge
+    // only) lets a port published on 127.0.0.1 be forwarded to a guest.
+    sysctl("/proc/sys/net/ipv4/ip_forward")?;
+    sysctl(&format!(
+        "/proc/sys/net/ipv4/conf/{}/route_localnet",
+        iface.bridge
+    ))?;
+    rules::ensure_base()?;
+    let fd = tap::create(&iface.tap)?;
+    link::join_bridge(&iface.tap, &iface.bridge)?;
+    rules::add(iface)?;
+    Ok(fd)
+}
+
+/// Removes the interface's rules and its tap if it is still there (it goes by itself when
+/// QEMU ends). Never fails: it runs on teardown paths, where every step must be tried.
+pub fn unplug(iface: &Interface) {
+    rules::remove(iface);
+    if let Err(e) = link::remove(&iface.tap) {
+        tracing::warn!(tap = %iface.tap, error = %e, "removing a tap");
+    }
+}
+
+/// Writes `1` to a sysctl file unless it already holds it.
+fn sysctl(path: &str) -> Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(path, "1").map_err(|e| Error::io(format!("setting {path} to 1"), e))
+}

@@ -1,0 +1,231 @@
+//! The nftables rules, generated here and nowhere else, applied with `nft -f -` (one atomic
+//! transaction per call).
+//!
+//! Two tables named [`TABLE`] hold everything zos adds: `inet zos` (published ports as DNAT
+//! maps, masquerade of the local subnet) and `bridge zos` (anti-spoof: a frame from a tap
+//! must carry that tap's MAC and IPv4 address, ARP included; other protocols are dropped).
+//! The chains' rules are written afresh in one transaction at each plug (idempotent, so
+//! rules are never doubled and a newer zos brings them up to date); a VM is only elements in
+//! the sets and maps, so adding and removing one never touches a rule, and
+//! `nft delete table inet zos` / `nft delete table bridge zos` remove all of it.
+
+use crate::{local, Error, Interface, PortMap, Result};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// The name of zos's tables (one `inet`, one `bridge`).
+pub const TABLE: &str = "zos";
+/// Every tap zos makes starts with this (the filters match taps by it).
+pub const TAP_PREFIX: &str = "zt";
+
+/// A base chain: its name, its header (type, hook, priority, policy) and its rules.
+struct Chain {
+    name: &'static str,
+    header: &'static str,
+    rules: Vec<String>,
+}
+
+/// The sets and maps of a base table: `inet` (NAT) or `bridge` (the taps' filters).
+fn sets(family: &str) -> &'static [&'static str] {
+    if family == "inet" {
+        &[
+            "map ports_any { type inet_proto . inet_service : ipv4_addr . inet_service; }",
+            "map ports_ip { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }",
+        ]
+    } else {
+        &[
+            "set macs { type ifname . ether_addr; }",
+            "set ips { type ifname . ipv4_addr; }",
+        ]
+    }
+}
+
+/// The chains of a base table.
+fn chains(family: &str) -> Vec<Chain> {
+    let subnet = local::cidr();
+    let tap = format!("\"{TAP_PREFIX}*\"");
+    if family == "inet" {
+        let dnat = vec![
+            "fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @ports_ip"
+                .to_string(),
+            "fib daddr type local dnat ip to meta l4proto . th dport map @ports_any".to_string(),
+        ];
+        return vec![
+            Chain {
+                name: "prerouting",
+                header: "type nat hook prerouting priority dstnat; policy accept;",
+                rules: dnat.clone(),
+            },
+            Chain {
+                name: "output",
+                header: "type nat hook output priority -100; policy accept;",
+                rules: dnat,
+            },
+            Chain {
+                name: "postrouting",
+                header: "type nat hook postrouting priority srcnat; policy accept;",
+                rules: vec![
+                    // Egress: the guests' traffic leaves with the host's address.
+                    format!("ip saddr {subnet} ip daddr != {subnet} masquerade"),
+                    // A guest reaching another's published port through a host address:
+                    // the answer must come back through the host to be un-DNATed.
+                    format!("ct status dnat ip saddr {subnet} ip daddr {subnet} masquerade"),
+                    // 127.0.0.1:PORT forwarded to a guest, which cannot answer loopback.
+                    format!(
+                        "oifname \"{}\" ip saddr 127.0.0.0/8 masquerade",
+                        local::BRIDGE
+                    ),
+                ],
+            },
+        ];
+    }
+    vec![Chain {
+        name: "prerouting",
+        header: "type filter hook prerouting priority -300; policy accept;",
+        rules: vec![
+            format!("iifname {tap} iifname . ether saddr != @macs drop"),
+            format!("iifname {tap} ether type ip iifname . ip saddr != @ips drop"),
+            format!("iifname {tap} ether type arp iifname . arp saddr ip != @ips drop"),
+            format!("iifname {tap} ether type arp iifname . arp saddr ether != @macs drop"),
+            format!("iifname {tap} ether type != {{ ip, arp }} drop"),
+        ],
+    }]
+}
+
+/// The script that makes both base tables what this version wants, idempotently: tables,
+/// sets and chains are declared (nft's declarations add only what is missing, and keep the
+/// elements of what exists), each chain is flushed and its rules written again, all in one
+/// transaction. So the running VMs keep their elements, and a zos with other rules brings
+/// the chains up to date.
+fn base() -> String {
+    let mut out = String::new();
+    for family in ["inet", "bridge"] {
+        let chains = chains(family);
+        out.push_str(&format!("table {family} {TABLE} {{\n"));
+        for set in sets(family) {
+            out.push_str(&format!("  {set}\n"));
+        }
+        for c in &chains {
+            out.push_str(&format!("  chain {} {{ {} }}\n", c.name, c.header));
+        }
+        out.push_str("}\n");
+        for c in &chains {
+            out.push_str(&format!("flush chain {family} {TABLE} {}\n", c.name));
+            for rule in &c.rules {
+                out.push_str(&format!("add rule {family} {TABLE} {} {rule}\n", c.name));
+            }
+        }
+    }
+    out
+}
+
+/// The elements one interface adds: (set or map, element), each as nft writes it.
+fn elements(iface: &Interface) -> Vec<(String, String)> {
+    let tap = &iface.tap;
+    let mut out = vec![
+        (
+            format!("bridge {TABLE} macs"),
+            format!("\"{tap}\" . {}", iface.mac),
+        ),
+        (
+            format!("bridge {TABLE} ips"),
+            format!("\"{tap}\" . {}", iface.ip),
+        ),
+    ];
+    for p in &iface.ports {
+        out.push(port_element(p, iface));
+    }
+    out
+}
+
+fn port_element(p: &PortMap, iface: &Interface) -> (String, String) {
+    let to = format!("{} . {}", iface.ip, p.guest_port);
+    let proto = p.proto.as_str();
+    match p.host_ip {
+        Some(ip) => (
+            format!("inet {TABLE} ports_ip"),
+            format!("{ip} . {proto} . {} : {to}", p.host_port),
+        ),
+        None => (
+            format!("inet {TABLE} ports_any"),
+            format!("{proto} . {} : {to}", p.host_port),
+        ),
+    }
+}
+
+/// The key of an element (a map element without its value), which is what deletes take.
+fn key(element: &str) -> &str {
+    element.split(" : ").next().unwrap_or(element)
+}
+
+/// Runs `nft -f -` with `script`.
+fn nft(script: &str) -> Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io("running nft (install nftables with scripts/setup)", e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| Error::io("writing rules to nft", e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io("waiting for nft", e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Nft(format!(
+            "{} (rules: {})",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            script.trim()
+        )))
+    }
+}
+
+/// Brings zos's base tables to what this version wants (see [`base`]), under a host-wide
+/// lock so two managers never interleave.
+pub fn ensure_base() -> Result<()> {
+    let _lock = crate::lock::exclusive("rules.lock")?;
+    nft(&base())
+}
+
+/// Adds an interface's elements (its MAC and address on its tap, its published ports).
+/// Elements left by an earlier run of the same interface are replaced.
+pub fn add(iface: &Interface) -> Result<()> {
+    remove(iface);
+    let script: String = elements(iface)
+        .iter()
+        .map(|(set, e)| format!("add element {set} {{ {e} }}\n"))
+        .collect();
+    nft(&script)
+}
+
+/// Removes an interface's elements; those already gone are skipped (each is its own
+/// transaction, so one missing does not keep the others).
+pub fn remove(iface: &Interface) {
+    for (set, e) in elements(iface) {
+        let _ = nft(&format!("delete element {set} {{ {} }}\n", key(&e)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elements_name_the_tap_and_ports() {
+        let mut iface = crate::lease::tests_interface();
+        iface.ports = vec![
+            PortMap::parse("8080:80").unwrap(),
+            PortMap::parse("127.0.0.1:5353:53/udp").unwrap(),
+        ];
+        let els = elements(&iface);
+        assert_eq!(els[0].1, "\"zt0a4d0005\" . 02:5a:0a:4d:00:05");
+        assert_eq!(els[2].1, "tcp . 8080 : 10.77.0.5 . 80");
+        assert_eq!(key(&els[3].1), "127.0.0.1 . udp . 5353");
+    }
+}

@@ -1,0 +1,74 @@
+//! A VM's network on the host side: its interface leased at create and given back at
+//! delete (zos-net), its tap plugged at start and handed to QEMU as a descriptor with a
+//! virtio-net device, unplugged at teardown, and what zos-init is told to configure.
+
+use super::jail::Jail;
+use super::record::load;
+use crate::spec::VmSpec;
+use crate::{Error, Result};
+use std::ffi::OsString;
+use std::path::Path;
+use zos_init::{GuestInterface, GuestNetwork};
+
+fn net_error(e: zos_net::Error) -> Error {
+    Error::Invalid(format!("network: {e}"))
+}
+
+/// Leases an interface on the local network for the VM in `dir`, with `ports` published.
+pub(super) fn lease(dir: &Path, ports: &[zos_net::PortMap]) -> Result<zos_net::Interface> {
+    zos_net::allocate(dir, ports).map_err(net_error)
+}
+
+/// Gives back the lease of the VM that was in `dir`; a failure is logged, not returned:
+/// the VM is gone either way, and a stale lease is taken back later.
+pub(super) fn release(dir: &Path) {
+    if let Err(e) = zos_net::release(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "giving back a network lease");
+    }
+}
+
+/// Plugs the VM's interface (tap on its bridge, rules) and adds the device QEMU gives the
+/// guest: `-netdev tap` on the tap's descriptor, `virtio-net-device` (virtio-mmio, as
+/// `microvm` has no PCI) with the leased MAC.
+pub(super) fn push_network(args: &mut Vec<OsString>, jail: &mut Jail, spec: &VmSpec) -> Result<()> {
+    let Some(iface) = spec.network().and_then(|n| n.interface.as_ref()) else {
+        return Ok(());
+    };
+    let fd = jail.hand_over(zos_net::plug(iface).map_err(net_error)?);
+    for a in [
+        "-netdev".to_string(),
+        format!("tap,id=net0,fd={fd}"),
+        "-device".to_string(),
+        format!("virtio-net-device,netdev=net0,mac={}", iface.mac),
+    ] {
+        args.push(a.into());
+    }
+    Ok(())
+}
+
+/// Removes what [`push_network`] plugged for the VM in `dir` (its rules, and its tap if
+/// QEMU has not taken it along); nothing when it has no network or no record.
+pub(super) fn unplug(dir: &Path) {
+    if let Ok(record) = load(dir) {
+        if let Some(iface) = record.spec.network().and_then(|n| n.interface.as_ref()) {
+            zos_net::unplug(iface);
+        }
+    }
+}
+
+/// What zos-init configures in the guest: the leased address, the gateway as default route,
+/// the host's resolvers (see `zos_net::dns`).
+pub(super) fn guest_network(spec: &VmSpec) -> Option<GuestNetwork> {
+    let iface = spec.network()?.interface.as_ref()?;
+    Some(GuestNetwork {
+        interfaces: vec![GuestInterface {
+            mac: iface.mac.clone(),
+            address: iface.ip,
+            prefix: iface.prefix,
+            gateway: Some(iface.gateway),
+            mtu: iface.mtu,
+        }],
+        dns: zos_net::dns::host_resolvers(),
+        hosts: Vec::new(),
+    })
+}
