@@ -99,23 +99,33 @@ pub fn until_output(child: &mut Child, needle: &str, start: Instant) -> Result<f
     }
 }
 
-/// Seconds of `zos run fl` until the marker reaches its stdout; fails if it then exits
-/// non-zero.
+/// Seconds of `zos run --network none fl` until the marker reaches its stdout; fails if it
+/// then exits non-zero. No network: the floors it is held against (a bare QEMU boot, a node's
+/// zmachine) have none either; [`zos_run_networked_to_mark`] times the default.
 pub fn zos_run_to_mark(zos: &Zos, work: &Path, fl: &Path) -> Result<f64> {
-    zos_run_to_mark_in(zos_in(zos, work), fl)
+    zos_run_to_mark_in(zos_in(zos, work), fl, NO_NETWORK)
+}
+
+/// [`zos_run_to_mark`] with `zos run`'s default network (a tap on the local bridge).
+pub fn zos_run_networked_to_mark(zos: &Zos, work: &Path, fl: &Path) -> Result<f64> {
+    zos_run_to_mark_in(zos_in(zos, work), fl, &[])
 }
 
 /// [`zos_run_to_mark`] with QEMU's jail turned off (`ZOS_JAIL=off`): what the jail costs.
 pub fn zos_run_unjailed_to_mark(zos: &Zos, work: &Path, fl: &Path) -> Result<f64> {
     let mut cmd = zos_in(zos, work);
     cmd.env("ZOS_JAIL", "off");
-    zos_run_to_mark_in(cmd, fl)
+    zos_run_to_mark_in(cmd, fl, NO_NETWORK)
 }
 
-fn zos_run_to_mark_in(mut cmd: Command, fl: &Path) -> Result<f64> {
+/// `zos run`'s flags for a container without a network.
+pub const NO_NETWORK: &[&str] = &["--network", "none"];
+
+fn zos_run_to_mark_in(mut cmd: Command, fl: &Path, flags: &[&str]) -> Result<f64> {
     let start = Instant::now();
     let mut child = cmd
         .arg("run")
+        .args(flags)
         .arg(fl)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

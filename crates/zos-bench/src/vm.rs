@@ -3,7 +3,8 @@
 //! `zos run` picks).
 
 use crate::image::{
-    image, remove_vms, until_output, zos_in, zos_run_to_mark, zos_run_unjailed_to_mark, MARK,
+    image, remove_vms, until_output, zos_in, zos_run_networked_to_mark, zos_run_to_mark,
+    zos_run_unjailed_to_mark, MARK, NO_NETWORK,
 };
 use crate::stats::Timing;
 use crate::table::{fmt, print_grid};
@@ -65,6 +66,7 @@ fn measure(zos: &Zos, work: &Path, runs: usize) -> Result<Vec<Row>> {
 
     let mut floor = Vec::new();
     let mut run_small = Vec::new();
+    let mut run_net = Vec::new();
     let mut run_unjailed = Vec::new();
     let mut run_big = Vec::new();
     // Interleaved, so a slow phase of the host hits every step alike.
@@ -72,13 +74,15 @@ fn measure(zos: &Zos, work: &Path, runs: usize) -> Result<Vec<Row>> {
         eprintln!("zos-bench vm: run {}/{runs}", i + 1);
         floor.push(bare_boot(&kit.kernel, &initramfs, accel)?);
         run_small.push(zos_run_to_mark(zos, work, &small)?);
+        run_net.push(zos_run_networked_to_mark(zos, work, &small)?);
         run_unjailed.push(zos_run_unjailed_to_mark(zos, work, &small)?);
         run_big.push(zos_run_to_mark(zos, work, &big)?);
     }
     eprintln!("zos-bench vm: ten at once");
     let ten = ten_at_once(zos, work, &small)?;
     eprintln!("zos-bench vm: idle memory");
-    let (per_vm, parts) = idle_memory(zos, work, &small, 3)?;
+    let (per_vm, parts) = idle_memory(zos, work, &small, 3, NO_NETWORK)?;
+    let (per_vm_net, parts_net) = idle_memory(zos, work, &small, 3, &[])?;
     eprintln!("zos-bench vm: idle disk-image VM");
     let disk_fl = crate::disk_image::disk_image_flist(zos, work)?;
     let disk_vm = idle_disk_vm_memory(zos, work, &disk_fl)?;
@@ -112,6 +116,19 @@ fn measure(zos: &Zos, work: &Path, runs: usize) -> Result<Vec<Row>> {
         });
     }
     let jailed = rows[1].seconds.unwrap_or(f);
+    let net = Timing::of_seconds(run_net, 0.0);
+    rows.push(Row {
+        step: "zos run busybox with its default network".into(),
+        seconds: Some(net.median),
+        floor_seconds: Some(f),
+        mib: None,
+        notes: format!(
+            "a tap on the local bridge, NAT; {:.2}x the same run with --network none (the rows \
+             above); {}",
+            net.median / jailed,
+            net.spread()
+        ),
+    });
     let unjailed = Timing::of_seconds(run_unjailed, 0.0);
     let cost = jailed / unjailed.median;
     rows.push(Row {
@@ -141,9 +158,19 @@ fn measure(zos: &Zos, work: &Path, runs: usize) -> Result<Vec<Row>> {
         seconds: None,
         floor_seconds: None,
         mib: Some(per_vm),
-        notes: format!("{parts}; target <= {DENSITY_TARGET_MIB} MiB"),
+        notes: format!("--network none; {parts}; target <= {DENSITY_TARGET_MIB} MiB"),
     });
-    rows.push(fit_row(per_vm));
+    rows.push(Row {
+        step: "host memory per idle 256 MiB container, default network".into(),
+        seconds: None,
+        floor_seconds: None,
+        mib: Some(per_vm_net),
+        notes: format!(
+            "{parts_net}; the network adds {:.1} MiB",
+            per_vm_net - per_vm
+        ),
+    });
+    rows.push(fit_row(per_vm_net));
     rows.push(Row {
         step: "host memory per idle 256 MiB disk-image VM".into(),
         seconds: None,
@@ -303,14 +330,22 @@ fn idle_disk_vm_memory(zos: &Zos, work: &Path, fl: &Path) -> Result<f64> {
     measured
 }
 
-/// Starts `n` idle containers, waits until they are up and settled, and returns the mean
-/// host memory per container (PSS of QEMU + virtiofsd + the flist mount) and a breakdown.
-fn idle_memory(zos: &Zos, work: &Path, fl: &Path, n: usize) -> Result<(f64, String)> {
+/// Starts `n` idle containers (`zos run -d` with `flags`), waits until they are up and settled,
+/// and returns the mean host memory per container (PSS of QEMU + virtiofsd + the flist mount)
+/// and a breakdown.
+fn idle_memory(
+    zos: &Zos,
+    work: &Path,
+    fl: &Path,
+    n: usize,
+    flags: &[&str],
+) -> Result<(f64, String)> {
     let mut names = Vec::new();
     for i in 0..n {
         let name = format!("idle{i}");
         let out = zos_in(zos, work)
             .args(["run", "-d", "--memory", "256M", "--name", &name])
+            .args(flags)
             .arg(fl)
             // The image's entrypoint is `sh -c`: this replaces its command.
             .args(["--", &format!("echo {MARK}; exec sleep 100000")])
