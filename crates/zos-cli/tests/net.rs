@@ -160,6 +160,17 @@ fn tap_of(ip: &str) -> String {
     format!("zt{:08x}", u32::from(ip))
 }
 
+/// The host's links, one a line (`ip -o link`).
+fn host_links() -> String {
+    text(
+        &Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+}
+
 /// Everything zos's nftables tables hold now.
 fn ruleset() -> String {
     let mut all = String::new();
@@ -177,13 +188,7 @@ fn ruleset() -> String {
 /// no tap, no element in zos's sets and maps, no lease.
 fn assert_nothing_left_of_vm(ip: &str, port: Option<u16>) {
     let tap = tap_of(ip);
-    let links = text(
-        &Command::new("ip")
-            .args(["-o", "link"])
-            .output()
-            .unwrap()
-            .stdout,
-    );
+    let links = host_links();
     assert!(!links.contains(&tap), "tap {tap} left:\n{links}");
     let rules = ruleset();
     assert_eq!(
@@ -245,13 +250,7 @@ fn two_containers_talk_tcp_and_rm_leaves_no_tap_rule_or_lease() {
         "address {ip} outside 10.77.0.0/16"
     );
     let tap = tap_of(&ip);
-    let links = text(
-        &Command::new("ip")
-            .args(["-o", "link"])
-            .output()
-            .unwrap()
-            .stdout,
-    );
+    let links = host_links();
     assert!(
         links.contains(&format!("{tap}:")) && links.contains("master zos0"),
         "tap {tap} on zos0 expected:\n{links}"
@@ -289,13 +288,7 @@ i=0; while [ $i -lt 60 ]; do echo -e 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip}
     assert_nothing_left_of_vm(&client_ip, None);
     // Stopped, the server has no tap and no rules, but keeps its address for its next start.
     ok(f.zos("vm").args(["stop", &server]));
-    let links = text(
-        &Command::new("ip")
-            .args(["-o", "link"])
-            .output()
-            .unwrap()
-            .stdout,
-    );
+    let links = host_links();
     assert!(
         !links.contains(&tap),
         "tap {tap} left after stop:
@@ -312,13 +305,7 @@ i=0; while [ $i -lt 60 ]; do echo -e 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip}
         ip,
         "a restarted VM keeps its address"
     );
-    let links = text(
-        &Command::new("ip")
-            .args(["-o", "link"])
-            .output()
-            .unwrap()
-            .stdout,
-    );
+    let links = host_links();
     assert!(
         links.contains(&format!("{tap}:")),
         "tap {tap} back after start:
@@ -630,13 +617,7 @@ fn a_vm_whose_qemu_is_killed_loses_its_tap_and_rules_at_the_next_look() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let tap = tap_of(&ip);
-    let links = text(
-        &Command::new("ip")
-            .args(["-o", "link"])
-            .output()
-            .unwrap()
-            .stdout,
-    );
+    let links = host_links();
     assert!(
         !links.contains(&tap),
         "tap {tap} left after the crash:\n{links}"
