@@ -113,7 +113,7 @@ fn open_control(wait: Duration) -> Option<std::fs::File> {
     }
 }
 
-/// Reads [`Control`] lines from the control port for the life of the VM.
+/// Reads [`Control`] lines from the control console for the life of the VM.
 fn read_control(main: &Arc<MainProcess>) {
     let Some(mut file) = open_control(Duration::from_secs(5)) else {
         return;
