@@ -4,8 +4,8 @@
 use crate::{link, local, rules, tap, Error, Interface, Result};
 use std::os::fd::OwnedFd;
 
-/// Makes sure the interface's network exists (bridge, address, base rules, forwarding),
-/// creates its tap on the bridge and adds its rules. Returns the tap's descriptor for QEMU;
+/// Makes sure the interface's network exists (bridge, address, forwarding), creates its tap
+/// on the bridge, and brings the base rules up to date with its elements added. Returns the tap's descriptor for QEMU;
 /// the tap lives as long as a copy of it is open.
 pub fn plug(iface: &Interface) -> Result<OwnedFd> {
     if iface.bridge != local::BRIDGE {
@@ -23,9 +23,9 @@ pub fn plug(iface: &Interface) -> Result<OwnedFd> {
         "/proc/sys/net/ipv4/conf/{}/route_localnet",
         iface.bridge
     ))?;
-    rules::ensure_base()?;
     let fd = tap::create(&iface.tap)?;
     link::join_bridge(&iface.tap, &iface.bridge)?;
+    // Before QEMU has the tap, so no frame leaves it unfiltered.
     rules::add(iface)?;
     Ok(fd)
 }

@@ -186,27 +186,39 @@ fn nft(script: &str) -> Result<()> {
     }
 }
 
-/// Brings zos's base tables to what this version wants (see [`base`]), under a host-wide
-/// lock so two managers never interleave.
-pub fn ensure_base() -> Result<()> {
-    let _lock = crate::lock::exclusive("rules.lock")?;
-    nft(&base())
-}
-
-/// Adds an interface's elements (its MAC and address on its tap, its published ports).
-/// Elements left by an earlier run of the same interface are replaced.
+/// Brings zos's base tables to what this version wants (see [`base`]) and adds an
+/// interface's elements (its MAC and address on its tap, its published ports): one `nft`
+/// transaction, under a host-wide lock so two managers never interleave. Elements an earlier
+/// run of the same interface left that disagree make it fail: they are removed and it is
+/// tried once more.
 pub fn add(iface: &Interface) -> Result<()> {
+    let _lock = crate::lock::exclusive("rules.lock")?;
+    let mut script = base();
+    for (set, e) in elements(iface) {
+        script.push_str(&format!("add element {set} {{ {e} }}\n"));
+    }
+    if nft(&script).is_ok() {
+        return Ok(());
+    }
     remove(iface);
-    let script: String = elements(iface)
-        .iter()
-        .map(|(set, e)| format!("add element {set} {{ {e} }}\n"))
-        .collect();
     nft(&script)
 }
 
 /// Removes an interface's elements; those already gone are skipped (each is its own
-/// transaction, so one missing does not keep the others).
+/// transaction, so one missing does not keep the others). When the tables name neither its
+/// tap nor its address, there is nothing to remove and one listing is all it costs: this runs
+/// before every start.
 pub fn remove(iface: &Interface) {
+    let listed = Command::new("nft").args(["list", "ruleset"]).output();
+    if let Ok(out) = listed {
+        let text = String::from_utf8_lossy(&out.stdout);
+        if out.status.success()
+            && !text.contains(&iface.tap)
+            && !text.contains(&iface.ip.to_string())
+        {
+            return;
+        }
+    }
     for (set, e) in elements(iface) {
         let _ = nft(&format!("delete element {set} {{ {} }}\n", key(&e)));
     }
