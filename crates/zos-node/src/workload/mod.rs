@@ -341,7 +341,13 @@ mod tests {
     fn every_type_of_zos_types_has_a_module() {
         let kinds = Kinds::builtin();
         let names: Vec<&str> = kinds.all().map(|k| k.type_name()).collect();
-        let mut expected = zos_types::WORKLOAD_TYPES.to_vec();
+        // `network` has its types but no node module yet (issue 13, second slice): until
+        // then the node refuses it at admission ("this node does not run network workloads").
+        let mut expected: Vec<&str> = zos_types::WORKLOAD_TYPES
+            .iter()
+            .copied()
+            .filter(|t| *t != "network")
+            .collect();
         expected.sort();
         let mut sorted = names.clone();
         sorted.sort();
