@@ -5,6 +5,7 @@
 use super::{Workload, WorkloadData, WorkloadName, WorkloadSpec};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 /// The prefix length of a network's `ip_range`.
@@ -48,6 +49,19 @@ impl Network {
     /// Every address a machine may get, lowest first (the order free ones are handed out).
     pub fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
         self.subnet.hosts().filter(|ip| self.assignable(*ip))
+    }
+
+    /// The address given to a machine that asks for none: the lowest assignable one not in
+    /// `taken`; `None` when the subnet is full.
+    pub fn first_free(&self, taken: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        self.hosts().find(|ip| !taken.contains(ip))
+    }
+
+    /// Whether this network's `ip_range` shares any address with `other`'s: one owner's
+    /// networks on a node must not, or the routes between them would be ambiguous.
+    pub fn overlaps(&self, other: &Network) -> bool {
+        self.ip_range.contains(&other.ip_range.network())
+            || other.ip_range.contains(&self.ip_range.network())
     }
 }
 
@@ -105,6 +119,11 @@ impl MachineNetwork {
                 continue;
             };
             if let Some(ip) = iface.ip {
+                if asked_by_machines(deployment, &iface.network, ip) > 1 {
+                    bad.push(format!(
+                        "{place}: ip {ip} on network {name:?} is asked by more than one zmachine"
+                    ));
+                }
                 if !net.assignable(ip) {
                     bad.push(format!(
                         "{place}: ip {ip} must be inside subnet {} and not its .0, .1 (the gateway) or .255",
@@ -115,6 +134,19 @@ impl MachineNetwork {
         }
         bad
     }
+}
+
+/// How many interfaces of the deployment's zmachines ask for `ip` on `network`.
+fn asked_by_machines(deployment: &[Workload], network: &WorkloadName, ip: Ipv4Addr) -> usize {
+    deployment
+        .iter()
+        .filter_map(|w| match &w.spec {
+            WorkloadSpec::Zmachine(m) => Some(&m.network.interfaces),
+            _ => None,
+        })
+        .flatten()
+        .filter(|i| &i.network == network && i.ip == Some(ip))
+        .count()
 }
 
 /// The network workload of `deployment` called `name`.
@@ -194,6 +226,54 @@ mod tests {
             [Ipv4Addr::new(10, 20, 3, 2), Ipv4Addr::new(10, 20, 3, 3)]
         );
         assert_eq!(n.hosts().count(), 253);
+    }
+
+    #[test]
+    fn free_addresses_are_handed_out_lowest_first() {
+        let n = net("10.20.0.0/16", "10.20.1.0/24");
+        let mut taken = BTreeSet::new();
+        assert_eq!(n.first_free(&taken), Some(Ipv4Addr::new(10, 20, 1, 2)));
+        taken.insert(Ipv4Addr::new(10, 20, 1, 2));
+        taken.insert(Ipv4Addr::new(10, 20, 1, 4));
+        assert_eq!(n.first_free(&taken), Some(Ipv4Addr::new(10, 20, 1, 3)));
+        let full: BTreeSet<Ipv4Addr> = n.hosts().collect();
+        assert_eq!(n.first_free(&full), None);
+    }
+
+    #[test]
+    fn overlap_is_any_shared_address() {
+        let a = net("10.20.0.0/16", "10.20.1.0/24");
+        assert!(a.overlaps(&net("10.20.0.0/16", "10.20.2.0/24")));
+        assert!(!a.overlaps(&net("10.21.0.0/16", "10.21.1.0/24")));
+        let mut wide = a.clone();
+        wide.ip_range = "10.0.0.0/8".parse().expect("a prefix");
+        assert!(a.overlaps(&wide) && wide.overlaps(&a));
+    }
+
+    #[test]
+    fn two_machines_asking_one_ip_are_both_told() {
+        let machine = |ip: &str| {
+            let mut m: crate::ZMachine =
+                serde_json::from_str(r#"{"flist":"/a.fl"}"#).expect("a zmachine");
+            m.network.interfaces.push(iface("lan", Some(ip)));
+            WorkloadSpec::Zmachine(m)
+        };
+        let deployment = [
+            workload(
+                "lan",
+                WorkloadSpec::Network(net("10.20.0.0/16", "10.20.1.0/24")),
+            ),
+            workload("a", machine("10.20.1.9")),
+            workload("b", machine("10.20.1.9")),
+        ];
+        let p = deployment[1].spec.problems(&deployment);
+        assert_eq!(
+            p,
+            ["network.interfaces[0]: ip 10.20.1.9 on network \"lan\" is asked by more than one zmachine"]
+        );
+        let mut apart = deployment.clone();
+        apart[2].spec = machine("10.20.1.10");
+        assert!(apart[1].spec.problems(&apart).is_empty());
     }
 
     #[test]
