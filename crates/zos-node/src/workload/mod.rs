@@ -355,4 +355,34 @@ mod tests {
         // Disks come before the machines that mount them.
         assert_eq!(names, ["zmount", "zmachine"]);
     }
+
+    #[test]
+    fn a_network_is_refused_at_admission_until_the_node_runs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("node");
+        let host = Host {
+            vmm: Vmm::new(zos_vmm::VmmConfig::new(
+                data.join("vms"),
+                "zos".into(),
+                dir.path().join("cache"),
+            ))
+            .unwrap(),
+            disks: data.join("disks"),
+            data: data.clone(),
+            stop_timeout: Duration::from_secs(1),
+            max_restarts: 1,
+            quarantine_days: 1,
+            flist_dirs: Vec::new(),
+        };
+        let lan: Workload = serde_json::from_str(
+            r#"{"name":"lan","version":0,"type":"network",
+                "data":{"ip_range":"10.20.0.0/16","subnet":"10.20.1.0/24"}}"#,
+        )
+        .unwrap();
+        let err = Kinds::builtin().check(&host, &[lan]).unwrap_err();
+        assert_eq!(
+            err,
+            r#"workloads[0] (name "lan"): this node does not run network workloads"#
+        );
+    }
 }
