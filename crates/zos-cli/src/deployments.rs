@@ -105,6 +105,10 @@ fn describe(d: &Deployment) -> String {
                 }
             }
             WorkloadSpec::Zmount(z) => field("size", z.size.to_string()),
+            WorkloadSpec::Network(n) => {
+                field("ip_range", n.ip_range.to_string());
+                field("subnet", n.subnet.to_string());
+            }
         }
         if let Some(r) = w.result.as_ref().filter(|r| !r.data.is_null()) {
             field("data", r.data.to_string());

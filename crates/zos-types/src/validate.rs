@@ -156,7 +156,7 @@ workloads:
         let err = parse_err(&EXAMPLE.replace("type: zmachine", "type: foo"));
         assert!(
             err.starts_with(
-                "workloads[1].type: unknown variant `foo`, expected `zmachine` or `zmount`"
+                "workloads[1].type: unknown variant `foo`, expected one of `zmachine`, `zmount`, `network`"
             ),
             "{err}"
         );
@@ -179,6 +179,52 @@ workloads:
             err.starts_with("workloads[0]: unknown field `kind`, expected one of `name`"),
             "{err}"
         );
+    }
+
+    const NETWORKED: &str = r#"
+name: lan
+workloads:
+  - name: net
+    type: network
+    data:
+      ip_range: 10.20.0.0/16
+      subnet: 10.20.1.0/24
+  - name: web
+    type: zmachine
+    data:
+      flist: /var/lib/zos/flists/busybox.fl
+      network:
+        interfaces:
+          - network: net
+            ip: 10.20.1.5
+"#;
+
+    #[test]
+    fn a_network_and_a_machine_on_it_parse_and_validate() {
+        let d = DeploymentFile::from_yaml_str(NETWORKED)
+            .unwrap()
+            .into_deployment(owner(), Keypair::from_seed(&[3; 32]).public());
+        d.validate().unwrap();
+        let WorkloadSpec::Network(n) = &d.workloads[0].spec else {
+            panic!("not a network: {:?}", d.workloads[0].spec);
+        };
+        assert!(n.egress);
+        let bad = DeploymentFile::from_yaml_str(&NETWORKED.replace("10.20.1.5", "10.20.9.5"))
+            .unwrap()
+            .into_deployment(owner(), Keypair::from_seed(&[3; 32]).public());
+        let p = bad.validate().map_err(|e| e.0).unwrap_err();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with(r#"workloads[1] (name "web"): network.interfaces[0]: ip 10.20.9.5"#),
+            "{p:?}"
+        );
+        let err = parse_err(&NETWORKED.replace("subnet:", "wireguard: {}\n      subnet:"));
+        assert!(
+            err.starts_with("workloads[0].data.wireguard: unknown field `wireguard`"),
+            "{err}"
+        );
+        let err = parse_err(&NETWORKED.replace("10.20.0.0/16", "10.20.0.0"));
+        assert!(err.starts_with("workloads[0].data.ip_range"), "{err}");
     }
 
     #[test]

@@ -341,12 +341,48 @@ mod tests {
     fn every_type_of_zos_types_has_a_module() {
         let kinds = Kinds::builtin();
         let names: Vec<&str> = kinds.all().map(|k| k.type_name()).collect();
-        let mut expected = zos_types::WORKLOAD_TYPES.to_vec();
+        // `network` has its types but no node module yet (issue 13, second slice): until
+        // then the node refuses it at admission ("this node does not run network workloads").
+        let mut expected: Vec<&str> = zos_types::WORKLOAD_TYPES
+            .iter()
+            .copied()
+            .filter(|t| *t != "network")
+            .collect();
         expected.sort();
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(sorted, expected);
         // Disks come before the machines that mount them.
         assert_eq!(names, ["zmount", "zmachine"]);
+    }
+
+    #[test]
+    fn a_network_is_refused_at_admission_until_the_node_runs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("node");
+        let host = Host {
+            vmm: Vmm::new(zos_vmm::VmmConfig::new(
+                data.join("vms"),
+                "zos".into(),
+                dir.path().join("cache"),
+            ))
+            .unwrap(),
+            disks: data.join("disks"),
+            data: data.clone(),
+            stop_timeout: Duration::from_secs(1),
+            max_restarts: 1,
+            quarantine_days: 1,
+            flist_dirs: Vec::new(),
+        };
+        let lan: Workload = serde_json::from_str(
+            r#"{"name":"lan","version":0,"type":"network",
+                "data":{"ip_range":"10.20.0.0/16","subnet":"10.20.1.0/24"}}"#,
+        )
+        .unwrap();
+        let err = Kinds::builtin().check(&host, &[lan]).unwrap_err();
+        assert_eq!(
+            err,
+            r#"workloads[0] (name "lan"): this node does not run network workloads"#
+        );
     }
 }

@@ -4,9 +4,14 @@
 //! registered by one line in [`workload_types!`]; the node's side of a type lives in
 //! `zos-node`'s `workload/<type>.rs`.
 
+mod network;
 mod zmachine;
 mod zmount;
 
+pub use network::{
+    network_named, Interface, MachineAddress, MachineNetwork, Network, NetworkResult, RANGE_PREFIX,
+    SUBNET_PREFIX,
+};
 pub use zmachine::{Mount, ZMachine, MIN_MEMORY};
 pub use zmount::ZMount;
 
@@ -83,6 +88,8 @@ workload_types! {
     Zmachine(ZMachine) = "zmachine",
     /// A disk that zmachines of the same deployment can mount.
     Zmount(ZMount) = "zmount",
+    /// A private network that zmachines of the same deployment join.
+    Network(Network) = "network",
 }
 
 /// A workload name: 1 to 36 ASCII letters, digits or underscores. It names host resources
@@ -305,6 +312,10 @@ mod tests {
             WorkloadSpec::Zmount(ZMount {
                 size: crate::ByteSize(1),
             }),
+            WorkloadSpec::Network(
+                serde_json::from_str(r#"{"ip_range":"10.1.0.0/16","subnet":"10.1.2.0/24"}"#)
+                    .unwrap(),
+            ),
         ];
         for (spec, wire) in specs.iter().zip(WORKLOAD_TYPES) {
             let json = serde_json::to_value(spec).unwrap();

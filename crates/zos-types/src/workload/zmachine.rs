@@ -1,7 +1,7 @@
 //! `zmachine`: a virtual machine booted from an flist (a container as a micro-VM, or a VM
 //! booting the kernel or disk image the flist carries).
 
-use super::{Workload, WorkloadData, WorkloadName, WorkloadSpec};
+use super::{MachineNetwork, Workload, WorkloadData, WorkloadName, WorkloadSpec};
 use crate::size::ByteSize;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +36,9 @@ pub struct ZMachine {
     /// Zmounts of this deployment to attach.
     #[serde(default)]
     pub mounts: Vec<Mount>,
+    /// The networks of this deployment it joins.
+    #[serde(default, skip_serializing_if = "MachineNetwork::is_empty")]
+    pub network: MachineNetwork,
 }
 
 fn default_cpu() -> u8 {
@@ -101,6 +104,7 @@ impl WorkloadData for ZMachine {
                 bad.push(format!("mountpoint {:?} is used twice", mount.mountpoint));
             }
         }
+        bad.extend(self.network.problems(deployment));
         bad
     }
 }

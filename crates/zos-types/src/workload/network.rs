@@ -1,0 +1,349 @@
+//! `network`: a private IPv4 network that zmachines of the same deployment join. The
+//! owner picks an `ip_range` (a /16) shared by all nodes of the network, and this node's
+//! `subnet` (a /24 inside it); the node serves the subnet's `.1` as the gateway.
+
+use super::{Workload, WorkloadData, WorkloadName, WorkloadSpec};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+/// The prefix length of a network's `ip_range`.
+pub const RANGE_PREFIX: u8 = 16;
+/// The prefix length of a node's `subnet`.
+pub const SUBNET_PREFIX: u8 = 24;
+
+/// A private network. No `wireguard` field yet: `deny_unknown_fields` refuses it by name
+/// until the node can link nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// The whole network's addresses: an IPv4 /16, e.g. `10.20.0.0/16`.
+    pub ip_range: Ipv4Net,
+    /// This node's part of it: a /24 inside `ip_range`, e.g. `10.20.1.0/24`.
+    pub subnet: Ipv4Net,
+    /// Whether machines on it may reach the outside through the node (masqueraded).
+    #[serde(default = "default_egress")]
+    pub egress: bool,
+}
+
+fn default_egress() -> bool {
+    true
+}
+
+impl Network {
+    /// The gateway the node serves on the subnet: its `.1`.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet.network()) + 1)
+    }
+
+    /// Whether `ip` may be given to a machine: inside the subnet, and neither the network
+    /// address, the gateway nor the broadcast address.
+    pub fn assignable(&self, ip: Ipv4Addr) -> bool {
+        self.subnet.contains(&ip)
+            && ip != self.subnet.network()
+            && ip != self.gateway()
+            && ip != self.subnet.broadcast()
+    }
+
+    /// Every address a machine may get, lowest first (the order free ones are handed out).
+    pub fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.subnet.hosts().filter(|ip| self.assignable(*ip))
+    }
+
+    /// The address given to a machine that asks for none: the lowest assignable one not in
+    /// `taken`; `None` when the subnet is full.
+    pub fn first_free(&self, taken: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        self.hosts().find(|ip| !taken.contains(ip))
+    }
+
+    /// Whether this network's `ip_range` shares any address with `other`'s: one owner's
+    /// networks on a node must not, or the routes between them would be ambiguous.
+    pub fn overlaps(&self, other: &Network) -> bool {
+        self.ip_range.contains(&other.ip_range.network())
+            || other.ip_range.contains(&self.ip_range.network())
+    }
+}
+
+impl WorkloadData for Network {
+    fn problems(&self, _deployment: &[Workload]) -> Vec<String> {
+        let mut bad = Vec::new();
+        let range = self.ip_range;
+        if range.prefix_len() != RANGE_PREFIX || range != range.trunc() {
+            bad.push(format!(
+                "ip_range {range} must be an IPv4 /{RANGE_PREFIX} network, e.g. 10.20.0.0/16"
+            ));
+        }
+        let subnet = self.subnet;
+        if subnet.prefix_len() != SUBNET_PREFIX || subnet != subnet.trunc() {
+            bad.push(format!(
+                "subnet {subnet} must be an IPv4 /{SUBNET_PREFIX} network, e.g. 10.20.1.0/24"
+            ));
+        } else if !range.contains(&subnet) {
+            bad.push(format!("subnet {subnet} is not inside ip_range {range}"));
+        }
+        bad
+    }
+}
+
+/// A zmachine's place on the networks of its deployment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineNetwork {
+    /// The networks it joins, one interface each, in guest order (`eth0`, `eth1`, ...).
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
+}
+
+impl MachineNetwork {
+    /// Whether nothing is asked (the field is left out when serialized).
+    pub fn is_empty(&self) -> bool {
+        self.interfaces.is_empty()
+    }
+
+    /// The rules for the interfaces; `deployment` holds the networks they name.
+    pub(super) fn problems(&self, deployment: &[Workload]) -> Vec<String> {
+        let mut bad = Vec::new();
+        let mut joined = Vec::new();
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            let place = format!("network.interfaces[{i}]");
+            let name = iface.network.as_str();
+            if joined.contains(&name) {
+                bad.push(format!("{place}: network {name:?} is joined twice"));
+            }
+            joined.push(name);
+            let Some(net) = network_named(deployment, &iface.network) else {
+                bad.push(format!(
+                    "{place}: network {name:?} is not a network workload in this deployment"
+                ));
+                continue;
+            };
+            if let Some(ip) = iface.ip {
+                if asked_by_machines(deployment, &iface.network, ip) > 1 {
+                    bad.push(format!(
+                        "{place}: ip {ip} on network {name:?} is asked by more than one zmachine"
+                    ));
+                }
+                if !net.assignable(ip) {
+                    bad.push(format!(
+                        "{place}: ip {ip} must be inside subnet {} and not its .0, .1 (the gateway) or .255",
+                        net.subnet
+                    ));
+                }
+            }
+        }
+        bad
+    }
+}
+
+/// How many interfaces of the deployment's zmachines ask for `ip` on `network`.
+fn asked_by_machines(deployment: &[Workload], network: &WorkloadName, ip: Ipv4Addr) -> usize {
+    deployment
+        .iter()
+        .filter_map(|w| match &w.spec {
+            WorkloadSpec::Zmachine(m) => Some(&m.network.interfaces),
+            _ => None,
+        })
+        .flatten()
+        .filter(|i| &i.network == network && i.ip == Some(ip))
+        .count()
+}
+
+/// The network workload of `deployment` called `name`.
+pub fn network_named<'a>(deployment: &'a [Workload], name: &WorkloadName) -> Option<&'a Network> {
+    deployment.iter().find_map(|w| match &w.spec {
+        WorkloadSpec::Network(n) if &w.name == name => Some(n),
+        _ => None,
+    })
+}
+
+/// One interface of a zmachine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    /// The network workload, in the same deployment.
+    pub network: WorkloadName,
+    /// The address to take; left out, the node gives the lowest free one of the subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// A network's result data: where machines find it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkResult {
+    /// The node's address on the subnet, the machines' default route.
+    pub gateway: Ipv4Addr,
+    /// This node's subnet.
+    pub subnet: Ipv4Net,
+}
+
+/// An address a zmachine got, as listed in its result data under `addresses`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineAddress {
+    /// The network workload.
+    pub network: WorkloadName,
+    /// The address, asked for or assigned.
+    pub ip: Ipv4Addr,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::Workload;
+
+    fn net(range: &str, subnet: &str) -> Network {
+        serde_json::from_value(serde_json::json!({"ip_range": range, "subnet": subnet}))
+            .expect("a network")
+    }
+
+    fn workload(name: &str, spec: WorkloadSpec) -> Workload {
+        Workload {
+            name: WorkloadName::try_from(name.to_string()).expect("a name"),
+            version: 0,
+            description: String::new(),
+            metadata: String::new(),
+            spec,
+            result: None,
+        }
+    }
+
+    fn iface(network: &str, ip: Option<&str>) -> Interface {
+        Interface {
+            network: WorkloadName::try_from(network.to_string()).expect("a name"),
+            ip: ip.map(|s| s.parse().expect("an address")),
+        }
+    }
+
+    #[test]
+    fn egress_defaults_on_and_gateway_is_dot_one() {
+        let n = net("10.20.0.0/16", "10.20.3.0/24");
+        assert!(n.egress);
+        assert_eq!(n.gateway(), Ipv4Addr::new(10, 20, 3, 1));
+        assert!(n.problems(&[]).is_empty(), "{:?}", n.problems(&[]));
+        let first: Vec<Ipv4Addr> = n.hosts().take(2).collect();
+        assert_eq!(
+            first,
+            [Ipv4Addr::new(10, 20, 3, 2), Ipv4Addr::new(10, 20, 3, 3)]
+        );
+        assert_eq!(n.hosts().count(), 253);
+    }
+
+    #[test]
+    fn free_addresses_are_handed_out_lowest_first() {
+        let n = net("10.20.0.0/16", "10.20.1.0/24");
+        let mut taken = BTreeSet::new();
+        assert_eq!(n.first_free(&taken), Some(Ipv4Addr::new(10, 20, 1, 2)));
+        taken.insert(Ipv4Addr::new(10, 20, 1, 2));
+        taken.insert(Ipv4Addr::new(10, 20, 1, 4));
+        assert_eq!(n.first_free(&taken), Some(Ipv4Addr::new(10, 20, 1, 3)));
+        let full: BTreeSet<Ipv4Addr> = n.hosts().collect();
+        assert_eq!(n.first_free(&full), None);
+    }
+
+    #[test]
+    fn overlap_is_any_shared_address() {
+        let a = net("10.20.0.0/16", "10.20.1.0/24");
+        assert!(a.overlaps(&net("10.20.0.0/16", "10.20.2.0/24")));
+        assert!(!a.overlaps(&net("10.21.0.0/16", "10.21.1.0/24")));
+        let mut wide = a.clone();
+        wide.ip_range = "10.0.0.0/8".parse().expect("a prefix");
+        assert!(a.overlaps(&wide) && wide.overlaps(&a));
+    }
+
+    #[test]
+    fn two_machines_asking_one_ip_are_both_told() {
+        let machine = |ip: &str| {
+            let mut m: crate::ZMachine =
+                serde_json::from_str(r#"{"flist":"/a.fl"}"#).expect("a zmachine");
+            m.network.interfaces.push(iface("lan", Some(ip)));
+            WorkloadSpec::Zmachine(m)
+        };
+        let deployment = [
+            workload(
+                "lan",
+                WorkloadSpec::Network(net("10.20.0.0/16", "10.20.1.0/24")),
+            ),
+            workload("a", machine("10.20.1.9")),
+            workload("b", machine("10.20.1.9")),
+        ];
+        let p = deployment[1].spec.problems(&deployment);
+        assert_eq!(
+            p,
+            ["network.interfaces[0]: ip 10.20.1.9 on network \"lan\" is asked by more than one zmachine"]
+        );
+        let mut apart = deployment.clone();
+        apart[2].spec = machine("10.20.1.10");
+        assert!(apart[1].spec.problems(&apart).is_empty());
+    }
+
+    #[test]
+    fn ranges_of_the_wrong_size_or_outside_are_problems() {
+        let p = net("10.20.0.0/8", "10.20.1.0/24").problems(&[]);
+        assert!(
+            p.iter().any(|m| m.contains("ip_range 10.20.0.0/8")),
+            "{p:?}"
+        );
+        let p = net("10.20.1.0/16", "10.20.1.0/24").problems(&[]);
+        assert!(
+            p.iter().any(|m| m.contains("ip_range 10.20.1.0/16")),
+            "{p:?}"
+        );
+        let p = net("10.20.0.0/16", "10.20.1.0/25").problems(&[]);
+        assert!(p.iter().any(|m| m.contains("subnet 10.20.1.0/25")), "{p:?}");
+        let p = net("10.20.0.0/16", "10.21.1.0/24").problems(&[]);
+        assert!(p.iter().any(|m| m.contains("not inside ip_range")), "{p:?}");
+    }
+
+    #[test]
+    fn wireguard_and_other_unknown_fields_are_refused() {
+        let e = serde_json::from_str::<Network>(
+            r#"{"ip_range":"10.20.0.0/16","subnet":"10.20.1.0/24","wireguard":{}}"#,
+        )
+        .expect_err("wireguard is not supported yet");
+        assert!(e.to_string().contains("wireguard"), "{e}");
+        let e = serde_json::from_str::<Network>(r#"{"ip_range":"10.20.0.0","subnet":"x"}"#)
+            .expect_err("not a prefix");
+        assert!(!e.to_string().is_empty());
+    }
+
+    #[test]
+    fn interfaces_name_networks_of_the_deployment_and_ips_in_their_subnet() {
+        let deployment = [workload(
+            "lan",
+            WorkloadSpec::Network(net("10.20.0.0/16", "10.20.1.0/24")),
+        )];
+        let ok = MachineNetwork {
+            interfaces: vec![iface("lan", Some("10.20.1.7"))],
+        };
+        assert!(ok.problems(&deployment).is_empty());
+        let auto = MachineNetwork {
+            interfaces: vec![iface("lan", None)],
+        };
+        assert!(auto.problems(&deployment).is_empty());
+
+        let bad = MachineNetwork {
+            interfaces: vec![
+                iface("wan", None),
+                iface("lan", Some("10.20.2.7")),
+                iface("lan", Some("10.20.1.1")),
+            ],
+        };
+        let p = bad.problems(&deployment);
+        assert!(
+            p[0].starts_with("network.interfaces[0]: network \"wan\" is not a network"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("network.interfaces[1]: ip 10.20.2.7"),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|m| m.contains("joined twice")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("ip 10.20.1.1")), "{p:?}");
+        for edge in ["10.20.1.0", "10.20.1.255"] {
+            let m = MachineNetwork {
+                interfaces: vec![iface("lan", Some(edge))],
+            };
+            assert_eq!(m.problems(&deployment).len(), 1, "{edge}");
+        }
+    }
+}
