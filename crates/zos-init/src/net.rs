@@ -5,7 +5,7 @@
 use crate::sys;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 use zos_init::{GuestInterface, GuestNetwork};
 
@@ -74,22 +74,22 @@ fn wait_for_mac(mac: &str) -> Result<String, String> {
 }
 
 fn configure_one(name: &str, iface: &GuestInterface) -> io::Result<()> {
-    let sock = inet_socket()?;
+    let sock = sys::inet_socket()?;
     let fd = sock.as_raw_fd();
-    let mut req = ifreq(name);
+    let mut req = sys::ifreq(name);
     req.ifr_ifru.ifru_mtu = iface.mtu as libc::c_int;
-    ioctl(fd, libc::SIOCSIFMTU, &mut req)?;
-    let mut req = ifreq(name);
+    sys::ifreq_ioctl(fd, libc::SIOCSIFMTU, &mut req)?;
+    let mut req = sys::ifreq(name);
     req.ifr_ifru.ifru_addr = sockaddr(iface.address);
-    ioctl(fd, libc::SIOCSIFADDR, &mut req)?;
+    sys::ifreq_ioctl(fd, libc::SIOCSIFADDR, &mut req)?;
     let mask = Ipv4Addr::from(
         u32::MAX
             .checked_shl(32 - u32::from(iface.prefix))
             .unwrap_or(0),
     );
-    let mut req = ifreq(name);
+    let mut req = sys::ifreq(name);
     req.ifr_ifru.ifru_netmask = sockaddr(mask);
-    ioctl(fd, libc::SIOCSIFNETMASK, &mut req)?;
+    sys::ifreq_ioctl(fd, libc::SIOCSIFNETMASK, &mut req)?;
     sys::link_up(name)?;
     if let Some(gw) = iface.gateway {
         // SAFETY: rtentry is plain data, valid when zeroed.
@@ -109,38 +109,6 @@ fn configure_one(name: &str, iface: &GuestInterface) -> io::Result<()> {
                 ));
             }
         }
-    }
-    Ok(())
-}
-
-fn inet_socket() -> io::Result<OwnedFd> {
-    // SAFETY: socket has no memory-safety preconditions.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a socket just opened and owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain data, valid when zeroed.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req
-        .ifr_name
-        .iter_mut()
-        .take(libc::IFNAMSIZ - 1)
-        .zip(name.bytes())
-    {
-        *dst = src as libc::c_char;
-    }
-    req
-}
-
-fn ioctl(fd: libc::c_int, op: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
-    // SAFETY: `req` is a valid ifreq naming an interface; the ioctl reads and writes it.
-    if unsafe { libc::ioctl(fd, op, req as *mut libc::ifreq) } < 0 {
-        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

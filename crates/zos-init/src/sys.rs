@@ -224,13 +224,25 @@ pub fn loopback_up() -> io::Result<()> {
 
 /// Sets IFF_UP on the interface `name`.
 pub fn link_up(name: &str) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let mut req = ifreq(name);
+    ifreq_ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req)?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    ifreq_ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req)
+}
+
+/// An AF_INET datagram socket, what the interface ioctls are issued on.
+pub fn inet_socket() -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: socket has no memory-safety preconditions.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    check(fd)?;
     // SAFETY: `fd` is a socket just opened and owned by nobody else.
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// A zeroed ifreq naming the interface `name` (cut to IFNAMSIZ - 1 bytes).
+pub fn ifreq(name: &str) -> libc::ifreq {
     // SAFETY: ifreq is plain data, valid when zeroed.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req
@@ -241,10 +253,11 @@ pub fn link_up(name: &str) -> io::Result<()> {
     {
         *dst = src as libc::c_char;
     }
-    // SAFETY: `req` is a valid ifreq naming an interface; the ioctls read and write it.
-    unsafe {
-        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req))?;
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req))
-    }
+    req
+}
+
+/// An interface ioctl `op` on the socket `fd` with `req`.
+pub fn ifreq_ioctl(fd: libc::c_int, op: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
+    // SAFETY: `req` is a valid ifreq naming an interface; the ioctl reads and writes it.
+    check(unsafe { libc::ioctl(fd, op, req as *mut libc::ifreq) })
 }
