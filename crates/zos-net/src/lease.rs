@@ -150,7 +150,12 @@ pub fn allocate(owner: &Path, ports: &[PortMap]) -> Result<Interface> {
         },
     );
     file.save()?;
-    Ok(Interface {
+    Ok(local_interface(ip, ports))
+}
+
+/// The interface on the local network with address `ip` and `ports` published.
+fn local_interface(ip: Ipv4Addr, ports: &[PortMap]) -> Interface {
+    Interface {
         bridge: local::BRIDGE.to_string(),
         tap: tap_name(ip),
         mac: local::mac_for(ip),
@@ -159,7 +164,7 @@ pub fn allocate(owner: &Path, ports: &[PortMap]) -> Result<Interface> {
         gateway: local::GATEWAY,
         mtu: local::MTU,
         ports: ports.to_vec(),
-    })
+    }
 }
 
 /// The tap of a guest address: the zos prefix and the address in hex, 10 bytes (Linux allows
@@ -185,15 +190,5 @@ pub fn release(owner: &Path) -> Result<()> {
 /// An interface as [`allocate`] makes them, for unit tests elsewhere in the crate.
 #[cfg(test)]
 pub(crate) fn tests_interface() -> Interface {
-    let ip = Ipv4Addr::new(10, 77, 0, 5);
-    Interface {
-        bridge: local::BRIDGE.to_string(),
-        tap: tap_name(ip),
-        mac: local::mac_for(ip),
-        ip,
-        prefix: local::PREFIX,
-        gateway: local::GATEWAY,
-        mtu: local::MTU,
-        ports: Vec::new(),
-    }
+    local_interface(Ipv4Addr::new(10, 77, 0, 5), &[])
 }
