@@ -39,6 +39,28 @@ pub struct Host {
     pub flist_dirs: Vec<PathBuf>,
 }
 
+#[cfg(test)]
+impl Host {
+    /// A host for unit tests: VMs and disks under `data`, the block cache in `cache`, short
+    /// timeouts, flists served from `flist_dirs`.
+    pub(crate) fn for_test(data: &Path, cache: &Path, flist_dirs: Vec<PathBuf>) -> Host {
+        Host {
+            vmm: Vmm::new(zos_vmm::VmmConfig::new(
+                data.join("vms"),
+                "zos".into(),
+                cache.to_path_buf(),
+            ))
+            .unwrap(),
+            disks: data.join("disks"),
+            data: data.to_path_buf(),
+            stop_timeout: Duration::from_secs(1),
+            max_restarts: 1,
+            quarantine_days: 1,
+            flist_dirs,
+        }
+    }
+}
+
 /// Where the node keeps what it found but could not account for.
 pub fn quarantine_dir(host: &Host) -> PathBuf {
     host.data.join("quarantine")
@@ -360,20 +382,7 @@ mod tests {
     fn a_network_is_refused_at_admission_until_the_node_runs_it() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("node");
-        let host = Host {
-            vmm: Vmm::new(zos_vmm::VmmConfig::new(
-                data.join("vms"),
-                "zos".into(),
-                dir.path().join("cache"),
-            ))
-            .unwrap(),
-            disks: data.join("disks"),
-            data: data.clone(),
-            stop_timeout: Duration::from_secs(1),
-            max_restarts: 1,
-            quarantine_days: 1,
-            flist_dirs: Vec::new(),
-        };
+        let host = Host::for_test(&data, &dir.path().join("cache"), Vec::new());
         let lan: Workload = serde_json::from_str(
             r#"{"name":"lan","version":0,"type":"network",
                 "data":{"ip_range":"10.20.0.0/16","subnet":"10.20.1.0/24"}}"#,

@@ -429,21 +429,9 @@ mod tests {
         std::fs::create_dir_all(data.join("disks")).unwrap();
         let served = dir.path().join("flists");
         std::fs::create_dir_all(&served).unwrap();
-        let host = Host {
-            vmm: Vmm::new(zos_vmm::VmmConfig::new(
-                data.join("vms"),
-                "zos".into(),
-                dir.path().join("cache"),
-            ))
-            .unwrap(),
-            disks: data.join("disks"),
-            data: data.clone(),
-            stop_timeout: Duration::from_secs(1),
-            max_restarts: 1,
-            quarantine_days: 1,
-            // The data dir served by mistake must still not serve users' disks.
-            flist_dirs: vec![served.clone(), data.clone()],
-        };
+        // The data dir served by mistake must still not serve users' disks.
+        let flist_dirs = vec![served.clone(), data.clone()];
+        let host = Host::for_test(&data, &dir.path().join("cache"), flist_dirs);
         let app = served.join("app.fl");
         std::fs::write(&app, b"x").unwrap();
         let elsewhere = dir.path().join("other.fl");

@@ -138,20 +138,7 @@ mod tests {
     #[test]
     fn sweep_removes_half_made_disks_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
-        let host = Host {
-            vmm: zos_vmm::Vmm::new(zos_vmm::VmmConfig::new(
-                dir.path().join("vms"),
-                "zos".into(),
-                dir.path().join("cache"),
-            ))
-            .unwrap(),
-            disks: dir.path().join("disks"),
-            data: dir.path().to_path_buf(),
-            stop_timeout: std::time::Duration::from_secs(1),
-            max_restarts: 1,
-            quarantine_days: 1,
-            flist_dirs: Vec::new(),
-        };
+        let host = Host::for_test(dir.path(), &dir.path().join("cache"), Vec::new());
         std::fs::create_dir(&host.disks).unwrap();
         let disk = Zmount.resource("abc", "data");
         std::fs::write(host.disks.join(&disk), b"").unwrap();
