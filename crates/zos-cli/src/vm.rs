@@ -161,7 +161,7 @@ impl VmArgs {
             ),
             _ => Some(NetSpec {
                 ports: self.ports.clone(),
-                interface: None,
+                ..NetSpec::default()
             }),
         };
         let disks = self

@@ -30,6 +30,16 @@ pub fn state_dir() -> PathBuf {
 struct Leases {
     /// By owner (a VM's directory).
     leases: BTreeMap<String, Lease>,
+    /// The uplinks of private networks (see [`crate::private`]): their number, by namespace.
+    #[serde(default)]
+    links: BTreeMap<String, LinkLease>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct LinkLease {
+    index: u16,
+    /// Unix seconds when it was given.
+    since: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -78,13 +88,17 @@ impl Locked {
             .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))
     }
 
-    /// Drops leases whose owner is gone (past the grace period).
+    /// Drops leases whose owner is gone (past the grace period): a VM without its record,
+    /// an uplink without its namespace.
     fn reclaim(&mut self) {
         let now = now();
-        self.leases.leases.retain(|owner, lease| {
-            Path::new(owner).join("vm.json").exists()
-                || now.saturating_sub(lease.since) < GRACE.as_secs()
-        });
+        let young = |since: u64| now.saturating_sub(since) < GRACE.as_secs();
+        self.leases
+            .leases
+            .retain(|owner, lease| Path::new(owner).join("vm.json").exists() || young(lease.since));
+        self.leases
+            .links
+            .retain(|netns, lease| crate::netns::exists(netns) || young(lease.since));
     }
 }
 
@@ -164,13 +178,49 @@ fn local_interface(ip: Ipv4Addr, ports: &[PortMap]) -> Interface {
         gateway: local::GATEWAY,
         mtu: local::MTU,
         ports: ports.to_vec(),
+        netns: None,
     }
 }
 
 /// The tap of a guest address: the zos prefix and the address in hex, 10 bytes (Linux allows
 /// 15), unique while the address is leased.
-fn tap_name(ip: Ipv4Addr) -> String {
+pub(crate) fn tap_name(ip: Ipv4Addr) -> String {
     format!("{}{:08x}", crate::rules::TAP_PREFIX, u32::from(ip))
+}
+
+/// The number of the uplink of the private network in namespace `netns`: the one it has,
+/// or the lowest free one (below `max`), leased to it until [`release_link`].
+pub fn link_for(netns: &str, max: u16) -> Result<u16> {
+    let mut file = Locked::open()?;
+    if let Some(lease) = file.leases.links.get(netns) {
+        return Ok(lease.index);
+    }
+    file.reclaim();
+    let used: std::collections::HashSet<u16> =
+        file.leases.links.values().map(|l| l.index).collect();
+    let index = (0..max).find(|i| !used.contains(i)).ok_or_else(|| {
+        Error::Invalid(format!(
+            "this host has {max} private networks already: remove networks no longer needed"
+        ))
+    })?;
+    file.leases.links.insert(
+        netns.to_string(),
+        LinkLease {
+            index,
+            since: now(),
+        },
+    );
+    file.save()?;
+    Ok(index)
+}
+
+/// Gives back the uplink number of the network in `netns`; nothing to do when it has none.
+pub fn release_link(netns: &str) -> Result<()> {
+    let mut file = Locked::open()?;
+    if file.leases.links.remove(netns).is_some() {
+        file.save()?;
+    }
+    Ok(())
 }
 
 /// Gives back `owner`'s address and host ports; nothing to do when it has none.

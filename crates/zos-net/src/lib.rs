@@ -22,8 +22,10 @@ pub mod lease;
 pub mod link;
 pub mod local;
 mod lock;
+pub mod netns;
 pub mod plug;
 pub mod ports;
+pub mod private;
 pub mod rules;
 pub mod tap;
 
@@ -55,6 +57,10 @@ pub struct Interface {
     /// Host ports forwarded to the guest.
     #[serde(default)]
     pub ports: Vec<PortMap>,
+    /// The network namespace its bridge lives in (a private network, see [`private`]);
+    /// `None`: the host's own (the local network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 /// What can go wrong setting up networks.
@@ -92,6 +98,15 @@ impl Error {
             source,
         }
     }
+}
+
+/// Writes `1` to a sysctl file unless it already holds it. Files under `/proc/sys/net` are
+/// those of the namespace of the thread that opens them.
+pub(crate) fn sysctl(path: &str) -> Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(path, "1").map_err(|e| Error::io(format!("setting {path} to 1"), e))
 }
 
 /// Result with [`Error`].

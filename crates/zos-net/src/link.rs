@@ -5,7 +5,7 @@
 use crate::{Error, Result};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::LinkMessage;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -66,41 +66,117 @@ async fn index_of(handle: &Handle, name: &str) -> Result<u32> {
         .ok_or_else(|| Error::Invalid(format!("link {name} does not exist")))
 }
 
+/// Adds a link unless one of its name exists (EEXIST is fine too: another manager may have
+/// just made it).
+async fn add_link(handle: &Handle, name: &str, link: LinkMessage) -> Result<()> {
+    if find(handle, name).await?.is_some() {
+        return Ok(());
+    }
+    match handle.link().add(link).execute().await {
+        Err(e) if errno(&e) != Some(libc::EEXIST) => {
+            Err(netlink(format!("creating link {name}"))(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Gives link `name` the address `addr/prefix` (kept if it has it) and brings it up.
+async fn address_up(handle: &Handle, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+    let index = index_of(handle, name).await?;
+    match handle
+        .address()
+        .add(index, IpAddr::V4(addr), prefix)
+        .execute()
+        .await
+    {
+        Err(e) if errno(&e) != Some(libc::EEXIST) => {
+            return Err(netlink(format!("adding {addr}/{prefix} to {name}"))(e))
+        }
+        _ => {}
+    }
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(netlink(format!("bringing {name} up")))
+}
+
 /// Makes the bridge `name` with address `addr/prefix` and brings it up; what already exists
 /// is kept, so concurrent and repeated calls are fine.
 pub fn ensure_bridge(name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
     with_handle(|handle| async move {
-        if find(&handle, name).await?.is_none() {
-            match handle
-                .link()
-                .add(LinkBridge::new(name).build())
-                .execute()
-                .await
-            {
-                Err(e) if errno(&e) != Some(libc::EEXIST) => {
-                    return Err(netlink(format!("creating bridge {name}"))(e))
-                }
-                _ => {}
-            }
-        }
+        add_link(&handle, name, LinkBridge::new(name).build()).await?;
+        address_up(&handle, name, addr, prefix).await
+    })
+}
+
+/// Gives link `name` the address `addr/prefix` (kept if it has it) and brings it up.
+pub fn ensure_address(name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+    with_handle(|handle| async move { address_up(&handle, name, addr, prefix).await })
+}
+
+/// Brings link `name` up.
+pub fn up(name: &str) -> Result<()> {
+    with_handle(|handle| async move {
         let index = index_of(&handle, name).await?;
-        match handle
-            .address()
-            .add(index, IpAddr::V4(addr), prefix)
-            .execute()
-            .await
-        {
-            Err(e) if errno(&e) != Some(libc::EEXIST) => {
-                return Err(netlink(format!("adding {addr}/{prefix} to {name}"))(e))
-            }
-            _ => {}
-        }
         handle
             .link()
             .set(LinkUnspec::new_with_index(index).up().build())
             .execute()
             .await
             .map_err(netlink(format!("bringing {name} up")))
+    })
+}
+
+/// Makes a veth pair `name` / `peer` here unless `name` exists, and moves `peer` into the
+/// network namespace open at `peer_ns`.
+pub fn ensure_veth(name: &str, peer: &str, peer_ns: std::os::fd::RawFd) -> Result<()> {
+    with_handle(|handle| async move {
+        if find(&handle, name).await?.is_some() {
+            return Ok(());
+        }
+        add_link(&handle, name, LinkVeth::new(name, peer).build()).await?;
+        let index = index_of(&handle, peer).await?;
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .setns_by_fd(peer_ns)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink(format!("moving {peer} into its namespace")))
+    })
+}
+
+/// Renames link `from` (down, as a link just moved is) to `to`.
+pub fn rename(from: &str, to: &str) -> Result<()> {
+    with_handle(|handle| async move {
+        let index = index_of(&handle, from).await?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).name(to).build())
+            .execute()
+            .await
+            .map_err(netlink(format!("renaming {from} to {to}")))
+    })
+}
+
+/// Makes `gateway` the default route (kept if it is already).
+pub fn default_route(gateway: Ipv4Addr) -> Result<()> {
+    with_handle(|handle| async move {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
+        handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink(format!("routing through {gateway}")))
     })
 }
 

@@ -1,13 +1,28 @@
 //! One interface up and down on the host: the network it joins made if needed, its tap, its
 //! rules.
 
-use crate::{link, local, rules, tap, Error, Interface, Result};
+use crate::{link, local, netns, rules, sysctl, tap, Error, Interface, Result};
 use std::os::fd::OwnedFd;
 
 /// Makes sure the interface's network exists (bridge, address, forwarding), creates its tap
 /// on the bridge, and brings the base rules up to date with its elements added. Returns the tap's descriptor for QEMU;
 /// the tap lives as long as a copy of it is open.
 pub fn plug(iface: &Interface) -> Result<OwnedFd> {
+    if let Some(ns) = &iface.netns {
+        // A private network, made by its owner beforehand (see [`crate::private::ensure`]).
+        return netns::enter(ns, || {
+            if !link::exists(&iface.bridge)? {
+                return Err(Error::Invalid(format!(
+                    "network namespace {ns} has no bridge {}: the network is not up",
+                    iface.bridge
+                )));
+            }
+            let fd = tap::create(&iface.tap)?;
+            link::join_bridge(&iface.tap, &iface.bridge)?;
+            rules::add(iface)?;
+            Ok(fd)
+        });
+    }
     if iface.bridge != local::BRIDGE {
         return Err(Error::Invalid(format!(
             "network bridge {:?} is unknown: only the local network {} exists yet",
@@ -33,16 +48,17 @@ pub fn plug(iface: &Interface) -> Result<OwnedFd> {
 /// Removes the interface's rules and its tap if it is still there (it goes by itself when
 /// QEMU ends). Never fails: it runs on teardown paths, where every step must be tried.
 pub fn unplug(iface: &Interface) {
-    rules::remove(iface);
-    if let Err(e) = link::remove(&iface.tap) {
+    let unplug_here = || {
+        rules::remove(iface);
+        link::remove(&iface.tap)
+    };
+    let done = match &iface.netns {
+        // A network already gone took the tap and its elements with it.
+        Some(ns) if !netns::exists(ns) => Ok(()),
+        Some(ns) => netns::enter(ns, unplug_here),
+        None => unplug_here(),
+    };
+    if let Err(e) = done {
         tracing::warn!(tap = %iface.tap, error = %e, "removing a tap");
     }
-}
-
-/// Writes `1` to a sysctl file unless it already holds it.
-fn sysctl(path: &str) -> Result<()> {
-    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
-        return Ok(());
-    }
-    std::fs::write(path, "1").map_err(|e| Error::io(format!("setting {path} to 1"), e))
 }

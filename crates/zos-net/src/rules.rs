@@ -25,35 +25,67 @@ struct Chain {
     rules: Vec<String>,
 }
 
-/// The sets and maps of a base table: `inet` (NAT) or `bridge` (the taps' filters).
-fn sets(family: &str) -> &'static [&'static str] {
-    if family == "inet" {
-        &[
-            "map ports_any { type inet_proto . inet_service : ipv4_addr . inet_service; }",
-            "map ports_ip { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }",
-        ]
-    } else {
-        &[
+/// One table zos owns: its family, sets and maps, base chains.
+struct Table {
+    family: &'static str,
+    sets: &'static [&'static str],
+    chains: Vec<Chain>,
+}
+
+/// The prefix of the host ends of private networks' uplinks (see [`crate::private`]).
+pub const UPLINK_PREFIX: &str = "zn";
+
+const NAT_PREROUTING: &str = "type nat hook prerouting priority dstnat; policy accept;";
+const NAT_POSTROUTING: &str = "type nat hook postrouting priority srcnat; policy accept;";
+const FILTER_FORWARD: &str = "type filter hook forward priority filter; policy accept;";
+const FILTER_INPUT: &str = "type filter hook input priority filter; policy accept;";
+
+/// The `bridge` table: a frame from a tap must carry its tap's MAC and IPv4 address, ARP
+/// included, and be IPv4 or ARP. The same on the host's local bridge and in every network.
+fn bridge_table() -> Table {
+    let tap = format!("\"{TAP_PREFIX}*\"");
+    Table {
+        family: "bridge",
+        sets: &[
             "set macs { type ifname . ether_addr; }",
             "set ips { type ifname . ipv4_addr; }",
-        ]
+        ],
+        chains: vec![Chain {
+            name: "prerouting",
+            header: "type filter hook prerouting priority -300; policy accept;",
+            rules: vec![
+                format!("iifname {tap} iifname . ether saddr != @macs drop"),
+                format!("iifname {tap} ether type ip iifname . ip saddr != @ips drop"),
+                format!("iifname {tap} ether type arp iifname . arp saddr ip != @ips drop"),
+                format!("iifname {tap} ether type arp iifname . arp saddr ether != @macs drop"),
+                format!("iifname {tap} ether type != {{ ip, arp }} drop"),
+            ],
+        }],
     }
 }
 
-/// The chains of a base table.
-fn chains(family: &str) -> Vec<Chain> {
+/// The host's tables: NAT and published ports of the local network, and what keeps private
+/// networks apart (from each other, from the local network and from the host itself).
+fn host_tables() -> Vec<Table> {
     let subnet = local::cidr();
-    let tap = format!("\"{TAP_PREFIX}*\"");
-    if family == "inet" {
-        let dnat = vec![
-            "fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @ports_ip"
-                .to_string(),
-            "fib daddr type local dnat ip to meta l4proto . th dport map @ports_any".to_string(),
-        ];
-        return vec![
+    let uplinks = format!("\"{UPLINK_PREFIX}*\"");
+    let links = crate::private::LINKS_CIDR;
+    let bridge = local::BRIDGE;
+    let dnat = vec![
+        "fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @ports_ip"
+            .to_string(),
+        "fib daddr type local dnat ip to meta l4proto . th dport map @ports_any".to_string(),
+    ];
+    let inet = Table {
+        family: "inet",
+        sets: &[
+            "map ports_any { type inet_proto . inet_service : ipv4_addr . inet_service; }",
+            "map ports_ip { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }",
+        ],
+        chains: vec![
             Chain {
                 name: "prerouting",
-                header: "type nat hook prerouting priority dstnat; policy accept;",
+                header: NAT_PREROUTING,
                 rules: dnat.clone(),
             },
             Chain {
@@ -63,7 +95,7 @@ fn chains(family: &str) -> Vec<Chain> {
             },
             Chain {
                 name: "postrouting",
-                header: "type nat hook postrouting priority srcnat; policy accept;",
+                header: NAT_POSTROUTING,
                 rules: vec![
                     // Egress: the guests' traffic leaves with the host's address.
                     format!("ip saddr {subnet} ip daddr != {subnet} masquerade"),
@@ -71,45 +103,97 @@ fn chains(family: &str) -> Vec<Chain> {
                     // the answer must come back through the host to be un-DNATed.
                     format!("ct status dnat ip saddr {subnet} ip daddr {subnet} masquerade"),
                     // 127.0.0.1:PORT forwarded to a guest, which cannot answer loopback.
-                    format!(
-                        "oifname \"{}\" ip saddr 127.0.0.0/8 masquerade",
-                        local::BRIDGE
-                    ),
+                    format!("oifname \"{bridge}\" ip saddr 127.0.0.0/8 masquerade"),
+                    // Private networks' egress, already NATed to their uplink address.
+                    format!("ip saddr {links} oifname != {uplinks} masquerade"),
                 ],
             },
-        ];
-    }
-    vec![Chain {
-        name: "prerouting",
-        header: "type filter hook prerouting priority -300; policy accept;",
-        rules: vec![
-            format!("iifname {tap} iifname . ether saddr != @macs drop"),
-            format!("iifname {tap} ether type ip iifname . ip saddr != @ips drop"),
-            format!("iifname {tap} ether type arp iifname . arp saddr ip != @ips drop"),
-            format!("iifname {tap} ether type arp iifname . arp saddr ether != @macs drop"),
-            format!("iifname {tap} ether type != {{ ip, arp }} drop"),
+            Chain {
+                name: "forward",
+                header: FILTER_FORWARD,
+                rules: vec![
+                    // Networks never reach each other, nor the local network, through the
+                    // host.
+                    format!("iifname {uplinks} oifname {uplinks} drop"),
+                    format!("iifname {uplinks} oifname \"{bridge}\" drop"),
+                    format!("iifname \"{bridge}\" oifname {uplinks} drop"),
+                ],
+            },
+            Chain {
+                name: "input",
+                header: FILTER_INPUT,
+                rules: vec![
+                    // Machines of private networks do not reach the host's own addresses.
+                    format!("iifname {uplinks} ct state established,related accept"),
+                    format!("iifname {uplinks} drop"),
+                ],
+            },
         ],
-    }]
+    };
+    vec![inet, bridge_table()]
 }
 
-/// The script that makes both base tables what this version wants, idempotently: tables,
-/// sets and chains are declared (nft's declarations add only what is missing, and keep the
-/// elements of what exists), each chain is flushed and its rules written again, all in one
+/// The tables inside a private network's namespace: the subnet masqueraded to the uplink
+/// (so networks with the same range never meet on the host), egress refused when the
+/// network has none, and the namespace itself closed to its machines but for DNS and ICMP.
+fn network_tables(net: &crate::private::PrivateNet) -> Vec<Table> {
+    let br = crate::private::BRIDGE;
+    let up = crate::private::UPLINK;
+    let subnet = net.cidr();
+    let mut forward = Vec::new();
+    if !net.egress {
+        forward.push(format!(
+            "iifname \"{br}\" oifname \"{up}\" ct state new drop"
+        ));
+    }
+    let inet = Table {
+        family: "inet",
+        sets: &[],
+        chains: vec![
+            Chain {
+                name: "postrouting",
+                header: NAT_POSTROUTING,
+                rules: vec![format!("oifname \"{up}\" ip saddr {subnet} masquerade")],
+            },
+            Chain {
+                name: "forward",
+                header: FILTER_FORWARD,
+                rules: forward,
+            },
+            Chain {
+                name: "input",
+                header: FILTER_INPUT,
+                rules: vec![
+                    "ct state established,related accept".to_string(),
+                    "iifname \"lo\" accept".to_string(),
+                    format!("iifname \"{br}\" meta l4proto icmp accept"),
+                    format!("iifname \"{br}\" meta l4proto {{ tcp, udp }} th dport 53 accept"),
+                    "drop".to_string(),
+                ],
+            },
+        ],
+    };
+    vec![inet, bridge_table()]
+}
+
+/// The script that makes `tables` what this version wants, idempotently: tables, sets and
+/// chains are declared (nft's declarations add only what is missing, and keep the elements
+/// of what exists), each chain is flushed and its rules written again, all in one
 /// transaction. So the running VMs keep their elements, and a zos with other rules brings
 /// the chains up to date.
-fn base() -> String {
+fn script(tables: &[Table]) -> String {
     let mut out = String::new();
-    for family in ["inet", "bridge"] {
-        let chains = chains(family);
+    for t in tables {
+        let family = t.family;
         out.push_str(&format!("table {family} {TABLE} {{\n"));
-        for set in sets(family) {
+        for set in t.sets {
             out.push_str(&format!("  {set}\n"));
         }
-        for c in &chains {
+        for c in &t.chains {
             out.push_str(&format!("  chain {} {{ {} }}\n", c.name, c.header));
         }
         out.push_str("}\n");
-        for c in &chains {
+        for c in &t.chains {
             out.push_str(&format!("flush chain {family} {TABLE} {}\n", c.name));
             for rule in &c.rules {
                 out.push_str(&format!("add rule {family} {TABLE} {} {rule}\n", c.name));
@@ -117,6 +201,17 @@ fn base() -> String {
         }
     }
     out
+}
+
+/// Brings the host's tables up to date (see [`script`]), under the host-wide rules lock.
+pub fn ensure_host() -> Result<()> {
+    let _lock = crate::lock::exclusive("rules.lock")?;
+    nft(&script(&host_tables()))
+}
+
+/// Writes a private network's tables; run inside its namespace.
+pub(crate) fn apply_network(net: &crate::private::PrivateNet) -> Result<()> {
+    nft(&script(&network_tables(net)))
 }
 
 /// The elements one interface adds: (set or map, element), each as nft writes it.
@@ -193,7 +288,12 @@ fn nft(script: &str) -> Result<()> {
 /// tried once more.
 pub fn add(iface: &Interface) -> Result<()> {
     let _lock = crate::lock::exclusive("rules.lock")?;
-    let mut script = base();
+    // A private network's tables are written when the network is made (see
+    // [`crate::private::ensure`]); its interfaces add elements only.
+    let mut script = match iface.netns {
+        Some(_) => String::new(),
+        None => script(&host_tables()),
+    };
     for (set, e) in elements(iface) {
         script.push_str(&format!("add element {set} {{ {e} }}\n"));
     }

@@ -44,17 +44,34 @@ impl VmSpec {
     }
 }
 
-/// A VM on the host's local network (see `zos_net::local`): asked for with its published
-/// ports; its interface (address, MAC, tap) is leased when the VM is created and given
-/// back when it is deleted.
+/// A VM's network: either the host's local network (see `zos_net::local`), asked for with
+/// its published ports, whose interface (address, MAC, tap) is leased when the VM is
+/// created and given back when it is deleted; or interfaces on networks its caller made (a
+/// node's private networks, see `zos_net::private`), used as given.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct NetSpec {
-    /// Host ports forwarded to the guest.
+    /// Host ports forwarded to the guest (local network).
     #[serde(default)]
     pub ports: Vec<zos_net::PortMap>,
-    /// The interface, once leased by create.
+    /// The local network's interface, once leased by create.
     #[serde(default)]
     pub interface: Option<zos_net::Interface>,
+    /// Interfaces on the caller's networks, in guest order; when there are any, nothing is
+    /// leased on the local network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joined: Vec<zos_net::Interface>,
+}
+
+impl NetSpec {
+    /// Every interface, in guest order (`eth0` first).
+    pub fn interfaces(&self) -> impl Iterator<Item = &zos_net::Interface> {
+        self.interface.iter().chain(&self.joined)
+    }
+
+    /// Whether the VM is on the local network (and so leases its interface there).
+    pub fn is_local(&self) -> bool {
+        self.joined.is_empty()
+    }
 }
 
 /// What a caller asks of a VM before its flist is read: the one way from "run this flist

@@ -9,8 +9,8 @@ mod zmachine;
 mod zmount;
 
 pub use network::{
-    network_named, Interface, MachineAddress, MachineNetwork, Network, NetworkResult, RANGE_PREFIX,
-    SUBNET_PREFIX,
+    addresses, held_addresses, network_named, Interface, MachineAddress, MachineNetwork, Network,
+    NetworkResult, RANGE_PREFIX, SUBNET_PREFIX,
 };
 pub use zmachine::{Mount, ZMachine, MIN_MEMORY};
 pub use zmount::ZMount;

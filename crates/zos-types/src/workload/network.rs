@@ -5,7 +5,7 @@
 use super::{Workload, WorkloadData, WorkloadName, WorkloadSpec};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 /// The prefix length of a network's `ip_range`.
@@ -66,8 +66,23 @@ impl Network {
 }
 
 impl WorkloadData for Network {
-    fn problems(&self, _deployment: &[Workload]) -> Vec<String> {
+    fn problems(&self, deployment: &[Workload]) -> Vec<String> {
         let mut bad = Vec::new();
+        // A machine may join several networks of its deployment: their ranges must not
+        // share addresses, or its routes would be ambiguous.
+        let overlapping = deployment.iter().filter_map(|w| match &w.spec {
+            WorkloadSpec::Network(n) if !std::ptr::eq(n, self) && n.overlaps(self) => {
+                Some(w.name.as_str())
+            }
+            _ => None,
+        });
+        for other in overlapping {
+            bad.push(format!(
+                "ip_range {} overlaps network {other:?}'s: give each network of a deployment \
+                 its own range",
+                self.ip_range
+            ));
+        }
         let range = self.ip_range;
         if range.prefix_len() != RANGE_PREFIX || range != range.trunc() {
             bad.push(format!(
@@ -155,6 +170,66 @@ pub fn network_named<'a>(deployment: &'a [Workload], name: &WorkloadName) -> Opt
         WorkloadSpec::Network(n) if &w.name == name => Some(n),
         _ => None,
     })
+}
+
+/// The address of each interface of each zmachine of `deployment`, by (machine, network):
+/// what it asks for; else what its stored result shows (so an address, once given, stays
+/// across passes and restarts) if no one asks for it; else the lowest free one, machines
+/// taken in deployment order. A machine whose subnet is full has no entry. Every call on
+/// the same deployment gives the same answer, so machines converged one by one agree.
+pub fn addresses(deployment: &[Workload]) -> BTreeMap<(String, String), Ipv4Addr> {
+    let machines: Vec<(&Workload, &Interface)> = deployment
+        .iter()
+        .filter_map(|w| match &w.spec {
+            WorkloadSpec::Zmachine(m) => Some((w, &m.network.interfaces)),
+            _ => None,
+        })
+        .flat_map(|(w, ifaces)| ifaces.iter().map(move |i| (w, i)))
+        .collect();
+    let mut out = BTreeMap::new();
+    let mut taken: BTreeMap<&str, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    let key = |w: &Workload, i: &Interface| (w.name.to_string(), i.network.to_string());
+    for (w, i) in &machines {
+        if let Some(ip) = i.ip {
+            taken.entry(i.network.as_str()).or_default().insert(ip);
+            out.insert(key(w, i), ip);
+        }
+    }
+    let mut unplaced = Vec::new();
+    for (w, i) in machines.iter().filter(|(_, i)| i.ip.is_none()) {
+        let Some(net) = network_named(deployment, &i.network) else {
+            continue;
+        };
+        let kept = held_addresses(w)
+            .into_iter()
+            .find(|a| a.network == i.network)
+            .map(|a| a.ip)
+            .filter(|ip| net.assignable(*ip));
+        let used = taken.entry(i.network.as_str()).or_default();
+        match kept {
+            Some(ip) if used.insert(ip) => {
+                out.insert(key(w, i), ip);
+            }
+            _ => unplaced.push((*w, *i, net)),
+        }
+    }
+    for (w, i, net) in unplaced {
+        let used = taken.entry(i.network.as_str()).or_default();
+        if let Some(ip) = net.first_free(used) {
+            used.insert(ip);
+            out.insert(key(w, i), ip);
+        }
+    }
+    out
+}
+
+/// The addresses a zmachine's stored result lists (none if it has no result or lists none).
+pub fn held_addresses(w: &Workload) -> Vec<MachineAddress> {
+    w.result
+        .as_ref()
+        .and_then(|r| r.data.get("addresses"))
+        .and_then(|a| serde_json::from_value(a.clone()).ok())
+        .unwrap_or_default()
 }
 
 /// One interface of a zmachine.
@@ -274,6 +349,62 @@ mod tests {
         let mut apart = deployment.clone();
         apart[2].spec = machine("10.20.1.10");
         assert!(apart[1].spec.problems(&apart).is_empty());
+    }
+
+    #[test]
+    fn addresses_are_asked_kept_or_the_lowest_free() {
+        let machine = |ip: Option<&str>| {
+            let mut m: crate::ZMachine =
+                serde_json::from_str(r#"{"flist":"/a.fl"}"#).expect("a zmachine");
+            m.network.interfaces.push(iface("lan", ip));
+            WorkloadSpec::Zmachine(m)
+        };
+        let mut d = vec![
+            workload(
+                "lan",
+                WorkloadSpec::Network(net("10.20.0.0/16", "10.20.1.0/24")),
+            ),
+            workload("a", machine(None)),
+            workload("b", machine(Some("10.20.1.2"))),
+            workload("c", machine(None)),
+        ];
+        let ip = |d: &[Workload], m: &str| addresses(d)[&(m.to_string(), "lan".to_string())];
+        let at = |s: &str| s.parse::<Ipv4Addr>().expect("an address");
+        // Asked wins; the others take the lowest free, in order.
+        assert_eq!(ip(&d, "b"), at("10.20.1.2"));
+        assert_eq!(ip(&d, "a"), at("10.20.1.3"));
+        assert_eq!(ip(&d, "c"), at("10.20.1.4"));
+        // A held address stays, even where a lower one is free.
+        d[3].result = Some(crate::WorkloadResult {
+            state: crate::ResultState::Ok,
+            message: String::new(),
+            data: serde_json::json!({"addresses": [{"network": "lan", "ip": "10.20.1.9"}]}),
+            created: 0,
+        });
+        assert_eq!(ip(&d, "c"), at("10.20.1.9"));
+        assert_eq!(ip(&d, "a"), at("10.20.1.3"));
+    }
+
+    #[test]
+    fn networks_of_one_deployment_must_not_overlap() {
+        let d = [
+            workload(
+                "a",
+                WorkloadSpec::Network(net("10.20.0.0/16", "10.20.1.0/24")),
+            ),
+            workload(
+                "b",
+                WorkloadSpec::Network(net("10.20.0.0/16", "10.20.2.0/24")),
+            ),
+            workload(
+                "c",
+                WorkloadSpec::Network(net("10.30.0.0/16", "10.30.2.0/24")),
+            ),
+        ];
+        let p = d[0].spec.problems(&d);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("overlaps network \"b\""), "{p:?}");
+        assert!(d[2].spec.problems(&d).is_empty());
     }
 
     #[test]

@@ -26,7 +26,7 @@ impl Vmm {
         }
         // Last check, first thing made: the address and host ports, given back if the
         // rest fails.
-        if let Some(net) = spec.network_mut() {
+        if let Some(net) = spec.network_mut().filter(|n| n.is_local()) {
             net.interface = Some(super::net::lease(&dir, &net.ports)?);
         }
         let made = self.make_dir(name, &dir, spec);

@@ -27,47 +27,52 @@ pub(super) fn release(dir: &Path) {
     }
 }
 
-/// Plugs the VM's interface (tap on its bridge, rules) and adds the device QEMU gives the
-/// guest: `-netdev tap` on the tap's descriptor, `virtio-net-device` (virtio-mmio, as
-/// `microvm` has no PCI) with the leased MAC.
+/// The VM's interfaces, in guest order.
+fn interfaces(spec: &VmSpec) -> impl Iterator<Item = &zos_net::Interface> {
+    spec.network().into_iter().flat_map(|n| n.interfaces())
+}
+
+/// Plugs the VM's interfaces (tap on its bridge, rules) and adds the devices QEMU gives the
+/// guest: `-netdev tap` on each tap's descriptor, `virtio-net-device` (virtio-mmio, as
+/// `microvm` has no PCI) with its MAC.
 pub(super) fn push_network(args: &mut Vec<OsString>, jail: &mut Jail, spec: &VmSpec) -> Result<()> {
-    let Some(iface) = spec.network().and_then(|n| n.interface.as_ref()) else {
-        return Ok(());
-    };
-    let fd = jail.hand_over(zos_net::plug(iface).map_err(net_error)?);
-    for a in [
-        "-netdev".to_string(),
-        format!("tap,id=net0,fd={fd}"),
-        "-device".to_string(),
-        format!("virtio-net-device,netdev=net0,mac={}", iface.mac),
-    ] {
-        args.push(a.into());
+    for (i, iface) in interfaces(spec).enumerate() {
+        let fd = jail.hand_over(zos_net::plug(iface).map_err(net_error)?);
+        for a in [
+            "-netdev".to_string(),
+            format!("tap,id=net{i},fd={fd}"),
+            "-device".to_string(),
+            format!("virtio-net-device,netdev=net{i},mac={}", iface.mac),
+        ] {
+            args.push(a.into());
+        }
     }
     Ok(())
 }
 
-/// Removes what [`push_network`] plugged for the VM in `dir` (its rules, and its tap if
-/// QEMU has not taken it along); nothing when it has no network or no record.
+/// Removes what [`push_network`] plugged for the VM in `dir` (its rules, and its taps if
+/// QEMU has not taken them along); nothing when it has no network or no record.
 pub(super) fn unplug(dir: &Path) {
     if let Ok(record) = load(dir) {
-        if let Some(iface) = record.spec.network().and_then(|n| n.interface.as_ref()) {
-            zos_net::unplug(iface);
-        }
+        interfaces(&record.spec).for_each(zos_net::unplug);
     }
 }
 
-/// What zos-init configures in the guest: the leased address, the gateway as default route,
-/// the host's resolvers (see `zos_net::dns`).
+/// What zos-init configures in the guest: each interface's address, the first one's
+/// gateway as default route, the host's resolvers (see `zos_net::dns`).
 pub(super) fn guest_network(spec: &VmSpec) -> Option<GuestNetwork> {
-    let iface = spec.network()?.interface.as_ref()?;
-    Some(GuestNetwork {
-        interfaces: vec![GuestInterface {
+    let interfaces: Vec<GuestInterface> = interfaces(spec)
+        .enumerate()
+        .map(|(i, iface)| GuestInterface {
             mac: iface.mac.clone(),
             address: iface.ip,
             prefix: iface.prefix,
-            gateway: Some(iface.gateway),
+            gateway: (i == 0).then_some(iface.gateway),
             mtu: iface.mtu,
-        }],
+        })
+        .collect();
+    (!interfaces.is_empty()).then(|| GuestNetwork {
+        interfaces,
         dns: zos_net::dns::host_resolvers(),
         hosts: Vec::new(),
     })
