@@ -62,6 +62,9 @@ pub struct Engine {
     totals: Resources,
     /// What each live deployment holds; the lock also serializes admission.
     held: Mutex<HashMap<String, Resources>>,
+    /// What each live deployment claims (see [`workload::Claim`]); changed under `held`'s
+    /// lock.
+    claims: Mutex<HashMap<String, Vec<workload::Claim>>>,
     /// Disk kept free on the data dir's file system, whatever the accounting says.
     reserve_disk: u64,
     /// One lock per deployment: its convergence runs one at a time.
@@ -150,6 +153,7 @@ impl Engine {
             max_restarts: cfg.max_restarts,
             quarantine_days: cfg.quarantine_days,
             flist_dirs: cfg.flist_dirs.clone(),
+            node_tag: workload::node_tag(&key.public()),
         };
         let db = host.data.join("node.redb");
         let store = Store::open(&db, &key.public())?;
@@ -158,6 +162,7 @@ impl Engine {
             refuse_unaccounted(&kinds, &host, &db)?;
         }
         let mut held = HashMap::new();
+        let mut claims = HashMap::new();
         let mut monitored = HashSet::new();
         let mut readers = Readers::default();
         // Tombstones keep their requirement: co-owners see a deleted deployment as its
@@ -167,6 +172,10 @@ impl Engine {
         }
         for d in stored.iter().filter(|d| !is_tombstone(d)) {
             held.insert(store::key(&d.owner, &d.name), kinds.demand(&d.workloads));
+            claims.insert(
+                store::key(&d.owner, &d.name),
+                kinds.claims(&d.owner, &d.workloads),
+            );
             if is_monitored(&kinds, d) {
                 monitored.insert((d.owner, d.name.clone()));
             }
@@ -189,6 +198,7 @@ impl Engine {
             node_id: key.public(),
             totals,
             held: Mutex::new(held),
+            claims: Mutex::new(claims),
             locks: Mutex::new(HashMap::new()),
             events,
             queue: Mutex::default(),
@@ -345,6 +355,30 @@ impl Engine {
         Ok(())
     }
 
+    fn claims(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<workload::Claim>>> {
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What `d` claims, once checked against the other live deployments' claims (call with
+    /// `held` locked, and record the answer under the same lock).
+    fn check_claims(&self, d: &Deployment) -> Result<Vec<workload::Claim>, EngineError> {
+        let mine = self.kinds.claims(&d.owner, &d.workloads);
+        let key = store::key(&d.owner, &d.name);
+        let all = self.claims();
+        for (holder, theirs) in all.iter().filter(|(k, _)| **k != key) {
+            let holder = holder.split_once('/').map_or(holder.as_str(), |(_, n)| n);
+            for claim in &mine {
+                if let Some(why) = theirs.iter().find_map(|t| claim.clash(t, holder)) {
+                    return Err(EngineError::Conflict(format!(
+                        "deployment {:?}: {why}",
+                        d.name
+                    )));
+                }
+            }
+        }
+        Ok(mine)
+    }
+
     /// A new deployment: checked, admitted, stored, then provisioned in the background.
     pub fn deploy(self: &Arc<Self>, mut d: Deployment) -> Result<Deployment, EngineError> {
         self.check(&d)?;
@@ -364,6 +398,7 @@ impl Engine {
             self.check_owner(&held, &d, true)?;
             capacity::check_fits(demand, self.free(&held, None))
                 .map_err(EngineError::NoCapacity)?;
+            let claims = self.check_claims(&d)?;
             match self.store.insert_new(&d)? {
                 Insert::Done => {}
                 Insert::Exists(old) => {
@@ -376,6 +411,7 @@ impl Engine {
                     )));
                 }
             }
+            self.claims().insert(key.clone(), claims);
             held.insert(key, demand);
         }
         self.index(&d);
@@ -407,6 +443,7 @@ impl Engine {
         // Checked and written in one transaction, against the stored record as it is then:
         // results recorded meanwhile are carried over, not lost.
         let (owner, dname) = (d.owner, d.name.clone());
+        let claims = self.check_claims(&d)?;
         let demand = self
             .store
             .modify(&owner, &dname, |old| {
@@ -418,6 +455,7 @@ impl Engine {
             .ok_or_else(|| {
                 EngineError::NotFound(format!("no deployment named {name:?}: create it first"))
             })??;
+        self.claims().insert(key.clone(), claims);
         held.insert(key, demand);
         drop(held);
         self.index(&d);
@@ -476,6 +514,9 @@ impl Engine {
                 _ => w.result = Some(result(ResultState::Init, "", serde_json::Value::Null)),
             }
         }
+        self.kinds
+            .check_update(&d.workloads)
+            .map_err(|e| EngineError::Conflict(format!("deployment {name:?}: {e}")))?;
         capacity::check_fits(self.kinds.demand(&d.workloads), free)
             .map_err(EngineError::NoCapacity)?;
         Ok(d.clone())
@@ -512,6 +553,7 @@ impl Engine {
             })?
             .ok_or_else(|| EngineError::NotFound(format!("no deployment named {name:?}")))?;
         held.remove(&store::key(owner, name));
+        self.claims().remove(&store::key(owner, name));
         drop(held);
         self.index(&tombstone);
         let id = deployment_id(owner, name);
@@ -791,10 +833,12 @@ impl Engine {
 
     /// What this deployment no longer has goes first, freeing its resources. Found by name
     /// alone: asking every VM of the node for its state would make each deployment's pass
-    /// cost as much as all VMs.
+    /// cost as much as all VMs. Highest rank first: machines go before the networks and
+    /// disks they use.
     fn remove_unwanted(&self, d: &Deployment) -> Result<(), EngineError> {
         let id = deployment_id(&d.owner, &d.name);
-        for kind in self.kinds.all() {
+        let kinds: Vec<&dyn workload::Kind> = self.kinds.all().collect();
+        for kind in kinds.into_iter().rev() {
             let wanted: HashSet<String> = d
                 .workloads
                 .iter()
@@ -867,6 +911,7 @@ impl Engine {
                     workload: w,
                     fresh: current == Some(ResultState::Init),
                     earlier: &pass.earlier,
+                    deployment: &d.workloads,
                 },
             );
             if let Some(r) = step.result {

@@ -49,7 +49,8 @@ pub use request::{RequestAuth, RequestAuthError, REQUEST_DOMAIN};
 pub use size::ByteSize;
 pub use validate::{is_valid_deployment_name, ValidationError};
 pub use workload::{
-    network_named, Interface, MachineAddress, MachineNetwork, Mount, Network, NetworkResult,
-    ResultState, Workload, WorkloadData, WorkloadFile, WorkloadName, WorkloadResult, WorkloadSpec,
-    ZMachine, ZMount, MIN_MEMORY, RANGE_PREFIX, SUBNET_PREFIX, WORKLOAD_TYPES,
+    addresses, held_addresses, network_named, Interface, MachineAddress, MachineNetwork, Mount,
+    Network, NetworkResult, ResultState, Workload, WorkloadData, WorkloadFile, WorkloadName,
+    WorkloadResult, WorkloadSpec, ZMachine, ZMount, MIN_MEMORY, RANGE_PREFIX, SUBNET_PREFIX,
+    WORKLOAD_TYPES,
 };

@@ -5,6 +5,7 @@
 //! Adding a type: its data in `zos-types`' `workload/<type>.rs`, its node side in a module
 //! here, and one line in [`Kinds::builtin`].
 
+mod network;
 mod zmachine;
 mod zmount;
 
@@ -18,6 +19,7 @@ use zos_types::api::Resources;
 use zos_types::{PublicKey, ResultState, Workload, WorkloadResult, WorkloadSpec};
 use zos_vmm::Vmm;
 
+pub use network::Network;
 pub use zmachine::Zmachine;
 pub use zmount::Zmount;
 
@@ -37,6 +39,9 @@ pub struct Host {
     pub quarantine_days: u32,
     /// The directories tenants may name flists from.
     pub flist_dirs: Vec<PathBuf>,
+    /// A short tag of the node's identity: names the node makes in host-wide places
+    /// (network namespaces) carry it, so two nodes on one host never take each other's.
+    pub node_tag: String,
 }
 
 #[cfg(test)]
@@ -57,8 +62,14 @@ impl Host {
             max_restarts: 1,
             quarantine_days: 1,
             flist_dirs,
+            node_tag: node_tag(&zos_types::Keypair::generate().public()),
         }
     }
+}
+
+/// The [`Host::node_tag`] of the node with identity `node`.
+pub fn node_tag(node: &PublicKey) -> String {
+    hex::encode(&node.0[..4])
 }
 
 /// Where the node keeps what it found but could not account for.
@@ -112,6 +123,54 @@ pub struct Target<'a> {
     /// Workloads converged earlier in this pass (lower rank), by name: `Ok` when usable,
     /// else why not (a zmachine looks up the zmounts it mounts here).
     pub earlier: &'a HashMap<String, Result<(), String>>,
+    /// Every workload of the deployment, as stored when the pass began.
+    pub deployment: &'a [Workload],
+}
+
+/// Something a workload holds on the node that another must not hold at the same time;
+/// the engine refuses a deployment whose claims clash with those of the live ones.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// An owner's network range: two networks of one owner on a node must not overlap.
+    Range {
+        /// The owner.
+        owner: PublicKey,
+        /// The range.
+        range: ipnet::Ipv4Net,
+        /// The network workload's name.
+        network: String,
+    },
+}
+
+impl Claim {
+    /// Why `self` cannot be held while `other` (held by deployment `holder` of the same
+    /// owner, if it is theirs) is; `None` when they do not clash.
+    pub fn clash(&self, other: &Claim, holder: &str) -> Option<String> {
+        match (self, other) {
+            (
+                Claim::Range {
+                    owner,
+                    range,
+                    network,
+                },
+                Claim::Range {
+                    owner: other_owner,
+                    range: other_range,
+                    network: other_network,
+                },
+            ) if owner == other_owner
+                && (range.contains(&other_range.network())
+                    || other_range.contains(&range.network())) =>
+            {
+                Some(format!(
+                    "network {network:?}: ip_range {range} overlaps {other_range} of network \
+                     {other_network:?} in your deployment {holder:?} on this node: pick \
+                     another range"
+                ))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What converging one workload did.
@@ -136,8 +195,20 @@ pub trait Kind: Send + Sync {
         Ok(())
     }
 
+    /// Checks a workload of an updated deployment against what the deployment's other
+    /// workloads hold (their results, as carried over from the stored version): an address
+    /// another machine has, say.
+    fn check_update(&self, _w: &Workload, _deployment: &[Workload]) -> Result<(), String> {
+        Ok(())
+    }
+
     /// What the workload holds of the node's capacity.
     fn demand(&self, spec: &WorkloadSpec) -> Resources;
+
+    /// What the workload `name` of `owner` holds exclusively on the node (see [`Claim`]).
+    fn claims(&self, _owner: &PublicKey, _name: &str, _spec: &WorkloadSpec) -> Vec<Claim> {
+        Vec::new()
+    }
 
     /// Whether converging one workload can take seconds (a VM boot): the engine then
     /// checks before each one that the deployment has not moved on.
@@ -222,7 +293,11 @@ pub struct Kinds(Vec<Arc<dyn Kind>>);
 impl Kinds {
     /// The types this node runs: the one place that lists them.
     pub fn builtin() -> Kinds {
-        Kinds::new(vec![Arc::new(Zmount), Arc::new(Zmachine::default())])
+        Kinds::new(vec![
+            Arc::new(Network),
+            Arc::new(Zmount),
+            Arc::new(Zmachine::default()),
+        ])
     }
 
     /// A registry of `kinds` (tests register their own).
@@ -262,6 +337,31 @@ impl Kinds {
                 .map_err(|e| format!("{place}: {e}"))?;
         }
         Ok(())
+    }
+
+    /// Checks the workloads of an updated deployment against what the others hold (see
+    /// [`Kind::check_update`]); the error names the workload.
+    pub fn check_update(&self, workloads: &[Workload]) -> Result<(), String> {
+        for (i, w) in workloads.iter().enumerate() {
+            if let Some(kind) = self.of(&w.spec) {
+                kind.check_update(w, workloads)
+                    .map_err(|e| format!("workloads[{i}] (name {:?}): {e}", w.name.as_str()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the workloads that are not deleted claim (see [`Claim`]).
+    pub fn claims(&self, owner: &PublicKey, workloads: &[Workload]) -> Vec<Claim> {
+        workloads
+            .iter()
+            .filter(|w| !is_deleted(w))
+            .filter_map(|w| {
+                self.of(&w.spec)
+                    .map(|k| k.claims(owner, w.name.as_str(), &w.spec))
+            })
+            .flatten()
+            .collect()
     }
 
     /// What the workloads that are not deleted hold.
@@ -363,35 +463,38 @@ mod tests {
     fn every_type_of_zos_types_has_a_module() {
         let kinds = Kinds::builtin();
         let names: Vec<&str> = kinds.all().map(|k| k.type_name()).collect();
-        // `network` has its types but no node module yet (issue 13, second slice): until
-        // then the node refuses it at admission ("this node does not run network workloads").
-        let mut expected: Vec<&str> = zos_types::WORKLOAD_TYPES
-            .iter()
-            .copied()
-            .filter(|t| *t != "network")
-            .collect();
+        let mut expected: Vec<&str> = zos_types::WORKLOAD_TYPES.to_vec();
         expected.sort();
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(sorted, expected);
-        // Disks come before the machines that mount them.
-        assert_eq!(names, ["zmount", "zmachine"]);
+        // Networks and disks come before the machines that join and mount them.
+        assert_eq!(names, ["network", "zmount", "zmachine"]);
     }
 
     #[test]
-    fn a_network_is_refused_at_admission_until_the_node_runs_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("node");
-        let host = Host::for_test(&data, &dir.path().join("cache"), Vec::new());
-        let lan: Workload = serde_json::from_str(
-            r#"{"name":"lan","version":0,"type":"network",
-                "data":{"ip_range":"10.20.0.0/16","subnet":"10.20.1.0/24"}}"#,
-        )
-        .unwrap();
-        let err = Kinds::builtin().check(&host, &[lan]).unwrap_err();
+    fn one_owners_ranges_clash_anothers_do_not() {
+        let (a, b) = (
+            zos_types::Keypair::generate().public(),
+            zos_types::Keypair::generate().public(),
+        );
+        let range = |owner, r: &str| Claim::Range {
+            owner,
+            range: r.parse().unwrap(),
+            network: "lan".into(),
+        };
+        let why = range(a, "10.20.0.0/16")
+            .clash(&range(a, "10.0.0.0/8"), "web")
+            .unwrap();
+        assert!(why.contains("overlaps 10.0.0.0/8"), "{why}");
+        assert!(why.contains("deployment \"web\""), "{why}");
         assert_eq!(
-            err,
-            r#"workloads[0] (name "lan"): this node does not run network workloads"#
+            range(a, "10.20.0.0/16").clash(&range(b, "10.20.0.0/16"), "x"),
+            None
+        );
+        assert_eq!(
+            range(a, "10.20.0.0/16").clash(&range(a, "10.21.0.0/16"), "x"),
+            None
         );
     }
 }

@@ -9,10 +9,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use zos_flist::store::{Allowance, StoreError, StorePolicy};
 use zos_types::api::Resources;
-use zos_types::{ResultState, Workload, WorkloadResult, WorkloadSpec, ZMachine};
+use zos_types::{MachineAddress, ResultState, Workload, WorkloadResult, WorkloadSpec, ZMachine};
 use zos_vmm::disk::DiskFormat;
 use zos_vmm::image::Overrides;
-use zos_vmm::spec::{DiskAttach, FlistSource, SeedSpec, VmRequest, VmSpec};
+use zos_vmm::spec::{DiskAttach, FlistSource, NetSpec, SeedSpec, VmRequest, VmSpec};
 use zos_vmm::{VmState, Vmm};
 
 /// The node side of zmachines; keeps each VM's crash streak.
@@ -56,6 +56,30 @@ impl Kind for Zmachine {
         }
     }
 
+    fn check_update(&self, w: &Workload, deployment: &[Workload]) -> Result<(), String> {
+        let Some(m) = data(&w.spec) else {
+            return Ok(());
+        };
+        for (i, iface) in m.network.interfaces.iter().enumerate() {
+            let Some(ip) = iface.ip else { continue };
+            let holder = deployment.iter().find(|other| {
+                other.name != w.name
+                    && zos_types::held_addresses(other)
+                        .iter()
+                        .any(|a| a.network == iface.network && a.ip == ip)
+            });
+            if let Some(holder) = holder {
+                return Err(format!(
+                    "network.interfaces[{i}]: ip {ip} on network {:?} is taken by zmachine {:?}: \
+                     ask for another address, or leave ip out to get a free one",
+                    iface.network.as_str(),
+                    holder.name.as_str()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn demand(&self, spec: &WorkloadSpec) -> Resources {
         data(spec).map_or_else(Resources::default, |m| Resources {
             cpus: u64::from(m.cpu),
@@ -79,30 +103,39 @@ impl Kind for Zmachine {
         let Some(m) = data(&w.spec) else {
             return step(result(ResultState::Error, "not a zmachine", json!({})));
         };
-        let bad_mount =
-            m.mounts
-                .iter()
-                .find_map(|mount| match target.earlier.get(mount.name.as_str()) {
-                    Some(Ok(())) => None,
-                    Some(Err(e)) => Some(format!(
-                        "zmount {:?} is not available: {e}",
-                        mount.name.as_str()
-                    )),
-                    None => Some(format!(
-                        "zmount {:?} is not in this deployment",
-                        mount.name.as_str()
-                    )),
-                });
-        let outcome = match bad_mount {
-            Some(e) => {
-                // Without its disk it must not run on unmanaged.
+        // What it mounts and joins must be up, or it must not run on unmanaged.
+        let needs = m
+            .mounts
+            .iter()
+            .map(|mount| ("zmount", &mount.name))
+            .chain(m.network.interfaces.iter().map(|i| ("network", &i.network)));
+        let missing = needs
+            .filter_map(|(kind, name)| match target.earlier.get(name.as_str()) {
+                Some(Ok(())) => None,
+                Some(Err(e)) => Some(format!("{kind} {:?} is not available: {e}", name.as_str())),
+                None => Some(format!(
+                    "{kind} {:?} is not in this deployment",
+                    name.as_str()
+                )),
+            })
+            .next();
+        let addresses = machine_addresses(w, target.deployment);
+        let outcome = match (missing, &addresses) {
+            (Some(e), _) => {
                 let _ = remove_vm(&host.vmm, &vm, host.stop_timeout);
                 Err(e)
             }
-            None => vm_spec(host, target.id, w.name.as_str(), m)
+            (None, Err(e)) => {
+                let _ = remove_vm(&host.vmm, &vm, host.stop_timeout);
+                Err(e.clone())
+            }
+            (None, Ok(addresses)) => vm_spec(host, target, m, addresses)
                 .and_then(|spec| ensure_vm(&host.vmm, &vm, spec, target.fresh, host.stop_timeout)),
         };
-        let data = json!({ "vm": vm });
+        let data = match &addresses {
+            Ok(a) if !a.is_empty() => json!({ "vm": vm, "addresses": a }),
+            _ => json!({ "vm": vm }),
+        };
         let r = match outcome {
             Ok(VmOutcome::Running) => result(ResultState::Ok, "running", data),
             Ok(VmOutcome::Replaced) => result(
@@ -283,8 +316,61 @@ pub fn check_flist(flist: &str, host: &Host) -> Result<(), String> {
     Ok(())
 }
 
+/// The address of each of `w`'s interfaces, in its order (see [`zos_types::addresses`]).
+fn machine_addresses(w: &Workload, deployment: &[Workload]) -> Result<Vec<MachineAddress>, String> {
+    let Some(m) = data(&w.spec) else {
+        return Ok(Vec::new());
+    };
+    if m.network.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all = zos_types::addresses(deployment);
+    m.network
+        .interfaces
+        .iter()
+        .map(|i| {
+            let key = (w.name.to_string(), i.network.to_string());
+            let ip = all.get(&key).copied().ok_or_else(|| {
+                format!(
+                    "network {:?} has no free address left: remove a machine from it or give it \
+                     a larger subnet",
+                    i.network.as_str()
+                )
+            })?;
+            Ok(MachineAddress {
+                network: i.network.clone(),
+                ip,
+            })
+        })
+        .collect()
+}
+
+/// The interfaces a zmachine has on its deployment's networks, in its order.
+fn joined(
+    host: &Host,
+    target: &Target,
+    addresses: &[MachineAddress],
+) -> Result<Vec<zos_net::Interface>, String> {
+    addresses
+        .iter()
+        .map(|a| {
+            let net = zos_types::network_named(target.deployment, &a.network).ok_or_else(|| {
+                format!("network {:?} is not in this deployment", a.network.as_str())
+            })?;
+            let resource = super::network::Network.resource(target.id, a.network.as_str());
+            Ok(super::network::plan(host, &resource, net).interface(a.ip))
+        })
+        .collect()
+}
+
 /// The VM spec a zmachine asks for; the flist decides container or VM mode.
-fn vm_spec(host: &Host, id: &str, workload: &str, m: &ZMachine) -> Result<VmSpec, String> {
+fn vm_spec(
+    host: &Host,
+    target: &Target,
+    m: &ZMachine,
+    addresses: &[MachineAddress],
+) -> Result<VmSpec, String> {
+    let (id, workload) = (target.id, target.workload.name.as_str());
     let flist = PathBuf::from(&m.flist);
     if !flist.is_file() {
         return Err(format!("flist {} not found on the node", flist.display()));
@@ -301,7 +387,7 @@ fn vm_spec(host: &Host, id: &str, workload: &str, m: &ZMachine) -> Result<VmSpec
             mount_at: mount.mountpoint.clone(),
         })
         .collect();
-    VmRequest {
+    let mut request = VmRequest {
         flist: FlistSource {
             path: flist,
             stores: Vec::new(),
@@ -319,11 +405,23 @@ fn vm_spec(host: &Host, id: &str, workload: &str, m: &ZMachine) -> Result<VmSpec
             ..Overrides::default()
         },
         disks,
-        // The node's `network` workload comes in a later part of issue 13.
         network: None,
+    };
+    if !addresses.is_empty() {
+        request.network = Some(NetSpec {
+            joined: joined(host, target, addresses)?,
+            ..NetSpec::default()
+        });
     }
-    .plan()
-    .map_err(|e| e.to_string())
+    let spec = request.plan().map_err(|e| e.to_string())?;
+    if !addresses.is_empty() && spec.network().is_none() {
+        return Err(format!(
+            "flist {} boots its own kernel or disk image: joining networks is for container \
+             flists for now",
+            m.flist
+        ));
+    }
+    Ok(spec)
 }
 
 /// Refuses an flist whose routes lead where the node's store policy forbids, before any VM
