@@ -10,12 +10,13 @@
 //! tests; the bridge and the nftables tables are shared, as on a real host.
 
 mod common;
+mod net_common;
 mod vm_common;
 
 use common::{fails, ok};
+use net_common::{leases, peer_logger, retry_until, tap_of, unique, Netns};
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use vm_common::{code_of, describe, text, Fixture};
 
@@ -29,121 +30,6 @@ fn prerequisites() -> bool {
         && common::have("python3")
 }
 
-/// A number unique to this test process and `test`, for names, subnets and ports.
-fn unique(test: u32) -> u32 {
-    (std::process::id() % 240) * 4 + test
-}
-
-/// A network namespace joined to the host by a veth pair: `HOST_IP` on the host's end,
-/// `NS_IP` inside with a default route through the host. Removed when dropped, also when
-/// the test fails.
-struct Netns {
-    name: String,
-    host_link: String,
-    host_ip: String,
-    ns_ip: String,
-}
-
-fn sh(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        text(&out.stderr)
-    );
-}
-
-impl Netns {
-    fn new(test: u32) -> Netns {
-        let id = unique(test);
-        // A /24 of its own per namespace: 10.(200 + test).(id / 4).0/24, off the VMs' range.
-        let net = format!("10.{}.{}", 200 + test, id / 4);
-        let ns = Netns {
-            name: format!("zosnet-{id}"),
-            host_link: format!("znh{id}"),
-            host_ip: format!("{net}.1"),
-            ns_ip: format!("{net}.2"),
-        };
-        let peer = format!("znp{id}");
-        // Left by an earlier run killed before its guard ran.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &ns.name])
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &ns.host_link])
-            .stderr(Stdio::null())
-            .status();
-        sh("ip", &["netns", "add", &ns.name]);
-        sh(
-            "ip",
-            &[
-                "link",
-                "add",
-                &ns.host_link,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &peer,
-            ],
-        );
-        sh("ip", &["link", "set", &peer, "netns", &ns.name]);
-        sh(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("{}/24", ns.host_ip),
-                "dev",
-                &ns.host_link,
-            ],
-        );
-        sh("ip", &["link", "set", &ns.host_link, "up"]);
-        let ns_addr = format!("{}/24", ns.ns_ip);
-        for args in [
-            ["addr", "add", ns_addr.as_str(), "dev", peer.as_str()],
-            ["link", "set", peer.as_str(), "up", ""],
-            ["link", "set", "lo", "up", ""],
-            ["route", "add", "default", "via", ns.host_ip.as_str()],
-        ] {
-            let mut all = vec!["-n", ns.name.as_str()];
-            all.extend(args.iter().copied().filter(|a| !a.is_empty()));
-            sh("ip", &all);
-        }
-        ns
-    }
-
-    /// `ip netns exec NAME PROGRAM`, ready for arguments.
-    fn exec(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_link])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// A child process killed when dropped (a server in a namespace).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The guest address `zos vm status` shows (`address: 10.77.x.y/16 on zos0 …`).
 fn address_of(f: &Fixture, name: &str) -> String {
     let (_, out) = f.status(name);
@@ -152,12 +38,6 @@ fn address_of(f: &Fixture, name: &str) -> String {
         .find_map(|l| l.strip_prefix("address: "))
         .unwrap_or_else(|| panic!("no address in zos vm status {name}:\n{out}"));
     line.split('/').next().unwrap().to_string()
-}
-
-/// The tap of a guest address, as zos names it.
-fn tap_of(ip: &str) -> String {
-    let ip: std::net::Ipv4Addr = ip.parse().unwrap();
-    format!("zt{:08x}", u32::from(ip))
 }
 
 /// The host's links, one a line (`ip -o link`).
@@ -207,27 +87,6 @@ fn assert_nothing_left_of_vm(ip: &str, port: Option<u16>) {
         !leases.contains(&format!("\"{ip}\"")),
         "lease of {ip} left:\n{leases}"
     );
-}
-
-/// zos's lease file (ZOS_NET_DIR, as zos reads it).
-fn leases() -> String {
-    let dir = std::env::var("ZOS_NET_DIR").unwrap_or_else(|_| "/var/lib/zos/net".into());
-    std::fs::read_to_string(Path::new(&dir).join("leases.json")).unwrap_or_default()
-}
-
-/// Runs `cmd` until its stdout contains `want` (at most `tries` times, a second apart);
-/// returns the last output.
-fn retry_until(cmd: &mut Command, want: &str, tries: u32) -> String {
-    let mut last = String::new();
-    for _ in 0..tries {
-        let out = cmd.output().unwrap();
-        last = format!("{}{}", text(&out.stdout), text(&out.stderr));
-        if last.contains(want) {
-            return last;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    last
 }
 
 /// A web server VM: busybox httpd on port 80 serving `body`.
@@ -433,71 +292,6 @@ fn a_published_port_answers_from_a_namespace_and_localhost_and_a_taken_one_is_re
         !text(&gone.stdout).contains("published-page"),
         "the port still answers after zos vm rm"
     );
-}
-
-/// A TCP server in a namespace that notes, per connection, the peer's address and the first
-/// line it sent.
-struct PeerLogger {
-    child: Killed,
-    output: std::sync::mpsc::Receiver<String>,
-}
-
-impl PeerLogger {
-    /// Ends the server; returns its lines (`PEER_ADDRESS DATA`).
-    fn finish(self) -> String {
-        drop(self.child);
-        self.output
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_default()
-    }
-}
-
-/// Starts a [`PeerLogger`] on `port` in `ns`, ending by itself after `seconds`.
-fn peer_logger(ns: &Netns, port: u16, seconds: u32) -> PeerLogger {
-    let code = format!(
-        r#"
-import socket, time, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", {port})); s.listen(8); s.settimeout(1)
-end = time.time() + {seconds}
-print("listening", flush=True)
-while time.time() < end:
-    try:
-        c, a = s.accept()
-    except socket.timeout:
-        continue
-    c.settimeout(3)
-    try:
-        data = c.recv(100).decode().strip()
-    except Exception:
-        data = ""
-    print(a[0], data, flush=True)
-    c.close()
-"#
-    );
-    let mut child = ns
-        .exec("python3")
-        .args(["-c", &code])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for its first line, so the VM never races the bind.
-    let stdout = child.stdout.take().unwrap();
-    let mut reader = std::io::BufReader::new(stdout);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
-    assert_eq!(line.trim(), "listening");
-    // Hand the rest of the output back through a thread that collects it.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = std::io::Read::read_to_string(&mut reader, &mut rest);
-        let _ = tx.send(rest);
-    });
-    PeerLogger {
-        child: Killed(child),
-        output: rx,
-    }
 }
 
 #[test]

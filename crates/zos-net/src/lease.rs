@@ -214,6 +214,11 @@ pub fn link_for(netns: &str, max: u16) -> Result<u16> {
     Ok(index)
 }
 
+/// The uplink number leased to the network in `netns`, if any.
+pub fn link_of(netns: &str) -> Result<Option<u16>> {
+    Ok(Locked::open()?.leases.links.get(netns).map(|l| l.index))
+}
+
 /// Gives back the uplink number of the network in `netns`; nothing to do when it has none.
 pub fn release_link(netns: &str) -> Result<()> {
     let mut file = Locked::open()?;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   host                              namespace of the network
-//!   zn<N> 100.127.x.y+1/30  ◄─veth─►  up0 100.127.x.y+2/30, default route to the host
+//!   zup<N> 100.127.x.y+1/30 ◄─veth─►  up0 100.127.x.y+2/30, default route to the host
 //!                                      br0 = gateway (subnet .1) ── zt… taps of the VMs
 //! ```
 //!
@@ -95,7 +95,7 @@ pub fn ensure(net: &PrivateNet) -> Result<()> {
     let (host_addr, ns_addr) = uplink_addresses(index);
     let host_end = uplink_name(index);
     // Made here and moved in: a name unique on the host while it is here.
-    let peer = format!("zp{index}");
+    let peer = format!("zpeer{index}");
     let ns = std::fs::File::open(netns::path(&net.netns))
         .map_err(|e| Error::io(format!("opening namespace {}", net.netns), e))?;
     link::ensure_veth(&host_end, &peer, ns.as_raw_fd())?;
@@ -115,10 +115,14 @@ pub fn ensure(net: &PrivateNet) -> Result<()> {
     })
 }
 
-/// Removes the network in namespace `name` and gives back its uplink number: every link in
-/// it goes with the namespace, the host's end of the uplink with its peer. Nothing to do
+/// Removes the network in namespace `name` and gives back its uplink number: the uplink
+/// first (both ends), then the namespace with everything in it. Nothing to do
 /// when it is gone.
 pub fn remove(name: &str) -> Result<()> {
+    // The uplink now: a namespace goes in the background, a while after its last user.
+    if let Some(index) = lease::link_of(name)? {
+        link::remove(&uplink_name(index))?;
+    }
     netns::remove(name)?;
     lease::release_link(name)
 }

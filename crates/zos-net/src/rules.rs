@@ -33,7 +33,7 @@ struct Table {
 }
 
 /// The prefix of the host ends of private networks' uplinks (see [`crate::private`]).
-pub const UPLINK_PREFIX: &str = "zn";
+pub const UPLINK_PREFIX: &str = "zup";
 
 const NAT_PREROUTING: &str = "type nat hook prerouting priority dstnat; policy accept;";
 const NAT_POSTROUTING: &str = "type nat hook postrouting priority srcnat; policy accept;";

@@ -1061,10 +1061,9 @@ impl Results {
     /// Adds `w`'s new result, unless it says what `w`'s stored one says (passes and monitor
     /// rounds would rewrite the deployment for nothing).
     fn add(&mut self, w: &Workload, r: WorkloadResult) {
-        if w.result
-            .as_ref()
-            .is_some_and(|old| old.state == r.state && old.message == r.message)
-        {
+        if w.result.as_ref().is_some_and(|old| {
+            old.state == r.state && old.message == r.message && old.data == r.data
+        }) {
             return;
         }
         self.0.push((w.name.to_string(), w.version, r));

@@ -39,7 +39,10 @@ impl Node {
         let root = tmp.path().join("root");
         std::fs::create_dir_all(root.join("bin")).unwrap();
         std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for applet in ["sh", "echo", "cat", "sleep", "df", "env", "hostname"] {
+        for applet in [
+            "sh", "echo", "cat", "sleep", "df", "env", "hostname", "mkdir", "grep", "ip", "nc",
+            "httpd",
+        ] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
         let fl = common::pack(&root, tmp.path(), "bb.fl");

@@ -188,7 +188,13 @@ impl Kind for Zmachine {
     fn monitor(&self, host: &Host, id: &str, w: &Workload) -> Option<WorkloadResult> {
         let vm = self.resource(id, w.name.as_str());
         let info = host.vmm.status(&vm).ok()?;
-        let data = json!({ "vm": vm });
+        // What converge recorded (the VM, its addresses) stays with every state it reports.
+        let data = w
+            .result
+            .as_ref()
+            .map(|r| r.data.clone())
+            .filter(|d| d.is_object())
+            .unwrap_or_else(|| json!({ "vm": vm }));
         let failure = match &info.state {
             VmState::Running | VmState::Paused | VmState::Created => {
                 // A minute up after a restart ends the crash streak.

@@ -1,0 +1,360 @@
+//! End-to-end: the node's `network` workload under real QEMU and real kernel networking.
+//! Machines of one deployment talk over their network; egress reaches a "remote" host (a
+//! namespace the test makes) masqueraded; spoofed sources and the host's own addresses are
+//! out of reach; two owners with the same range and the same machine address each reach
+//! only their own; admission refuses overlapping ranges and taken addresses; after a
+//! `kill -9` of the node the host's network state is what it was, and after `zos rm`
+//! nothing of it is left.
+//!
+//! Traffic goes only to namespaces the tests make and to the host; every wait is bounded.
+
+mod common;
+mod net_common;
+mod node_common;
+mod vm_common;
+
+use common::ok;
+use net_common::{peer_logger, unique, Netns};
+use node_common::Node;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vm_common::text;
+
+fn prerequisites() -> bool {
+    common::is_root()
+        && common::have("qemu-system-x86_64")
+        && common::have("nft")
+        && common::have("ip")
+        && common::have("python3")
+}
+
+/// The namespaces of `node`'s networks (their names start with `zos-` and the first 8 hex
+/// characters of the node's id).
+fn namespaces(node: &Node) -> Vec<String> {
+    let prefix = format!("zos-{}-", &node.id().to_string()[..8]);
+    let mut out: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    text(&out.stdout)
+}
+
+/// Link names in the namespace `ns` (`None`: the host).
+fn links(ns: Option<&str>) -> BTreeSet<String> {
+    let mut args = vec!["-o", "link"];
+    if let Some(ns) = ns {
+        args = vec!["-n", ns, "-o", "link"];
+    }
+    run("ip", &args)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
+}
+
+/// The elements of the anti-spoof sets in namespace `ns`, sorted.
+fn spoof_elements(ns: &str) -> BTreeSet<String> {
+    let listed = run(
+        "ip",
+        &["netns", "exec", ns, "nft", "list", "table", "bridge", "zos"],
+    );
+    listed
+        .split(['{', '}', ','])
+        .map(str::trim)
+        .filter(|e| e.starts_with("\"zt"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The host's uplink of the network in `ns`: `zup<N>`, N leased under the namespace's name.
+fn uplink_of(ns: &str) -> Option<String> {
+    let leases = net_common::leases();
+    let v: serde_json::Value = serde_json::from_str(&leases).ok()?;
+    let index = v["links"][ns]["index"].as_u64()?;
+    Some(format!("zup{index}"))
+}
+
+/// Everything of `node`'s networks on the host, as one comparable text: per namespace its
+/// links, its anti-spoof elements and its uplink on the host.
+fn network_state(node: &Node) -> String {
+    let host = links(None);
+    let mut out = String::new();
+    for ns in namespaces(node) {
+        let uplink = uplink_of(&ns).unwrap_or_else(|| "NO LEASE".into());
+        out.push_str(&format!(
+            "{ns}: links {:?}; elements {:?}; uplink {uplink} on the host: {}\n",
+            links(Some(&ns)),
+            spoof_elements(&ns),
+            host.contains(&uplink)
+        ));
+    }
+    out
+}
+
+/// A machine's addresses from its result.
+fn addresses(d: &serde_json::Value, machine: &str) -> Vec<String> {
+    let w = d["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == machine)
+        .unwrap_or_else(|| panic!("no workload {machine} in {d}"));
+    w["result"]["data"]["addresses"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| x["ip"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn state_of(d: &serde_json::Value, workload: &str) -> String {
+    let w = d["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == workload)
+        .unwrap();
+    format!("{} {}", w["result"]["state"], w["result"]["message"])
+}
+
+/// Waits (bounded) for `zos logs DEPLOYMENT/MACHINE` to contain `want`; returns the logs.
+fn logs_until(node: &Node, user: &str, target: &str, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let logs = ok(&mut node.cli(user, &["logs", target]));
+        if logs.contains(want) || Instant::now() > deadline {
+            return logs;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A machine on `lan` (at `ip`, or a free address) running `script`.
+fn machine(name: &str, ip: Option<&str>, script: &str) -> Value {
+    let mut iface = json!({ "network": "lan" });
+    if let Some(ip) = ip {
+        iface["ip"] = json!(ip);
+    }
+    json!({ "name": name, "type": "zmachine", "data": {
+        "flist": "FLIST", "memory": "128M", "cmd": ["sh", "-c", script],
+        "network": { "interfaces": [iface] } } })
+}
+
+/// A web server machine on `lan` at `ip` serving `body`.
+fn web(name: &str, ip: &str, body: &str) -> Value {
+    let script =
+        format!("mkdir -p /srv && echo {body} > /srv/index.html && exec httpd -f -p 80 -h /srv");
+    machine(name, Some(ip), &script)
+}
+
+/// The network `lan`: 10.20.0.0/16, this node's part 10.20.1.0/24.
+fn lan() -> Value {
+    json!({ "name": "lan", "type": "network",
+            "data": { "ip_range": "10.20.0.0/16", "subnet": "10.20.1.0/24" } })
+}
+
+/// A deployment file (JSON is YAML) named `name` with `workloads`.
+fn deployment(node: &Node, file: &str, name: &str, workloads: Vec<Value>) -> std::path::PathBuf {
+    let d = json!({ "name": name, "workloads": workloads });
+    node.write_yaml(file, &d.to_string())
+}
+
+/// A listener on every host address, noting who connects, for `seconds`.
+fn host_listener(seconds: u64) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let noted = seen.clone();
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(seconds);
+        while Instant::now() < end {
+            if let Ok((_, peer)) = listener.accept() {
+                noted.lock().unwrap().push(peer.ip().to_string());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn machines_on_a_network_talk_reach_out_and_rm_leaves_nothing() {
+    if !prerequisites() {
+        return;
+    }
+    let mut node = Node::start("");
+    let remote = Netns::new(0);
+    let port = 22000 + unique(0) as u16;
+    let server = peer_logger(&remote, port, 200);
+    let (host_port, host_seen) = host_listener(200);
+    let (r, h) = (&remote.ns_ip, &remote.host_ip);
+    // The page from web, then the remote host (must arrive, from the host's address), then
+    // the host's own address (must not), then a spoofed source (must not arrive).
+    let script = format!(
+        r#"set -- $(ip -4 -o addr show dev eth0); echo "client-address=$4"
+i=0; until echo -e 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 10.20.1.5 80 | grep page-; do i=$((i+1)); [ $i -ge 60 ] && break; sleep 1; done
+echo real | nc -w 5 {r} {port}
+echo host | nc -w 3 {h} {host_port} && echo reached-the-host
+ip addr flush dev eth0 && ip addr add 10.20.1.250/24 dev eth0 && ip route add default via 10.20.1.1
+echo spoofed-ip | nc -w 3 {r} {port}
+echo client-done"#
+    );
+    let file = deployment(
+        &node,
+        "app.yaml",
+        "app",
+        vec![
+            lan(),
+            web("web", "10.20.1.5", "page-from-web"),
+            machine("client", None, &script),
+        ],
+    );
+    ok(&mut node.cli("alice", &["deploy"]).arg(&file));
+    let d = node.settled("alice", "app");
+    assert!(state_of(&d, "lan").starts_with("\"ok\""), "{d}");
+    assert_eq!(addresses(&d, "web"), ["10.20.1.5"]);
+    // The lowest free address: .1 is the gateway, .5 is asked by web.
+    assert_eq!(addresses(&d, "client"), ["10.20.1.2"]);
+    let lan = d["workloads"][0]["result"]["data"].clone();
+    assert_eq!(lan["gateway"], "10.20.1.1", "{lan}");
+
+    let logs = logs_until(&node, "alice", "app/client", "client-done");
+    assert!(logs.contains("client-address=10.20.1.2/24"), "{logs}");
+    assert!(logs.contains("page-from-web"), "client reached web: {logs}");
+    assert!(!logs.contains("reached-the-host"), "{logs}");
+    let seen = server.finish();
+    assert!(
+        seen.lines().any(|l| l == format!("{h} real")),
+        "the remote host sees the machine from the host's address {h}:\n{seen}"
+    );
+    assert!(
+        !seen.contains("spoofed"),
+        "a spoofed source arrived:\n{seen}"
+    );
+    assert!(
+        !seen.contains("10.20.") && !seen.contains("100.127."),
+        "{seen}"
+    );
+    // The host listener answers others (the remote host): only the machines are kept off.
+    let control = Command::new("ip")
+        .args(["netns", "exec", &remote.name, "python3", "-c"])
+        .arg(format!(
+            "import socket; socket.create_connection(('{h}', {host_port}), 3)"
+        ))
+        .status()
+        .unwrap();
+    assert!(control.success(), "the host listener is reachable");
+    std::thread::sleep(Duration::from_millis(200));
+    let seen_on_host = host_seen.lock().unwrap().clone();
+    assert_eq!(
+        seen_on_host,
+        [remote.ns_ip.clone()],
+        "only the remote host got through"
+    );
+
+    // On the host: one namespace with the bridge, the uplink and web's tap (the client has
+    // exited), its elements, and the uplink's host end.
+    let namespaces_now = namespaces(&node);
+    assert_eq!(namespaces_now.len(), 1, "{namespaces_now:?}");
+    let ns = &namespaces_now[0];
+    let inside = links(Some(ns));
+    for link in ["br0", "up0", "zt0a140105"] {
+        assert!(inside.contains(link), "{link} in {ns}: {inside:?}");
+    }
+    let uplink = uplink_of(ns).expect("an uplink lease");
+    assert!(links(None).contains(&uplink), "uplink {uplink} on the host");
+
+    // kill -9 and back: exactly the same.
+    let before = network_state(&node);
+    node.kill9();
+    node.boot();
+    let after_restart = node.settled("alice", "app");
+    assert_eq!(addresses(&after_restart, "web"), ["10.20.1.5"]);
+    assert_eq!(addresses(&after_restart, "client"), ["10.20.1.2"]);
+    assert_eq!(network_state(&node), before, "network state after kill -9");
+
+    ok(&mut node.cli("alice", &["rm", "app"]));
+    assert!(namespaces(&node).is_empty(), "{:?}", namespaces(&node));
+    assert!(
+        !links(None).contains(&uplink),
+        "uplink {uplink} left on the host"
+    );
+    assert_eq!(uplink_of(ns), None, "the uplink's lease is given back");
+}
+
+#[test]
+fn two_owners_with_one_range_reach_only_their_own_and_clashes_are_refused() {
+    if !prerequisites() {
+        return;
+    }
+    let node = Node::start("");
+    // The same range, subnet and server address for both owners.
+    let bob = deployment(
+        &node,
+        "bob.yaml",
+        "site",
+        vec![lan(), web("web", "10.20.1.7", "bob-page")],
+    );
+    ok(&mut node.cli("bob", &["deploy"]).arg(&bob));
+    let client = "i=0; while [ $i -lt 40 ]; do echo -e 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 10.20.1.7 80; i=$((i+1)); sleep 1; done | grep -m1 -- -page; echo client-done; exec sleep 600";
+    let mine = vec![
+        lan(),
+        web("web", "10.20.1.7", "alice-page"),
+        machine("client", None, client),
+    ];
+    let alice = deployment(&node, "alice.yaml", "site", mine.clone());
+    ok(&mut node.cli("alice", &["deploy"]).arg(&alice));
+    let logs = logs_until(&node, "alice", "site/client", "client-done");
+    assert!(logs.contains("alice-page"), "alice's own server: {logs}");
+    assert!(
+        !logs.contains("bob-page"),
+        "alice reached bob's server: {logs}"
+    );
+    assert_eq!(namespaces(&node).len(), 2);
+
+    // One owner's ranges must not overlap on a node; another owner's may.
+    let net2 = json!({ "name": "net2", "type": "network",
+                       "data": { "ip_range": "10.20.0.0/16", "subnet": "10.20.9.0/24" } });
+    let other = deployment(&node, "other.yaml", "other", vec![net2]);
+    let err = common::fails(node.cli("alice", &["deploy"]).arg(&other));
+    assert!(
+        err.contains("ip_range 10.20.0.0/16 overlaps 10.20.0.0/16 of network \"lan\" in your deployment \"site\""),
+        "{err}"
+    );
+    // An address another machine holds (the client got .2): refused, nothing changes.
+    let mut with_late = mine.clone();
+    with_late.push(web("late", "10.20.1.2", "late"));
+    let taken = deployment(&node, "taken.yaml", "site", with_late);
+    let err = common::fails(node.cli("alice", &["deploy"]).arg(&taken));
+    assert!(
+        err.contains("ip 10.20.1.2 on network \"lan\" is taken by zmachine \"client\""),
+        "{err}"
+    );
+    // A network its machines still join cannot go.
+    let without_lan = deployment(&node, "nolan.yaml", "site", mine[1..].to_vec());
+    let err = common::fails(node.cli("alice", &["deploy"]).arg(&without_lan));
+    assert!(
+        err.contains("network \"lan\" is not a network workload in this deployment"),
+        "{err}"
+    );
+    ok(&mut node.cli("alice", &["rm", "site"]));
+    ok(&mut node.cli("bob", &["rm", "site"]));
+    assert!(namespaces(&node).is_empty(), "{:?}", namespaces(&node));
+}
