@@ -241,7 +241,7 @@ fn a_published_port_answers_from_a_namespace_and_localhost_and_a_taken_one_is_re
     let rules = ruleset();
     assert_eq!(
         rules.matches("masquerade").count(),
-        4,
+        5,
         "rules doubled:\n{rules}"
     );
 

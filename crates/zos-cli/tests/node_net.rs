@@ -30,6 +30,7 @@ fn prerequisites() -> bool {
         && common::have("nft")
         && common::have("ip")
         && common::have("python3")
+        && common::have("curl")
 }
 
 /// The namespaces of `node`'s networks (their names start with `zos-` and the first 8 hex
@@ -163,6 +164,21 @@ fn web(name: &str, ip: &str, body: &str) -> Value {
     machine(name, Some(ip), &script)
 }
 
+/// `machine` with its port 80 published on the node's `port`.
+fn published(mut machine: Value, port: u16) -> Value {
+    machine["data"]["ports"] = json!([{ "port": 80, "host_port": port }]);
+    machine
+}
+
+/// A TCP port nothing on the host uses now (the kernel's pick, let go again).
+fn free_port() -> u16 {
+    TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The network `lan`: 10.20.0.0/16, this node's part 10.20.1.0/24.
 fn lan() -> Value {
     json!({ "name": "lan", "type": "network",
@@ -204,6 +220,7 @@ fn machines_on_a_network_talk_reach_out_and_rm_leaves_nothing() {
     let port = 22000 + unique(0) as u16;
     let server = peer_logger(&remote, port, 200);
     let (host_port, host_seen) = host_listener(200);
+    let published_port = free_port();
     let (r, h) = (&remote.ns_ip, &remote.host_ip);
     // The page from web, then the remote host (must arrive, from the host's address), then
     // the host's own address (must not), then a spoofed source (must not arrive).
@@ -222,7 +239,7 @@ echo client-done"#
         "app",
         vec![
             lan(),
-            web("web", "10.20.1.5", "page-from-web"),
+            published(web("web", "10.20.1.5", "page-from-web"), published_port),
             machine("client", None, &script),
         ],
     );
@@ -235,6 +252,25 @@ echo client-done"#
     let lan = d["workloads"][0]["result"]["data"].clone();
     assert_eq!(lan["gateway"], "10.20.1.1", "{lan}");
 
+    // web's port 80, published on the node: from the remote host and from the node itself.
+    for (from, url) in [
+        (
+            Some(&remote),
+            format!("http://{}:{published_port}/", remote.host_ip),
+        ),
+        (None, format!("http://127.0.0.1:{published_port}/")),
+    ] {
+        let mut curl = match from {
+            Some(ns) => ns.exec("curl"),
+            None => Command::new("curl"),
+        };
+        let got = net_common::retry_until(
+            curl.args(["-s", "--max-time", "3", &url]),
+            "page-from-web",
+            60,
+        );
+        assert!(got.contains("page-from-web"), "curl {url}: {got}");
+    }
     let logs = logs_until(&node, "alice", "app/client", "client-done");
     assert!(logs.contains("client-address=10.20.1.2/24"), "{logs}");
     assert!(logs.contains("page-from-web"), "client reached web: {logs}");
@@ -291,6 +327,11 @@ echo client-done"#
     assert_eq!(network_state(&node), before, "network state after kill -9");
 
     ok(&mut node.cli("alice", &["rm", "app"]));
+    let rules = run("nft", &["list", "table", "inet", "zos"]);
+    assert!(
+        !rules.contains(&format!(". {published_port} :")),
+        "port {published_port} left in the host's table:\n{rules}"
+    );
     assert!(namespaces(&node).is_empty(), "{:?}", namespaces(&node));
     assert!(
         !links(None).contains(&uplink),
@@ -306,11 +347,15 @@ fn two_owners_with_one_range_reach_only_their_own_and_clashes_are_refused() {
     }
     let node = Node::start("");
     // The same range, subnet and server address for both owners.
+    let bobs_port = free_port();
     let bob = deployment(
         &node,
         "bob.yaml",
         "site",
-        vec![lan(), web("web", "10.20.1.7", "bob-page")],
+        vec![
+            lan(),
+            published(web("web", "10.20.1.7", "bob-page"), bobs_port),
+        ],
     );
     ok(&mut node.cli("bob", &["deploy"]).arg(&bob));
     let client = "i=0; while [ $i -lt 40 ]; do echo -e 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 10.20.1.7 80; i=$((i+1)); sleep 1; done | grep -m1 -- -page; echo client-done; exec sleep 600";
@@ -338,6 +383,26 @@ fn two_owners_with_one_range_reach_only_their_own_and_clashes_are_refused() {
         err.contains("ip_range 10.20.0.0/16 overlaps 10.20.0.0/16 of network \"lan\" in your deployment \"site\""),
         "{err}"
     );
+    // Host ports: one another deployment publishes, one a host process listens on.
+    let busy = TcpListener::bind("0.0.0.0:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    for (port, why) in [
+        (
+            bobs_port,
+            format!("host port {bobs_port}/tcp is already taken on this node"),
+        ),
+        (
+            busy_port,
+            format!("host port {busy_port}->80/tcp is already in use by a process on this host"),
+        ),
+    ] {
+        let lan2 = json!({ "name": "lan", "type": "network",
+                           "data": { "ip_range": "10.30.0.0/16", "subnet": "10.30.1.0/24" } });
+        let web2 = published(machine("web", None, "exec sleep 600"), port);
+        let file = deployment(&node, "ports.yaml", "ports", vec![lan2, web2]);
+        let err = common::fails(node.cli("alice", &["deploy"]).arg(&file));
+        assert!(err.contains(&why), "{why} expected: {err}");
+    }
     // An address another machine holds (the client got .2): refused, nothing changes.
     let mut with_late = mine.clone();
     with_late.push(web("late", "10.20.1.2", "late"));

@@ -44,7 +44,9 @@ struct LinkLease {
 
 #[derive(Clone, Serialize, Deserialize)]
 struct Lease {
-    ip: Ipv4Addr,
+    /// An address on the local network; `None` for a VM on private networks, which leases
+    /// only its host ports.
+    ip: Option<Ipv4Addr>,
     #[serde(default)]
     ports: Vec<PortMap>,
     /// Unix seconds when it was given.
@@ -88,6 +90,34 @@ impl Locked {
             .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))
     }
 
+    /// Checks that `ports` can be leased to `owner`: each host port once, none published by
+    /// another owner, none a host process listens on. Drops stale leases first.
+    fn check_ports(&mut self, owner: &str, ports: &[PortMap]) -> Result<()> {
+        for (i, p) in ports.iter().enumerate() {
+            if let Some(q) = ports[..i].iter().find(|q| q.clashes(p)) {
+                return Err(Error::Invalid(format!(
+                    "host port {p} is published twice ({q} too): give each host port once"
+                )));
+            }
+        }
+        self.reclaim();
+        for p in ports {
+            let taken = self
+                .leases
+                .leases
+                .iter()
+                .filter(|(o, _)| o.as_str() != owner)
+                .any(|(_, l)| l.ports.iter().any(|q| q.clashes(p)));
+            if taken {
+                return Err(Error::Invalid(format!(
+                    "host port {p} is already published by another VM: pick another host port"
+                )));
+            }
+            p.check_host_free()?;
+        }
+        Ok(())
+    }
+
     /// Drops leases whose owner is gone (past the grace period): a VM without its record,
     /// an uplink without its namespace.
     fn reclaim(&mut self) {
@@ -113,35 +143,14 @@ fn now() -> u64 {
 /// or a host process listens on, before anything is made.
 pub fn allocate(owner: &Path, ports: &[PortMap]) -> Result<Interface> {
     let owner_key = owner.to_string_lossy().into_owned();
-    for (i, p) in ports.iter().enumerate() {
-        if let Some(q) = ports[..i].iter().find(|q| q.clashes(p)) {
-            return Err(Error::Invalid(format!(
-                "host port {p} is published twice ({q} too): give each host port once"
-            )));
-        }
-    }
     let mut file = Locked::open()?;
-    file.reclaim();
-    for p in ports {
-        let taken = file
-            .leases
-            .leases
-            .iter()
-            .filter(|(o, _)| **o != owner_key)
-            .any(|(_, l)| l.ports.iter().any(|q| q.clashes(p)));
-        if taken {
-            return Err(Error::Invalid(format!(
-                "host port {p} is already published by another VM: pick another host port"
-            )));
-        }
-        p.check_host_free()?;
-    }
+    file.check_ports(&owner_key, ports)?;
     let used: std::collections::HashSet<Ipv4Addr> = file
         .leases
         .leases
         .iter()
         .filter(|(o, _)| **o != owner_key)
-        .map(|(_, l)| l.ip)
+        .filter_map(|(_, l)| l.ip)
         .collect();
     let base = u32::from(local::SUBNET);
     let size = 1u32 << (32 - local::PREFIX);
@@ -158,13 +167,31 @@ pub fn allocate(owner: &Path, ports: &[PortMap]) -> Result<Interface> {
     file.leases.leases.insert(
         owner_key,
         Lease {
-            ip,
+            ip: Some(ip),
             ports: ports.to_vec(),
             since: now(),
         },
     );
     file.save()?;
     Ok(local_interface(ip, ports))
+}
+
+/// Leases host ports `ports` to `owner` (a VM's directory) without an address: a VM on
+/// private networks, whose ports are forwarded into its network. Refused as in
+/// [`allocate`].
+pub fn reserve_ports(owner: &Path, ports: &[PortMap]) -> Result<()> {
+    let owner_key = owner.to_string_lossy().into_owned();
+    let mut file = Locked::open()?;
+    file.check_ports(&owner_key, ports)?;
+    file.leases.leases.insert(
+        owner_key,
+        Lease {
+            ip: None,
+            ports: ports.to_vec(),
+            since: now(),
+        },
+    );
+    file.save()
 }
 
 /// The interface on the local network with address `ip` and `ports` published.

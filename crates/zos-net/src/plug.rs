@@ -1,7 +1,7 @@
 //! One interface up and down on the host: the network it joins made if needed, its tap, its
 //! rules.
 
-use crate::{link, local, netns, rules, sysctl, tap, Error, Interface, Result};
+use crate::{link, local, netns, private, rules, sysctl, tap, Error, Interface, Result};
 use std::os::fd::OwnedFd;
 
 /// Makes sure the interface's network exists (bridge, address, forwarding), creates its tap
@@ -10,7 +10,7 @@ use std::os::fd::OwnedFd;
 pub fn plug(iface: &Interface) -> Result<OwnedFd> {
     if let Some(ns) = &iface.netns {
         // A private network, made by its owner beforehand (see [`crate::private::ensure`]).
-        return netns::enter(ns, || {
+        let fd = netns::enter(ns, || {
             if !link::exists(&iface.bridge)? {
                 return Err(Error::Invalid(format!(
                     "network namespace {ns} has no bridge {}: the network is not up",
@@ -21,7 +21,9 @@ pub fn plug(iface: &Interface) -> Result<OwnedFd> {
             link::join_bridge(&iface.tap, &iface.bridge)?;
             rules::add(iface)?;
             Ok(fd)
-        });
+        })?;
+        rules::add_forwards(iface, private::uplink_address(ns)?)?;
+        return Ok(fd);
     }
     if iface.bridge != local::BRIDGE {
         return Err(Error::Invalid(format!(
@@ -52,6 +54,11 @@ pub fn unplug(iface: &Interface) {
         rules::remove(iface);
         link::remove(&iface.tap)
     };
+    if let Some(ns) = &iface.netns {
+        if let Ok(ns_addr) = private::uplink_address(ns) {
+            rules::remove_forwards(iface, ns_addr);
+        }
+    }
     let done = match &iface.netns {
         // A network already gone took the tap and its elements with it.
         Some(ns) if !netns::exists(ns) => Ok(()),

@@ -101,6 +101,10 @@ pub fn ensure(net: &PrivateNet) -> Result<()> {
     link::ensure_veth(&host_end, &peer, ns.as_raw_fd())?;
     link::ensure_address(&host_end, host_addr, 30)?;
     sysctl("/proc/sys/net/ipv4/ip_forward")?;
+    // So a port published on 127.0.0.1 can be forwarded into the network.
+    sysctl(&format!(
+        "/proc/sys/net/ipv4/conf/{host_end}/route_localnet"
+    ))?;
     rules::ensure_host()?;
     netns::enter(&net.netns, || {
         if link::exists(&peer)? {
@@ -113,6 +117,17 @@ pub fn ensure(net: &PrivateNet) -> Result<()> {
         sysctl("/proc/sys/net/ipv4/ip_forward")?;
         rules::apply_network(net)
     })
+}
+
+/// The address of the namespace's end of the uplink of the network in `netns`, where the
+/// host sends the network's published ports.
+pub fn uplink_address(netns: &str) -> Result<Ipv4Addr> {
+    let index = lease::link_of(netns)?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "network {netns} has no uplink: the network is not up"
+        ))
+    })?;
+    Ok(uplink_addresses(index).1)
 }
 
 /// Removes the network in namespace `name` and gives back its uplink number: the uplink

@@ -11,6 +11,7 @@
 
 use crate::{local, Error, Interface, PortMap, Result};
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 /// The name of zos's tables (one `inet`, one `bridge`).
@@ -104,6 +105,7 @@ fn host_tables() -> Vec<Table> {
                     format!("ct status dnat ip saddr {subnet} ip daddr {subnet} masquerade"),
                     // 127.0.0.1:PORT forwarded to a guest, which cannot answer loopback.
                     format!("oifname \"{bridge}\" ip saddr 127.0.0.0/8 masquerade"),
+                    format!("oifname {uplinks} ip saddr 127.0.0.0/8 masquerade"),
                     // Private networks' egress, already NATed to their uplink address.
                     format!("ip saddr {links} oifname != {uplinks} masquerade"),
                 ],
@@ -112,8 +114,10 @@ fn host_tables() -> Vec<Table> {
                 name: "forward",
                 header: FILTER_FORWARD,
                 rules: vec![
-                    // Networks never reach each other, nor the local network, through the
-                    // host.
+                    // Published ports are open to all, machines of other networks included.
+                    "ct status dnat accept".to_string(),
+                    // Otherwise networks never reach each other, nor the local network,
+                    // through the host.
                     format!("iifname {uplinks} oifname {uplinks} drop"),
                     format!("iifname {uplinks} oifname \"{bridge}\" drop"),
                     format!("iifname \"{bridge}\" oifname {uplinks} drop"),
@@ -148,8 +152,16 @@ fn network_tables(net: &crate::private::PrivateNet) -> Vec<Table> {
     }
     let inet = Table {
         family: "inet",
-        sets: &[],
+        sets: &["map ports { type inet_proto . inet_service : ipv4_addr . inet_service; }"],
         chains: vec![
+            Chain {
+                name: "prerouting",
+                header: NAT_PREROUTING,
+                // Published ports, sent here by the host (see `forward_elements`).
+                rules: vec![format!(
+                    "iifname \"{up}\" dnat ip to meta l4proto . th dport map @ports"
+                )],
+            },
             Chain {
                 name: "postrouting",
                 header: NAT_POSTROUTING,
@@ -214,7 +226,8 @@ pub(crate) fn apply_network(net: &crate::private::PrivateNet) -> Result<()> {
     nft(&script(&network_tables(net)))
 }
 
-/// The elements one interface adds: (set or map, element), each as nft writes it.
+/// The elements one interface adds where it lives (the host for the local network, its
+/// namespace for a private one): (set or map, element), each as nft writes it.
 fn elements(iface: &Interface) -> Vec<(String, String)> {
     let tap = &iface.tap;
     let mut out = vec![
@@ -228,13 +241,32 @@ fn elements(iface: &Interface) -> Vec<(String, String)> {
         ),
     ];
     for p in &iface.ports {
-        out.push(port_element(p, iface));
+        let to = format!("{} . {}", iface.ip, p.guest_port);
+        out.push(match iface.netns {
+            // In a namespace, what its uplink receives on the host port.
+            Some(_) => (
+                format!("inet {TABLE} ports"),
+                format!("{} . {} : {to}", p.proto.as_str(), p.host_port),
+            ),
+            None => host_port_element(p, &to),
+        });
     }
     out
 }
 
-fn port_element(p: &PortMap, iface: &Interface) -> (String, String) {
-    let to = format!("{} . {}", iface.ip, p.guest_port);
+/// The elements on the host for a private network's interface: each published port sent on
+/// to its network's uplink address (`ns_addr`), the same port, where [`elements`] takes it
+/// on to the machine.
+fn forward_elements(iface: &Interface, ns_addr: Ipv4Addr) -> Vec<(String, String)> {
+    iface
+        .ports
+        .iter()
+        .map(|p| host_port_element(p, &format!("{ns_addr} . {}", p.host_port)))
+        .collect()
+}
+
+/// A host port's element in the host's maps, sending it to `to` (`ADDRESS . PORT`).
+fn host_port_element(p: &PortMap, to: &str) -> (String, String) {
     let proto = p.proto.as_str();
     match p.host_ip {
         Some(ip) => (
@@ -281,47 +313,88 @@ fn nft(script: &str) -> Result<()> {
     }
 }
 
-/// Brings zos's base tables to what this version wants (see [`base`]) and adds an
-/// interface's elements (its MAC and address on its tap, its published ports): one `nft`
-/// transaction, under a host-wide lock so two managers never interleave. Elements an earlier
-/// run of the same interface left that disagree make it fail: they are removed and it is
-/// tried once more.
-pub fn add(iface: &Interface) -> Result<()> {
+/// Adds `elements` after `base` (the tables' script, or nothing) in one `nft` transaction,
+/// under a host-wide lock so two managers never interleave. Elements an earlier run left
+/// that disagree make it fail: the elements are removed and it is tried once more.
+fn add_elements(base: String, elements: &[(String, String)], needles: &[String]) -> Result<()> {
     let _lock = crate::lock::exclusive("rules.lock")?;
-    // A private network's tables are written when the network is made (see
-    // [`crate::private::ensure`]); its interfaces add elements only.
-    let mut script = match iface.netns {
-        Some(_) => String::new(),
-        None => script(&host_tables()),
-    };
-    for (set, e) in elements(iface) {
+    let mut script = base;
+    for (set, e) in elements {
         script.push_str(&format!("add element {set} {{ {e} }}\n"));
     }
     if nft(&script).is_ok() {
         return Ok(());
     }
-    remove(iface);
+    remove_elements(elements, needles);
     nft(&script)
 }
 
-/// Removes an interface's elements; those already gone are skipped (each is its own
-/// transaction, so one missing does not keep the others). When the tables name neither its
-/// tap nor its address, there is nothing to remove and one listing is all it costs: this runs
-/// before every start.
-pub fn remove(iface: &Interface) {
+/// Removes `elements`; those already gone are skipped (each is its own transaction, so one
+/// missing does not keep the others). When the ruleset names none of `needles`, there is
+/// nothing to remove and one listing is all it costs: this runs before every start.
+fn remove_elements(elements: &[(String, String)], needles: &[String]) {
     let listed = Command::new("nft").args(["list", "ruleset"]).output();
     if let Ok(out) = listed {
         let text = String::from_utf8_lossy(&out.stdout);
-        if out.status.success()
-            && !text.contains(&iface.tap)
-            && !text.contains(&iface.ip.to_string())
-        {
+        if out.status.success() && !needles.iter().any(|n| text.contains(n.as_str())) {
             return;
         }
     }
-    for (set, e) in elements(iface) {
-        let _ = nft(&format!("delete element {set} {{ {} }}\n", key(&e)));
+    for (set, e) in elements {
+        let _ = nft(&format!("delete element {set} {{ {} }}\n", key(e)));
     }
+}
+
+/// What names an interface in the ruleset: its tap and its address.
+fn needles(iface: &Interface) -> Vec<String> {
+    vec![iface.tap.clone(), iface.ip.to_string()]
+}
+
+/// Adds an interface's elements where it lives (its MAC and address on its tap, its
+/// published ports). On the local network the host's tables are brought up to date in the
+/// same transaction (see [`script`]); a private network's were written when the network was
+/// made (see [`crate::private::ensure`]), and this runs inside its namespace.
+pub fn add(iface: &Interface) -> Result<()> {
+    let base = match iface.netns {
+        Some(_) => String::new(),
+        None => script(&host_tables()),
+    };
+    add_elements(base, &elements(iface), &needles(iface))
+}
+
+/// Removes what [`add`] added.
+pub fn remove(iface: &Interface) {
+    remove_elements(&elements(iface), &needles(iface));
+}
+
+/// Sends a private network's interface's published ports from the host to its network's
+/// uplink address `ns_addr` (on the host, with its tables brought up to date).
+pub fn add_forwards(iface: &Interface, ns_addr: Ipv4Addr) -> Result<()> {
+    let elements = forward_elements(iface, ns_addr);
+    if elements.is_empty() {
+        return Ok(());
+    }
+    add_elements(
+        script(&host_tables()),
+        &elements,
+        &forward_needles(iface, ns_addr),
+    )
+}
+
+/// Removes what [`add_forwards`] added.
+pub fn remove_forwards(iface: &Interface, ns_addr: Ipv4Addr) {
+    let elements = forward_elements(iface, ns_addr);
+    if !elements.is_empty() {
+        remove_elements(&elements, &forward_needles(iface, ns_addr));
+    }
+}
+
+fn forward_needles(iface: &Interface, ns_addr: Ipv4Addr) -> Vec<String> {
+    iface
+        .ports
+        .iter()
+        .map(|p| format!("{ns_addr} . {}", p.host_port))
+        .collect()
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ pub use size::ByteSize;
 pub use validate::{is_valid_deployment_name, ValidationError};
 pub use workload::{
     addresses, held_addresses, network_named, Interface, MachineAddress, MachineNetwork, Mount,
-    Network, NetworkResult, ResultState, Workload, WorkloadData, WorkloadFile, WorkloadName,
-    WorkloadResult, WorkloadSpec, ZMachine, ZMount, MIN_MEMORY, RANGE_PREFIX, SUBNET_PREFIX,
-    WORKLOAD_TYPES,
+    Network, NetworkResult, Port, Protocol, ResultState, Workload, WorkloadData, WorkloadFile,
+    WorkloadName, WorkloadResult, WorkloadSpec, ZMachine, ZMount, MIN_MEMORY, RANGE_PREFIX,
+    SUBNET_PREFIX, WORKLOAD_TYPES,
 };

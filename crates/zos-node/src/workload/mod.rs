@@ -140,6 +140,13 @@ pub enum Claim {
         /// The network workload's name.
         network: String,
     },
+    /// A port on every address of the node.
+    HostPort {
+        /// The port.
+        port: u16,
+        /// Its protocol.
+        protocol: zos_types::Protocol,
+    },
 }
 
 impl Claim {
@@ -168,6 +175,10 @@ impl Claim {
                      another range"
                 ))
             }
+            (Claim::HostPort { port, protocol }, other) if self == other => Some(format!(
+                "host port {port}/{protocol} is already taken on this node: pick another \
+                 host_port"
+            )),
             _ => None,
         }
     }

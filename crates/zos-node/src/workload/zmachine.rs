@@ -1,7 +1,7 @@
 //! `zmachine` on the node: a VM made with `zos-vmm` from the workload's flist, the zmounts
 //! it mounts attached as disks; restarted by the monitor when it crashes, with backoff.
 
-use super::{names_in, result, zmount, Console, Host, Kind, Step, Target};
+use super::{names_in, result, zmount, Claim, Console, Host, Kind, Step, Target};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use zos_flist::store::{Allowance, StoreError, StorePolicy};
 use zos_types::api::Resources;
-use zos_types::{MachineAddress, ResultState, Workload, WorkloadResult, WorkloadSpec, ZMachine};
+use zos_types::{
+    MachineAddress, Protocol, PublicKey, ResultState, Workload, WorkloadResult, WorkloadSpec,
+    ZMachine,
+};
 use zos_vmm::disk::DiskFormat;
 use zos_vmm::image::Overrides;
 use zos_vmm::spec::{DiskAttach, FlistSource, NetSpec, SeedSpec, VmRequest, VmSpec};
@@ -50,10 +53,27 @@ impl Kind for Zmachine {
     }
 
     fn check(&self, host: &Host, spec: &WorkloadSpec) -> Result<(), String> {
-        match data(spec) {
-            Some(m) => check_flist(&m.flist, host),
-            None => Err("not a zmachine".into()),
+        let m = data(spec).ok_or("not a zmachine")?;
+        check_flist(&m.flist, host)?;
+        // A port a host process listens on; those of deployments are claims.
+        for p in port_maps(m) {
+            p.check_host_free().map_err(|e| e.to_string())?;
         }
+        Ok(())
+    }
+
+    fn claims(&self, _owner: &PublicKey, _name: &str, spec: &WorkloadSpec) -> Vec<Claim> {
+        data(spec)
+            .map(|m| {
+                m.ports
+                    .iter()
+                    .map(|p| Claim::HostPort {
+                        port: p.host_port(),
+                        protocol: p.protocol,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn check_update(&self, w: &Workload, deployment: &[Workload]) -> Result<(), String> {
@@ -351,13 +371,31 @@ fn machine_addresses(w: &Workload, deployment: &[Workload]) -> Result<Vec<Machin
         .collect()
 }
 
-/// The interfaces a zmachine has on its deployment's networks, in its order.
+/// A zmachine's published ports as the host forwards them: every host address.
+fn port_maps(m: &ZMachine) -> Vec<zos_net::PortMap> {
+    m.ports
+        .iter()
+        .map(|p| zos_net::PortMap {
+            host_ip: None,
+            host_port: p.host_port(),
+            guest_port: p.port,
+            proto: match p.protocol {
+                Protocol::Tcp => zos_net::Proto::Tcp,
+                Protocol::Udp => zos_net::Proto::Udp,
+            },
+        })
+        .collect()
+}
+
+/// The interfaces a zmachine has on its deployment's networks, in its order; the first one
+/// carries its published ports.
 fn joined(
     host: &Host,
     target: &Target,
+    m: &ZMachine,
     addresses: &[MachineAddress],
 ) -> Result<Vec<zos_net::Interface>, String> {
-    addresses
+    let mut ifaces = addresses
         .iter()
         .map(|a| {
             let net = zos_types::network_named(target.deployment, &a.network).ok_or_else(|| {
@@ -366,7 +404,11 @@ fn joined(
             let resource = super::network::Network.resource(target.id, a.network.as_str());
             Ok(super::network::plan(host, &resource, net).interface(a.ip))
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()?;
+    if let Some(first) = ifaces.first_mut() {
+        first.ports = port_maps(m);
+    }
+    Ok(ifaces)
 }
 
 /// The VM spec a zmachine asks for; the flist decides container or VM mode.
@@ -415,7 +457,7 @@ fn vm_spec(
     };
     if !addresses.is_empty() {
         request.network = Some(NetSpec {
-            joined: joined(host, target, addresses)?,
+            joined: joined(host, target, m, addresses)?,
             ..NetSpec::default()
         });
     }

@@ -12,7 +12,7 @@ pub use network::{
     addresses, held_addresses, network_named, Interface, MachineAddress, MachineNetwork, Network,
     NetworkResult, RANGE_PREFIX, SUBNET_PREFIX,
 };
-pub use zmachine::{Mount, ZMachine, MIN_MEMORY};
+pub use zmachine::{Mount, Port, Protocol, ZMachine, MIN_MEMORY};
 pub use zmount::ZMount;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};

@@ -386,6 +386,65 @@ mod tests {
     }
 
     #[test]
+    fn ports_need_a_network_and_each_host_port_once() {
+        let machine = |ports: serde_json::Value, joins: bool| {
+            let mut m: crate::ZMachine =
+                serde_json::from_value(serde_json::json!({"flist": "/a.fl", "ports": ports}))
+                    .expect("a zmachine");
+            if joins {
+                m.network.interfaces.push(iface("lan", None));
+            }
+            WorkloadSpec::Zmachine(m)
+        };
+        let lan = workload(
+            "lan",
+            WorkloadSpec::Network(net("10.20.0.0/16", "10.20.1.0/24")),
+        );
+        let ok = [
+            lan.clone(),
+            workload(
+                "a",
+                machine(serde_json::json!([{"port": 80, "host_port": 8080}]), true),
+            ),
+            workload(
+                "b",
+                machine(serde_json::json!([{"port": 8080, "protocol": "udp"}]), true),
+            ),
+        ];
+        assert!(
+            ok[1].spec.problems(&ok).is_empty(),
+            "{:?}",
+            ok[1].spec.problems(&ok)
+        );
+        assert!(ok[2].spec.problems(&ok).is_empty());
+        let clash = [
+            lan,
+            workload(
+                "a",
+                machine(serde_json::json!([{"port": 80, "host_port": 8080}]), true),
+            ),
+            workload("b", machine(serde_json::json!([{"port": 8080}]), false)),
+        ];
+        let p = clash[2].spec.problems(&clash);
+        assert!(p.iter().any(|m| m.contains("join one")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m == "host port 8080/tcp is published twice in this deployment"),
+            "{p:?}"
+        );
+        assert!(!clash[1].spec.problems(&clash).is_empty());
+        let zero = [workload(
+            "z",
+            machine(serde_json::json!([{"port": 0}]), false),
+        )];
+        assert!(zero[0]
+            .spec
+            .problems(&zero)
+            .iter()
+            .any(|m| m.contains("1 to 65535")));
+    }
+
+    #[test]
     fn networks_of_one_deployment_must_not_overlap() {
         let d = [
             workload(

@@ -39,6 +39,50 @@ pub struct ZMachine {
     /// The networks of this deployment it joins.
     #[serde(default, skip_serializing_if = "MachineNetwork::is_empty")]
     pub network: MachineNetwork,
+    /// Guest ports published on the node's addresses (through its first network).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+}
+
+/// A guest port published on every address of the node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    /// The port inside the machine.
+    pub port: u16,
+    /// The node's port; left out, the same as `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+    /// `tcp` (the default) or `udp`.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+impl Port {
+    /// The node's port.
+    pub fn host_port(&self) -> u16 {
+        self.host_port.unwrap_or(self.port)
+    }
+}
+
+/// A transport protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
 }
 
 fn default_cpu() -> u8 {
@@ -105,6 +149,52 @@ impl WorkloadData for ZMachine {
             }
         }
         bad.extend(self.network.problems(deployment));
+        bad.extend(self.port_problems(deployment));
+        bad
+    }
+}
+
+impl ZMachine {
+    /// The rules for `ports`: real ports, through a network, each host port once in the
+    /// deployment.
+    fn port_problems(&self, deployment: &[Workload]) -> Vec<String> {
+        let mut bad = Vec::new();
+        if !self.ports.is_empty() && self.network.is_empty() {
+            bad.push(
+                "ports are published through the machine's first network: join one \
+                 (network.interfaces)"
+                    .to_string(),
+            );
+        }
+        let everywhere = deployment
+            .iter()
+            .filter_map(|w| match &w.spec {
+                WorkloadSpec::Zmachine(m) => Some(&m.ports),
+                _ => None,
+            })
+            .flatten();
+        let mut seen = Vec::new();
+        for p in everywhere {
+            let key = (p.host_port(), p.protocol);
+            if seen.contains(&key)
+                && self
+                    .ports
+                    .iter()
+                    .any(|q| (q.host_port(), q.protocol) == key)
+            {
+                bad.push(format!(
+                    "host port {}/{} is published twice in this deployment",
+                    key.0, key.1
+                ));
+            }
+            seen.push(key);
+        }
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.port == 0 || p.host_port == Some(0) {
+                bad.push(format!("ports[{i}]: ports are 1 to 65535"));
+            }
+        }
+        bad.dedup();
         bad
     }
 }

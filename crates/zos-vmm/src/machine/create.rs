@@ -26,8 +26,12 @@ impl Vmm {
         }
         // Last check, first thing made: the address and host ports, given back if the
         // rest fails.
-        if let Some(net) = spec.network_mut().filter(|n| n.is_local()) {
-            net.interface = Some(super::net::lease(&dir, &net.ports)?);
+        if let Some(net) = spec.network_mut() {
+            if net.is_local() {
+                net.interface = Some(super::net::lease(&dir, &net.ports)?);
+            } else {
+                super::net::reserve_ports(&dir, net)?;
+            }
         }
         let made = self.make_dir(name, &dir, spec);
         if made.is_err() {

@@ -4,7 +4,7 @@
 
 use super::jail::Jail;
 use super::record::load;
-use crate::spec::VmSpec;
+use crate::spec::{NetSpec, VmSpec};
 use crate::{Error, Result};
 use std::ffi::OsString;
 use std::path::Path;
@@ -17,6 +17,15 @@ fn net_error(e: zos_net::Error) -> Error {
 /// Leases an interface on the local network for the VM in `dir`, with `ports` published.
 pub(super) fn lease(dir: &Path, ports: &[zos_net::PortMap]) -> Result<zos_net::Interface> {
     zos_net::allocate(dir, ports).map_err(net_error)
+}
+
+/// Leases the host ports of the VM in `dir`'s interfaces on its caller's networks.
+pub(super) fn reserve_ports(dir: &Path, net: &NetSpec) -> Result<()> {
+    let ports: Vec<zos_net::PortMap> = net.joined.iter().flat_map(|i| i.ports.clone()).collect();
+    if ports.is_empty() {
+        return Ok(());
+    }
+    zos_net::lease::reserve_ports(dir, &ports).map_err(net_error)
 }
 
 /// Gives back the lease of the VM that was in `dir`; a failure is logged, not returned:
