@@ -243,7 +243,7 @@ echo client-done"#
             machine("client", None, &script),
         ],
     );
-    ok(&mut node.cli("alice", &["deploy"]).arg(&file));
+    ok(node.cli("alice", &["deploy"]).arg(&file));
     let d = node.settled("alice", "app");
     assert!(state_of(&d, "lan").starts_with("\"ok\""), "{d}");
     assert_eq!(addresses(&d, "web"), ["10.20.1.5"]);
@@ -301,7 +301,7 @@ echo client-done"#
     let seen_on_host = host_seen.lock().unwrap().clone();
     assert_eq!(
         seen_on_host,
-        [remote.ns_ip.clone()],
+        std::slice::from_ref(&remote.ns_ip),
         "only the remote host got through"
     );
 
@@ -357,7 +357,7 @@ fn two_owners_with_one_range_reach_only_their_own_and_clashes_are_refused() {
             published(web("web", "10.20.1.7", "bob-page"), bobs_port),
         ],
     );
-    ok(&mut node.cli("bob", &["deploy"]).arg(&bob));
+    ok(node.cli("bob", &["deploy"]).arg(&bob));
     let client = "i=0; while [ $i -lt 40 ]; do echo -e 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 10.20.1.7 80; i=$((i+1)); sleep 1; done | grep -m1 -- -page; echo client-done; exec sleep 600";
     let mine = vec![
         lan(),
@@ -365,7 +365,7 @@ fn two_owners_with_one_range_reach_only_their_own_and_clashes_are_refused() {
         machine("client", None, client),
     ];
     let alice = deployment(&node, "alice.yaml", "site", mine.clone());
-    ok(&mut node.cli("alice", &["deploy"]).arg(&alice));
+    ok(node.cli("alice", &["deploy"]).arg(&alice));
     let logs = logs_until(&node, "alice", "site/client", "client-done");
     assert!(logs.contains("alice-page"), "alice's own server: {logs}");
     assert!(
