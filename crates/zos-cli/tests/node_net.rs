@@ -1,5 +1,5 @@
 //! End-to-end: the node's `network` workload under real QEMU and real kernel networking.
-//! Machines of one deployment talk over their network; egress reaches a "remote" host (a
+//! Machines of one deployment talk over their network and resolve each other's names; egress reaches a "remote" host (a
 //! namespace the test makes) masqueraded; spoofed sources and the host's own addresses are
 //! out of reach; two owners with the same range and the same machine address each reach
 //! only their own; admission refuses overlapping ranges and taken addresses; after a
@@ -97,13 +97,26 @@ fn network_state(node: &Node) -> String {
     for ns in namespaces(node) {
         let uplink = uplink_of(&ns).unwrap_or_else(|| "NO LEASE".into());
         out.push_str(&format!(
-            "{ns}: links {:?}; elements {:?}; uplink {uplink} on the host: {}\n",
+            "{ns}: links {:?}; elements {:?}; uplink {uplink} on the host: {}; resolvers {}\n",
             links(Some(&ns)),
             spoof_elements(&ns),
-            host.contains(&uplink)
+            host.contains(&uplink),
+            processes_naming(&ns).len()
         ));
     }
     out
+}
+
+/// The processes whose command line names `needle` (a network's resolver names its
+/// namespace in its pid file's path).
+fn processes_naming(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle) && c.starts_with("dnsmasq"))
+        .collect()
 }
 
 /// A machine's addresses from its result.
@@ -227,6 +240,9 @@ fn machines_on_a_network_talk_reach_out_and_rm_leaves_nothing() {
     let script = format!(
         r#"set -- $(ip -4 -o addr show dev eth0); echo "client-address=$4"
 i=0; until echo -e 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 10.20.1.5 80 | grep page-; do i=$((i+1)); [ $i -ge 60 ] && break; sleep 1; done
+nslookup web.app.internal 2>&1 | grep -q 10.20.1.5 && echo resolved-web.app.internal
+nslookup web 2>&1 | grep -q 10.20.1.5 && echo resolved-web
+nslookup client 2>&1 | grep -q 10.20.1.2 && echo resolved-client
 echo real | nc -w 5 {r} {port}
 echo host | nc -w 3 {h} {host_port} && echo reached-the-host
 ip addr flush dev eth0 && ip addr add 10.20.1.250/24 dev eth0 && ip route add default via 10.20.1.1
@@ -274,6 +290,12 @@ echo client-done"#
     let logs = logs_until(&node, "alice", "app/client", "client-done");
     assert!(logs.contains("client-address=10.20.1.2/24"), "{logs}");
     assert!(logs.contains("page-from-web"), "client reached web: {logs}");
+    for name in ["web.app.internal", "web", "client"] {
+        assert!(
+            logs.contains(&format!("resolved-{name}")),
+            "{name} resolves on the network: {logs}"
+        );
+    }
     assert!(!logs.contains("reached-the-host"), "{logs}");
     let seen = server.finish();
     assert!(
@@ -315,6 +337,7 @@ echo client-done"#
         assert!(inside.contains(link), "{link} in {ns}: {inside:?}");
     }
     let uplink = uplink_of(ns).expect("an uplink lease");
+    assert_eq!(processes_naming(ns).len(), 1, "one resolver for {ns}");
     assert!(links(None).contains(&uplink), "uplink {uplink} on the host");
 
     // kill -9 and back: exactly the same.
@@ -338,6 +361,7 @@ echo client-done"#
         "uplink {uplink} left on the host"
     );
     assert_eq!(uplink_of(ns), None, "the uplink's lease is given back");
+    assert_eq!(processes_naming(ns), Vec::<String>::new(), "resolver left");
 }
 
 #[test]

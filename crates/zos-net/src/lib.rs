@@ -26,6 +26,7 @@ pub mod netns;
 pub mod plug;
 pub mod ports;
 pub mod private;
+pub mod resolver;
 pub mod rules;
 pub mod tap;
 

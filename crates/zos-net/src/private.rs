@@ -130,10 +130,11 @@ pub fn uplink_address(netns: &str) -> Result<Ipv4Addr> {
     Ok(uplink_addresses(index).1)
 }
 
-/// Removes the network in namespace `name` and gives back its uplink number: the uplink
-/// first (both ends), then the namespace with everything in it. Nothing to do
+/// Removes the network in namespace `name` and gives back its uplink number: its resolver,
+/// the uplink (both ends), then the namespace with everything in it. Nothing to do
 /// when it is gone.
 pub fn remove(name: &str) -> Result<()> {
+    crate::resolver::stop(name);
     // The uplink now: a namespace goes in the background, a while after its last user.
     if let Some(index) = lease::link_of(name)? {
         link::remove(&uplink_name(index))?;

@@ -911,6 +911,7 @@ impl Engine {
                     workload: w,
                     fresh: current == Some(ResultState::Init),
                     earlier: &pass.earlier,
+                    name: &d.name,
                     deployment: &d.workloads,
                 },
             );

@@ -123,6 +123,8 @@ pub struct Target<'a> {
     /// Workloads converged earlier in this pass (lower rank), by name: `Ok` when usable,
     /// else why not (a zmachine looks up the zmounts it mounts here).
     pub earlier: &'a HashMap<String, Result<(), String>>,
+    /// The deployment's name.
+    pub name: &'a str,
     /// Every workload of the deployment, as stored when the pass began.
     pub deployment: &'a [Workload],
 }

@@ -4,8 +4,10 @@
 
 use super::{result, Claim, Host, Kind, Step, Target};
 use zos_net::private::{self, PrivateNet};
+use zos_net::resolver::{self, HostNames};
 use zos_types::api::Resources;
 use zos_types::{NetworkResult, PublicKey, ResultState, WorkloadSpec};
+use zos_vmm::spec::hostname_for;
 
 /// The node side of networks.
 pub struct Network;
@@ -29,6 +31,24 @@ pub fn plan(host: &Host, resource: &str, net: &zos_types::Network) -> PrivateNet
         prefix: net.subnet.prefix_len(),
         egress: net.egress,
     }
+}
+
+/// What the network's resolver answers: each machine on it by its workload name and by
+/// `WORKLOAD.DEPLOYMENT.internal`, at the address it has (or will have) there.
+fn names(target: &Target) -> Vec<HostNames> {
+    let network = target.workload.name.as_str();
+    let deployment = hostname_for(target.name);
+    zos_types::addresses(target.deployment)
+        .into_iter()
+        .filter(|((_, net), _)| net == network)
+        .map(|((machine, _), ip)| {
+            let host = hostname_for(&machine);
+            (
+                ip,
+                vec![host.clone(), format!("{host}.{deployment}.internal")],
+            )
+        })
+        .collect()
 }
 
 fn data(spec: &WorkloadSpec) -> Option<&zos_types::Network> {
@@ -76,7 +96,9 @@ impl Kind for Network {
         };
         let resource = self.resource(target.id, w.name.as_str());
         let plan = plan(host, &resource, net);
-        let r = match private::ensure(&plan) {
+        let made = private::ensure(&plan)
+            .and_then(|()| resolver::ensure(&plan.netns, plan.gateway, &names(target)));
+        let r = match made {
             Ok(()) => {
                 let info = NetworkResult {
                     gateway: net.gateway(),

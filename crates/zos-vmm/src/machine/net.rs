@@ -68,8 +68,13 @@ pub(super) fn unplug(dir: &Path) {
 }
 
 /// What zos-init configures in the guest: each interface's address, the first one's
-/// gateway as default route, the host's resolvers (see `zos_net::dns`).
+/// gateway as default route; as resolver, a private network's own (on its gateway, see
+/// `zos_net::resolver`), or on the local network the host's (see `zos_net::dns`).
 pub(super) fn guest_network(spec: &VmSpec) -> Option<GuestNetwork> {
+    let dns = match interfaces(spec).next() {
+        Some(first) if first.netns.is_some() => vec![first.gateway.into()],
+        _ => zos_net::dns::host_resolvers(),
+    };
     let interfaces: Vec<GuestInterface> = interfaces(spec)
         .enumerate()
         .map(|(i, iface)| GuestInterface {
@@ -82,7 +87,7 @@ pub(super) fn guest_network(spec: &VmSpec) -> Option<GuestNetwork> {
         .collect();
     (!interfaces.is_empty()).then(|| GuestNetwork {
         interfaces,
-        dns: zos_net::dns::host_resolvers(),
+        dns,
         hosts: Vec::new(),
     })
 }
