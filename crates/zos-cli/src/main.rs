@@ -9,6 +9,7 @@ mod flist;
 mod import;
 mod key;
 mod mount;
+mod net;
 mod node;
 mod output;
 mod progress;
@@ -111,6 +112,9 @@ zos deploy shared.json"
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Wire networks across nodes and join them from your own machine (WireGuard)
+    #[command(subcommand)]
+    Net(net::NetCommand),
 }
 
 fn main() -> ExitCode {
@@ -142,6 +146,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => deployments::logs(&args),
         Command::Rm { name, client } => deployments::rm(&name, &client),
         Command::Events { client } => deployments::events(&client),
+        Command::Net(cmd) => net::net(cmd),
     };
     match result {
         Ok(code) => code,

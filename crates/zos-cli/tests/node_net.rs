@@ -447,3 +447,250 @@ fn two_owners_with_one_range_reach_only_their_own_and_clashes_are_refused() {
     ok(&mut node.cli("bob", &["rm", "site"]));
     assert!(namespaces(&node).is_empty(), "{:?}", namespaces(&node));
 }
+
+/// Namespaces playing three hosts on one "internet" (a bridge in a fourth namespace): two
+/// nodes and a user's laptop, at 10.98.ID.1, .2 and .3. Removed when dropped.
+struct Internet {
+    id: u32,
+    prefix: String,
+}
+
+impl Internet {
+    fn new() -> Internet {
+        let id = unique(3);
+        let net = Internet {
+            id,
+            prefix: format!("10.98.{}", id % 256),
+        };
+        net.remove();
+        let inet = net.ns("inet");
+        net_common::sh("ip", &["netns", "add", &inet]);
+        net_common::sh(
+            "ip",
+            &[
+                "-n", &inet, "link", "add", "name", "inet0", "type", "bridge",
+            ],
+        );
+        net_common::sh("ip", &["-n", &inet, "link", "set", "inet0", "up"]);
+        for (i, host) in ["a", "b", "laptop"].iter().enumerate() {
+            let ns = net.ns(host);
+            let port = format!("to-{host}");
+            net_common::sh("ip", &["netns", "add", &ns]);
+            net_common::sh("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+            net_common::sh(
+                "ip",
+                &[
+                    "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port,
+                    "netns", &inet,
+                ],
+            );
+            let addr = format!("{}.{}/24", net.prefix, i + 1);
+            net_common::sh("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+            net_common::sh("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+            net_common::sh(
+                "ip",
+                &[
+                    "-n", &inet, "link", "set", "dev", &port, "master", "inet0", "up",
+                ],
+            );
+        }
+        net
+    }
+
+    /// The namespace of `host` (`a`, `b`, `laptop`, `inet`).
+    fn ns(&self, host: &str) -> String {
+        format!("zostest-{host}-{}", self.id)
+    }
+
+    /// The address of host number `n` (1 = a, 2 = b, 3 = laptop).
+    fn addr(&self, n: u8) -> String {
+        format!("{}.{n}", self.prefix)
+    }
+
+    fn remove(&self) {
+        for host in ["laptop", "a", "b", "inet"] {
+            common::kill_netns(&self.ns(host));
+        }
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/zwl{}.sock", self.id));
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// `zos net key DEPLOYMENT/NETWORK` on `node`: (public key, port).
+fn wireguard_end(node: &Node, target: &str) -> (String, u16) {
+    let out = ok(&mut node.cli("alice", &["net", "key", target, "--json"]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    (
+        v["public_key"].as_str().unwrap().to_string(),
+        v["listen_port"].as_u64().unwrap() as u16,
+    )
+}
+
+#[test]
+fn two_nodes_and_a_laptop_share_a_network_over_wireguard() {
+    if !prerequisites() || !common::have("wg") || !common::have("boringtun-cli") {
+        return;
+    }
+    let net = Internet::new();
+    let a = Node::start_in_netns(
+        &net.ns("a"),
+        &format!("wireguard_host = \"{}\"", net.addr(1)),
+    );
+    let b = Node::start_in_netns(
+        &net.ns("b"),
+        &format!("wireguard_host = \"{}\"", net.addr(2)),
+    );
+    // The same owner on both nodes (one key file, copied).
+    std::fs::copy(a.key("alice"), b.key("alice")).unwrap();
+    // Each node's key and port for app/lan, known before anything is deployed.
+    let (key_a, port_a) = wireguard_end(&a, "app/lan");
+    let (key_b, port_b) = wireguard_end(&b, "app/lan");
+    assert_ne!(key_a, key_b, "each node has its own key for the network");
+    // The laptop's own key, as a user makes it.
+    let laptop_key = text(&Command::new("wg").arg("genkey").output().unwrap().stdout);
+    let mut pubkey_cmd = Command::new("wg");
+    pubkey_cmd
+        .arg("pubkey")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = pubkey_cmd.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), laptop_key.as_bytes()).unwrap();
+    let laptop_pub = text(&child.wait_with_output().unwrap().stdout)
+        .trim()
+        .to_string();
+
+    let lan = |subnet: &str, peers: Value| {
+        json!({ "name": "lan", "type": "network", "data": {
+            "ip_range": "10.20.0.0/16", "subnet": subnet, "wireguard": { "peers": peers } } })
+    };
+    let on_a = deployment(
+        &a,
+        "app.yaml",
+        "app",
+        vec![
+            lan(
+                "10.20.1.0/24",
+                json!([
+                    { "subnet": "10.20.2.0/24", "public_key": key_b,
+                      "endpoint": format!("{}:{port_b}", net.addr(2)) },
+                    { "subnet": "10.20.200.5/32", "public_key": laptop_pub }
+                ]),
+            ),
+            web("web", "10.20.1.5", "page-from-node-a"),
+        ],
+    );
+    let client = "i=0; while [ $i -lt 60 ]; do echo -e 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 10.20.1.5 80 | grep page-from && break; i=$((i+1)); sleep 1; done; echo client-done; exec sleep 600";
+    let on_b = deployment(
+        &b,
+        "app.yaml",
+        "app",
+        vec![
+            lan(
+                "10.20.2.0/24",
+                json!([{ "subnet": "10.20.1.0/24", "public_key": key_a,
+                         "endpoint": format!("{}:{port_a}", net.addr(1)) }]),
+            ),
+            machine("client", None, client),
+        ],
+    );
+    ok(a.cli("alice", &["deploy"]).arg(&on_a));
+    ok(b.cli("alice", &["deploy"]).arg(&on_b));
+    let d = a.settled("alice", "app");
+    let end = &d["workloads"][0]["result"]["data"]["wireguard"];
+    assert_eq!(end["public_key"], key_a.as_str(), "{d}");
+    assert_eq!(end["endpoint"], format!("{}:{port_a}", net.addr(1)), "{d}");
+
+    // A machine on node B reaches one on node A, across the WireGuard link.
+    let logs = logs_until(&b, "alice", "app/client", "client-done");
+    assert!(
+        logs.contains("page-from-node-a"),
+        "B's client reached A's web: {logs}"
+    );
+
+    // The laptop joins with the config `zos net access` prints, applied with the real `wg`.
+    let key_file = a.dir().join("laptop.key");
+    std::fs::write(&key_file, &laptop_key).unwrap();
+    let config = ok(&mut a.cli(
+        "alice",
+        &[
+            "net",
+            "access",
+            "app/lan",
+            "--pubkey",
+            &laptop_pub,
+            "--private-key-file",
+            &key_file.display().to_string(),
+        ],
+    ));
+    assert!(config.contains("Address = 10.20.200.5/32"), "{config}");
+    assert!(config.contains("AllowedIPs = 10.20.0.0/16"), "{config}");
+    let laptop = net.ns("laptop");
+    let dev = format!("zwl{}", net.id);
+    net_common::sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &laptop,
+            "boringtun-cli",
+            "--disable-drop-privileges",
+            "--threads=1",
+            &dev,
+        ],
+    );
+    // `wg` takes the file without wg-quick's own keys (Address), as `wg-quick strip` does.
+    let stripped: String = config
+        .lines()
+        .filter(|l| !l.starts_with("Address"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let conf_file = a.dir().join("laptop.conf");
+    std::fs::write(&conf_file, stripped).unwrap();
+    let conf = conf_file.display().to_string();
+    net_common::sh(
+        "ip",
+        &["netns", "exec", &laptop, "wg", "setconf", &dev, &conf],
+    );
+    net_common::sh(
+        "ip",
+        &["-n", &laptop, "addr", "add", "10.20.200.5/32", "dev", &dev],
+    );
+    net_common::sh("ip", &["-n", &laptop, "link", "set", &dev, "up"]);
+    net_common::sh(
+        "ip",
+        &["-n", &laptop, "route", "add", "10.20.0.0/16", "dev", &dev],
+    );
+    let got = net_common::retry_until(
+        Command::new("ip").args([
+            "netns",
+            "exec",
+            &laptop,
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            "http://10.20.1.5/",
+        ]),
+        "page-from-node-a",
+        30,
+    );
+    assert!(
+        got.contains("page-from-node-a"),
+        "the laptop reached A's web: {got}"
+    );
+    let shown = run("ip", &["netns", "exec", &laptop, "wg", "show", &dev]);
+    // Traffic went through the tunnel (boringtun reports no handshake time).
+    assert!(
+        shown.contains("transfer:") && shown.contains("received"),
+        "{shown}"
+    );
+
+    ok(&mut a.cli("alice", &["rm", "app"]));
+    ok(&mut b.cli("alice", &["rm", "app"]));
+    assert!(namespaces(&a).is_empty() && namespaces(&b).is_empty());
+}

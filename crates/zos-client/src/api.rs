@@ -37,6 +37,23 @@ impl NodeClient {
         self.get(&format!("{API_PREFIX}/deployments{query}"))
     }
 
+    /// The node's end of the WireGuard link of the caller's network `network` in deployment
+    /// `name`, known before it is deployed
+    /// (`GET /v1/deployments/{name}/networks/{network}/wireguard`).
+    pub fn wireguard_end(
+        &self,
+        name: &str,
+        network: &str,
+    ) -> Result<Answer<zos_types::WireGuardEnd>, ClientError> {
+        check_deployment_name(name)?;
+        let network = WorkloadName::try_from(network.to_string())
+            .map_err(|_| ClientError::InvalidName(network.to_string()))?;
+        self.get(&format!(
+            "{API_PREFIX}/deployments/{name}/networks/{}/wireguard",
+            network.as_str()
+        ))
+    }
+
     /// One deployment with its workloads' results (`GET /v1/deployments/{name}`).
     pub fn deployment(&self, name: &str) -> Result<Answer<Deployment>, ClientError> {
         check_deployment_name(name)?;

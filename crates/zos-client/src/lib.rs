@@ -8,6 +8,7 @@
 //! [`write_signed`] for co-signers (each runs [`cosign`]) or [`NodeClient::send`] →
 //! [`wait_until_settled`].
 
+mod access;
 mod api;
 mod error;
 mod file;
@@ -21,6 +22,7 @@ mod wait;
 #[cfg(test)]
 mod testutil;
 
+pub use access::access_config;
 pub use api::{check_deployment_name, EventLine};
 pub use error::{ClientError, DeployError};
 pub use file::{

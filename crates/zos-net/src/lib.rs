@@ -29,6 +29,7 @@ pub mod private;
 pub mod resolver;
 pub mod rules;
 pub mod tap;
+pub mod wireguard;
 
 pub use lease::{allocate, release};
 pub use plug::{plug, unplug};

@@ -5,7 +5,7 @@
 use crate::{Error, Result};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::LinkMessage;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkWireguard, RouteMessageBuilder};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -148,6 +148,87 @@ pub fn ensure_veth(name: &str, peer: &str, peer_ns: std::os::fd::RawFd) -> Resul
             .execute()
             .await
             .map_err(netlink(format!("moving {peer} into its namespace")))
+    })
+}
+
+/// Makes a kernel WireGuard device `name`; fails where the kernel has no WireGuard.
+pub fn add_wireguard(name: &str) -> Result<()> {
+    with_handle(|handle| async move {
+        handle
+            .link()
+            .add(LinkWireguard::new(name).build())
+            .execute()
+            .await
+            .map_err(netlink(format!("creating WireGuard device {name}")))
+    })
+}
+
+/// Sets link `name`'s MTU and brings it up.
+pub fn set_mtu_up(name: &str, mtu: u32) -> Result<()> {
+    with_handle(|handle| async move {
+        let index = index_of(&handle, name).await?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
+            .execute()
+            .await
+            .map_err(netlink(format!("bringing {name} up")))
+    })
+}
+
+/// Makes `routes` the IPv4 routes through link `name`: missing ones added, others through
+/// it removed (its own subnet's route, which the kernel keeps, is left alone).
+pub fn set_routes(name: &str, routes: &[ipnet::Ipv4Net]) -> Result<()> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
+    with_handle(|handle| async move {
+        let index = index_of(&handle, name).await?;
+        let mut listed = handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut have = Vec::new();
+        while let Some(route) = listed
+            .try_next()
+            .await
+            .map_err(netlink(format!("listing routes of {name}")))?
+        {
+            let through = route.attributes.contains(&RouteAttribute::Oif(index));
+            if !through || route.header.protocol == RouteProtocol::Kernel {
+                continue;
+            }
+            let dest = route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            let net = dest.and_then(|ip| {
+                ipnet::Ipv4Net::new(ip, route.header.destination_prefix_length).ok()
+            });
+            match net {
+                Some(net) if routes.contains(&net) => have.push(net),
+                _ => {
+                    handle
+                        .route()
+                        .del(route)
+                        .execute()
+                        .await
+                        .map_err(netlink(format!("removing a route of {name}")))?;
+                }
+            }
+        }
+        for net in routes.iter().filter(|n| !have.contains(n)) {
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(net.network(), net.prefix_len())
+                .output_interface(index)
+                .build();
+            handle
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(netlink(format!("routing {net} through {name}")))?;
+        }
+        Ok(())
     })
 }
 

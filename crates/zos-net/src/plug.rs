@@ -22,7 +22,7 @@ pub fn plug(iface: &Interface) -> Result<OwnedFd> {
             rules::add(iface)?;
             Ok(fd)
         })?;
-        rules::add_forwards(iface, private::uplink_address(ns)?)?;
+        rules::add_forwards(&iface.ports, private::uplink_address(ns)?)?;
         return Ok(fd);
     }
     if iface.bridge != local::BRIDGE {
@@ -56,7 +56,7 @@ pub fn unplug(iface: &Interface) {
     };
     if let Some(ns) = &iface.netns {
         if let Ok(ns_addr) = private::uplink_address(ns) {
-            rules::remove_forwards(iface, ns_addr);
+            rules::remove_forwards(&iface.ports, ns_addr);
         }
     }
     let done = match &iface.netns {

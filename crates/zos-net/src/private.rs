@@ -17,8 +17,9 @@
 //! An uplink's number `N` (its /30 in [`LINKS_CIDR`]) is leased host-wide by namespace name
 //! ([`crate::lease::link_for`]); removing the namespace removes everything else inside it.
 
-use crate::{lease, link, netns, rules, sysctl, Error, Interface, Result};
-use serde::{Deserialize, Serialize};
+use crate::{
+    lease, link, netns, rules, sysctl, wireguard, Error, Interface, PortMap, Proto, Result,
+};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 
@@ -36,7 +37,7 @@ pub const MAX_NETWORKS: u16 = 1 << 14;
 pub const MTU: u32 = 1500;
 
 /// A private network as the caller wants it on this host.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PrivateNet {
     /// Its namespace's name (unique on the host).
     pub netns: String,
@@ -46,6 +47,8 @@ pub struct PrivateNet {
     pub prefix: u8,
     /// Whether its machines may reach the outside (masqueraded by the host).
     pub egress: bool,
+    /// Its WireGuard link to other hosts and users, if it has one.
+    pub wireguard: Option<wireguard::Link>,
 }
 
 impl PrivateNet {
@@ -116,7 +119,47 @@ pub fn ensure(net: &PrivateNet) -> Result<()> {
         // Per namespace: the opener's namespace decides which one this file is.
         sysctl("/proc/sys/net/ipv4/ip_forward")?;
         rules::apply_network(net)
-    })
+    })?;
+    ensure_wireguard(net, index, ns_addr)
+}
+
+/// The file recording which host port a network's WireGuard link was forwarded from, so the
+/// forward can be taken back once the link goes.
+fn wireguard_port_file(index: u16) -> std::path::PathBuf {
+    lease::state_dir()
+        .join("wireguard")
+        .join(format!("{}.port", wireguard::device_name(index)))
+}
+
+/// The host's forward of a WireGuard listen port to the namespace.
+fn wireguard_forward(port: u16) -> PortMap {
+    PortMap {
+        host_ip: None,
+        host_port: port,
+        guest_port: port,
+        proto: Proto::Udp,
+    }
+}
+
+/// Brings the network's WireGuard link to what `net` says: made and forwarded from the
+/// host, or removed with its forward.
+fn ensure_wireguard(net: &PrivateNet, index: u16, ns_addr: Ipv4Addr) -> Result<()> {
+    let file = wireguard_port_file(index);
+    let old: Option<u16> = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
+    let new = net.wireguard.as_ref().map(|l| l.listen_port);
+    if let Some(port) = old.filter(|p| Some(*p) != new) {
+        rules::remove_forwards(&[wireguard_forward(port)], ns_addr);
+    }
+    let Some(link) = &net.wireguard else {
+        let _ = std::fs::remove_file(&file);
+        return wireguard::remove(&net.netns, index);
+    };
+    wireguard::ensure(&net.netns, index, link)?;
+    rules::add_forwards(&[wireguard_forward(link.listen_port)], ns_addr)?;
+    std::fs::write(&file, link.listen_port.to_string())
+        .map_err(|e| Error::io(format!("writing {}", file.display()), e))
 }
 
 /// The address of the namespace's end of the uplink of the network in `netns`, where the
@@ -131,12 +174,22 @@ pub fn uplink_address(netns: &str) -> Result<Ipv4Addr> {
 }
 
 /// Removes the network in namespace `name` and gives back its uplink number: its resolver,
-/// the uplink (both ends), then the namespace with everything in it. Nothing to do
+/// its WireGuard link and that link's forward, the uplink (both ends), then the namespace
+/// with everything in it. Nothing to do
 /// when it is gone.
 pub fn remove(name: &str) -> Result<()> {
     crate::resolver::stop(name);
-    // The uplink now: a namespace goes in the background, a while after its last user.
     if let Some(index) = lease::link_of(name)? {
+        let file = wireguard_port_file(index);
+        if let Some(port) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            rules::remove_forwards(&[wireguard_forward(port)], uplink_addresses(index).1);
+            let _ = std::fs::remove_file(&file);
+        }
+        wireguard::remove(name, index)?;
+        // The uplink now: a namespace goes in the background, a while after its last user.
         link::remove(&uplink_name(index))?;
     }
     netns::remove(name)?;
@@ -171,6 +224,7 @@ mod tests {
             gateway: Ipv4Addr::new(10, 20, 1, 1),
             prefix: 24,
             egress: true,
+            wireguard: None,
         };
         assert_eq!(net.cidr(), "10.20.1.0/24");
         let iface = net.interface(Ipv4Addr::new(10, 20, 1, 5));

@@ -150,6 +150,20 @@ fn network_tables(net: &crate::private::PrivateNet) -> Vec<Table> {
             "iifname \"{br}\" oifname \"{up}\" ct state new drop"
         ));
     }
+    let mut input = vec![
+        "ct state established,related accept".to_string(),
+        "iifname \"lo\" accept".to_string(),
+        format!("iifname \"{br}\" meta l4proto icmp accept"),
+        format!("iifname \"{br}\" meta l4proto {{ tcp, udp }} th dport 53 accept"),
+    ];
+    if let Some(wg) = &net.wireguard {
+        // The network's WireGuard, forwarded here by the host.
+        input.push(format!(
+            "iifname \"{up}\" udp dport {} accept",
+            wg.listen_port
+        ));
+    }
+    input.push("drop".to_string());
     let inet = Table {
         family: "inet",
         sets: &["map ports { type inet_proto . inet_service : ipv4_addr . inet_service; }"],
@@ -175,13 +189,7 @@ fn network_tables(net: &crate::private::PrivateNet) -> Vec<Table> {
             Chain {
                 name: "input",
                 header: FILTER_INPUT,
-                rules: vec![
-                    "ct state established,related accept".to_string(),
-                    "iifname \"lo\" accept".to_string(),
-                    format!("iifname \"{br}\" meta l4proto icmp accept"),
-                    format!("iifname \"{br}\" meta l4proto {{ tcp, udp }} th dport 53 accept"),
-                    "drop".to_string(),
-                ],
+                rules: input,
             },
         ],
     };
@@ -254,12 +262,11 @@ fn elements(iface: &Interface) -> Vec<(String, String)> {
     out
 }
 
-/// The elements on the host for a private network's interface: each published port sent on
-/// to its network's uplink address (`ns_addr`), the same port, where [`elements`] takes it
-/// on to the machine.
-fn forward_elements(iface: &Interface, ns_addr: Ipv4Addr) -> Vec<(String, String)> {
-    iface
-        .ports
+/// The elements on the host for ports of a private network: each host port sent on to its
+/// network's uplink address (`ns_addr`), the same port, where [`elements`] takes it on to
+/// the machine (or where the network's WireGuard listens).
+fn forward_elements(ports: &[PortMap], ns_addr: Ipv4Addr) -> Vec<(String, String)> {
+    ports
         .iter()
         .map(|p| host_port_element(p, &format!("{ns_addr} . {}", p.host_port)))
         .collect()
@@ -367,31 +374,30 @@ pub fn remove(iface: &Interface) {
     remove_elements(&elements(iface), &needles(iface));
 }
 
-/// Sends a private network's interface's published ports from the host to its network's
-/// uplink address `ns_addr` (on the host, with its tables brought up to date).
-pub fn add_forwards(iface: &Interface, ns_addr: Ipv4Addr) -> Result<()> {
-    let elements = forward_elements(iface, ns_addr);
+/// Sends host ports of a private network to its uplink address `ns_addr` (on the host,
+/// with its tables brought up to date).
+pub fn add_forwards(ports: &[PortMap], ns_addr: Ipv4Addr) -> Result<()> {
+    let elements = forward_elements(ports, ns_addr);
     if elements.is_empty() {
         return Ok(());
     }
     add_elements(
         script(&host_tables()),
         &elements,
-        &forward_needles(iface, ns_addr),
+        &forward_needles(ports, ns_addr),
     )
 }
 
 /// Removes what [`add_forwards`] added.
-pub fn remove_forwards(iface: &Interface, ns_addr: Ipv4Addr) {
-    let elements = forward_elements(iface, ns_addr);
+pub fn remove_forwards(ports: &[PortMap], ns_addr: Ipv4Addr) {
+    let elements = forward_elements(ports, ns_addr);
     if !elements.is_empty() {
-        remove_elements(&elements, &forward_needles(iface, ns_addr));
+        remove_elements(&elements, &forward_needles(ports, ns_addr));
     }
 }
 
-fn forward_needles(iface: &Interface, ns_addr: Ipv4Addr) -> Vec<String> {
-    iface
-        .ports
+fn forward_needles(ports: &[PortMap], ns_addr: Ipv4Addr) -> Vec<String> {
+    ports
         .iter()
         .map(|p| format!("{ns_addr} . {}", p.host_port))
         .collect()

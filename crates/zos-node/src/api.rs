@@ -90,6 +90,10 @@ pub fn router(
             get(get_one).put(update).delete(remove),
         )
         .route("/v1/deployments/{name}/logs/{workload}", get(logs))
+        .route(
+            "/v1/deployments/{name}/networks/{network}/wireguard",
+            get(wireguard_end),
+        )
         .route("/v1/events", get(events))
         .with_state(api)
 }
@@ -266,6 +270,19 @@ async fn one(
     let owner = api.caller(&method, &uri, &headers, b"")?;
     let engine = api.engine.clone();
     Ok(Json(blocking(move || f(&engine, &owner, &name)).await?))
+}
+
+/// This node's end of the caller's network's WireGuard link, whether or not it is deployed
+/// yet: what its peers need to be written.
+async fn wireguard_end(
+    State(api): State<Api>,
+    Path((name, network)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<zos_types::WireGuardEnd>, ApiError> {
+    let owner = api.caller(&method, &uri, &headers, b"")?;
+    Ok(Json(api.engine.wireguard_end(&owner, &name, &network)?))
 }
 
 async fn logs(

@@ -41,6 +41,10 @@ pub struct NodeConfig {
     /// The directories tenants may name flists from (absolute; `.fl` files below them, not
     /// inside `data_dir`). Nothing else on the host can be named in a deployment.
     pub flist_dirs: Vec<PathBuf>,
+    /// The address other nodes and users reach this node at, for the endpoint of its
+    /// networks' WireGuard links (`ADDRESS:PORT` in each network's result); without it, the
+    /// result has the port only.
+    pub wireguard_host: Option<String>,
     /// Days the node keeps what it found on the host but could not account for (VMs and
     /// disks no deployment owns), in `<data_dir>/quarantine`, before deleting it.
     pub quarantine_days: u32,
@@ -84,6 +88,7 @@ impl Default for NodeConfig {
             stop_timeout_secs: 10,
             quarantine_days: 7,
             flist_dirs: vec![PathBuf::from(DEFAULT_FLIST_DIR)],
+            wireguard_host: None,
             allow_store_nets: Vec::new(),
             allow_store_dirs: Vec::new(),
             header_timeout_secs: 10,

@@ -154,6 +154,8 @@ impl Engine {
             quarantine_days: cfg.quarantine_days,
             flist_dirs: cfg.flist_dirs.clone(),
             node_tag: workload::node_tag(&key.public()),
+            wireguard_seed: key.derive(b"wireguard"),
+            wireguard_host: cfg.wireguard_host.clone(),
         };
         let db = host.data.join("node.redb");
         let store = Store::open(&db, &key.public())?;
@@ -172,10 +174,7 @@ impl Engine {
         }
         for d in stored.iter().filter(|d| !is_tombstone(d)) {
             held.insert(store::key(&d.owner, &d.name), kinds.demand(&d.workloads));
-            claims.insert(
-                store::key(&d.owner, &d.name),
-                kinds.claims(&d.owner, &d.workloads),
-            );
+            claims.insert(store::key(&d.owner, &d.name), kinds.claims(d));
             if is_monitored(&kinds, d) {
                 monitored.insert((d.owner, d.name.clone()));
             }
@@ -362,7 +361,7 @@ impl Engine {
     /// What `d` claims, once checked against the other live deployments' claims (call with
     /// `held` locked, and record the answer under the same lock).
     fn check_claims(&self, d: &Deployment) -> Result<Vec<workload::Claim>, EngineError> {
-        let mine = self.kinds.claims(&d.owner, &d.workloads);
+        let mine = self.kinds.claims(d);
         let key = store::key(&d.owner, &d.name);
         let all = self.claims();
         for (holder, theirs) in all.iter().filter(|(k, _)| **k != key) {
@@ -563,6 +562,26 @@ impl Engine {
         self.converge(owner, name)?;
         self.emit(&tombstone, None, ResultState::Deleted, "deleted");
         Ok(tombstone)
+    }
+
+    /// This node's end of the WireGuard link of network `network` of `owner`'s deployment
+    /// `name` (deployed or not: its key and port follow from the names).
+    pub fn wireguard_end(
+        &self,
+        owner: &PublicKey,
+        name: &str,
+        network: &str,
+    ) -> Result<zos_types::WireGuardEnd, EngineError> {
+        if !zos_types::is_valid_deployment_name(name) {
+            return Err(EngineError::Invalid(format!(
+                "{name:?} is not a deployment name"
+            )));
+        }
+        zos_types::WorkloadName::try_from(network.to_string())
+            .map_err(|e| EngineError::Invalid(format!("network {network:?}: {e}")))?;
+        Ok(workload::network::wireguard_end(
+            &self.host, owner, name, network,
+        ))
     }
 
     /// One of the caller's deployments.
@@ -911,6 +930,7 @@ impl Engine {
                     workload: w,
                     fresh: current == Some(ResultState::Init),
                     earlier: &pass.earlier,
+                    owner: &d.owner,
                     name: &d.name,
                     deployment: &d.workloads,
                 },

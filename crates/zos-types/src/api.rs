@@ -17,6 +17,7 @@
 //! | `DELETE /v1/deployments/{name}`                   | → `Deployment`, every result `deleted` |
 //! | `GET /v1/deployments/{name}/logs/{workload}?follow=true` | → console log, `text/plain`, streamed while following |
 //! | `GET /v1/events`                                  | → [`Event`]s as JSON lines, streamed   |
+//! | `GET /v1/deployments/{name}/networks/{network}/wireguard` | → `WireGuardEnd`: the node's key and port for that network, deployed or not |
 //!
 //! Errors answer with a 4xx/5xx status and an [`ErrorBody`].
 //!

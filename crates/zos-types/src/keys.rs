@@ -126,6 +126,18 @@ impl Keypair {
         Keypair(SigningKey::from_bytes(seed))
     }
 
+    /// 32 secret bytes for `context`, derived from this key's secret: SHA-256 of a domain
+    /// tag, the secret and the context. Whoever lacks the secret cannot compute them, and
+    /// they reveal nothing of it (a node derives its networks' WireGuard keys so).
+    pub fn derive(&self, context: &[u8]) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"zos-derived-key-v1\n");
+        h.update(self.0.to_bytes());
+        h.update(context);
+        h.finalize().into()
+    }
+
     /// The public half.
     pub fn public(&self) -> PublicKey {
         PublicKey(self.0.verifying_key().to_bytes())

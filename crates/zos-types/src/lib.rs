@@ -49,8 +49,8 @@ pub use request::{RequestAuth, RequestAuthError, REQUEST_DOMAIN};
 pub use size::ByteSize;
 pub use validate::{is_valid_deployment_name, ValidationError};
 pub use workload::{
-    addresses, held_addresses, network_named, Interface, MachineAddress, MachineNetwork, Mount,
-    Network, NetworkResult, Port, Protocol, ResultState, Workload, WorkloadData, WorkloadFile,
-    WorkloadName, WorkloadResult, WorkloadSpec, ZMachine, ZMount, MIN_MEMORY, RANGE_PREFIX,
-    SUBNET_PREFIX, WORKLOAD_TYPES,
+    addresses, held_addresses, network_named, wireguard_key, Interface, MachineAddress,
+    MachineNetwork, Mount, Network, NetworkResult, Peer, Port, Protocol, ResultState, WireGuard,
+    WireGuardEnd, Workload, WorkloadData, WorkloadFile, WorkloadName, WorkloadResult, WorkloadSpec,
+    ZMachine, ZMount, MIN_MEMORY, RANGE_PREFIX, SUBNET_PREFIX, WORKLOAD_TYPES,
 };

@@ -218,9 +218,10 @@ workloads:
             p[0].starts_with(r#"workloads[1] (name "web"): network.interfaces[0]: ip 10.20.9.5"#),
             "{p:?}"
         );
-        let err = parse_err(&NETWORKED.replace("subnet:", "wireguard: {}\n      subnet:"));
+        let err =
+            parse_err(&NETWORKED.replace("subnet:", "wireguard: { peer: [] }\n      subnet:"));
         assert!(
-            err.starts_with("workloads[0].data.wireguard: unknown field `wireguard`"),
+            err.starts_with("workloads[0].data.wireguard.peer: unknown field `peer`"),
             "{err}"
         );
         let err = parse_err(&NETWORKED.replace("10.20.0.0/16", "10.20.0.0"));

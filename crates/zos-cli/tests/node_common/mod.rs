@@ -24,6 +24,8 @@ pub struct Node {
     /// Its TCP listen entry, `ADDR` standing for [`Self::tcp`] (e.g. `tcp://ADDR?insecure`).
     tcp_listen: String,
     extra_config: String,
+    /// The network namespace the node runs in (a test's other host), if not the test's.
+    netns: Option<String>,
 }
 
 impl Node {
@@ -35,6 +37,16 @@ impl Node {
     /// Starts a node whose TCP listen entry is `tcp_listen` (`ADDR` replaced by a free port's
     /// address) and whose config ends with `extra_config`.
     pub fn start_with(tcp_listen: &str, extra_config: &str) -> Node {
+        Node::start_full(tcp_listen, extra_config, None)
+    }
+
+    /// Starts a node inside network namespace `netns` (it listens on its unix socket only,
+    /// which the test reaches from anywhere), its config ending with `extra_config`.
+    pub fn start_in_netns(netns: &str, extra_config: &str) -> Node {
+        Node::start_full("", extra_config, Some(netns.to_string()))
+    }
+
+    fn start_full(tcp_listen: &str, extra_config: &str, netns: Option<String>) -> Node {
         let tmp = tempfile::tempdir_in("/tmp").unwrap();
         let root = tmp.path().join("root");
         std::fs::create_dir_all(root.join("bin")).unwrap();
@@ -64,6 +76,7 @@ impl Node {
             tcp,
             tcp_listen: tcp_listen.to_string(),
             extra_config: extra_config.to_string(),
+            netns,
         };
         node.boot();
         node
@@ -87,10 +100,13 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\nlisten = [\"unix://{}\", \"{}\"]\ncache_dir = {:?}\nreserve_memory = \"1G\"\nflist_dirs = [{:?}]\nallow_store_dirs = [{:?}]\n{}\n",
+                "data_dir = {:?}\nlisten = [\"unix://{}\"{}]\ncache_dir = {:?}\nreserve_memory = \"1G\"\nflist_dirs = [{:?}]\nallow_store_dirs = [{:?}]\n{}\n",
                 self.data(),
                 self.socket().display(),
-                self.tcp_listen.replace("ADDR", &self.tcp),
+                match self.tcp_listen.as_str() {
+                    "" => String::new(),
+                    listen => format!(", \"{}\"", listen.replace("ADDR", &self.tcp)),
+                },
                 self.dir().join("cache"),
                 self.dir(),
                 // common::pack's dir:// store: the store policy allows no local path unasked.
@@ -105,7 +121,25 @@ impl Node {
             .append(true)
             .open(self.dir().join("node.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_zos"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_zos"));
+        if let Some(ns) = &self.netns {
+            // Into the namespace's network only: `ip netns exec` would also give it a mount
+            // namespace of its own, with a /sys that has no cgroups.
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            // SAFETY: setns is async-signal-safe; the descriptor stays open in the child
+            // until exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(["node", "run", "--config"])
             .arg(&config)
             .stdin(Stdio::null())
@@ -115,8 +149,8 @@ impl Node {
             .unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while UnixStream::connect(self.socket()).is_err() || TcpStream::connect(&self.tcp).is_err()
-        {
+        let tcp_down = || !self.tcp_listen.is_empty() && TcpStream::connect(&self.tcp).is_err();
+        while UnixStream::connect(self.socket()).is_err() || tcp_down() {
             assert!(
                 Instant::now() < deadline,
                 "the node did not come up:\n{}",
@@ -284,6 +318,21 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
+        // Leave no network behind a failed test: its namespace's processes and itself.
+        if let Ok(key) = zos_types::read_key_file(&self.data().join("identity.pem")) {
+            let prefix = format!("zos-{}-", &key.public().to_string()[..8]);
+            let names: Vec<String> = std::fs::read_dir("/run/netns")
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.starts_with(&prefix))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for ns in names {
+                common::kill_netns(&ns);
+            }
+        }
         // Leave no VM behind a failed test: a plain `zos vm rm` of each.
         for vm in self.entries("vms") {
             let _ = zos()

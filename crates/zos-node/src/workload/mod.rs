@@ -5,7 +5,7 @@
 //! Adding a type: its data in `zos-types`' `workload/<type>.rs`, its node side in a module
 //! here, and one line in [`Kinds::builtin`].
 
-mod network;
+pub mod network;
 mod zmachine;
 mod zmount;
 
@@ -42,6 +42,11 @@ pub struct Host {
     /// A short tag of the node's identity: names the node makes in host-wide places
     /// (network namespaces) carry it, so two nodes on one host never take each other's.
     pub node_tag: String,
+    /// The secret its networks' WireGuard keys are derived from (from the node's identity).
+    pub wireguard_seed: [u8; 32],
+    /// The address its networks' WireGuard peers reach it at (the config's
+    /// `wireguard_host`).
+    pub wireguard_host: Option<String>,
 }
 
 #[cfg(test)]
@@ -63,6 +68,8 @@ impl Host {
             quarantine_days: 1,
             flist_dirs,
             node_tag: node_tag(&zos_types::Keypair::generate().public()),
+            wireguard_seed: [7; 32],
+            wireguard_host: None,
         }
     }
 }
@@ -123,6 +130,8 @@ pub struct Target<'a> {
     /// Workloads converged earlier in this pass (lower rank), by name: `Ok` when usable,
     /// else why not (a zmachine looks up the zmounts it mounts here).
     pub earlier: &'a HashMap<String, Result<(), String>>,
+    /// The deployment's owner.
+    pub owner: &'a PublicKey,
     /// The deployment's name.
     pub name: &'a str,
     /// Every workload of the deployment, as stored when the pass began.
@@ -218,8 +227,9 @@ pub trait Kind: Send + Sync {
     /// What the workload holds of the node's capacity.
     fn demand(&self, spec: &WorkloadSpec) -> Resources;
 
-    /// What the workload `name` of `owner` holds exclusively on the node (see [`Claim`]).
-    fn claims(&self, _owner: &PublicKey, _name: &str, _spec: &WorkloadSpec) -> Vec<Claim> {
+    /// What workload `w` of `owner`'s deployment `deployment` holds exclusively on the node
+    /// (see [`Claim`]).
+    fn claims(&self, _owner: &PublicKey, _deployment: &str, _w: &Workload) -> Vec<Claim> {
         Vec::new()
     }
 
@@ -364,15 +374,12 @@ impl Kinds {
         Ok(())
     }
 
-    /// What the workloads that are not deleted claim (see [`Claim`]).
-    pub fn claims(&self, owner: &PublicKey, workloads: &[Workload]) -> Vec<Claim> {
-        workloads
+    /// What the workloads of `d` that are not deleted claim (see [`Claim`]).
+    pub fn claims(&self, d: &zos_types::Deployment) -> Vec<Claim> {
+        d.workloads
             .iter()
             .filter(|w| !is_deleted(w))
-            .filter_map(|w| {
-                self.of(&w.spec)
-                    .map(|k| k.claims(owner, w.name.as_str(), &w.spec))
-            })
+            .filter_map(|w| self.of(&w.spec).map(|k| k.claims(&d.owner, &d.name, w)))
             .flatten()
             .collect()
     }

@@ -3,10 +3,12 @@
 //! Zmachines of the deployment join it with a tap each (see `zmachine.rs`).
 
 use super::{result, Claim, Host, Kind, Step, Target};
+use sha2::{Digest, Sha256};
 use zos_net::private::{self, PrivateNet};
 use zos_net::resolver::{self, HostNames};
+use zos_net::wireguard;
 use zos_types::api::Resources;
-use zos_types::{NetworkResult, PublicKey, ResultState, WorkloadSpec};
+use zos_types::{NetworkResult, PublicKey, ResultState, WireGuardEnd, Workload, WorkloadSpec};
 use zos_vmm::spec::hostname_for;
 
 /// The node side of networks.
@@ -23,13 +25,85 @@ pub fn netns_of(host: &Host, resource: &str) -> String {
     format!("{}{resource}", prefix(host))
 }
 
-/// How the network `resource` is laid out on the host.
+/// How the network `resource` is laid out on the host (its WireGuard link aside: see
+/// [`wireguard_link`]).
 pub fn plan(host: &Host, resource: &str, net: &zos_types::Network) -> PrivateNet {
     PrivateNet {
         netns: netns_of(host, resource),
         gateway: net.gateway(),
         prefix: net.subnet.prefix_len(),
         egress: net.egress,
+        wireguard: None,
+    }
+}
+
+/// What names network `network` of `owner`'s deployment `deployment` for its WireGuard key
+/// and port: the same on every node, so one name wires a network across nodes.
+fn wireguard_context(owner: &PublicKey, deployment: &str, network: &str) -> Vec<u8> {
+    format!("{owner}/{deployment}/{network}").into_bytes()
+}
+
+/// The UDP port network `network` of `owner`'s deployment `deployment` listens on for
+/// WireGuard: picked from its name in 20000-59999, so a client knows it before deploying;
+/// two networks on one node that pick the same are refused at admission (a claim).
+pub fn wireguard_port(owner: &PublicKey, deployment: &str, network: &str) -> u16 {
+    let mut h = Sha256::new();
+    h.update(b"zos-wireguard-port-v1\n");
+    h.update(wireguard_context(owner, deployment, network));
+    let d = h.finalize();
+    20000 + u16::from_be_bytes([d[0], d[1]]) % 40000
+}
+
+/// The private key of network `network` of `owner`'s deployment `deployment` on this node:
+/// derived from the node's identity, so it is never stored nor sent, and the same after a
+/// restart.
+fn wireguard_private_key(
+    host: &Host,
+    owner: &PublicKey,
+    deployment: &str,
+    network: &str,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(host.wireguard_seed);
+    h.update(wireguard_context(owner, deployment, network));
+    h.finalize().into()
+}
+
+/// This node's end of the WireGuard link of network `network` of `owner`'s deployment
+/// `deployment`: what its peers need, known before the network is deployed.
+pub fn wireguard_end(
+    host: &Host,
+    owner: &PublicKey,
+    deployment: &str,
+    network: &str,
+) -> WireGuardEnd {
+    let key = wireguard_private_key(host, owner, deployment, network);
+    let listen_port = wireguard_port(owner, deployment, network);
+    WireGuardEnd {
+        public_key: zos_net::wireguard::public_key(&key),
+        listen_port,
+        endpoint: host
+            .wireguard_host
+            .as_ref()
+            .map(|h| format!("{h}:{listen_port}")),
+    }
+}
+
+/// The network's WireGuard link as zos-net makes it.
+fn wireguard_link(host: &Host, target: &Target, wg: &zos_types::WireGuard) -> wireguard::Link {
+    let network = target.workload.name.as_str();
+    wireguard::Link {
+        private_key: wireguard_private_key(host, target.owner, target.name, network),
+        listen_port: wireguard_port(target.owner, target.name, network),
+        peers: wg
+            .peers
+            .iter()
+            .map(|p| wireguard::LinkPeer {
+                public_key: p.public_key.clone(),
+                allowed_ips: p.routed(),
+                endpoint: p.endpoint,
+            })
+            .collect(),
     }
 }
 
@@ -71,15 +145,29 @@ impl Kind for Network {
         Resources::default()
     }
 
-    fn claims(&self, owner: &PublicKey, name: &str, spec: &WorkloadSpec) -> Vec<Claim> {
+    fn check(&self, _host: &Host, spec: &WorkloadSpec) -> Result<(), String> {
         data(spec)
-            .map(|n| Claim::Range {
-                owner: *owner,
-                range: n.ip_range,
-                network: name.to_string(),
-            })
-            .into_iter()
-            .collect()
+            .map(|_| ())
+            .ok_or_else(|| "not a network".to_string())
+    }
+
+    fn claims(&self, owner: &PublicKey, deployment: &str, w: &Workload) -> Vec<Claim> {
+        let Some(n) = data(&w.spec) else {
+            return Vec::new();
+        };
+        let name = w.name.as_str();
+        let mut claims = vec![Claim::Range {
+            owner: *owner,
+            range: n.ip_range,
+            network: name.to_string(),
+        }];
+        if n.wireguard.is_some() {
+            claims.push(Claim::HostPort {
+                port: wireguard_port(owner, deployment, name),
+                protocol: zos_types::Protocol::Udp,
+            });
+        }
+        claims
     }
 
     fn converge(&self, host: &Host, target: &Target) -> Step {
@@ -95,7 +183,11 @@ impl Kind for Network {
             };
         };
         let resource = self.resource(target.id, w.name.as_str());
-        let plan = plan(host, &resource, net);
+        let mut plan = plan(host, &resource, net);
+        plan.wireguard = net
+            .wireguard
+            .as_ref()
+            .map(|wg| wireguard_link(host, target, wg));
         let made = private::ensure(&plan)
             .and_then(|()| resolver::ensure(&plan.netns, plan.gateway, &names(target)));
         let r = match made {
@@ -103,6 +195,10 @@ impl Kind for Network {
                 let info = NetworkResult {
                     gateway: net.gateway(),
                     subnet: net.subnet,
+                    wireguard: net
+                        .wireguard
+                        .as_ref()
+                        .map(|_| wireguard_end(host, target.owner, target.name, w.name.as_str())),
                 };
                 let data = serde_json::to_value(info).unwrap_or_default();
                 result(ResultState::Ok, "up", data)

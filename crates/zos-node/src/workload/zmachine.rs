@@ -62,8 +62,8 @@ impl Kind for Zmachine {
         Ok(())
     }
 
-    fn claims(&self, _owner: &PublicKey, _name: &str, spec: &WorkloadSpec) -> Vec<Claim> {
-        data(spec)
+    fn claims(&self, _owner: &PublicKey, _deployment: &str, w: &Workload) -> Vec<Claim> {
+        data(&w.spec)
             .map(|m| {
                 m.ports
                     .iter()

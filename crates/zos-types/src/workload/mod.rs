@@ -9,8 +9,9 @@ mod zmachine;
 mod zmount;
 
 pub use network::{
-    addresses, held_addresses, network_named, Interface, MachineAddress, MachineNetwork, Network,
-    NetworkResult, RANGE_PREFIX, SUBNET_PREFIX,
+    addresses, held_addresses, network_named, wireguard_key, Interface, MachineAddress,
+    MachineNetwork, Network, NetworkResult, Peer, WireGuard, WireGuardEnd, RANGE_PREFIX,
+    SUBNET_PREFIX,
 };
 pub use zmachine::{Mount, Port, Protocol, ZMachine, MIN_MEMORY};
 pub use zmount::ZMount;

@@ -13,8 +13,7 @@ pub const RANGE_PREFIX: u8 = 16;
 /// The prefix length of a node's `subnet`.
 pub const SUBNET_PREFIX: u8 = 24;
 
-/// A private network. No `wireguard` field yet: `deny_unknown_fields` refuses it by name
-/// until the node can link nodes.
+/// A private network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
@@ -25,6 +24,55 @@ pub struct Network {
     /// Whether machines on it may reach the outside through the node (masqueraded).
     #[serde(default = "default_egress")]
     pub egress: bool,
+    /// WireGuard to other nodes' parts of the network and to users' machines: the node
+    /// makes the network's key itself (see `NetworkResult::wireguard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireGuard>,
+}
+
+/// The network's WireGuard link.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireGuard {
+    /// The other ends: other nodes' subnets and users' machines.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+}
+
+/// One WireGuard peer of a network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// The addresses behind it inside `ip_range` (another node's /24, a user's machine).
+    pub subnet: Ipv4Net,
+    /// Its WireGuard public key (base64, as `wg pubkey` prints it).
+    pub public_key: String,
+    /// What it may send from and is routed to; left out, its `subnet`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<Ipv4Net>,
+    /// Where to reach it, `ADDRESS:PORT`; left out, it reaches this node first (a laptop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<std::net::SocketAddr>,
+}
+
+impl Peer {
+    /// The addresses routed to it: `allowed_ips`, or its subnet.
+    pub fn routed(&self) -> Vec<Ipv4Net> {
+        if self.allowed_ips.is_empty() {
+            vec![self.subnet]
+        } else {
+            self.allowed_ips.clone()
+        }
+    }
+}
+
+/// Decodes a WireGuard key (base64 of 32 bytes).
+pub fn wireguard_key(text: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?;
+    bytes.try_into().ok()
 }
 
 fn default_egress() -> bool {
@@ -96,6 +144,41 @@ impl WorkloadData for Network {
             ));
         } else if !range.contains(&subnet) {
             bad.push(format!("subnet {subnet} is not inside ip_range {range}"));
+        }
+        let peers = self.wireguard.as_ref().map_or(&[][..], |w| &w.peers[..]);
+        for (i, p) in peers.iter().enumerate() {
+            let place = format!("wireguard.peers[{i}]");
+            if wireguard_key(&p.public_key).is_none() {
+                bad.push(format!(
+                    "{place}: public_key {:?} is not a WireGuard key (base64 of 32 bytes, as \
+                     `wg pubkey` prints)",
+                    p.public_key
+                ));
+            }
+            if !range.contains(&p.subnet) {
+                bad.push(format!(
+                    "{place}: subnet {} is not inside ip_range {range}",
+                    p.subnet
+                ));
+            }
+            let mine = |n: &Ipv4Net| n.contains(&subnet.network()) || subnet.contains(&n.network());
+            if p.routed().iter().any(mine) {
+                bad.push(format!(
+                    "{place}: its addresses overlap this node's subnet {subnet}"
+                ));
+            }
+            let clash = peers[..i].iter().position(|q| {
+                q.routed().iter().any(|a| {
+                    p.routed()
+                        .iter()
+                        .any(|b| a.contains(&b.network()) || b.contains(&a.network()))
+                })
+            });
+            if let Some(j) = clash {
+                bad.push(format!(
+                    "{place}: its addresses overlap those of wireguard.peers[{j}]"
+                ));
+            }
         }
         bad
     }
@@ -250,6 +333,21 @@ pub struct NetworkResult {
     pub gateway: Ipv4Addr,
     /// This node's subnet.
     pub subnet: Ipv4Net,
+    /// The node's end of the network's WireGuard link, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireGuardEnd>,
+}
+
+/// A node's end of a network's WireGuard link: what its peers put in their configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireGuardEnd {
+    /// The network's public key on this node (base64).
+    pub public_key: String,
+    /// The UDP port it listens on, on every address of the node.
+    pub listen_port: u16,
+    /// `ADDRESS:PORT` to reach it, when the node's config names its address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 /// An address a zmachine got, as listed in its result data under `addresses`.
@@ -485,12 +583,38 @@ mod tests {
     }
 
     #[test]
-    fn wireguard_and_other_unknown_fields_are_refused() {
-        let e = serde_json::from_str::<Network>(
-            r#"{"ip_range":"10.20.0.0/16","subnet":"10.20.1.0/24","wireguard":{}}"#,
-        )
-        .expect_err("wireguard is not supported yet");
-        assert!(e.to_string().contains("wireguard"), "{e}");
+    fn wireguard_peers_need_good_keys_and_their_own_addresses() {
+        let key = "yqtQfO+slSAdeu50WF6RCSrx6OXTk0FqEMYGOxn7lBY=";
+        let with = |peers: serde_json::Value| -> Network {
+            serde_json::from_value(serde_json::json!({"ip_range": "10.20.0.0/16",
+                "subnet": "10.20.1.0/24", "wireguard": {"peers": peers}}))
+            .expect("a network")
+        };
+        let good = with(serde_json::json!([
+            {"subnet": "10.20.2.0/24", "public_key": key, "endpoint": "192.0.2.7:51820"},
+            {"subnet": "10.20.200.0/24", "public_key": key}
+        ]));
+        assert!(good.problems(&[]).is_empty(), "{:?}", good.problems(&[]));
+        let bad = with(serde_json::json!([
+            {"subnet": "10.20.2.0/24", "public_key": "not-a-key"},
+            {"subnet": "10.20.2.0/24", "public_key": key},
+            {"subnet": "10.20.1.0/24", "public_key": key},
+            {"subnet": "10.99.0.0/24", "public_key": key}
+        ]));
+        let p = bad.problems(&[]);
+        for want in [
+            "wireguard.peers[0]: public_key \"not-a-key\" is not a WireGuard key",
+            "wireguard.peers[1]: its addresses overlap those of wireguard.peers[0]",
+            "wireguard.peers[2]: its addresses overlap this node's subnet",
+            "wireguard.peers[3]: subnet 10.99.0.0/24 is not inside ip_range",
+        ] {
+            assert!(p.iter().any(|m| m.starts_with(want)), "{want}: {p:?}");
+        }
+        let e = serde_json::from_value::<Network>(serde_json::json!({"ip_range": "10.20.0.0/16",
+            "subnet": "10.20.1.0/24", "wireguard": {"peers": [{"subnet": "10.20.2.0/24",
+            "public_key": key, "endpoint": "nowhere"}]}}))
+        .expect_err("a bad endpoint");
+        assert!(!e.to_string().is_empty());
         let e = serde_json::from_str::<Network>(r#"{"ip_range":"10.20.0.0","subnet":"x"}"#)
             .expect_err("not a prefix");
         assert!(!e.to_string().is_empty());
