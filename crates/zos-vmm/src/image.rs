@@ -59,6 +59,7 @@ pub fn plan(source: FlistSource, overrides: &Overrides) -> Result<Boot> {
                 initrd,
                 cmdline: String::new(),
                 seed: overrides.seed.clone(),
+                network: None,
             });
         }
         if let Some((image, format)) = DISK_IMAGES
@@ -71,6 +72,7 @@ pub fn plan(source: FlistSource, overrides: &Overrides) -> Result<Boot> {
                 format,
                 root_size: overrides.root_size,
                 seed: overrides.seed.clone(),
+                network: None,
             });
         }
     }

@@ -67,6 +67,7 @@ mod tests {
                 format: crate::disk::DiskFormat::Raw,
                 root_size: 1 << 30,
                 seed: Default::default(),
+                network: None,
             },
             disks: Vec::new(),
         };

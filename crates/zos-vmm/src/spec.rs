@@ -27,19 +27,26 @@ pub struct VmSpec {
 }
 
 impl VmSpec {
-    /// The VM's network, if it has one (container mode only for now).
+    /// The VM's network, if it has one.
     pub fn network(&self) -> Option<&NetSpec> {
         match &self.boot {
-            Boot::Container { network, .. } => network.as_ref(),
-            _ => None,
+            Boot::Container { network, .. }
+            | Boot::Kernel { network, .. }
+            | Boot::Disk { network, .. } => network.as_ref(),
         }
     }
 
     /// The VM's network, to fill in its interface.
     pub fn network_mut(&mut self) -> Option<&mut NetSpec> {
+        self.network_slot().as_mut()
+    }
+
+    /// Where the boot mode keeps the network (every mode has one).
+    fn network_slot(&mut self) -> &mut Option<NetSpec> {
         match &mut self.boot {
-            Boot::Container { network, .. } => network.as_mut(),
-            _ => None,
+            Boot::Container { network, .. }
+            | Boot::Kernel { network, .. }
+            | Boot::Disk { network, .. } => network,
         }
     }
 }
@@ -92,8 +99,8 @@ pub struct VmRequest {
     pub overrides: Overrides,
     /// Extra disks.
     pub disks: Vec<DiskAttach>,
-    /// The network; container mode only for now (VM modes get theirs through the NoCloud
-    /// seed in a later part), so it is dropped for the others.
+    /// The network: zos-init configures it in a container, the NoCloud seed's
+    /// `network-config` in VM modes (unless the caller gives its own).
     pub network: Option<NetSpec>,
 }
 
@@ -102,18 +109,18 @@ impl VmRequest {
     pub fn plan(mut self) -> crate::Result<VmSpec> {
         // Whole MiB: disk images want whole sectors, and nobody means a byte count here.
         self.overrides.root_size = self.overrides.root_size.div_ceil(1 << 20) << 20;
-        let mut boot = image::plan(self.flist, &self.overrides)?;
-        if let Boot::Container { network, .. } = &mut boot {
-            *network = self.network;
-        }
-        Ok(VmSpec {
+        let boot = image::plan(self.flist, &self.overrides)?;
+        let mut spec = VmSpec {
             cpus: self.cpus,
             memory_mib: self.memory.div_ceil(1 << 20),
             hostname: hostname_for(&self.hostname),
             accel: self.accel,
             boot,
             disks: self.disks,
-        })
+        };
+        // The network is no part of the image: whatever mode it chose gets it.
+        *spec.network_slot() = self.network;
+        Ok(spec)
     }
 }
 
@@ -176,6 +183,9 @@ pub enum Boot {
         cmdline: String,
         /// The cloud-init seed.
         seed: SeedSpec,
+        /// Its network, configured through the seed; `None`: no NIC.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        network: Option<NetSpec>,
     },
     /// The flist carries a disk image: firmware (SeaBIOS) boots it from a qcow2 overlay
     /// whose backing file is the image in the flist mount, so the guest's writes stay with
@@ -192,6 +202,9 @@ pub enum Boot {
         root_size: u64,
         /// The cloud-init seed.
         seed: SeedSpec,
+        /// Its network, configured through the seed; `None`: no NIC.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        network: Option<NetSpec>,
     },
 }
 

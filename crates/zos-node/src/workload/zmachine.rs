@@ -461,15 +461,7 @@ fn vm_spec(
             ..NetSpec::default()
         });
     }
-    let spec = request.plan().map_err(|e| e.to_string())?;
-    if !addresses.is_empty() && spec.network().is_none() {
-        return Err(format!(
-            "flist {} boots its own kernel or disk image: joining networks is for container \
-             flists for now",
-            m.flist
-        ));
-    }
-    Ok(spec)
+    request.plan().map_err(|e| e.to_string())
 }
 
 /// Refuses an flist whose routes lead where the node's store policy forbids, before any VM

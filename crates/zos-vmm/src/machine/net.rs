@@ -91,3 +91,123 @@ pub(super) fn guest_network(spec: &VmSpec) -> Option<GuestNetwork> {
         hosts: Vec::new(),
     })
 }
+
+/// The NoCloud seed's `network-config` (version 2) for a VM-mode guest's interfaces: each
+/// matched by its MAC and named `ethN` in order, its address, the first one's gateway as
+/// default route, and the resolvers zos-init would give a container. JSON, which YAML
+/// readers (cloud-init's) take as it is. `None` without interfaces.
+pub(super) fn seed_network_config(spec: &VmSpec) -> Option<String> {
+    let net = guest_network(spec)?;
+    let mut ethernets = serde_json::Map::new();
+    for (i, iface) in net.interfaces.iter().enumerate() {
+        let mut e = serde_json::json!({
+            "match": { "macaddress": iface.mac },
+            "set-name": format!("eth{i}"),
+            "addresses": [format!("{}/{}", iface.address, iface.prefix)],
+            "mtu": iface.mtu,
+        });
+        if let Some(gw) = iface.gateway {
+            e["routes"] = serde_json::json!([{ "to": "0.0.0.0/0", "via": gw.to_string() }]);
+        }
+        if !net.dns.is_empty() {
+            let dns: Vec<String> = net.dns.iter().map(|a| a.to_string()).collect();
+            e["nameservers"] = serde_json::json!({ "addresses": dns });
+        }
+        ethernets.insert(format!("eth{i}"), e);
+    }
+    let config = serde_json::json!({ "version": 2, "ethernets": ethernets });
+    serde_json::to_string_pretty(&config).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Boot, FlistSource, NetSpec};
+    use std::process::Command;
+
+    /// A disk-image VM on a private network at 10.20.1.5, as a node makes it.
+    fn disk_vm_on_a_network() -> VmSpec {
+        let net = zos_net::private::PrivateNet {
+            netns: "n".into(),
+            gateway: "10.20.1.1".parse().unwrap(),
+            prefix: 24,
+            egress: true,
+            wireguard: None,
+        };
+        VmSpec {
+            cpus: 1,
+            memory_mib: 256,
+            hostname: "web".into(),
+            accel: Default::default(),
+            boot: Boot::Disk {
+                flist: FlistSource {
+                    path: "/x.fl".into(),
+                    stores: Vec::new(),
+                },
+                image: "/image.qcow2".into(),
+                format: crate::disk::DiskFormat::Qcow2,
+                root_size: 1 << 30,
+                seed: Default::default(),
+                network: Some(NetSpec {
+                    joined: vec![net.interface("10.20.1.5".parse().unwrap())],
+                    ..NetSpec::default()
+                }),
+            },
+            disks: Vec::new(),
+        }
+    }
+
+    /// The seed's network-config, read by cloud-init's own converter (`cloud-init devel
+    /// net-convert`, as a guest's cloud-init reads it) into Debian's ifupdown files: the
+    /// address, the default route, the resolver and the name given to the MAC must all be
+    /// there.
+    #[test]
+    fn cloud_init_reads_the_seed_network_config() {
+        let config = seed_network_config(&disk_vm_on_a_network()).expect("a network-config");
+        let Some(cloud_init) = zos_testkit::program("cloud-init") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("network-config");
+        std::fs::write(&input, &config).unwrap();
+        let out = dir.path().join("out");
+        let run = Command::new(cloud_init)
+            .args([
+                "devel",
+                "net-convert",
+                "-k",
+                "yaml",
+                "-D",
+                "debian",
+                "-O",
+                "eni",
+                "-p",
+            ])
+            .arg(&input)
+            .arg("-d")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "cloud-init refused:\n{config}\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let eni =
+            std::fs::read_to_string(out.join("etc/network/interfaces.d/50-cloud-init")).unwrap();
+        for want in [
+            "iface eth0 inet static",
+            "address 10.20.1.5/24",
+            "dns-nameservers 10.20.1.1",
+            "default gw 10.20.1.1",
+        ] {
+            assert!(eni.contains(want), "{want} in\n{eni}");
+        }
+        let udev =
+            std::fs::read_to_string(out.join("etc/udev/rules.d/70-persistent-net.rules")).unwrap();
+        assert!(
+            udev.contains("ATTR{address}==\"02:5a:0a:14:01:05\", NAME=\"eth0\""),
+            "{udev}"
+        );
+    }
+}

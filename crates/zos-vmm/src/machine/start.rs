@@ -172,6 +172,7 @@ impl Vmm {
                 format,
                 root_size,
                 seed,
+                ..
             } => {
                 started.mount = Some(rootfs::mount_flist(flist, &layers.lower, &helper)?);
                 let overlay = root_overlay(dir, &layers, image, *format, *root_size)?;
@@ -275,7 +276,11 @@ impl Vmm {
                 hostname: spec.hostname.clone(),
                 ssh_keys: seed.ssh_keys.clone(),
                 user_data: seed.user_data.clone(),
-                network_config: seed.network_config.clone(),
+                // The caller's own, or one for the VM's interfaces.
+                network_config: seed
+                    .network_config
+                    .clone()
+                    .or_else(|| super::net::seed_network_config(spec)),
             },
             &path,
         )?;
