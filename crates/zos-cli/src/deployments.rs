@@ -103,12 +103,31 @@ fn describe(d: &Deployment) -> String {
                         .collect();
                     field("mounts", mounts.join(", "));
                 }
+                if !m.ports.is_empty() {
+                    let ports: Vec<String> = m
+                        .ports
+                        .iter()
+                        .map(|p| format!("{}->{}/{}", p.host_port(), p.port, p.protocol))
+                        .collect();
+                    field("ports", ports.join(", "));
+                }
+                if let Some(ip) = &m.public_ip {
+                    field("public_ip", ip.to_string());
+                }
             }
             WorkloadSpec::Zmount(z) => field("size", z.size.to_string()),
             WorkloadSpec::Network(n) => {
                 field("ip_range", n.ip_range.to_string());
                 field("subnet", n.subnet.to_string());
+                if let Some(wg) = &n.wireguard {
+                    field("wireguard", format!("{} peers", wg.peers.len()));
+                }
             }
+            WorkloadSpec::Ip(ip) => field(
+                "address",
+                ip.address
+                    .map_or("any of the node's".to_string(), |a| a.to_string()),
+            ),
         }
         if let Some(r) = w.result.as_ref().filter(|r| !r.data.is_null()) {
             field("data", r.data.to_string());

@@ -694,3 +694,145 @@ fn two_nodes_and_a_laptop_share_a_network_over_wireguard() {
     ok(&mut b.cli("alice", &["rm", "app"]));
     assert!(namespaces(&a).is_empty() && namespaces(&b).is_empty());
 }
+
+/// An "upstream router" namespace holding 198.51.100.1/24 (TEST-NET-2), joined to the host
+/// by a veth whose host end (`zosup<ID>`, no address) is the node's public interface.
+struct Upstream {
+    ns: String,
+    link: String,
+}
+
+impl Upstream {
+    fn new() -> Upstream {
+        let id = unique(2);
+        let up = Upstream {
+            ns: format!("zostest-up-{id}"),
+            link: format!("zosup{id}"),
+        };
+        up.remove();
+        net_common::sh("ip", &["netns", "add", &up.ns]);
+        net_common::sh(
+            "ip",
+            &[
+                "link", "add", &up.link, "type", "veth", "peer", "name", "eth0", "netns", &up.ns,
+            ],
+        );
+        net_common::sh("ip", &["link", "set", &up.link, "up"]);
+        for args in [
+            vec!["addr", "add", "198.51.100.1/24", "dev", "eth0"],
+            vec!["link", "set", "eth0", "up"],
+            vec!["link", "set", "lo", "up"],
+        ] {
+            let mut all = vec!["-n", up.ns.as_str()];
+            all.extend(args);
+            net_common::sh("ip", &all);
+        }
+        up
+    }
+
+    fn remove(&self) {
+        common::kill_netns(&self.ns);
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.link])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+#[test]
+fn a_public_ip_reaches_its_machine_and_no_one_else_can_take_or_spoof_it() {
+    if !prerequisites() {
+        return;
+    }
+    let up = Upstream::new();
+    let node = Node::start(&format!(
+        "[[public_ips]]\ninterface = \"{}\"\ngateway = \"198.51.100.1\"\naddresses = [\"198.51.100.10/24\", \"198.51.100.11/24\"]\n",
+        up.link
+    ));
+    let port = 23000 + unique(2) as u16;
+    let logger = net_common::peer_logger_in(&up.ns, port, 200);
+    // A web server on its public address; it also calls the upstream host, from its own
+    // address (no NAT), and once told to (a connection to its port 81), from its neighbour's
+    // (must never arrive).
+    let script = format!(
+        "mkdir -p /srv && echo public-page > /srv/index.html && httpd -p 80 -h /srv
+i=0; until echo own | nc -w 3 198.51.100.1 {port}; do i=$((i+1)); [ $i -ge 30 ] && break; sleep 1; done
+nc -l -p 81 -w 120 >/dev/null
+dev=$(grep -l 02:5a:c6:33:64:0a /sys/class/net/*/address | cut -d/ -f5)
+ip addr flush dev $dev && ip addr add 198.51.100.11/24 dev $dev && ip route add default via 198.51.100.1
+echo spoofed | nc -w 3 198.51.100.1 {port}
+echo calls-done; exec sleep 600"
+    );
+    let mut web = machine("web", None, &script);
+    web["data"]["public_ip"] = json!("pub");
+    let ip = json!({ "name": "pub", "type": "ip", "data": { "address": "198.51.100.10" } });
+    let file = deployment(&node, "site.yaml", "site", vec![ip, lan(), web]);
+    ok(node.cli("alice", &["deploy"]).arg(&file));
+    let d = node.settled("alice", "site");
+    let held = &d["workloads"][0]["result"]["data"];
+    assert_eq!(held["address"], "198.51.100.10/24", "{d}");
+    assert_eq!(held["gateway"], "198.51.100.1", "{d}");
+    let web_data = &d["workloads"][2]["result"]["data"];
+    assert_eq!(web_data["public_ip"], "198.51.100.10", "{d}");
+
+    // From the upstream router, straight to the machine's public address.
+    let got = net_common::retry_until(
+        Command::new("ip").args([
+            "netns",
+            "exec",
+            &up.ns,
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            "http://198.51.100.10/",
+        ]),
+        "public-page",
+        60,
+    );
+    assert!(got.contains("public-page"), "curl from upstream: {got}");
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &up.ns, "curl", "-s", "--max-time", "2"])
+        .arg("http://198.51.100.10:81/")
+        .output();
+    let logs = logs_until(&node, "alice", "site/web", "calls-done");
+    assert!(logs.contains("calls-done"), "{logs}");
+    let seen = logger.finish();
+    assert!(
+        seen.lines().any(|l| l == "198.51.100.10 own"),
+        "the machine's traffic leaves from its public address, not NATed:\n{seen}\n{logs}"
+    );
+    assert!(
+        !seen.contains("spoofed"),
+        "a neighbour's address was usable:\n{seen}"
+    );
+
+    // Another owner cannot take it; an address outside the pool is refused.
+    for (address, why) in [
+        (
+            "198.51.100.10",
+            "public IP 198.51.100.10 is already taken on this node",
+        ),
+        (
+            "198.51.100.99",
+            "public IP 198.51.100.99 is not one of this node's",
+        ),
+    ] {
+        let ip = json!({ "name": "pub", "type": "ip", "data": { "address": address } });
+        let file = deployment(&node, "bob.yaml", "bobs", vec![ip]);
+        let err = common::fails(node.cli("bob", &["deploy"]).arg(&file));
+        assert!(err.contains(why), "{why}: {err}");
+    }
+    ok(&mut node.cli("alice", &["rm", "site"]));
+    let leases = net_common::leases();
+    assert!(
+        !leases.contains("198.51.100.10"),
+        "public lease left:\n{leases}"
+    );
+}

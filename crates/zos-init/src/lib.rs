@@ -69,6 +69,21 @@ pub struct GuestInterface {
     pub gateway: Option<std::net::Ipv4Addr>,
     /// Its MTU.
     pub mtu: u32,
+    /// More routes through it (a private network's whole range, when the default route
+    /// goes elsewhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<GuestRoute>,
+}
+
+/// A route: `to/prefix` through the gateway `via`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GuestRoute {
+    /// The destination network.
+    pub to: std::net::Ipv4Addr,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// The gateway.
+    pub via: std::net::Ipv4Addr,
 }
 
 /// An `/etc/hosts` line.

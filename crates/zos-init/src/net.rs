@@ -82,32 +82,41 @@ fn configure_one(name: &str, iface: &GuestInterface) -> io::Result<()> {
     let mut req = sys::ifreq(name);
     req.ifr_ifru.ifru_addr = sockaddr(iface.address);
     sys::ifreq_ioctl(fd, libc::SIOCSIFADDR, &mut req)?;
-    let mask = Ipv4Addr::from(
-        u32::MAX
-            .checked_shl(32 - u32::from(iface.prefix))
-            .unwrap_or(0),
-    );
     let mut req = sys::ifreq(name);
-    req.ifr_ifru.ifru_netmask = sockaddr(mask);
+    req.ifr_ifru.ifru_netmask = sockaddr(mask(iface.prefix));
     sys::ifreq_ioctl(fd, libc::SIOCSIFNETMASK, &mut req)?;
     sys::link_up(name)?;
     if let Some(gw) = iface.gateway {
-        // SAFETY: rtentry is plain data, valid when zeroed.
-        let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
-        route.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
-        route.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
-        route.rt_gateway = sockaddr(gw);
-        route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
-        // SAFETY: `route` is a valid rtentry; SIOCADDRT only reads it.
-        let ret = unsafe { libc::ioctl(fd, libc::SIOCADDRT, &route) };
-        if ret < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EEXIST) {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("default route via {gw}: {e}"),
-                ));
-            }
+        add_route(fd, Ipv4Addr::UNSPECIFIED, 0, gw)?;
+    }
+    for r in &iface.routes {
+        add_route(fd, r.to, r.prefix, r.via)?;
+    }
+    Ok(())
+}
+
+/// The netmask of a prefix length.
+fn mask(prefix: u8) -> Ipv4Addr {
+    Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0))
+}
+
+/// Adds the route `to/prefix` via `gw` (one that exists is fine).
+fn add_route(fd: std::os::fd::RawFd, to: Ipv4Addr, prefix: u8, gw: Ipv4Addr) -> io::Result<()> {
+    // SAFETY: rtentry is plain data, valid when zeroed.
+    let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
+    route.rt_dst = sockaddr(to);
+    route.rt_genmask = sockaddr(mask(prefix));
+    route.rt_gateway = sockaddr(gw);
+    route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+    // SAFETY: `route` is a valid rtentry; SIOCADDRT only reads it.
+    let ret = unsafe { libc::ioctl(fd, libc::SIOCADDRT, &route) };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("route to {to}/{prefix} via {gw}: {e}"),
+            ));
         }
     }
     Ok(())

@@ -27,12 +27,15 @@ pub fn state_dir() -> PathBuf {
 }
 
 #[derive(Default, Serialize, Deserialize)]
-struct Leases {
+pub(crate) struct Leases {
     /// By owner (a VM's directory).
     leases: BTreeMap<String, Lease>,
     /// The uplinks of private networks (see [`crate::private`]): their number, by namespace.
     #[serde(default)]
     links: BTreeMap<String, LinkLease>,
+    /// Public addresses (see [`crate::public`]): their holder, by address.
+    #[serde(default)]
+    pub(crate) public: BTreeMap<Ipv4Addr, String>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -54,14 +57,15 @@ struct Lease {
 }
 
 /// The lease file, locked for as long as it lives.
-struct Locked {
+pub(crate) struct Locked {
     path: PathBuf,
     _lock: fs::File,
-    leases: Leases,
+    pub(crate) leases: Leases,
 }
 
 impl Locked {
-    fn open() -> Result<Locked> {
+    /// Opens and locks the lease file.
+    pub(crate) fn open() -> Result<Locked> {
         let lock = crate::lock::exclusive("lock")?;
         let path = state_dir().join("leases.json");
         let leases = match fs::read(&path) {
@@ -81,7 +85,8 @@ impl Locked {
         })
     }
 
-    fn save(&self) -> Result<()> {
+    /// Writes the leases back (a temp file renamed into place).
+    pub(crate) fn save(&self) -> Result<()> {
         let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(&self.leases)
             .map_err(|e| Error::Invalid(format!("encoding leases: {e}")))?;
@@ -206,6 +211,8 @@ fn local_interface(ip: Ipv4Addr, ports: &[PortMap]) -> Interface {
         mtu: local::MTU,
         ports: ports.to_vec(),
         netns: None,
+        default_route: true,
+        routes: Vec::new(),
     }
 }
 

@@ -26,6 +26,7 @@ pub mod netns;
 pub mod plug;
 pub mod ports;
 pub mod private;
+pub mod public;
 pub mod resolver;
 pub mod rules;
 pub mod tap;
@@ -60,9 +61,20 @@ pub struct Interface {
     #[serde(default)]
     pub ports: Vec<PortMap>,
     /// The network namespace its bridge lives in (a private network, see [`private`]);
-    /// `None`: the host's own (the local network).
+    /// `None`: the host's own (the local network, a public bridge).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// Whether the guest's default route goes through its gateway.
+    #[serde(default = "default_route")]
+    pub default_route: bool,
+    /// Networks the guest reaches through its gateway besides (a private network's whole
+    /// range, when the default route goes elsewhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<ipnet::Ipv4Net>,
+}
+
+fn default_route() -> bool {
+    true
 }
 
 /// What can go wrong setting up networks.

@@ -80,6 +80,20 @@ async fn add_link(handle: &Handle, name: &str, link: LinkMessage) -> Result<()> 
     }
 }
 
+/// Makes the bridge `name` without an address and brings it up; what exists is kept.
+pub fn ensure_plain_bridge(name: &str) -> Result<()> {
+    with_handle(|handle| async move {
+        add_link(&handle, name, LinkBridge::new(name).build()).await?;
+        let index = index_of(&handle, name).await?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(netlink(format!("bringing {name} up")))
+    })
+}
+
 /// Gives link `name` the address `addr/prefix` (kept if it has it) and brings it up.
 async fn address_up(handle: &Handle, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
     let index = index_of(handle, name).await?;

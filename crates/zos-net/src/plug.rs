@@ -26,11 +26,17 @@ pub fn plug(iface: &Interface) -> Result<OwnedFd> {
         return Ok(fd);
     }
     if iface.bridge != local::BRIDGE {
-        return Err(Error::Invalid(format!(
-            "network bridge {:?} is unknown: only the local network {} exists yet",
-            iface.bridge,
-            local::BRIDGE
-        )));
+        // A public bridge, made by its owner beforehand (see [`crate::public`]).
+        if !link::exists(&iface.bridge)? {
+            return Err(Error::Invalid(format!(
+                "bridge {} does not exist: the public interface is not up",
+                iface.bridge
+            )));
+        }
+        let fd = tap::create(&iface.tap)?;
+        link::join_bridge(&iface.tap, &iface.bridge)?;
+        rules::add(iface)?;
+        return Ok(fd);
     }
     link::ensure_bridge(&iface.bridge, iface.gateway, iface.prefix)?;
     // Forwarding is what NAT and published ports need; route_localnet (on zos's own bridge

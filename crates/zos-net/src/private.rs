@@ -75,6 +75,8 @@ impl PrivateNet {
             mtu: MTU,
             ports: Vec::new(),
             netns: Some(self.netns.clone()),
+            default_route: true,
+            routes: Vec::new(),
         }
     }
 }

@@ -13,6 +13,20 @@ pub const DEFAULT_FLIST_DIR: &str = "/var/lib/zos/flists";
 /// Where the node listens when the config names nothing.
 pub const DEFAULT_SOCKET: &str = "/run/zos/node.sock";
 
+/// Public addresses on one host interface (a `[[public_ips]]` table): zos bridges the
+/// interface (`zp<node tag><N>`, N its position here) and puts the VMs holding the addresses on it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicIps {
+    /// The host interface the addresses are reachable on; it should carry no address of the
+    /// host's own, since zos makes it a bridge port.
+    pub interface: String,
+    /// The addresses' gateway.
+    pub gateway: std::net::Ipv4Addr,
+    /// The addresses, each with its subnet's prefix length, e.g. `198.51.100.10/24`.
+    pub addresses: Vec<ipnet::Ipv4Net>,
+}
+
 /// The node's settings. Every field has a default, so an empty file (or none) is a node.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -45,6 +59,9 @@ pub struct NodeConfig {
     /// networks' WireGuard links (`ADDRESS:PORT` in each network's result); without it, the
     /// result has the port only.
     pub wireguard_host: Option<String>,
+    /// Public IPv4 addresses `ip` workloads may take, per host interface they live on
+    /// (`[[public_ips]]` tables); none by default.
+    pub public_ips: Vec<PublicIps>,
     /// Days the node keeps what it found on the host but could not account for (VMs and
     /// disks no deployment owns), in `<data_dir>/quarantine`, before deleting it.
     pub quarantine_days: u32,
@@ -89,6 +106,7 @@ impl Default for NodeConfig {
             quarantine_days: 7,
             flist_dirs: vec![PathBuf::from(DEFAULT_FLIST_DIR)],
             wireguard_host: None,
+            public_ips: Vec::new(),
             allow_store_nets: Vec::new(),
             allow_store_dirs: Vec::new(),
             header_timeout_secs: 10,
@@ -170,6 +188,33 @@ impl NodeConfig {
             }
         }
         self.limits.check()?;
+        self.check_public_ips()
+    }
+
+    /// Each pool's gateway is in its addresses' subnets, and no address is listed twice.
+    fn check_public_ips(&self) -> anyhow::Result<()> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, pool) in self.public_ips.iter().enumerate() {
+            let place = format!("public_ips[{i}]");
+            if pool.interface.is_empty() || pool.interface.len() >= 16 {
+                anyhow::bail!(
+                    "{place}.interface {:?}: name a host interface",
+                    pool.interface
+                );
+            }
+            for a in &pool.addresses {
+                if !a.contains(&pool.gateway) {
+                    anyhow::bail!(
+                        "{place}: gateway {} is not in the subnet of {a}: list addresses with \
+                         their subnet's prefix, e.g. \"198.51.100.10/24\"",
+                        pool.gateway
+                    );
+                }
+                if a.addr() == pool.gateway || !seen.insert(a.addr()) {
+                    anyhow::bail!("{place}: address {a} is the gateway or listed twice");
+                }
+            }
+        }
         Ok(())
     }
 

@@ -156,6 +156,7 @@ impl Engine {
             node_tag: workload::node_tag(&key.public()),
             wireguard_seed: key.derive(b"wireguard"),
             wireguard_host: cfg.wireguard_host.clone(),
+            public_ips: cfg.public_ips.clone(),
         };
         let db = host.data.join("node.redb");
         let store = Store::open(&db, &key.public())?;

@@ -50,7 +50,8 @@ pub use size::ByteSize;
 pub use validate::{is_valid_deployment_name, ValidationError};
 pub use workload::{
     addresses, held_addresses, network_named, wireguard_key, Interface, MachineAddress,
-    MachineNetwork, Mount, Network, NetworkResult, Peer, Port, Protocol, ResultState, WireGuard,
-    WireGuardEnd, Workload, WorkloadData, WorkloadFile, WorkloadName, WorkloadResult, WorkloadSpec,
-    ZMachine, ZMount, MIN_MEMORY, RANGE_PREFIX, SUBNET_PREFIX, WORKLOAD_TYPES,
+    MachineNetwork, Mount, Network, NetworkResult, Peer, Port, Protocol, PublicIp, PublicIpResult,
+    ResultState, WireGuard, WireGuardEnd, Workload, WorkloadData, WorkloadFile, WorkloadName,
+    WorkloadResult, WorkloadSpec, ZMachine, ZMount, MIN_MEMORY, RANGE_PREFIX, SUBNET_PREFIX,
+    WORKLOAD_TYPES,
 };

@@ -168,6 +168,11 @@ impl PeerLogger {
 
 /// Starts a [`PeerLogger`] on `port` in `ns`, ending by itself after `seconds`.
 pub fn peer_logger(ns: &Netns, port: u16, seconds: u32) -> PeerLogger {
+    peer_logger_in(&ns.name, port, seconds)
+}
+
+/// A [`PeerLogger`] in the namespace named `ns`.
+pub fn peer_logger_in(ns: &str, port: u16, seconds: u32) -> PeerLogger {
     let code = format!(
         r#"
 import socket, time, sys
@@ -189,9 +194,8 @@ while time.time() < end:
     c.close()
 "#
     );
-    let mut child = ns
-        .exec("python3")
-        .args(["-c", &code])
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", &code])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -5,6 +5,7 @@
 //! Adding a type: its data in `zos-types`' `workload/<type>.rs`, its node side in a module
 //! here, and one line in [`Kinds::builtin`].
 
+pub mod ip;
 pub mod network;
 mod zmachine;
 mod zmount;
@@ -19,6 +20,7 @@ use zos_types::api::Resources;
 use zos_types::{PublicKey, ResultState, Workload, WorkloadResult, WorkloadSpec};
 use zos_vmm::Vmm;
 
+pub use ip::Ip;
 pub use network::Network;
 pub use zmachine::Zmachine;
 pub use zmount::Zmount;
@@ -47,6 +49,8 @@ pub struct Host {
     /// The address its networks' WireGuard peers reach it at (the config's
     /// `wireguard_host`).
     pub wireguard_host: Option<String>,
+    /// The public addresses `ip` workloads may take (the config's `public_ips`).
+    pub public_ips: Vec<crate::config::PublicIps>,
 }
 
 #[cfg(test)]
@@ -70,6 +74,7 @@ impl Host {
             node_tag: node_tag(&zos_types::Keypair::generate().public()),
             wireguard_seed: [7; 32],
             wireguard_host: None,
+            public_ips: Vec::new(),
         }
     }
 }
@@ -151,6 +156,8 @@ pub enum Claim {
         /// The network workload's name.
         network: String,
     },
+    /// One of the node's public addresses.
+    PublicIp(std::net::Ipv4Addr),
     /// A port on every address of the node.
     HostPort {
         /// The port.
@@ -186,6 +193,10 @@ impl Claim {
                      another range"
                 ))
             }
+            (Claim::PublicIp(ip), other) if self == other => Some(format!(
+                "public IP {ip} is already taken on this node: pick another, or leave the \
+                 address out to get a free one"
+            )),
             (Claim::HostPort { port, protocol }, other) if self == other => Some(format!(
                 "host port {port}/{protocol} is already taken on this node: pick another \
                  host_port"
@@ -317,6 +328,7 @@ impl Kinds {
     /// The types this node runs: the one place that lists them.
     pub fn builtin() -> Kinds {
         Kinds::new(vec![
+            Arc::new(Ip),
             Arc::new(Network),
             Arc::new(Zmount),
             Arc::new(Zmachine::default()),
@@ -489,7 +501,7 @@ mod tests {
         sorted.sort();
         assert_eq!(sorted, expected);
         // Networks and disks come before the machines that join and mount them.
-        assert_eq!(names, ["network", "zmount", "zmachine"]);
+        assert_eq!(names, ["ip", "network", "zmount", "zmachine"]);
     }
 
     #[test]

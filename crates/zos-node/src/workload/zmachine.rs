@@ -128,7 +128,8 @@ impl Kind for Zmachine {
             .mounts
             .iter()
             .map(|mount| ("zmount", &mount.name))
-            .chain(m.network.interfaces.iter().map(|i| ("network", &i.network)));
+            .chain(m.network.interfaces.iter().map(|i| ("network", &i.network)))
+            .chain(m.public_ip.iter().map(|ip| ("ip", ip)));
         let missing = needs
             .filter_map(|(kind, name)| match target.earlier.get(name.as_str()) {
                 Some(Ok(())) => None,
@@ -152,10 +153,16 @@ impl Kind for Zmachine {
             (None, Ok(addresses)) => vm_spec(host, target, m, addresses)
                 .and_then(|spec| ensure_vm(&host.vmm, &vm, spec, target.fresh, host.stop_timeout)),
         };
-        let data = match &addresses {
+        let mut data = match &addresses {
             Ok(a) if !a.is_empty() => json!({ "vm": vm, "addresses": a }),
             _ => json!({ "vm": vm }),
         };
+        if let Some(ip) = &m.public_ip {
+            let resource = super::Ip.resource(target.id, ip.as_str());
+            if let Ok(public) = super::ip::interface(host, &resource) {
+                data["public_ip"] = json!(public.ip);
+            }
+        }
         let r = match outcome {
             Ok(VmOutcome::Running) => result(ResultState::Ok, "running", data),
             Ok(VmOutcome::Replaced) => result(
@@ -408,6 +415,20 @@ fn joined(
     if let Some(first) = ifaces.first_mut() {
         first.ports = port_maps(m);
     }
+    if let Some(ip) = &m.public_ip {
+        let resource = super::Ip.resource(target.id, ip.as_str());
+        let public = super::ip::interface(host, &resource)
+            .map_err(|e| format!("ip {:?}: {e}", ip.as_str()))?;
+        // The default route goes out through the public address; each private network
+        // is then reached through its own gateway.
+        for (i, a) in ifaces.iter_mut().zip(addresses) {
+            i.default_route = false;
+            if let Some(net) = zos_types::network_named(target.deployment, &a.network) {
+                i.routes = vec![net.ip_range];
+            }
+        }
+        ifaces.push(public);
+    }
     Ok(ifaces)
 }
 
@@ -455,7 +476,7 @@ fn vm_spec(
         disks,
         network: None,
     };
-    if !addresses.is_empty() {
+    if !addresses.is_empty() || m.public_ip.is_some() {
         request.network = Some(NetSpec {
             joined: joined(host, target, m, addresses)?,
             ..NetSpec::default()

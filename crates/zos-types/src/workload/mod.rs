@@ -4,10 +4,12 @@
 //! registered by one line in [`workload_types!`]; the node's side of a type lives in
 //! `zos-node`'s `workload/<type>.rs`.
 
+mod ip;
 mod network;
 mod zmachine;
 mod zmount;
 
+pub use ip::{PublicIp, PublicIpResult};
 pub use network::{
     addresses, held_addresses, network_named, wireguard_key, Interface, MachineAddress,
     MachineNetwork, Network, NetworkResult, Peer, WireGuard, WireGuardEnd, RANGE_PREFIX,
@@ -91,6 +93,8 @@ workload_types! {
     Zmount(ZMount) = "zmount",
     /// A private network that zmachines of the same deployment join.
     Network(Network) = "network",
+    /// One of the node's public IPv4 addresses, for a zmachine of the same deployment.
+    Ip(PublicIp) = "ip",
 }
 
 /// A workload name: 1 to 36 ASCII letters, digits or underscores. It names host resources

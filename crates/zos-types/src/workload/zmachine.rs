@@ -42,6 +42,10 @@ pub struct ZMachine {
     /// Guest ports published on the node's addresses (through its first network).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
+    /// An `ip` workload of this deployment: the machine gets an interface with that public
+    /// address (its default route then goes through the address's gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<WorkloadName>,
 }
 
 /// A guest port published on every address of the node.
@@ -149,6 +153,25 @@ impl WorkloadData for ZMachine {
             }
         }
         bad.extend(self.network.problems(deployment));
+        if let Some(ip) = &self.public_ip {
+            let is_ip = |w: &&Workload| &w.name == ip && matches!(w.spec, WorkloadSpec::Ip(_));
+            if !deployment.iter().any(|w| is_ip(&w)) {
+                bad.push(format!(
+                    "public_ip {:?} is not an ip workload in this deployment",
+                    ip.as_str()
+                ));
+            }
+            let users = deployment
+                .iter()
+                .filter(|w| matches!(&w.spec, WorkloadSpec::Zmachine(m) if m.public_ip.as_ref() == Some(ip)))
+                .count();
+            if users > 1 {
+                bad.push(format!(
+                    "public_ip {:?} is named by {users} zmachines: give each its own",
+                    ip.as_str()
+                ));
+            }
+        }
         bad.extend(self.port_problems(deployment));
         bad
     }

@@ -67,22 +67,31 @@ pub(super) fn unplug(dir: &Path) {
     }
 }
 
-/// What zos-init configures in the guest: each interface's address, the first one's
-/// gateway as default route; as resolver, a private network's own (on its gateway, see
-/// `zos_net::resolver`), or on the local network the host's (see `zos_net::dns`).
+/// What zos-init configures in the guest: each interface's address, its default route and
+/// other routes as the interface says; as resolver, a private network's own (on its
+/// gateway, see `zos_net::resolver`), or on the local network the host's (see
+/// `zos_net::dns`).
 pub(super) fn guest_network(spec: &VmSpec) -> Option<GuestNetwork> {
-    let dns = match interfaces(spec).next() {
-        Some(first) if first.netns.is_some() => vec![first.gateway.into()],
-        _ => zos_net::dns::host_resolvers(),
+    let dns = match interfaces(spec).find(|i| i.netns.is_some()) {
+        Some(private) => vec![private.gateway.into()],
+        None => zos_net::dns::host_resolvers(),
     };
     let interfaces: Vec<GuestInterface> = interfaces(spec)
-        .enumerate()
-        .map(|(i, iface)| GuestInterface {
+        .map(|iface| GuestInterface {
             mac: iface.mac.clone(),
             address: iface.ip,
             prefix: iface.prefix,
-            gateway: (i == 0).then_some(iface.gateway),
+            gateway: iface.default_route.then_some(iface.gateway),
             mtu: iface.mtu,
+            routes: iface
+                .routes
+                .iter()
+                .map(|r| zos_init::GuestRoute {
+                    to: r.network(),
+                    prefix: r.prefix_len(),
+                    via: iface.gateway,
+                })
+                .collect(),
         })
         .collect();
     (!interfaces.is_empty()).then(|| GuestNetwork {
@@ -106,8 +115,16 @@ pub(super) fn seed_network_config(spec: &VmSpec) -> Option<String> {
             "addresses": [format!("{}/{}", iface.address, iface.prefix)],
             "mtu": iface.mtu,
         });
+        let mut routes: Vec<serde_json::Value> = iface
+            .routes
+            .iter()
+            .map(|r| serde_json::json!({ "to": format!("{}/{}", r.to, r.prefix), "via": r.via.to_string() }))
+            .collect();
         if let Some(gw) = iface.gateway {
-            e["routes"] = serde_json::json!([{ "to": "0.0.0.0/0", "via": gw.to_string() }]);
+            routes.push(serde_json::json!({ "to": "0.0.0.0/0", "via": gw.to_string() }));
+        }
+        if !routes.is_empty() {
+            e["routes"] = serde_json::Value::Array(routes);
         }
         if !net.dns.is_empty() {
             let dns: Vec<String> = net.dns.iter().map(|a| a.to_string()).collect();
