@@ -1,21 +1,19 @@
 //! Networks for zos VMs on one host.
 //!
-//! This first slice is the local network every `zos run` container joins: one bridge
-//! ([`local::BRIDGE`]) holding the gateway address, a tap per VM interface attached to it and
-//! handed to QEMU as an open descriptor, masquerade for egress, published ports as DNAT,
-//! and anti-spoof rules on each tap. Every rule zos makes lives in the two nftables tables
-//! named [`rules::TABLE`] (`inet zos` for NAT, `bridge zos` for the per-tap filters), so they
-//! can be listed and removed whole.
+//! Three kinds of network share one set of parts: the local network every `zos run` VM
+//! joins ([`local`]: one bridge holding the gateway on the host), an owner's private
+//! networks ([`private`]: each in a network namespace of its own, with its resolver
+//! ([`resolver`]) and WireGuard link ([`wireguard`])), and public addresses ([`public`]: a
+//! bridged host interface). A VM interface ([`Interface`]) is a tap on one of their bridges,
+//! handed to QEMU as an open descriptor ([`plug`]), held by nftables to its own MAC and
+//! address. Every rule zos makes lives in tables named [`rules::TABLE`] (`inet zos` for NAT
+//! and filters, `bridge zos` for the per-tap filters), on the host and in each network's
+//! namespace, so they can be listed and removed whole.
 //!
-//! One job per module: [`local`] (the default network's numbers), [`lease`] (addresses and
-//! host ports, under a lock, surviving restarts), [`ports`] (published port syntax and the
-//! host check), [`link`] (bridge and links over netlink), [`tap`] (tap devices),
-//! [`rules`] (the nftables text, applied with `nft -f -`), [`dns`] (the guest's resolvers)
-//! and [`plug`] (bringing one interface up and down).
-//!
-//! Later parts of the network work (the node's `network` workload, WireGuard, per-network
-//! resolvers, public IPs) add networks beside [`local`]: an [`Interface`] already names
-//! its bridge and gateway rather than assuming them.
+//! The other modules: [`lease`] (addresses, host ports, uplinks and public addresses, under
+//! a lock, surviving restarts), [`ports`] (published port syntax and the host check),
+//! [`link`] (links, addresses and routes over netlink), [`netns`] (named namespaces),
+//! [`tap`] (tap devices), [`dns`] (the local guests' resolvers).
 
 pub mod dns;
 pub mod lease;
