@@ -5,7 +5,7 @@
 //! networks ([`private`]: each in a network namespace of its own, with its resolver
 //! ([`resolver`]) and WireGuard link ([`wireguard`])), and public addresses ([`public`]: a
 //! bridged host interface). A VM interface ([`Interface`]) is a tap on one of their bridges,
-//! handed to QEMU as an open descriptor ([`plug`]), held by nftables to its own MAC and
+//! handed to QEMU as an open descriptor ([`plug()`]), held by nftables to its own MAC and
 //! address. Every rule zos makes lives in tables named [`rules::TABLE`] (`inet zos` for NAT
 //! and filters, `bridge zos` for the per-tap filters), on the host and in each network's
 //! namespace, so they can be listed and removed whole.

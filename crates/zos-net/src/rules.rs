@@ -223,7 +223,7 @@ fn script(tables: &[Table]) -> String {
     out
 }
 
-/// Brings the host's tables up to date (see [`script`]), under the host-wide rules lock.
+/// Brings the host's tables up to date (see `script`), under the host-wide rules lock.
 pub fn ensure_host() -> Result<()> {
     let _lock = crate::lock::exclusive("rules.lock")?;
     nft(&script(&host_tables()))
@@ -359,7 +359,7 @@ fn needles(iface: &Interface) -> Vec<String> {
 
 /// Adds an interface's elements where it lives (its MAC and address on its tap, its
 /// published ports). On the local network the host's tables are brought up to date in the
-/// same transaction (see [`script`]); a private network's were written when the network was
+/// same transaction (see `script`); a private network's were written when the network was
 /// made (see [`crate::private::ensure`]), and this runs inside its namespace.
 pub fn add(iface: &Interface) -> Result<()> {
     let base = match iface.netns {
