@@ -89,11 +89,19 @@ fn uplink_of(ns: &str) -> Option<String> {
     Some(format!("zup{index}"))
 }
 
-/// Everything of `node`'s networks on the host, as one comparable text: per namespace its
-/// links, its anti-spoof elements and its uplink on the host.
+/// Everything of `node`'s networks on the host, as one comparable text: the host's port
+/// forwards into networks, and per namespace its links, its anti-spoof elements, its uplink
+/// on the host and its resolver.
 fn network_state(node: &Node) -> String {
     let host = links(None);
-    let mut out = String::new();
+    // The host's forwards of published ports into the networks' uplinks.
+    let forwards: BTreeSet<String> = run("nft", &["list", "map", "inet", "zos", "ports_any"])
+        .split(['{', '}', ','])
+        .map(str::trim)
+        .filter(|e| e.contains("100.127."))
+        .map(str::to_string)
+        .collect();
+    let mut out = format!("host forwards {forwards:?}\n");
     for ns in namespaces(node) {
         let uplink = uplink_of(&ns).unwrap_or_else(|| "NO LEASE".into());
         out.push_str(&format!(
@@ -340,14 +348,33 @@ echo client-done"#
     assert_eq!(processes_naming(ns).len(), 1, "one resolver for {ns}");
     assert!(links(None).contains(&uplink), "uplink {uplink} on the host");
 
-    // kill -9 and back: exactly the same.
-    let before = network_state(&node);
+    // kill -9 and back: exactly the same. (The exited client's tap elements go at the
+    // node's next look at it, within a second or two: waited for, bounded.)
+    let settle = |node: &Node, done: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = network_state(node);
+            if done(&state) || Instant::now() > deadline {
+                return state;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let before = settle(&node, &|s| !s.contains("zt0a140102"));
+    assert!(
+        !before.contains("zt0a140102"),
+        "the exited client's elements stay:\n{before}"
+    );
     node.kill9();
     node.boot();
     let after_restart = node.settled("alice", "app");
     assert_eq!(addresses(&after_restart, "web"), ["10.20.1.5"]);
     assert_eq!(addresses(&after_restart, "client"), ["10.20.1.2"]);
-    assert_eq!(network_state(&node), before, "network state after kill -9");
+    let after = settle(&node, &|s| s == before);
+    assert_eq!(after, before, "network state after kill -9");
+    // The client, which had finished, was not run again.
+    let logs = ok(&mut node.cli("alice", &["logs", "app/client"]));
+    assert_eq!(logs.matches("client-address=").count(), 1, "{logs}");
 
     ok(&mut node.cli("alice", &["rm", "app"]));
     let rules = run("nft", &["list", "table", "inet", "zos"]);
