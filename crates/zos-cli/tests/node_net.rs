@@ -33,20 +33,9 @@ fn prerequisites() -> bool {
         && common::have("curl")
 }
 
-/// The namespaces of `node`'s networks (their names start with `zos-` and the first 8 hex
-/// characters of the node's id).
+/// The namespaces of `node`'s networks.
 fn namespaces(node: &Node) -> Vec<String> {
-    let prefix = format!("zos-{}-", &node.id().to_string()[..8]);
-    let mut out: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
+    node.namespaces()
 }
 
 fn run(program: &str, args: &[&str]) -> String {

@@ -84,13 +84,7 @@ async fn add_link(handle: &Handle, name: &str, link: LinkMessage) -> Result<()> 
 pub fn ensure_plain_bridge(name: &str) -> Result<()> {
     with_handle(|handle| async move {
         add_link(&handle, name, LinkBridge::new(name).build()).await?;
-        let index = index_of(&handle, name).await?;
-        handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(netlink(format!("bringing {name} up")))
+        set_up(&handle, name).await
     })
 }
 
@@ -108,6 +102,12 @@ async fn address_up(handle: &Handle, name: &str, addr: Ipv4Addr, prefix: u8) -> 
         }
         _ => {}
     }
+    set_up(handle, name).await
+}
+
+/// Brings link `name` up.
+async fn set_up(handle: &Handle, name: &str) -> Result<()> {
+    let index = index_of(handle, name).await?;
     handle
         .link()
         .set(LinkUnspec::new_with_index(index).up().build())
@@ -132,15 +132,7 @@ pub fn ensure_address(name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
 
 /// Brings link `name` up.
 pub fn up(name: &str) -> Result<()> {
-    with_handle(|handle| async move {
-        let index = index_of(&handle, name).await?;
-        handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(netlink(format!("bringing {name} up")))
-    })
+    with_handle(|handle| async move { set_up(&handle, name).await })
 }
 
 /// Makes a veth pair `name` / `peer` here unless `name` exists, and moves `peer` into the

@@ -4,39 +4,22 @@
 use crate::{link, local, netns, private, rules, sysctl, tap, Error, Interface, Result};
 use std::os::fd::OwnedFd;
 
-/// Makes sure the interface's network exists (bridge, address, forwarding), creates its tap
-/// on the bridge, and brings the base rules up to date with its elements added. Returns the tap's descriptor for QEMU;
-/// the tap lives as long as a copy of it is open.
+/// Makes sure the interface's network exists (the local bridge, address, forwarding; a
+/// private network or a public bridge must have been made by its owner), creates its tap on
+/// the bridge, and adds its rules. Returns the tap's descriptor for QEMU; the tap lives as
+/// long as a copy of it is open.
 pub fn plug(iface: &Interface) -> Result<OwnedFd> {
     if let Some(ns) = &iface.netns {
-        // A private network, made by its owner beforehand (see [`crate::private::ensure`]).
+        // A private network (see [`crate::private::ensure`]).
         let fd = netns::enter(ns, || {
-            if !link::exists(&iface.bridge)? {
-                return Err(Error::Invalid(format!(
-                    "network namespace {ns} has no bridge {}: the network is not up",
-                    iface.bridge
-                )));
-            }
-            let fd = tap::create(&iface.tap)?;
-            link::join_bridge(&iface.tap, &iface.bridge)?;
-            rules::add(iface)?;
-            Ok(fd)
+            tap_on(iface, &format!("the network in namespace {ns} is not up"))
         })?;
         rules::add_forwards(&iface.ports, private::uplink_address(ns)?)?;
         return Ok(fd);
     }
     if iface.bridge != local::BRIDGE {
-        // A public bridge, made by its owner beforehand (see [`crate::public`]).
-        if !link::exists(&iface.bridge)? {
-            return Err(Error::Invalid(format!(
-                "bridge {} does not exist: the public interface is not up",
-                iface.bridge
-            )));
-        }
-        let fd = tap::create(&iface.tap)?;
-        link::join_bridge(&iface.tap, &iface.bridge)?;
-        rules::add(iface)?;
-        return Ok(fd);
+        // A public bridge (see [`crate::public::ensure_bridge`]).
+        return tap_on(iface, "the public interface is not up");
     }
     link::ensure_bridge(&iface.bridge, iface.gateway, iface.prefix)?;
     // Forwarding is what NAT and published ports need; route_localnet (on zos's own bridge
@@ -46,9 +29,20 @@ pub fn plug(iface: &Interface) -> Result<OwnedFd> {
         "/proc/sys/net/ipv4/conf/{}/route_localnet",
         iface.bridge
     ))?;
+    tap_on(iface, "")
+}
+
+/// The interface's tap on its bridge, which must exist (`missing` says why it would not),
+/// with its rules added before QEMU has it, so no frame leaves it unfiltered.
+fn tap_on(iface: &Interface, missing: &str) -> Result<OwnedFd> {
+    if !link::exists(&iface.bridge)? {
+        return Err(Error::Invalid(format!(
+            "bridge {} does not exist: {missing}",
+            iface.bridge
+        )));
+    }
     let fd = tap::create(&iface.tap)?;
     link::join_bridge(&iface.tap, &iface.bridge)?;
-    // Before QEMU has the tap, so no frame leaves it unfiltered.
     rules::add(iface)?;
     Ok(fd)
 }

@@ -302,6 +302,25 @@ impl Node {
         names
     }
 
+    /// The namespaces of the node's networks (named `zos-` and the first 8 hex characters
+    /// of its id, read from its identity file, so this works with the node down).
+    pub fn namespaces(&self) -> Vec<String> {
+        let Ok(key) = zos_types::read_key_file(&self.data().join("identity.pem")) else {
+            return Vec::new();
+        };
+        let prefix = format!("zos-{}-", &key.public().to_string()[..8]);
+        let mut out: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
     /// Mounts under the node's data dir.
     pub fn mounts(&self) -> Vec<String> {
         let data = self.data().display().to_string();
@@ -319,19 +338,8 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
         // Leave no network behind a failed test: its namespace's processes and itself.
-        if let Ok(key) = zos_types::read_key_file(&self.data().join("identity.pem")) {
-            let prefix = format!("zos-{}-", &key.public().to_string()[..8]);
-            let names: Vec<String> = std::fs::read_dir("/run/netns")
-                .map(|d| {
-                    d.filter_map(|e| e.ok())
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .filter(|n| n.starts_with(&prefix))
-                        .collect()
-                })
-                .unwrap_or_default();
-            for ns in names {
-                common::kill_netns(&ns);
-            }
+        for ns in self.namespaces() {
+            common::kill_netns(&ns);
         }
         // Leave no VM behind a failed test: a plain `zos vm rm` of each.
         for vm in self.entries("vms") {

@@ -2,7 +2,7 @@
 //! workload host-wide (`zos_net::public`), with its interface bridged so machines naming it
 //! (`public_ip`) get a tap there (see `zmachine.rs`).
 
-use super::{result, Claim, Host, Kind, Step, Target};
+use super::{result, step_of, strip_all, Claim, Host, Kind, Step, Target};
 use crate::config::PublicIps;
 use std::net::Ipv4Addr;
 use zos_net::public;
@@ -123,14 +123,7 @@ impl Kind for Ip {
             ),
             Err(e) => result(ResultState::Error, e, serde_json::Value::Null),
         };
-        let usable = match r.state {
-            ResultState::Ok => Ok(()),
-            _ => Err(r.message.clone()),
-        };
-        Step {
-            result: Some(r),
-            usable,
-        }
+        step_of(r)
     }
 
     fn resource(&self, id: &str, workload: &str) -> String {
@@ -140,10 +133,7 @@ impl Kind for Ip {
     fn resources(&self, host: &Host) -> std::io::Result<Vec<String>> {
         let prefix = owner(host, "");
         let owners = public::owners(&prefix).map_err(std::io::Error::other)?;
-        Ok(owners
-            .iter()
-            .filter_map(|o| o.strip_prefix(&prefix).map(str::to_string))
-            .collect())
+        Ok(strip_all(&owners, &prefix))
     }
 
     fn remove(&self, host: &Host, resource: &str) -> Result<(), String> {

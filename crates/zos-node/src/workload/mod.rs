@@ -436,6 +436,27 @@ pub fn state(w: &Workload) -> Option<ResultState> {
     w.result.as_ref().map(|r| r.state)
 }
 
+/// The step of a workload whose result is `r`: usable by later workloads when it is ok.
+pub fn step_of(r: WorkloadResult) -> Step {
+    let usable = match r.state {
+        ResultState::Ok => Ok(()),
+        _ => Err(r.message.clone()),
+    };
+    Step {
+        result: Some(r),
+        usable,
+    }
+}
+
+/// The names in `names` that start with `prefix`, without it (resources kept under
+/// host-wide names that carry the node's tag).
+pub fn strip_all(names: &[String], prefix: &str) -> Vec<String> {
+    names
+        .iter()
+        .filter_map(|n| n.strip_prefix(prefix).map(str::to_string))
+        .collect()
+}
+
 /// A result recorded now.
 pub fn result(
     state: ResultState,

@@ -2,7 +2,7 @@
 //! `zos_net::private` (bridge holding the gateway, uplink to the host, NAT, isolation).
 //! Zmachines of the deployment join it with a tap each (see `zmachine.rs`).
 
-use super::{result, Claim, Host, Kind, Step, Target};
+use super::{result, step_of, strip_all, Claim, Host, Kind, Step, Target};
 use sha2::{Digest, Sha256};
 use zos_net::private::{self, PrivateNet};
 use zos_net::resolver::{self, HostNames};
@@ -209,14 +209,7 @@ impl Kind for Network {
                 result(ResultState::Error, e.to_string(), serde_json::Value::Null)
             }
         };
-        let usable = match r.state {
-            ResultState::Ok => Ok(()),
-            _ => Err(r.message.clone()),
-        };
-        Step {
-            result: Some(r),
-            usable,
-        }
+        step_of(r)
     }
 
     fn resource(&self, id: &str, workload: &str) -> String {
@@ -226,10 +219,7 @@ impl Kind for Network {
     fn resources(&self, host: &Host) -> std::io::Result<Vec<String>> {
         let prefix = prefix(host);
         let names = private::names(&prefix).map_err(std::io::Error::other)?;
-        Ok(names
-            .iter()
-            .filter_map(|n| n.strip_prefix(&prefix).map(str::to_string))
-            .collect())
+        Ok(strip_all(&names, &prefix))
     }
 
     fn remove(&self, host: &Host, resource: &str) -> Result<(), String> {
