@@ -164,6 +164,8 @@ pub enum Claim {
         port: u16,
         /// Its protocol.
         protocol: zos_types::Protocol,
+        /// What the claimant can do about a clash (its own setting to change).
+        remedy: &'static str,
     },
 }
 
@@ -197,9 +199,19 @@ impl Claim {
                 "public IP {ip} is already taken on this node: pick another, or leave the \
                  address out to get a free one"
             )),
-            (Claim::HostPort { port, protocol }, other) if self == other => Some(format!(
-                "host port {port}/{protocol} is already taken on this node: pick another \
-                 host_port"
+            (
+                Claim::HostPort {
+                    port,
+                    protocol,
+                    remedy,
+                },
+                Claim::HostPort {
+                    port: other_port,
+                    protocol: other_protocol,
+                    ..
+                },
+            ) if port == other_port && protocol == other_protocol => Some(format!(
+                "host port {port}/{protocol} is already taken on this node: {remedy}"
             )),
             _ => None,
         }

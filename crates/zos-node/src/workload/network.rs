@@ -165,6 +165,8 @@ impl Kind for Network {
             claims.push(Claim::HostPort {
                 port: wireguard_port(owner, deployment, name),
                 protocol: zos_types::Protocol::Udp,
+                remedy: "the network's WireGuard port is picked from the owner, deployment \
+                         and network names: rename the network (`zos net key` shows the port)",
             });
         }
         claims

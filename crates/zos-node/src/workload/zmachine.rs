@@ -70,6 +70,7 @@ impl Kind for Zmachine {
                     .map(|p| Claim::HostPort {
                         port: p.host_port(),
                         protocol: p.protocol,
+                        remedy: "pick another host_port",
                     })
                     .collect()
             })
