@@ -240,6 +240,8 @@ i=0; until echo -e 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 10.20.1.5 80 | grep page-;
 nslookup web.app.internal 2>&1 | grep -q 10.20.1.5 && echo resolved-web.app.internal
 nslookup web 2>&1 | grep -q 10.20.1.5 && echo resolved-web
 nslookup client 2>&1 | grep -q 10.20.1.2 && echo resolved-client
+echo own-ula=$(ip -6 addr show dev eth0 | grep -o 'fd[0-9a-f:]*' | head -1)
+w6=$(nslookup -type=AAAA web.app.internal 2>&1 | grep -o 'fd[0-9a-f:]*' | head -1); echo web-ula=$w6
 echo real | nc -w 5 {r} {port}
 echo host | nc -w 3 {h} {host_port} && echo reached-the-host
 ip addr flush dev eth0 && ip addr add 10.20.1.250/24 dev eth0 && ip route add default via 10.20.1.1
@@ -287,6 +289,47 @@ echo client-done"#
     let logs = logs_until(&node, "alice", "app/client", "client-done");
     assert!(logs.contains("client-address=10.20.1.2/24"), "{logs}");
     assert!(logs.contains("page-from-web"), "client reached web: {logs}");
+    // The ULAs: in the results, in the guests, in the resolver, and carrying traffic.
+    let ula = |m: &str| {
+        let w = d["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == m)
+            .unwrap();
+        w["result"]["data"]["addresses"][0]["ula"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string()
+    };
+    assert!(
+        ula("web").starts_with("fd") && ula("web").ends_with("::5"),
+        "{d}"
+    );
+    assert!(
+        logs.contains(&format!("own-ula={}", ula("client"))),
+        "{logs}"
+    );
+    assert!(logs.contains(&format!("web-ula={}", ula("web"))), "{logs}");
+    // Over IPv6 from the network's gateway (the test images' busybox has no IPv6 client):
+    // a TCP connection to web's ULA, through its tap's filter.
+    let ns = &namespaces(&node)[0];
+    let got = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "python3",
+            "-c",
+            &format!(
+                "import socket; s = socket.create_connection(('{}', 80), 5); \
+             s.send(b'GET / HTTP/1.0\\r\\n\\r\\n'); print(s.recv(300))",
+                ula("web")
+            ),
+        ],
+    );
+    assert!(got.contains("200 OK"), "web over its ULA: {got}");
     for name in ["web.app.internal", "web", "client"] {
         assert!(
             logs.contains(&format!("resolved-{name}")),

@@ -64,6 +64,9 @@ pub struct GuestInterface {
     pub address: std::net::Ipv4Addr,
     /// Prefix length of its network.
     pub prefix: u8,
+    /// Its IPv6 address (a /64), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<std::net::Ipv6Addr>,
     /// The default route through it, if any.
     #[serde(default)]
     pub gateway: Option<std::net::Ipv4Addr>,

@@ -86,11 +86,42 @@ fn configure_one(name: &str, iface: &GuestInterface) -> io::Result<()> {
     req.ifr_ifru.ifru_netmask = sockaddr(mask(iface.prefix));
     sys::ifreq_ioctl(fd, libc::SIOCSIFNETMASK, &mut req)?;
     sys::link_up(name)?;
+    if let Some(a) = iface.address6 {
+        add_address6(name, a, 64)?;
+    }
     if let Some(gw) = iface.gateway {
         add_route(fd, Ipv4Addr::UNSPECIFIED, 0, gw)?;
     }
     for r in &iface.routes {
         add_route(fd, r.to, r.prefix, r.via)?;
+    }
+    Ok(())
+}
+
+/// Gives interface `name` the IPv6 address `addr/prefix` (classic ioctl on an IPv6 socket).
+fn add_address6(name: &str, addr: std::net::Ipv6Addr, prefix: u32) -> io::Result<()> {
+    let sock = sys::socket_of(libc::AF_INET6)?;
+    let mut req = sys::ifreq(name);
+    sys::ifreq_ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX, &mut req)?;
+    // SAFETY: SIOCGIFINDEX filled the index in the union.
+    let index = unsafe { req.ifr_ifru.ifru_ifindex };
+    let req6 = libc::in6_ifreq {
+        ifr6_addr: libc::in6_addr {
+            s6_addr: addr.octets(),
+        },
+        ifr6_prefixlen: prefix,
+        ifr6_ifindex: index,
+    };
+    // SAFETY: `req6` is a valid in6_ifreq; SIOCSIFADDR on an IPv6 socket only reads it.
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &req6) };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("address {addr}/{prefix}: {e}"),
+            ));
+        }
     }
     Ok(())
 }

@@ -234,8 +234,13 @@ pub fn link_up(name: &str) -> io::Result<()> {
 
 /// An AF_INET datagram socket, what the interface ioctls are issued on.
 pub fn inet_socket() -> io::Result<std::os::fd::OwnedFd> {
+    socket_of(libc::AF_INET)
+}
+
+/// A datagram socket of address family `family`, for interface ioctls of that family.
+pub fn socket_of(family: libc::c_int) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: socket has no memory-safety preconditions.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     check(fd)?;
     // SAFETY: `fd` is a socket just opened and owned by nobody else.
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })

@@ -211,6 +211,7 @@ fn local_interface(ip: Ipv4Addr, ports: &[PortMap]) -> Interface {
         mtu: local::MTU,
         ports: ports.to_vec(),
         netns: None,
+        ula: None,
         default_route: true,
         routes: Vec::new(),
     }

@@ -62,6 +62,9 @@ pub struct Interface {
     /// `None`: the host's own (the local network, a public bridge).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// Its IPv6 ULA (a /64 whose `::1` is the gateway), on private networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ula: Option<std::net::Ipv6Addr>,
     /// Whether the guest's default route goes through its gateway.
     #[serde(default = "default_route")]
     pub default_route: bool,
@@ -73,6 +76,37 @@ pub struct Interface {
 
 fn default_route() -> bool {
     true
+}
+
+impl Interface {
+    /// The IPv6 link-local address the guest's kernel gives it (EUI-64 of its MAC).
+    pub fn link_local(&self) -> Option<std::net::Ipv6Addr> {
+        let mac: Vec<u8> = self
+            .mac
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16))
+            .collect::<std::result::Result<_, _>>()
+            .ok()?;
+        let [a, b, c, d, e, f] = <[u8; 6]>::try_from(mac).ok()?;
+        Some(std::net::Ipv6Addr::from([
+            0xfe,
+            0x80,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            a ^ 2,
+            b,
+            c,
+            0xff,
+            0xfe,
+            d,
+            e,
+            f,
+        ]))
+    }
 }
 
 /// What can go wrong setting up networks.

@@ -89,14 +89,9 @@ pub fn ensure_plain_bridge(name: &str) -> Result<()> {
 }
 
 /// Gives link `name` the address `addr/prefix` (kept if it has it) and brings it up.
-async fn address_up(handle: &Handle, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+async fn address_up(handle: &Handle, name: &str, addr: IpAddr, prefix: u8) -> Result<()> {
     let index = index_of(handle, name).await?;
-    match handle
-        .address()
-        .add(index, IpAddr::V4(addr), prefix)
-        .execute()
-        .await
-    {
+    match handle.address().add(index, addr, prefix).execute().await {
         Err(e) if errno(&e) != Some(libc::EEXIST) => {
             return Err(netlink(format!("adding {addr}/{prefix} to {name}"))(e))
         }
@@ -121,12 +116,12 @@ async fn set_up(handle: &Handle, name: &str) -> Result<()> {
 pub fn ensure_bridge(name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
     with_handle(|handle| async move {
         add_link(&handle, name, LinkBridge::new(name).build()).await?;
-        address_up(&handle, name, addr, prefix).await
+        address_up(&handle, name, addr.into(), prefix).await
     })
 }
 
 /// Gives link `name` the address `addr/prefix` (kept if it has it) and brings it up.
-pub fn ensure_address(name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+pub fn ensure_address(name: &str, addr: IpAddr, prefix: u8) -> Result<()> {
     with_handle(|handle| async move { address_up(&handle, name, addr, prefix).await })
 }
 

@@ -49,6 +49,9 @@ pub struct PrivateNet {
     pub egress: bool,
     /// Its WireGuard link to other hosts and users, if it has one.
     pub wireguard: Option<wireguard::Link>,
+    /// The gateway's IPv6 ULA (`…::1` of the network's /64), if it has one; machines get
+    /// the same /64 with their IPv4 address's last byte.
+    pub ula_gateway: Option<std::net::Ipv6Addr>,
 }
 
 impl PrivateNet {
@@ -75,6 +78,11 @@ impl PrivateNet {
             mtu: MTU,
             ports: Vec::new(),
             netns: Some(self.netns.clone()),
+            ula: self.ula_gateway.map(|gw| {
+                let mut b = gw.octets();
+                b[15] = ip.octets()[3];
+                std::net::Ipv6Addr::from(b)
+            }),
             default_route: true,
             routes: Vec::new(),
         }
@@ -104,7 +112,7 @@ pub fn ensure(net: &PrivateNet) -> Result<()> {
     let ns = std::fs::File::open(netns::path(&net.netns))
         .map_err(|e| Error::io(format!("opening namespace {}", net.netns), e))?;
     link::ensure_veth(&host_end, &peer, ns.as_raw_fd())?;
-    link::ensure_address(&host_end, host_addr, 30)?;
+    link::ensure_address(&host_end, host_addr.into(), 30)?;
     sysctl("/proc/sys/net/ipv4/ip_forward")?;
     // So a port published on 127.0.0.1 can be forwarded into the network.
     sysctl(&format!(
@@ -115,8 +123,11 @@ pub fn ensure(net: &PrivateNet) -> Result<()> {
         if link::exists(&peer)? {
             link::rename(&peer, UPLINK)?;
         }
-        link::ensure_address(UPLINK, ns_addr, 30)?;
+        link::ensure_address(UPLINK, ns_addr.into(), 30)?;
         link::ensure_bridge(BRIDGE, net.gateway, net.prefix)?;
+        if let Some(ula) = net.ula_gateway {
+            link::ensure_address(BRIDGE, ula.into(), 64)?;
+        }
         link::default_route(host_addr)?;
         // Per namespace: the opener's namespace decides which one this file is.
         sysctl("/proc/sys/net/ipv4/ip_forward")?;
@@ -227,10 +238,12 @@ mod tests {
             prefix: 24,
             egress: true,
             wireguard: None,
+            ula_gateway: Some("fd00:1:2:1::1".parse().unwrap()),
         };
         assert_eq!(net.cidr(), "10.20.1.0/24");
         let iface = net.interface(Ipv4Addr::new(10, 20, 1, 5));
         assert_eq!(iface.netns.as_deref(), Some("n"));
         assert_eq!(iface.gateway, net.gateway);
+        assert_eq!(iface.ula, Some("fd00:1:2:1::5".parse().unwrap()));
     }
 }

@@ -43,6 +43,7 @@ pub fn interface(bridge: &str, ip: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> I
         mtu: 1500,
         ports: Vec::new(),
         netns: None,
+        ula: None,
         default_route: true,
         routes: Vec::new(),
     }

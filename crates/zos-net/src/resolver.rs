@@ -13,8 +13,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// The names of one machine: its address and every name it answers to.
-pub type HostNames = (Ipv4Addr, Vec<String>);
+/// The names of one machine: an address of it and every name it answers to there.
+pub type HostNames = (std::net::IpAddr, Vec<String>);
 
 /// Where the resolver of the network in `netns` keeps its hosts file and pid file. dnsmasq
 /// drops to `nobody` and re-reads the hosts file as that user, so the path is traversable
@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn hosts_lines_list_every_name() {
         let names = vec![(
-            Ipv4Addr::new(10, 20, 1, 5),
+            Ipv4Addr::new(10, 20, 1, 5).into(),
             vec!["web".to_string(), "web.app.internal".to_string()],
         )];
         assert_eq!(hosts_text(&names), "10.20.1.5 web web.app.internal\n");

@@ -50,6 +50,7 @@ fn bridge_table() -> Table {
         sets: &[
             "set macs { type ifname . ether_addr; }",
             "set ips { type ifname . ipv4_addr; }",
+            "set ips6 { type ifname . ipv6_addr; }",
         ],
         chains: vec![Chain {
             name: "prerouting",
@@ -59,7 +60,10 @@ fn bridge_table() -> Table {
                 format!("iifname {tap} ether type ip iifname . ip saddr != @ips drop"),
                 format!("iifname {tap} ether type arp iifname . arp saddr ip != @ips drop"),
                 format!("iifname {tap} ether type arp iifname . arp saddr ether != @macs drop"),
-                format!("iifname {tap} ether type != {{ ip, arp }} drop"),
+                // IPv6 from its link-local or ULA address only (no DAD probes from `::`,
+                // which only makes duplicate detection pass).
+                format!("iifname {tap} ether type ip6 iifname . ip6 saddr != @ips6 drop"),
+                format!("iifname {tap} ether type != {{ ip, arp, ip6 }} drop"),
             ],
         }],
     }
@@ -153,7 +157,7 @@ fn network_tables(net: &crate::private::PrivateNet) -> Vec<Table> {
     let mut input = vec![
         "ct state established,related accept".to_string(),
         "iifname \"lo\" accept".to_string(),
-        format!("iifname \"{br}\" meta l4proto icmp accept"),
+        format!("iifname \"{br}\" meta l4proto {{ icmp, ipv6-icmp }} accept"),
         format!("iifname \"{br}\" meta l4proto {{ tcp, udp }} th dport 53 accept"),
     ];
     if let Some(wg) = &net.wireguard {
@@ -248,6 +252,16 @@ fn elements(iface: &Interface) -> Vec<(String, String)> {
             format!("\"{tap}\" . {}", iface.ip),
         ),
     ];
+    // Only a guest with a ULA speaks IPv6: its link-local address (for neighbour
+    // discovery) and its ULA.
+    if let Some(ula) = iface.ula {
+        for addr in iface.link_local().into_iter().chain([ula]) {
+            out.push((
+                format!("bridge {TABLE} ips6"),
+                format!("\"{tap}\" . {addr}"),
+            ));
+        }
+    }
     for p in &iface.ports {
         let to = format!("{} . {}", iface.ip, p.guest_port);
         out.push(match iface.netns {

@@ -27,13 +27,19 @@ pub fn netns_of(host: &Host, resource: &str) -> String {
 
 /// How the network `resource` is laid out on the host (its WireGuard link aside: see
 /// [`wireguard_link`]).
-pub fn plan(host: &Host, resource: &str, net: &zos_types::Network) -> PrivateNet {
+pub fn plan(
+    host: &Host,
+    owner: &PublicKey,
+    resource: &str,
+    net: &zos_types::Network,
+) -> PrivateNet {
     PrivateNet {
         netns: netns_of(host, resource),
         gateway: net.gateway(),
         prefix: net.subnet.prefix_len(),
         egress: net.egress,
         wireguard: None,
+        ula_gateway: Some(net.ula_of(owner, net.gateway())),
     }
 }
 
@@ -109,18 +115,17 @@ fn wireguard_link(host: &Host, target: &Target, wg: &zos_types::WireGuard) -> wi
 
 /// What the network's resolver answers: each machine on it by its workload name and by
 /// `WORKLOAD.DEPLOYMENT.internal`, at the address it has (or will have) there.
-fn names(target: &Target) -> Vec<HostNames> {
+fn names(target: &Target, net: &zos_types::Network) -> Vec<HostNames> {
     let network = target.workload.name.as_str();
     let deployment = hostname_for(target.name);
     zos_types::addresses(target.deployment)
         .into_iter()
         .filter(|((_, net), _)| net == network)
-        .map(|((machine, _), ip)| {
+        .flat_map(|((machine, _), ip)| {
             let host = hostname_for(&machine);
-            (
-                ip,
-                vec![host.clone(), format!("{host}.{deployment}.internal")],
-            )
+            let names = vec![host.clone(), format!("{host}.{deployment}.internal")];
+            let ula = net.ula_of(target.owner, ip);
+            [(ip.into(), names.clone()), (ula.into(), names)]
         })
         .collect()
 }
@@ -185,13 +190,13 @@ impl Kind for Network {
             };
         };
         let resource = self.resource(target.id, w.name.as_str());
-        let mut plan = plan(host, &resource, net);
+        let mut plan = plan(host, target.owner, &resource, net);
         plan.wireguard = net
             .wireguard
             .as_ref()
             .map(|wg| wireguard_link(host, target, wg));
         let made = private::ensure(&plan)
-            .and_then(|()| resolver::ensure(&plan.netns, plan.gateway, &names(target)));
+            .and_then(|()| resolver::ensure(&plan.netns, plan.gateway, &names(target, net)));
         let r = match made {
             Ok(()) => {
                 let info = NetworkResult {

@@ -141,7 +141,7 @@ impl Kind for Zmachine {
                 )),
             })
             .next();
-        let addresses = machine_addresses(w, target.deployment);
+        let addresses = machine_addresses(w, target.owner, target.deployment);
         let outcome = match (missing, &addresses) {
             (Some(e), _) => {
                 let _ = remove_vm(&host.vmm, &vm, host.stop_timeout);
@@ -350,8 +350,13 @@ pub fn check_flist(flist: &str, host: &Host) -> Result<(), String> {
     Ok(())
 }
 
-/// The address of each of `w`'s interfaces, in its order (see [`zos_types::addresses`]).
-fn machine_addresses(w: &Workload, deployment: &[Workload]) -> Result<Vec<MachineAddress>, String> {
+/// The address of each of `w`'s interfaces, in its order (see [`zos_types::addresses`]),
+/// with its ULA.
+fn machine_addresses(
+    w: &Workload,
+    owner: &PublicKey,
+    deployment: &[Workload],
+) -> Result<Vec<MachineAddress>, String> {
     let Some(m) = data(&w.spec) else {
         return Ok(Vec::new());
     };
@@ -371,9 +376,11 @@ fn machine_addresses(w: &Workload, deployment: &[Workload]) -> Result<Vec<Machin
                     i.network.as_str()
                 )
             })?;
+            let ula = zos_types::network_named(deployment, &i.network).map(|n| n.ula_of(owner, ip));
             Ok(MachineAddress {
                 network: i.network.clone(),
                 ip,
+                ula,
             })
         })
         .collect()
@@ -410,7 +417,7 @@ fn joined(
                 format!("network {:?} is not in this deployment", a.network.as_str())
             })?;
             let resource = super::network::Network.resource(target.id, a.network.as_str());
-            Ok(super::network::plan(host, &resource, net).interface(a.ip))
+            Ok(super::network::plan(host, target.owner, &resource, net).interface(a.ip))
         })
         .collect::<Result<Vec<_>, String>>()?;
     if let Some(first) = ifaces.first_mut() {

@@ -321,6 +321,7 @@ mod tests {
                 serde_json::from_str(r#"{"ip_range":"10.1.0.0/16","subnet":"10.1.2.0/24"}"#)
                     .unwrap(),
             ),
+            WorkloadSpec::Ip(PublicIp::default()),
         ];
         for (spec, wire) in specs.iter().zip(WORKLOAD_TYPES) {
             let json = serde_json::to_value(spec).unwrap();

@@ -3,10 +3,10 @@
 //! `subnet` (a /24 inside it); the node serves the subnet's `.1` as the gateway.
 
 use super::{Workload, WorkloadData, WorkloadName, WorkloadSpec};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The prefix length of a network's `ip_range`.
 pub const RANGE_PREFIX: u8 = 16;
@@ -103,6 +103,31 @@ impl Network {
     /// `taken`; `None` when the subnet is full.
     pub fn first_free(&self, taken: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
         self.hosts().find(|ip| !taken.contains(ip))
+    }
+
+    /// The network's IPv6 ULA /64 on this node: `fd` and 40 bits of SHA-256 of the owner and
+    /// `ip_range` (so one network has one /48 on every node it spans, RFC 4193's random
+    /// global ID made reproducible), then the subnet's third octet as subnet ID.
+    pub fn ula_prefix(&self, owner: &crate::PublicKey) -> Ipv6Net {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"zos-ula-v1\n");
+        h.update(owner.to_string().as_bytes());
+        h.update(self.ip_range.to_string().as_bytes());
+        let d = h.finalize();
+        let mut bytes = [0u8; 16];
+        bytes[0] = 0xfd;
+        bytes[1..6].copy_from_slice(&d[..5]);
+        bytes[7] = self.subnet.network().octets()[2];
+        Ipv6Net::new(Ipv6Addr::from(bytes), 64).unwrap_or_default()
+    }
+
+    /// The ULA that goes with IPv4 address `ip` of the subnet: the same last byte in
+    /// [`Network::ula_prefix`] (so the gateway, .1, is `…::1`).
+    pub fn ula_of(&self, owner: &crate::PublicKey, ip: Ipv4Addr) -> Ipv6Addr {
+        let mut bytes = self.ula_prefix(owner).network().octets();
+        bytes[15] = ip.octets()[3];
+        Ipv6Addr::from(bytes)
     }
 
     /// Whether this network's `ip_range` shares any address with `other`'s: one owner's
@@ -357,6 +382,9 @@ pub struct MachineAddress {
     pub network: WorkloadName,
     /// The address, asked for or assigned.
     pub ip: Ipv4Addr,
+    /// Its IPv6 ULA on the network (see [`Network::ula_of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ula: Option<Ipv6Addr>,
 }
 
 #[cfg(test)]
@@ -540,6 +568,27 @@ mod tests {
             .problems(&zero)
             .iter()
             .any(|m| m.contains("1 to 65535")));
+    }
+
+    #[test]
+    fn the_ula_is_one_48_per_network_and_owner_and_a_64_per_subnet() {
+        let owner = crate::Keypair::from_seed(&[1; 32]).public();
+        let other = crate::Keypair::from_seed(&[2; 32]).public();
+        let a = net("10.20.0.0/16", "10.20.1.0/24");
+        let b = net("10.20.0.0/16", "10.20.2.0/24");
+        let pa = a.ula_prefix(&owner);
+        assert_eq!(pa.prefix_len(), 64);
+        assert_eq!(pa.network().octets()[0], 0xfd);
+        // One /48 for the network on every node; its /64 per subnet.
+        assert_eq!(
+            pa.network().octets()[..6],
+            b.ula_prefix(&owner).network().octets()[..6]
+        );
+        assert_ne!(pa, b.ula_prefix(&owner));
+        assert_ne!(pa, a.ula_prefix(&other));
+        let ula = a.ula_of(&owner, Ipv4Addr::new(10, 20, 1, 5));
+        assert!(pa.contains(&ula));
+        assert_eq!(ula.segments()[7], 5);
     }
 
     #[test]

@@ -81,6 +81,7 @@ pub(super) fn guest_network(spec: &VmSpec) -> Option<GuestNetwork> {
             mac: iface.mac.clone(),
             address: iface.ip,
             prefix: iface.prefix,
+            address6: iface.ula,
             gateway: iface.default_route.then_some(iface.gateway),
             mtu: iface.mtu,
             routes: iface
@@ -109,10 +110,14 @@ pub(super) fn seed_network_config(spec: &VmSpec) -> Option<String> {
     let net = guest_network(spec)?;
     let mut ethernets = serde_json::Map::new();
     for (i, iface) in net.interfaces.iter().enumerate() {
+        let addresses: Vec<String> = [format!("{}/{}", iface.address, iface.prefix)]
+            .into_iter()
+            .chain(iface.address6.map(|a| format!("{a}/64")))
+            .collect();
         let mut e = serde_json::json!({
             "match": { "macaddress": iface.mac },
             "set-name": format!("eth{i}"),
-            "addresses": [format!("{}/{}", iface.address, iface.prefix)],
+            "addresses": addresses,
             "mtu": iface.mtu,
         });
         let mut routes: Vec<serde_json::Value> = iface
@@ -150,6 +155,7 @@ mod tests {
             prefix: 24,
             egress: true,
             wireguard: None,
+            ula_gateway: Some("fd00:1:2:1::1".parse().unwrap()),
         };
         VmSpec {
             cpus: 1,
@@ -215,6 +221,8 @@ mod tests {
         for want in [
             "iface eth0 inet static",
             "address 10.20.1.5/24",
+            "iface eth0 inet6 static",
+            "address fd00:1:2:1::5/64",
             "dns-nameservers 10.20.1.1",
             "default gw 10.20.1.1",
         ] {
