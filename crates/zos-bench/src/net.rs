@@ -64,7 +64,7 @@ const NET_MODULES: [&str; 6] = [
 ];
 /// The busybox applets the node's image links (the guest has no `--install`).
 const APPLETS: [&str; 12] = [
-    "sh", "echo", "cat", "sleep", "mkdir", "grep", "ip", "nc", "httpd", "wget", "seq", "true",
+    "sh", "echo", "cat", "sleep", "mkdir", "grep", "ip", "nc", "httpd", "printf", "seq", "true",
 ];
 
 /// One line of the table.
@@ -345,18 +345,20 @@ fn floor_initrd(kit: &BootKit, work: &Path, runs: usize) -> Result<PathBuf> {
 }
 
 /// The iperf3 client's script, the same on the node and in the floor: waits (bounded) for
-/// the server (and for `wait_url` to answer, so no machine is still booting beside the
-/// test), then runs `runs` tests, each report between [`BEGIN`] and [`END`], then [`DONE`].
-fn client_script(server: &str, wait_url: Option<&str>, runs: usize) -> String {
-    let wait_web = wait_url.map_or(String::new(), |url| {
+/// the server (and for a web server at `wait_web` to answer, so no machine is still booting
+/// beside the test), then runs `runs` tests, each report between [`BEGIN`] and [`END`], then
+/// [`DONE`].
+fn client_script(server: &str, wait_web: Option<&str>, runs: usize) -> String {
+    // nc, not busybox's wget: the static busybox's wget crashes in the image (no NSS there).
+    let wait_web = wait_web.map_or(String::new(), |ip| {
         format!(
-            "i=0; until wget -q -T 3 -O /dev/null {url}; do i=$((i+1)); [ $i -ge 300 ] && break; \
-             sleep 1; done\n"
+            "i=0; until printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 80 | grep -q {PAGE}; do \
+             i=$((i+1)); [ $i -ge 120 ] && break; sleep 1; done\n"
         )
     });
     format!(
         "{wait_web}i=0; until /usr/bin/iperf3 -c {server} -t 1 --connect-timeout 3000 >/dev/null 2>&1; do \
-         i=$((i+1)); [ $i -ge 300 ] && break; sleep 1; done\n\
+         i=$((i+1)); [ $i -ge 120 ] && break; sleep 1; done\n\
          for n in $(seq {runs}); do /usr/bin/iperf3 -c {server} -t {IPERF_SECONDS} -J > /tmp/iperf.json; \
          echo {BEGIN}; cat /tmp/iperf.json; echo {END}; done\necho {DONE}\n"
     )
@@ -534,21 +536,20 @@ fn read_until(child: &mut Child, needle: &str, limit: Duration) -> Result<String
             return Ok(text);
         }
         if start.elapsed() > limit {
-            let tail: String = text
-                .chars()
-                .rev()
-                .take(2000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
             bail!(
-                "the floor's client guest did not finish within {} s; its console ends:\n{tail}",
-                limit.as_secs()
+                "the floor's client guest did not finish within {} s; its console ends:\n{}",
+                limit.as_secs(),
+                last_lines(&text, 30)
             );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The last `n` lines of `text`, for an error message.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// How long a client (node or floor) may take: boots, the waits, `runs` tests.
@@ -603,7 +604,8 @@ fn machine_yaml(
     let mut data = serde_json::json!({
         "flist": fl.display().to_string(),
         "memory": "256M",
-        "cmd": ["sh", "-c", script],
+        // The image's entrypoint is `/bin/sh -c` (see `pack_root`): the command is the script.
+        "cmd": [script],
     });
     if let Some(ip) = net {
         data["network"] = serde_json::json!({ "interfaces": [{ "network": "lan", "ip": ip }] });
@@ -648,7 +650,7 @@ fn node_vm_to_vm(
     ports: (u16, u16),
     runs: usize,
 ) -> Result<Vec<f64>> {
-    let client = client_script(SERVER_IP, Some(&format!("http://{WEB_IP}/")), runs);
+    let client = client_script(SERVER_IP, Some(WEB_IP), runs);
     let yaml = deployment_yaml(
         "net",
         &[
@@ -682,8 +684,9 @@ fn node_vm_to_vm(
         check_failed(api, "net")?;
         if start.elapsed() > limit {
             bail!(
-                "the client machine did not finish within {} s; its log:\n{log}",
-                limit.as_secs()
+                "the client machine did not finish within {} s; its log ends:\n{}",
+                limit.as_secs(),
+                last_lines(&log, 30)
             );
         }
         std::thread::sleep(Duration::from_millis(500));
