@@ -41,9 +41,11 @@ const LAN_RANGE: &str = "10.61.0.0/16";
 const LAN_SUBNET: &str = "10.61.1.0/24";
 const SERVER_IP: &str = "10.61.1.5";
 const WEB_IP: &str = "10.61.1.7";
+const CLIENT_IP: &str = "10.61.1.6";
 /// The network of row 4's web server (one at a time, each removed before the next).
 const REACH_RANGE: &str = "10.64.0.0/16";
 const REACH_SUBNET: &str = "10.64.1.0/24";
+const REACH_IP: &str = "10.64.1.5";
 /// The bare guests' addresses on the floor's bridge.
 const FLOOR_SERVER_IP: &str = "10.62.0.1";
 const FLOOR_CLIENT_IP: &str = "10.62.0.2";
@@ -193,7 +195,7 @@ fn measure_all(
         "Mbit/s",
         &vm_vm,
         &floor_vm,
-        "two bare QEMU guests with taps on a plain bridge",
+        "two bare QEMU guests with taps on a plain bridge, before the node starts",
     );
     pair(
         "iperf3 host to VM, published port",
@@ -592,12 +594,13 @@ fn floor_vm_to_vm(kernel: &Path, initrd: &Path, accel: Accel, runs: usize) -> Re
 // ---------------------------------------------------------------------------------------
 // On the node
 
-/// A zmachine of `fl` on network `lan` at `ip` running `script`, with `ports` (guest, host)
+/// A zmachine of `fl` on network `lan` at `ip` (`None`: no network) running `script`, with
+/// `ports` (guest, host)
 /// published.
 fn machine_yaml(
     name: &str,
     fl: &Path,
-    net: Option<&str>,
+    ip: Option<&str>,
     script: &str,
     ports: &[(u16, u16)],
 ) -> String {
@@ -607,7 +610,7 @@ fn machine_yaml(
         // The image's entrypoint is `/bin/sh -c` (see `pack_root`): the command is the script.
         "cmd": [script],
     });
-    if let Some(ip) = net {
+    if let Some(ip) = ip {
         data["network"] = serde_json::json!({ "interfaces": [{ "network": "lan", "ip": ip }] });
     }
     if !ports.is_empty() {
@@ -666,7 +669,7 @@ fn node_vm_to_vm(
             machine_yaml(
                 "client",
                 fl,
-                Some("10.61.1.6"),
+                Some(CLIENT_IP),
                 &format!("{client}exec sleep 100000"),
                 &[],
             ),
@@ -877,7 +880,7 @@ fn deploy_to_reachable(
         &name,
         &[
             lan_yaml(REACH_RANGE, REACH_SUBNET),
-            machine_yaml("web", fl, Some("10.64.1.5"), &web_script(), &[(80, port)]),
+            machine_yaml("web", fl, Some(REACH_IP), &web_script(), &[(80, port)]),
         ],
     );
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
