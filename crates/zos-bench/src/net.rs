@@ -595,8 +595,7 @@ fn floor_vm_to_vm(kernel: &Path, initrd: &Path, accel: Accel, runs: usize) -> Re
 // On the node
 
 /// A zmachine of `fl` on network `lan` at `ip` (`None`: no network) running `script`, with
-/// `ports` (guest, host)
-/// published.
+/// `ports` (guest, host) published.
 fn machine_yaml(
     name: &str,
     fl: &Path,
