@@ -26,7 +26,13 @@ pub fn disk_image_flist(zos: &Zos, work: &Path) -> Result<PathBuf> {
     let kit = BootKit::locate(&bootkit::default_dir())?;
     let dir = work.join("disk-image");
     let initrd = dir.join("initrd.img");
-    make_initrd(&kit, &dir.join("initrd"), &initrd)?;
+    busybox_initrd(
+        &kit,
+        &dir.join("initrd"),
+        &initrd,
+        &MODULES,
+        &format!("echo {MARK}\nexec sleep 1000000\n"),
+    )?;
     let root = dir.join("root");
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     make_disk(
@@ -65,8 +71,16 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// A busybox initramfs (newc cpio) at `out`, staged in `dir`.
-fn make_initrd(kit: &BootKit, dir: &Path, out: &Path) -> Result<()> {
+/// A busybox initramfs (newc cpio) at `out`, staged in `dir` (which may already hold more
+/// files to pack): its `/init` mounts proc, sys and dev, loads `modules` (paths under the
+/// kit's `kernel/`, without `.ko`, in dependency order), then runs `script`.
+pub fn busybox_initrd(
+    kit: &BootKit,
+    dir: &Path,
+    out: &Path,
+    modules: &[&str],
+    script: &str,
+) -> Result<()> {
     for sub in ["bin", "proc", "sys", "dev", "lib/modules"] {
         std::fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("creating {}", dir.join(sub).display()))?;
@@ -77,7 +91,7 @@ fn make_initrd(kit: &BootKit, dir: &Path, out: &Path) -> Result<()> {
         "#!/bin/busybox sh\n/bin/busybox --install -s /bin\n\
          mount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n",
     );
-    for m in MODULES {
+    for m in modules {
         let src = kit.modules.join("kernel").join(format!("{m}.ko"));
         let name = src
             .file_name()
@@ -87,7 +101,7 @@ fn make_initrd(kit: &BootKit, dir: &Path, out: &Path) -> Result<()> {
             .with_context(|| format!("copying {}", src.display()))?;
         init.push_str(&format!("insmod /lib/modules/{}\n", name.to_string_lossy()));
     }
-    init.push_str(&format!("echo {MARK}\nexec sleep 1000000\n"));
+    init.push_str(script);
     let init_path = dir.join("init");
     std::fs::write(&init_path, init).with_context(|| format!("writing {}", init_path.display()))?;
     std::fs::set_permissions(&init_path, std::fs::Permissions::from_mode(0o755))

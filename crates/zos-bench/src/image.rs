@@ -39,11 +39,17 @@ pub fn image(zos: &Zos, work: &Path, name: &str, extra: u64) -> Result<PathBuf> 
         std::io::copy(&mut (&mut urandom).take(extra), &mut data)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    pack_root(zos, work, &root, name)
+}
+
+/// Packs the tree `root` into `work/NAME.fl` (blocks in `work/store`) with an image config
+/// whose command is `echo MARK`, then removes `root`.
+pub fn pack_root(zos: &Zos, work: &Path, root: &Path, name: &str) -> Result<PathBuf> {
     let fl = work.join(format!("{name}.fl"));
     let store = format!("dir://{}", work.join("store").display());
     let status = zos_in(zos, work)
         .args(["flist", "pack"])
-        .arg(&root)
+        .arg(root)
         .arg("-o")
         .arg(&fl)
         .args(["--store", &store])
@@ -68,7 +74,7 @@ pub fn image(zos: &Zos, work: &Path, name: &str, extra: u64) -> Result<PathBuf> 
     if !status.success() {
         bail!("zos flist tag {} failed: {status}", fl.display());
     }
-    std::fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
+    std::fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))?;
     Ok(fl)
 }
 

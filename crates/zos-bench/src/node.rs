@@ -41,13 +41,7 @@ pub fn bench_node(
     json: bool,
 ) -> Result<ExitCode> {
     let work = WorkDir::new(None, keep)?;
-    let mut node = BenchNode {
-        zos: zos.clone(),
-        work: work.root.clone(),
-        child: None,
-        tls_addr: free_port()?,
-        plain_addr: free_port()?,
-    };
+    let mut node = BenchNode::new(zos, &work.root)?;
     let result = measure(&mut node, count.max(1), runs.max(1));
     node.stop();
     if !keep {
@@ -71,8 +65,9 @@ fn free_port() -> Result<String> {
 }
 
 /// A `zos node run` child over a work dir, on a unix socket and on loopback TCP twice: TLS,
-/// and plain HTTP (`?insecure`).
-struct BenchNode {
+/// and plain HTTP (`?insecure`). Its flists are read from the work dir, their blocks from
+/// `store` in it.
+pub struct BenchNode {
     zos: Zos,
     work: PathBuf,
     child: Option<Child>,
@@ -89,11 +84,23 @@ enum Via {
 }
 
 impl BenchNode {
+    /// A node over `work` (its data in `work/node`), not started yet.
+    pub fn new(zos: &Zos, work: &Path) -> Result<BenchNode> {
+        Ok(BenchNode {
+            zos: zos.clone(),
+            work: work.to_path_buf(),
+            child: None,
+            tls_addr: free_port()?,
+            plain_addr: free_port()?,
+        })
+    }
+
     fn socket(&self) -> PathBuf {
         self.work.join("node.sock")
     }
 
-    fn api(&self, key: &Keypair) -> Result<NodeClient> {
+    /// A client of the node's unix socket signing with `key`.
+    pub fn api(&self, key: &Keypair) -> Result<NodeClient> {
         self.api_via(Via::Unix, key)
     }
 
@@ -110,7 +117,7 @@ impl BenchNode {
     }
 
     /// Starts the node; returns the seconds until its API answers.
-    fn start(&mut self, key: &Keypair) -> Result<f64> {
+    pub fn start(&mut self, key: &Keypair) -> Result<f64> {
         let config = self.work.join("node.toml");
         std::fs::write(
             &config,
@@ -164,7 +171,7 @@ impl BenchNode {
     }
 
     /// Stops the node with SIGTERM, as a service manager would.
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             match libc::pid_t::try_from(c.id()) {
                 // SAFETY: kill has no memory-safety preconditions; the pid is our own
@@ -181,7 +188,8 @@ impl BenchNode {
     }
 }
 
-fn deployment(key: &Keypair, node: PublicKey, yaml: &str) -> Result<Deployment> {
+/// The deployment file `yaml`, for `node`, signed by `key`.
+pub fn deployment(key: &Keypair, node: PublicKey, yaml: &str) -> Result<Deployment> {
     let mut d = DeploymentFile::from_yaml_str(yaml)?.into_deployment(key.public(), node);
     d.sign(key);
     Ok(d)
@@ -190,14 +198,18 @@ fn deployment(key: &Keypair, node: PublicKey, yaml: &str) -> Result<Deployment> 
 /// How the deployments' workloads stand: still provisioning, failed (with the first
 /// error's message), or done.
 #[derive(Default)]
-struct Tally {
-    pending: usize,
-    failed: usize,
-    first_error: Option<String>,
+pub struct Tally {
+    /// Deployments with a workload not yet settled.
+    pub pending: usize,
+    /// Deployments with a workload in error.
+    pub failed: usize,
+    /// "DEPLOYMENT: message" of the first workload in error.
+    pub first_error: Option<String>,
 }
 
 impl Tally {
-    fn of(list: &[Deployment]) -> Tally {
+    /// Counts `list`.
+    pub fn of(list: &[Deployment]) -> Tally {
         let mut t = Tally::default();
         for d in list {
             let states = d.workloads.iter().map(|w| w.result.as_ref());

@@ -11,6 +11,7 @@ use crate::table::{fmt, print_grid};
 use crate::workdir::WorkDir;
 use crate::zos_bin::Zos;
 use anyhow::{bail, Context, Result};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -212,34 +213,11 @@ fn fit_row(per_vm_mib: f64) -> Row {
 }
 
 /// The floor: QEMU with the same kernel and base initramfs, until `zos-init` (as `/init`)
-/// prints its first line (it has no config here, so it says so and powers off). Machine,
-/// CPU model and timing arguments follow `accel` as zos-vmm's do.
+/// prints its first line (it has no config here, so it says so and powers off).
 fn bare_boot(kernel: &Path, initramfs: &Path, accel: Accel) -> Result<f64> {
-    let cpu = if accel == Accel::Kvm { "host" } else { "max" };
-    let timing = if accel == Accel::Tcg {
-        host::tcg_kernel_args()
-    } else {
-        String::new()
-    };
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
-        .arg("-M")
-        .arg(format!("microvm,accel={}", accel.as_str()))
-        .args(["-cpu", cpu, "-m", "256M", "-nodefaults"])
-        .args([
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-serial",
-            "stdio",
-        ])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initramfs)
-        .arg("-append")
-        .arg(format!("console=ttyS0 panic=-1 {timing} quiet loglevel=3"))
+        .args(bare_qemu_args(kernel, initramfs, accel, ""))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -249,6 +227,48 @@ fn bare_boot(kernel: &Path, initramfs: &Path, accel: Accel) -> Result<f64> {
     let _ = child.kill();
     let _ = child.wait();
     t
+}
+
+/// The arguments of a bare QEMU boot of `kernel` and `initramfs` with 256 MiB and one vCPU,
+/// the serial console on stdout, `append` added to the kernel's command line. Machine, CPU
+/// model and timing arguments follow `accel` as zos-vmm's do.
+pub fn bare_qemu_args(
+    kernel: &Path,
+    initramfs: &Path,
+    accel: Accel,
+    append: &str,
+) -> Vec<OsString> {
+    let cpu = if accel == Accel::Kvm { "host" } else { "max" };
+    let timing = if accel == Accel::Tcg {
+        host::tcg_kernel_args()
+    } else {
+        String::new()
+    };
+    let mut args: Vec<OsString> = Vec::new();
+    args.push("-M".into());
+    args.push(format!("microvm,accel={}", accel.as_str()).into());
+    for a in [
+        "-cpu",
+        cpu,
+        "-m",
+        "256M",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-kernel",
+    ] {
+        args.push(a.into());
+    }
+    args.push(kernel.into());
+    args.push("-initrd".into());
+    args.push(initramfs.into());
+    args.push("-append".into());
+    args.push(format!("console=ttyS0 panic=-1 {timing} quiet loglevel=3 {append}").into());
+    args
 }
 
 /// Seconds until ten `zos run` started together have all exited; fails if any failed.
