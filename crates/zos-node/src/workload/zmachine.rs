@@ -142,17 +142,18 @@ impl Kind for Zmachine {
             })
             .next();
         let addresses = machine_addresses(w, target.owner, target.deployment);
-        let outcome = match (missing, &addresses) {
-            (Some(e), _) => {
+        let ready = match (missing, &addresses) {
+            (Some(e), _) => Err(e),
+            (None, Err(e)) => Err(e.clone()),
+            (None, Ok(addresses)) => Ok(addresses),
+        };
+        let outcome = match ready {
+            Ok(addresses) => vm_spec(host, target, m, addresses)
+                .and_then(|spec| ensure_vm(&host.vmm, &vm, spec, target.fresh, host.stop_timeout)),
+            Err(e) => {
                 let _ = remove_vm(&host.vmm, &vm, host.stop_timeout);
                 Err(e)
             }
-            (None, Err(e)) => {
-                let _ = remove_vm(&host.vmm, &vm, host.stop_timeout);
-                Err(e.clone())
-            }
-            (None, Ok(addresses)) => vm_spec(host, target, m, addresses)
-                .and_then(|spec| ensure_vm(&host.vmm, &vm, spec, target.fresh, host.stop_timeout)),
         };
         let mut data = match &addresses {
             Ok(a) if !a.is_empty() => json!({ "vm": vm, "addresses": a }),
