@@ -47,6 +47,12 @@ const REACH_RANGE: &str = "10.64.0.0/16";
 const REACH_SUBNET: &str = "10.64.1.0/24";
 const REACH_IP: &str = "10.64.1.5";
 /// The bare guests' addresses on the floor's bridge.
+/// Row 5's network: two parts (two owners' deployments on the node, standing for two nodes)
+/// linked by WireGuard.
+const WG_RANGE: &str = "10.65.0.0/16";
+const WG_SUBNETS: [&str; 2] = ["10.65.1.0/24", "10.65.2.0/24"];
+const WG_SERVER_IP: &str = "10.65.1.5";
+
 const FLOOR_SERVER_IP: &str = "10.62.0.1";
 const FLOOR_CLIENT_IP: &str = "10.62.0.2";
 /// What the guests' scripts print around each iperf3 JSON report, and when all are done.
@@ -163,6 +169,9 @@ fn measure_all(
         running.push(deploy_to_running(&api, key, node_id, &fl, i)?);
     }
 
+    progress("zos-bench net: iperf3 between two parts of a network over WireGuard vs NAT");
+    let (wg, nat) = wireguard_vm_to_vm(node, &api, key, node_id, &fl, runs)?;
+
     let mut rows = Vec::new();
     let mut targets = Vec::new();
     let mut pair = |step: &str, unit: &'static str, value: &[f64], floor: &[f64], what: &str| {
@@ -237,6 +246,21 @@ fn measure_all(
         value: ratio,
         target: format!("<= {DEPLOY_TARGET}x"),
         met: ratio <= DEPLOY_TARGET,
+    });
+    let (w, n) = (median(&wg), median(&nat));
+    rows.push(Row {
+        step: "iperf3 VM to VM across network parts, WireGuard".into(),
+        value: w,
+        unit: "Mbit/s",
+        floor: Some(n),
+        notes: format!(
+            "{:.2}x the floor: the same two machines through a published port (the same \
+             namespaces and host, NAT, no WireGuard); the parts are two owners' deployments on \
+             this one node, linked through its address as two nodes would be; no target; {}; \
+             {tcg}",
+            w / n,
+            spread(&wg)
+        ),
     });
     Ok(Report { rows, targets })
 }
@@ -594,6 +618,17 @@ fn floor_vm_to_vm(kernel: &Path, initrd: &Path, accel: Accel, runs: usize) -> Re
 // ---------------------------------------------------------------------------------------
 // On the node
 
+/// Where a machine sits on network `lan`.
+#[derive(Clone, Copy)]
+enum On<'a> {
+    /// Not on it.
+    Off,
+    /// At this address.
+    At(&'a str),
+    /// At the address the node gives.
+    Any,
+}
+
 /// A zmachine of `fl` on network `lan` at `ip` (`None`: no network) running `script`, with
 /// `ports` (guest, host) published.
 fn machine_yaml(
@@ -603,14 +638,23 @@ fn machine_yaml(
     script: &str,
     ports: &[(u16, u16)],
 ) -> String {
+    machine_on(name, fl, ip.map_or(On::Off, On::At), script, ports)
+}
+
+/// [`machine_yaml`] with the machine's place on `lan` as [`On`] says.
+fn machine_on(name: &str, fl: &Path, on: On, script: &str, ports: &[(u16, u16)]) -> String {
     let mut data = serde_json::json!({
         "flist": fl.display().to_string(),
         "memory": "256M",
         // The image's entrypoint is `/bin/sh -c` (see `pack_root`): the command is the script.
         "cmd": [script],
     });
-    if let Some(ip) = ip {
-        data["network"] = serde_json::json!({ "interfaces": [{ "network": "lan", "ip": ip }] });
+    match on {
+        On::Off => {}
+        On::At(ip) => {
+            data["network"] = serde_json::json!({ "interfaces": [{ "network": "lan", "ip": ip }] })
+        }
+        On::Any => data["network"] = serde_json::json!({ "interfaces": [{ "network": "lan" }] }),
     }
     if !ports.is_empty() {
         data["ports"] = ports
@@ -701,6 +745,104 @@ fn node_vm_to_vm(
         );
     }
     Ok(got)
+}
+
+/// Row 5: a network in two parts, `wga` (owner `key`: an iperf3 server, 5201 also published)
+/// and `wgb` (a second owner: the client), each part peering with the other's WireGuard end
+/// on the host's address. The client alternates iperf3 over WireGuard to the server's
+/// address and through the published port (NAT, no WireGuard). Mbit/s each, in that order.
+fn wireguard_vm_to_vm(
+    node: &BenchNode,
+    api: &NodeClient,
+    key: &Keypair,
+    node_id: PublicKey,
+    fl: &Path,
+    runs: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let key_b = Keypair::generate();
+    let api_b = node.api(&key_b)?;
+    let host = host_address();
+    let end_a = api.wireguard_end("wga", "lan")?.value;
+    let end_b = api_b.wireguard_end("wgb", "lan")?.value;
+    let lan = |subnet: &str, peer_subnet: &str, end: &zos_types::WireGuardEnd| {
+        serde_json::json!({ "name": "lan", "type": "network", "data": {
+            "ip_range": WG_RANGE, "subnet": subnet,
+            "wireguard": { "peers": [{ "subnet": peer_subnet, "public_key": end.public_key,
+                                       "endpoint": format!("{host}:{}", end.listen_port) }] } } })
+        .to_string()
+    };
+    let port = free_port()?;
+    let a = deployment_yaml(
+        "wga",
+        &[
+            lan(WG_SUBNETS[0], WG_SUBNETS[1], &end_b),
+            machine_yaml(
+                "server",
+                fl,
+                Some(WG_SERVER_IP),
+                "exec /usr/bin/iperf3 -s",
+                &[(5201, port)],
+            ),
+        ],
+    );
+    let one = |target: &str| {
+        format!(
+            "/usr/bin/iperf3 -c {target} -t {IPERF_SECONDS} -J > /tmp/iperf.json; echo {BEGIN}; \
+             cat /tmp/iperf.json; echo {END}; "
+        )
+    };
+    let client = format!(
+        "i=0; until /usr/bin/iperf3 -c {WG_SERVER_IP} -t 1 --connect-timeout 3000 >/dev/null 2>&1; \
+         do i=$((i+1)); [ $i -ge 120 ] && break; sleep 1; done\n\
+         for n in $(seq {runs}); do {}{}done\necho {DONE}\nexec sleep 100000",
+        one(WG_SERVER_IP),
+        one(&format!("{host} -p {port}"))
+    );
+    let b = deployment_yaml(
+        "wgb",
+        &[
+            lan(WG_SUBNETS[1], WG_SUBNETS[0], &end_a),
+            machine_on("client", fl, On::Any, &client, &[]),
+        ],
+    );
+    api.create(&deployment(key, node_id, &a)?)
+        .context("deploying the WireGuard benchmark's server part")?;
+    let sent = api_b
+        .create(&deployment(&key_b, node_id, &b)?)
+        .context("deploying the WireGuard benchmark's client part");
+    let result = sent.and_then(|_| {
+        let limit = client_limit(2 * runs);
+        let start = Instant::now();
+        loop {
+            let log = logs_of(&api_b, "wgb", "client");
+            if log.contains(DONE) {
+                break Ok(log);
+            }
+            check_failed(api, "wga")?;
+            check_failed(&api_b, "wgb")?;
+            if start.elapsed() > limit {
+                bail!(
+                    "the WireGuard client did not finish within {} s; its log ends:\n{}",
+                    limit.as_secs(),
+                    last_lines(&log, 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let _ = api_b.remove("wgb");
+    remove_and_wait(api, node_id, "wga")?;
+    let got = iperf_reports(&result?)?;
+    if got.len() != 2 * runs {
+        bail!(
+            "the WireGuard client printed {} of {} iperf3 reports",
+            got.len(),
+            2 * runs
+        );
+    }
+    let wg = got.iter().step_by(2).copied().collect();
+    let nat = got.iter().skip(1).step_by(2).copied().collect();
+    Ok((wg, nat))
 }
 
 /// The console log of `deployment`'s `workload` as it is now (empty before the VM exists).
