@@ -12,7 +12,7 @@ use crate::image::{pack_root, remove_vms, MARK};
 use crate::measure::{measure, progress};
 use crate::node::{deployment, BenchNode, Tally};
 use crate::stats::{median, Timing};
-use crate::table::{fmt, print_grid, print_targets, Target};
+use crate::table::{print_targets, print_value_rows, Target, ValueRow};
 use crate::vm::bare_qemu_args;
 use crate::workdir::WorkDir;
 use crate::zos_bin::Zos;
@@ -1095,20 +1095,13 @@ fn remove_deployments(node: &BenchNode, key: &Keypair) {
 }
 
 fn print(report: &Report) {
-    let cells: Vec<[String; 5]> = report
-        .rows
-        .iter()
-        .map(|r| {
-            [
-                r.step.clone(),
-                format!("{:.2}", r.value),
-                r.unit.to_owned(),
-                fmt(r.floor, 2),
-                r.notes.clone(),
-            ]
-        })
-        .collect();
-    print_grid(["step", "value", "unit", "floor", "notes"], &cells);
+    print_value_rows(report.rows.iter().map(|r| ValueRow {
+        step: &r.step,
+        value: r.value,
+        unit: r.unit,
+        floor: r.floor,
+        notes: &r.notes,
+    }));
     print_targets(&report.targets);
 }
 

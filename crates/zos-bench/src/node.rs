@@ -5,7 +5,7 @@
 
 use crate::image::{image, remove_vms, zos_run_to_mark, MARK};
 use crate::stats::{median, Timing};
-use crate::table::{fmt, print_grid};
+use crate::table::{print_value_rows, ValueRow};
 use crate::workdir::WorkDir;
 use crate::zos_bin::Zos;
 use anyhow::{bail, Context, Result};
@@ -647,19 +647,13 @@ fn deploy_to_mark(api: &NodeClient, key: &Keypair, fl: &Path, i: usize) -> Resul
 }
 
 fn print(rows: &[Row]) {
-    let cells: Vec<[String; 5]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.step.clone(),
-                format!("{:.2}", r.value),
-                r.unit.to_owned(),
-                fmt(r.floor, 2),
-                r.notes.clone(),
-            ]
-        })
-        .collect();
-    print_grid(["step", "value", "unit", "floor", "notes"], &cells);
+    print_value_rows(rows.iter().map(|r| ValueRow {
+        step: &r.step,
+        value: r.value,
+        unit: r.unit,
+        floor: r.floor,
+        notes: &r.notes,
+    }));
 }
 
 #[cfg(test)]

@@ -44,6 +44,37 @@ pub fn print_targets(targets: &[Target]) {
     }
 }
 
+/// One row of a step / value / unit / floor / notes table (the node and net benchmarks').
+pub struct ValueRow<'a> {
+    /// What was measured.
+    pub step: &'a str,
+    /// Its value.
+    pub value: f64,
+    /// The value's unit.
+    pub unit: &'a str,
+    /// The floor measured in the same run, if any.
+    pub floor: Option<f64>,
+    /// How, and against what.
+    pub notes: &'a str,
+}
+
+/// Prints `rows` as a step / value / unit / floor / notes table (values with 2 decimals).
+pub fn print_value_rows<'a>(rows: impl IntoIterator<Item = ValueRow<'a>>) {
+    let cells: Vec<[String; 5]> = rows
+        .into_iter()
+        .map(|r| {
+            [
+                r.step.to_owned(),
+                format!("{:.2}", r.value),
+                r.unit.to_owned(),
+                fmt(r.floor, 2),
+                r.notes.to_owned(),
+            ]
+        })
+        .collect();
+    print_grid(["step", "value", "unit", "floor", "notes"], &cells);
+}
+
 /// Prints a table: the first and last columns (text) left-aligned, the others (numbers)
 /// right-aligned so digits line up.
 pub fn print_grid<const N: usize>(header: [&str; N], cells: &[[String; N]]) {
