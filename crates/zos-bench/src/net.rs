@@ -2,7 +2,9 @@
 //! measured in the same run: iperf3 VM to VM on a network against two bare QEMU guests on a
 //! plain bridge; iperf3 and wrk through a published port against the same from inside the
 //! network's namespace; deploy-to-reachable of a web server on a network with a published
-//! port against deploy-to-running of the same machine without a network.
+//! port against deploy-to-running of the same machine without a network; iperf3 between
+//! machines on two nodes (the second in a namespace of its own, joined by a veth) over
+//! WireGuard against the same machines through a published port.
 //!
 //! Traffic goes only to loopback, the host's own addresses and the namespaces the node and
 //! this benchmark make; every wait is bounded.
@@ -46,13 +48,15 @@ const CLIENT_IP: &str = "10.61.1.6";
 const REACH_RANGE: &str = "10.64.0.0/16";
 const REACH_SUBNET: &str = "10.64.1.0/24";
 const REACH_IP: &str = "10.64.1.5";
-/// The bare guests' addresses on the floor's bridge.
-/// Row 5's network: two parts (two owners' deployments on the node, standing for two nodes)
-/// linked by WireGuard.
+/// Row 5's network: a /24 on each of two nodes, linked by WireGuard.
 const WG_RANGE: &str = "10.65.0.0/16";
 const WG_SUBNETS: [&str; 2] = ["10.65.1.0/24", "10.65.2.0/24"];
 const WG_SERVER_IP: &str = "10.65.1.5";
+/// Row 5's "internet" between the host (the first node) and the second node's namespace: a
+/// veth with a /30 of the benchmarking range (RFC 2544), host end first.
+const LINK_ADDRS: [&str; 2] = ["198.18.0.1", "198.18.0.2"];
 
+/// The bare guests' addresses on the floor's bridge.
 const FLOOR_SERVER_IP: &str = "10.62.0.1";
 const FLOOR_CLIENT_IP: &str = "10.62.0.2";
 /// What the guests' scripts print around each iperf3 JSON report, and when all are done.
@@ -107,7 +111,7 @@ pub fn bench_net(
     let result = measure_all(&mut node, zos, &work.root, &key, runs.max(1));
     remove_deployments(&node, &key);
     node.stop();
-    remove_vms(zos, &work.path("node"));
+    remove_vms(zos, &node.data_dir());
     drop(work);
     let report = result?;
     crate::table::emit(&report, json, print)?;
@@ -169,8 +173,11 @@ fn measure_all(
         running.push(deploy_to_running(&api, key, node_id, &fl, i)?);
     }
 
-    progress("zos-bench net: iperf3 between two parts of a network over WireGuard vs NAT");
-    let (wg, nat) = wireguard_vm_to_vm(node, &api, key, node_id, &fl, runs)?;
+    progress("zos-bench net: iperf3 between two nodes' parts of a network, WireGuard vs NAT");
+    let (wg, nat) = {
+        let other = OtherNode::start(zos, work, key)?;
+        wireguard_vm_to_vm(&api, &other, key, node_id, &fl, runs)?
+    };
 
     let mut rows = Vec::new();
     let mut targets = Vec::new();
@@ -249,15 +256,14 @@ fn measure_all(
     });
     let (w, n) = (median(&wg), median(&nat));
     rows.push(Row {
-        step: "iperf3 VM to VM across network parts, WireGuard".into(),
+        step: "iperf3 VM to VM across two nodes, WireGuard".into(),
         value: w,
         unit: "Mbit/s",
         floor: Some(n),
         notes: format!(
-            "{:.2}x the floor: the same two machines through a published port (the same \
-             namespaces and host, NAT, no WireGuard); the parts are two owners' deployments on \
-             this one node, linked through its address as two nodes would be; no target; {}; \
-             {tcg}",
+            "{:.2}x the floor: the same two machines through a published port (the same nodes \
+             and veth between them, NAT, no WireGuard); the second node runs in a network \
+             namespace of its own; no target; {}; {tcg}",
             w / n,
             spread(&wg)
         ),
@@ -747,35 +753,107 @@ fn node_vm_to_vm(
     Ok(got)
 }
 
-/// Row 5: a network in two parts, `wga` (owner `key`: an iperf3 server, 5201 also published)
-/// and `wgb` (a second owner: the client), each part peering with the other's WireGuard end
-/// on the host's address. The client alternates iperf3 over WireGuard to the server's
-/// address and through the published port (NAT, no WireGuard). Mbit/s each, in that order.
+/// Row 5's second node: a `zos node run` in a network namespace of its own, joined to the
+/// host (where the first node runs) by a veth; removed with its VMs and namespace when
+/// dropped.
+struct OtherNode {
+    ns: String,
+    zos: Zos,
+    key: Keypair,
+    node: BenchNode,
+}
+
+impl OtherNode {
+    /// Makes the namespace and its link, then starts the node (its files in `work/b`).
+    fn start(zos: &Zos, work: &Path, key: &Keypair) -> Result<OtherNode> {
+        let pid = std::process::id();
+        let ns = format!("zosbench-{pid}-b");
+        let veth = format!("zbv{pid}");
+        let node = BenchNode::elsewhere(
+            zos,
+            work,
+            &work.join("b"),
+            &ns,
+            &format!("wireguard_host = \"{}\"", LINK_ADDRS[1]),
+        )?;
+        ip(&["netns", "add", &ns])?;
+        // From here on, dropping it cleans up.
+        let mut other = OtherNode {
+            node,
+            ns,
+            zos: zos.clone(),
+            key: key.clone(),
+        };
+        let n = other.ns.as_str();
+        ip(&["-n", n, "link", "set", "lo", "up"])?;
+        ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", n,
+        ])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", LINK_ADDRS[0]),
+            "dev",
+            &veth,
+        ])?;
+        ip(&["link", "set", &veth, "up"])?;
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{}/30", LINK_ADDRS[1]),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", n, "link", "set", "eth0", "up"])?;
+        ip(&["-n", n, "route", "add", "default", "via", LINK_ADDRS[0]])?;
+        other.node.start(key)?;
+        Ok(other)
+    }
+}
+
+impl Drop for OtherNode {
+    fn drop(&mut self) {
+        remove_deployments(&self.node, &self.key);
+        self.node.stop();
+        remove_vms(&self.zos, &self.node.data_dir());
+        // The veth goes with the namespace.
+        if let Err(e) = ip(&["netns", "del", &self.ns]) {
+            eprintln!("warning: removing namespace {}: {e:#}", self.ns);
+        }
+    }
+}
+
+/// Row 5: one network `lan` with a /24 on each node, the same owner's deployment `wg` on
+/// both: an iperf3 server on the first node (5201 also published), a client on the second
+/// node; each node's part peers with the other's WireGuard end on its veth address. The
+/// client alternates iperf3 over WireGuard to the server's address and through the
+/// published port (NAT, no WireGuard). Mbit/s each, in that order.
 fn wireguard_vm_to_vm(
-    node: &BenchNode,
     api: &NodeClient,
+    other: &OtherNode,
     key: &Keypair,
     node_id: PublicKey,
     fl: &Path,
     runs: usize,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
-    let key_b = Keypair::generate();
-    let api_b = node.api(&key_b)?;
-    let host = host_address();
-    let end_a = api.wireguard_end("wga", "lan")?.value;
-    let end_b = api_b.wireguard_end("wgb", "lan")?.value;
-    let lan = |subnet: &str, peer_subnet: &str, end: &zos_types::WireGuardEnd| {
+    let api_b = other.node.api(key)?;
+    let node_b = api_b.node_id()?;
+    let end_a = api.wireguard_end("wg", "lan")?.value;
+    let end_b = api_b.wireguard_end("wg", "lan")?.value;
+    let lan = |subnet: &str, peer_subnet: &str, peer: &str, end: &zos_types::WireGuardEnd| {
         serde_json::json!({ "name": "lan", "type": "network", "data": {
             "ip_range": WG_RANGE, "subnet": subnet,
             "wireguard": { "peers": [{ "subnet": peer_subnet, "public_key": end.public_key,
-                                       "endpoint": format!("{host}:{}", end.listen_port) }] } } })
+                                       "endpoint": format!("{peer}:{}", end.listen_port) }] } } })
         .to_string()
     };
     let port = free_port()?;
     let a = deployment_yaml(
-        "wga",
+        "wg",
         &[
-            lan(WG_SUBNETS[0], WG_SUBNETS[1], &end_b),
+            lan(WG_SUBNETS[0], WG_SUBNETS[1], LINK_ADDRS[1], &end_b),
             machine_yaml(
                 "server",
                 fl,
@@ -796,30 +874,30 @@ fn wireguard_vm_to_vm(
          do i=$((i+1)); [ $i -ge 120 ] && break; sleep 1; done\n\
          for n in $(seq {runs}); do {}{}done\necho {DONE}\nexec sleep 100000",
         one(WG_SERVER_IP),
-        one(&format!("{host} -p {port}"))
+        one(&format!("{} -p {port}", LINK_ADDRS[0]))
     );
     let b = deployment_yaml(
-        "wgb",
+        "wg",
         &[
-            lan(WG_SUBNETS[1], WG_SUBNETS[0], &end_a),
+            lan(WG_SUBNETS[1], WG_SUBNETS[0], LINK_ADDRS[0], &end_a),
             machine_on("client", fl, On::Any, &client, &[]),
         ],
     );
     api.create(&deployment(key, node_id, &a)?)
         .context("deploying the WireGuard benchmark's server part")?;
     let sent = api_b
-        .create(&deployment(&key_b, node_id, &b)?)
-        .context("deploying the WireGuard benchmark's client part");
+        .create(&deployment(key, node_b, &b)?)
+        .context("deploying the WireGuard benchmark's client part on the second node");
     let result = sent.and_then(|_| {
         let limit = client_limit(2 * runs);
         let start = Instant::now();
         loop {
-            let log = logs_of(&api_b, "wgb", "client");
+            let log = logs_of(&api_b, "wg", "client");
             if log.contains(DONE) {
                 break Ok(log);
             }
-            check_failed(api, "wga")?;
-            check_failed(&api_b, "wgb")?;
+            check_failed(api, "wg")?;
+            check_failed(&api_b, "wg")?;
             if start.elapsed() > limit {
                 bail!(
                     "the WireGuard client did not finish within {} s; its log ends:\n{}",
@@ -830,8 +908,8 @@ fn wireguard_vm_to_vm(
             std::thread::sleep(Duration::from_millis(500));
         }
     });
-    let _ = api_b.remove("wgb");
-    remove_and_wait(api, node_id, "wga")?;
+    remove_and_wait(&api_b, node_b, "wg")?;
+    remove_and_wait(api, node_id, "wg")?;
     let got = iperf_reports(&result?)?;
     if got.len() != 2 * runs {
         bail!(

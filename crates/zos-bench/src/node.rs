@@ -45,7 +45,7 @@ pub fn bench_node(
     let result = measure(&mut node, count.max(1), runs.max(1));
     node.stop();
     if !keep {
-        remove_vms(zos, &work.path("node"));
+        remove_vms(zos, &node.data_dir());
     }
     drop(work);
     let rows = result?;
@@ -70,6 +70,12 @@ fn free_port() -> Result<String> {
 pub struct BenchNode {
     zos: Zos,
     work: PathBuf,
+    /// Where its own files are: the work dir, or a dir of its own for a second node.
+    home: PathBuf,
+    /// The network namespace it runs in (`/run/netns/NAME`), if not the host's.
+    netns: Option<String>,
+    /// Lines added to its config.
+    extra_config: String,
     child: Option<Child>,
     tls_addr: String,
     plain_addr: String,
@@ -89,14 +95,40 @@ impl BenchNode {
         Ok(BenchNode {
             zos: zos.clone(),
             work: work.to_path_buf(),
+            home: work.to_path_buf(),
+            netns: None,
+            extra_config: String::new(),
             child: None,
             tls_addr: free_port()?,
             plain_addr: free_port()?,
         })
     }
 
+    /// Another node reading the same flists, with its files in `home` (a fresh dir), run
+    /// inside network namespace `netns` with `extra_config` added to its config.
+    pub fn elsewhere(
+        zos: &Zos,
+        work: &Path,
+        home: &Path,
+        netns: &str,
+        extra_config: &str,
+    ) -> Result<BenchNode> {
+        std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
+        Ok(BenchNode {
+            home: home.to_path_buf(),
+            netns: Some(netns.to_owned()),
+            extra_config: extra_config.to_owned(),
+            ..BenchNode::new(zos, work)?
+        })
+    }
+
+    /// Its data dir (VMs under `vms/`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.home.join("node")
+    }
+
     fn socket(&self) -> PathBuf {
-        self.work.join("node.sock")
+        self.home.join("node.sock")
     }
 
     /// A client of the node's unix socket signing with `key`.
@@ -118,7 +150,7 @@ impl BenchNode {
 
     /// Starts the node; returns the seconds until its API answers.
     pub fn start(&mut self, key: &Keypair) -> Result<f64> {
-        let config = self.work.join("node.toml");
+        let config = self.home.join("node.toml");
         std::fs::write(
             &config,
             format!(
@@ -127,27 +159,30 @@ impl BenchNode {
                  # One key sends everything here: what is measured is the node's throughput,\n\
                  # not its per-owner limits.\n\
                  [limits]\ndeployments_per_owner = 1000000\nowner_bytes = \"1T\"\n\
-                 requests_per_second = 1000000.0\nrequest_burst = 1000000\n",
-                self.work.join("node"),
+                 requests_per_second = 1000000.0\nrequest_burst = 1000000\n{}\n",
+                self.data_dir(),
                 self.socket().display(),
                 self.tls_addr,
                 self.plain_addr,
-                self.work.join("cache"),
+                self.home.join("cache"),
                 self.work,
                 // The image's dir:// store (image::image): a node reaches no local path
                 // a flist names unless its config allows it.
                 self.work.join("store"),
+                self.extra_config,
             ),
         )
         .with_context(|| format!("writing {}", config.display()))?;
-        let log_path = self.work.join("node.log");
+        let log_path = self.home.join("node.log");
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
+        let mut cmd = self.zos.command();
+        if let Some(ns) = &self.netns {
+            in_netns(&mut cmd, ns)?;
+        }
         let start = Instant::now();
         self.child = Some(
-            self.zos
-                .command()
-                .args(["node", "run", "--config"])
+            cmd.args(["node", "run", "--config"])
                 .arg(&config)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -186,6 +221,26 @@ impl BenchNode {
             let _ = c.wait();
         }
     }
+}
+
+/// Makes `cmd` start in network namespace `ns` (network only: `ip netns exec` would also give
+/// it a mount namespace of its own, with a /sys where the node finds no cgroups).
+fn in_netns(cmd: &mut std::process::Command, ns: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: setns is async-signal-safe, and the closure touches nothing but the descriptor,
+    // which stays open in the child until exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// The deployment file `yaml`, for `node`, signed by `key`.
