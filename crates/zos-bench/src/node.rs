@@ -155,11 +155,11 @@ impl BenchNode {
             &config,
             format!(
                 "data_dir = {:?}\nlisten = [\"unix://{}\", \"tcp://{}\", \"tcp://{}?insecure\"]\n\
-                 cache_dir = {:?}\ndisk = \"100T\"\nflist_dirs = [{:?}]\nallow_store_dirs = [{:?}]\n\
+                 cache_dir = {:?}\ndisk = \"100T\"\nflist_dirs = [{:?}]\nallow_store_dirs = [{:?}]\n{}\n\
                  # One key sends everything here: what is measured is the node's throughput,\n\
                  # not its per-owner limits.\n\
                  [limits]\ndeployments_per_owner = 1000000\nowner_bytes = \"1T\"\n\
-                 requests_per_second = 1000000.0\nrequest_burst = 1000000\n{}\n",
+                 requests_per_second = 1000000.0\nrequest_burst = 1000000\n",
                 self.data_dir(),
                 self.socket().display(),
                 self.tls_addr,
@@ -194,6 +194,24 @@ impl BenchNode {
         loop {
             if api.node_info().is_ok() {
                 return Ok(start.elapsed().as_secs_f64());
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                bail!(
+                    "the node exited ({status}) before answering; its log ends:\n{}",
+                    log.lines()
+                        .rev()
+                        .take(10)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
             }
             if start.elapsed() > Duration::from_secs(120) {
                 bail!(
