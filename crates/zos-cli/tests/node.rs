@@ -10,7 +10,7 @@ use common::{fails, ok, zos};
 use node_common::{raw_http, signed_json, unix_now, Node};
 use std::io::{BufRead, Read};
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use zos_types::{Deployment, Keypair, RequestAuth};
 
@@ -919,4 +919,110 @@ fn every_signer_reads_a_co_owned_deployment_and_each_owner_limit_refuses_by_name
     assert!(body.contains("limits.requests_per_second = 5"), "{body}");
     let (status, body) = node.http(Some("alice"), "GET", "/v1/deployments/two", b"");
     assert_eq!(status, 200, "{body}");
+}
+
+/// `zos logs TARGET` until it shows `want` (bounded); what it showed last.
+fn logs_until(node: &Node, target: &str, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let logs = ok(&mut node.cli("alice", &["logs", target]));
+        if logs.contains(want) || Instant::now() > deadline {
+            return logs;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_zmachine_boots_an_flist_named_by_url_downloaded_once() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") || !common::have("python3") {
+        return;
+    }
+    let node = Node::start("allow_store_nets = [\"127.0.0.0/8\"]");
+    // A web server holding the flist (web/app.fl) and its blocks (store/), as a user
+    // publishes them: the flist's route is changed to the http store.
+    let web = node.dir().join("web");
+    std::fs::create_dir_all(&web).unwrap();
+    let fl = web.join("app.fl");
+    std::fs::copy(&node.fl, &fl).unwrap();
+    let log = node.dir().join("http.log");
+    let server = common::http_server_logging(node.dir(), std::fs::File::create(&log).unwrap());
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let dir_store = format!("dir://{}", node.dir().join("store").display());
+    ok(zos()
+        .args(["flist", "store"])
+        .arg(&fl)
+        .args(["rm", &dir_store]));
+    ok(zos()
+        .args(["flist", "store"])
+        .arg(&fl)
+        .args(["add", &format!("{base}/store")]));
+    let sha = ok(Command::new("sha256sum").arg(&fl));
+    let pin = format!("sha256:{}", sha.split_whitespace().next().unwrap());
+    let url = format!("{base}/web/app.fl");
+    let machine = |name: &str, url: &str, pin: Option<&str>| {
+        format!(
+            "  - name: {name}\n    type: zmachine\n    data:\n      flist: {url}\n{}      \
+             cmd: [sh, -c, 'echo booted-from-url; exec sleep 600']\n      memory: 64M\n",
+            pin.map(|p| format!("      flist_hash: {p}\n"))
+                .unwrap_or_default()
+        )
+    };
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let yaml = format!(
+        "name: byurl\nworkloads:\n{}{}{}{}",
+        machine("pinned", &url, Some(&pin)),
+        machine("again", &url, None),
+        machine("wrongpin", &url, Some(&wrong)),
+        machine("missing", &format!("{base}/web/gone.fl"), None),
+    );
+    ok(node
+        .cli("alice", &["deploy", "--no-wait"])
+        .arg(node.write_yaml("byurl.yaml", &yaml)));
+    let d = node.settled("alice", "byurl");
+    let result = |i: usize| d["workloads"][i]["result"].clone();
+    for i in [0, 1] {
+        assert_eq!(result(i)["state"], "ok", "{d}");
+        assert_eq!(result(i)["data"]["flist_hash"], pin.as_str(), "{d}");
+    }
+    for name in ["byurl/pinned", "byurl/again"] {
+        let logs = logs_until(&node, name, "booted-from-url");
+        assert!(logs.contains("booted-from-url"), "{name}: {logs}");
+    }
+    // Two machines, one download (and one more to learn the wrong pin is wrong); the
+    // blocks came from the http store.
+    let gets = common::http_gets(&log);
+    let flist_gets = gets.iter().filter(|g| g.as_str() == "web/app.fl").count();
+    assert_eq!(flist_gets, 2, "{gets:?}");
+    assert!(gets.iter().any(|g| g.starts_with("store/")), "{gets:?}");
+    // Each failure stays in its workload's result, named.
+    let m = result(2)["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        result(2)["state"] == "error" && m.contains("does not match flist_hash"),
+        "{d}"
+    );
+    let m = result(3)["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        result(3)["state"] == "error" && m.contains("HTTP 404"),
+        "{d}"
+    );
+    // A URL the node's store policy refuses is refused at admission, before any request.
+    let out = fails(node.cli("alice", &["deploy"]).arg(node.write_yaml(
+        "meta.yaml",
+        &format!(
+            "name: meta\nworkloads:\n{}",
+            machine("m", "http://169.254.169.254/app.fl", None)
+        ),
+    )));
+    assert!(
+        out.contains("flist http://169.254.169.254/app.fl refused by the node's store policy"),
+        "{out}"
+    );
+    ok(&mut node.cli("alice", &["rm", "byurl"]));
 }

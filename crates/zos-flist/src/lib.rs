@@ -6,6 +6,7 @@
 pub mod block;
 pub mod cache;
 pub mod error;
+pub mod fetch;
 pub mod meta;
 pub mod mount;
 pub mod oci;

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast;
+use zos_flist::fetch::FlistCache;
 use zos_types::api::{Event, NodeInfo, Resources};
 use zos_types::{Deployment, Keypair, PublicKey, ResultState, Workload, WorkloadResult};
 use zos_vmm::{Vmm, VmmConfig};
@@ -141,10 +142,15 @@ impl Engine {
         }
         let key = identity(&data.join("identity.pem"))?;
         let zos = std::env::current_exe().context("finding the zos binary")?;
-        let mut vmm_cfg = VmmConfig::new(vms, zos, std::path::absolute(cfg.cache_dir())?);
-        // Tenants' flists name their stores: the node reaches only what its policy allows.
-        vmm_cfg.store_policy = Some(cfg.store_policy()?);
+        let cache_dir = std::path::absolute(cfg.cache_dir())?;
+        let mut vmm_cfg = VmmConfig::new(vms, zos, cache_dir.clone());
+        // Tenants' flists name their stores, and their URLs: the node reaches only what its
+        // policy allows.
+        let policy = cfg.store_policy()?;
+        vmm_cfg.store_policy = Some(policy.clone());
         let vmm = Vmm::new(vmm_cfg)?;
+        // Beside the blocks, which the block cache keeps in directories of its own.
+        let flists = FlistCache::new(&cache_dir.join("flists"), Some(Arc::new(policy)));
         let host = Host {
             vmm,
             disks,
@@ -153,6 +159,7 @@ impl Engine {
             max_restarts: cfg.max_restarts,
             quarantine_days: cfg.quarantine_days,
             flist_dirs: cfg.flist_dirs.clone(),
+            flists,
             node_tag: workload::node_tag(&key.public()),
             wireguard_seed: key.derive(b"wireguard"),
             wireguard_host: cfg.wireguard_host.clone(),

@@ -229,6 +229,35 @@ workloads:
     }
 
     #[test]
+    fn a_downloaded_flist_may_be_pinned_and_only_a_downloaded_one() {
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let with = |flist: &str, hash: &str| {
+            EXAMPLE.replace(
+                "flist: /var/lib/zos/flists/busybox.fl",
+                &format!("flist: {flist}\n      flist_hash: {hash}"),
+            )
+        };
+        let check = |yaml: String| {
+            DeploymentFile::from_yaml_str(&yaml)
+                .unwrap()
+                .into_deployment(owner(), Keypair::from_seed(&[3; 32]).public())
+                .validate()
+                .map_err(|e| e.0)
+        };
+        check(with("https://flists.example/app.fl", &pin)).unwrap();
+        let p = check(with("https://flists.example/app.fl", "sha256:abc")).unwrap_err();
+        assert!(
+            p[0].contains("flist_hash \"sha256:abc\": give it as sha256:"),
+            "{p:?}"
+        );
+        let p = check(with("/var/lib/zos/flists/busybox.fl", &pin)).unwrap_err();
+        assert!(
+            p[0].contains("use it with an http:// or https:// flist"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
     fn validation_names_each_problem() {
         let problems = |edit: fn(&mut Deployment)| {
             let mut d = example();

@@ -23,27 +23,9 @@ impl HttpStore {
         policy: Option<Arc<StorePolicy>>,
     ) -> Result<Self, StoreError> {
         let display = strip_password(url.as_str());
-        let config = ureq::Agent::config_builder()
-            .timeout_connect(Some(Duration::from_secs(5)))
-            .timeout_global(Some(Duration::from_secs(60)))
-            .http_status_as_error(false);
-        let agent = match policy {
-            None => config.build().into(),
-            // Every connection, redirects included, goes through the checking resolver; a
-            // proxy from the environment would connect for us, unchecked, so none is used.
-            Some(policy) => ureq::Agent::with_parts(
-                config.proxy(None).build(),
-                DefaultConnector::default(),
-                CheckingResolver {
-                    inner: DefaultResolver::default(),
-                    policy,
-                    store: display.clone(),
-                },
-            ),
-        };
         Ok(HttpStore {
             base: url.as_str().trim_end_matches('/').to_owned(),
-            agent,
+            agent: agent(policy, &display, Duration::from_secs(60)),
             url: display,
         })
     }
@@ -78,6 +60,32 @@ impl HttpStore {
             404 => Ok(None),
             status => Err(fail(format!("HTTP {status} for {path}"))),
         }
+    }
+}
+
+/// An HTTP client for `what` (a store, a URL: named in refusals) with `timeout` for a whole
+/// request; under a policy, every connection, redirects included, is checked first.
+pub(crate) fn agent(
+    policy: Option<Arc<StorePolicy>>,
+    what: &str,
+    timeout: Duration,
+) -> ureq::Agent {
+    let config = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false);
+    match policy {
+        None => config.build().into(),
+        // A proxy from the environment would connect for us, unchecked, so none is used.
+        Some(policy) => ureq::Agent::with_parts(
+            config.proxy(None).build(),
+            DefaultConnector::default(),
+            CheckingResolver {
+                inner: DefaultResolver::default(),
+                policy,
+                store: what.to_owned(),
+            },
+        ),
     }
 }
 

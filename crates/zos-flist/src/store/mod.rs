@@ -9,6 +9,7 @@
 
 mod dir;
 mod http;
+pub(crate) use http::agent as http_agent;
 mod policy;
 mod redis;
 mod router;

@@ -41,6 +41,8 @@ pub struct Host {
     pub quarantine_days: u32,
     /// The directories tenants may name flists from.
     pub flist_dirs: Vec<PathBuf>,
+    /// Flists tenants name by URL, downloaded once.
+    pub flists: zos_flist::fetch::FlistCache,
     /// A short tag of the node's identity: names the node makes in host-wide places
     /// (network namespaces) carry it, so two nodes on one host never take each other's.
     pub node_tag: String,
@@ -71,6 +73,7 @@ impl Host {
             max_restarts: 1,
             quarantine_days: 1,
             flist_dirs,
+            flists: zos_flist::fetch::FlistCache::new(&cache.join("flists"), None),
             node_tag: node_tag(&zos_types::Keypair::generate().public()),
             wireguard_seed: [7; 32],
             wireguard_host: None,

@@ -54,7 +54,11 @@ impl Kind for Zmachine {
 
     fn check(&self, host: &Host, spec: &WorkloadSpec) -> Result<(), String> {
         let m = data(spec).ok_or("not a zmachine")?;
-        check_flist(&m.flist, host)?;
+        if zos_types::is_flist_url(&m.flist) {
+            check_flist_url(&m.flist, host)?;
+        } else {
+            check_flist(&m.flist, host)?;
+        }
         // A port a host process listens on; those of deployments are claims.
         for p in port_maps(m) {
             p.check_host_free().map_err(|e| e.to_string())?;
@@ -147,9 +151,16 @@ impl Kind for Zmachine {
             (None, Err(e)) => Err(e.clone()),
             (None, Ok(addresses)) => Ok(addresses),
         };
+        // A downloaded flist comes after what it needs is known to be up.
+        let ready = ready.and_then(|a| source(host, m).map(|flist| (a, flist)));
+        let mut downloaded = None;
         let outcome = match ready {
-            Ok(addresses) => vm_spec(host, target, m, addresses)
-                .and_then(|spec| ensure_vm(&host.vmm, &vm, spec, target.fresh, host.stop_timeout)),
+            Ok((addresses, (flist, sha256))) => {
+                downloaded = sha256;
+                vm_spec(host, target, m, flist, addresses).and_then(|spec| {
+                    ensure_vm(&host.vmm, &vm, spec, target.fresh, host.stop_timeout)
+                })
+            }
             Err(e) => {
                 let _ = remove_vm(&host.vmm, &vm, host.stop_timeout);
                 Err(e)
@@ -159,6 +170,10 @@ impl Kind for Zmachine {
             Ok(a) if !a.is_empty() => json!({ "vm": vm, "addresses": a }),
             _ => json!({ "vm": vm }),
         };
+        if let Some(sha256) = downloaded {
+            // What to pin it with (`flist_hash`), as this node got it.
+            data["flist_hash"] = json!(format!("sha256:{sha256}"));
+        }
         if let Some(ip) = &m.public_ip {
             let resource = super::Ip.resource(target.id, ip.as_str());
             if let Ok(public) = super::ip::interface(host, &resource) {
@@ -351,6 +366,37 @@ pub fn check_flist(flist: &str, host: &Host) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a zmachine's `flist` URL before it is accepted (no request is made): its host
+/// must be one the node's store policy lets it reach.
+fn check_flist_url(flist: &str, host: &Host) -> Result<(), String> {
+    let url = url::Url::parse(flist).map_err(|e| format!("flist {flist:?}: {e}"))?;
+    if let Some(policy) = &host.vmm.config().store_policy {
+        policy
+            .check_url(&zos_flist::store::strip_password(flist), &url)
+            .map_err(|e| refusal("flist", e))?;
+    }
+    Ok(())
+}
+
+/// The `.fl` file a zmachine boots and, when it was downloaded, its SHA-256 (hex).
+fn source(host: &Host, m: &ZMachine) -> Result<(PathBuf, Option<String>), String> {
+    if zos_types::is_flist_url(&m.flist) {
+        let got = host
+            .flists
+            .get(&m.flist, m.flist_hash.as_deref())
+            .map_err(|e| match e {
+                zos_flist::fetch::FetchError::Refused(e) => refusal("flist", e),
+                e => e.to_string(),
+            })?;
+        return Ok((got.path, Some(got.sha256)));
+    }
+    let flist = PathBuf::from(&m.flist);
+    if !flist.is_file() {
+        return Err(format!("flist {} not found on the node", flist.display()));
+    }
+    Ok((flist, None))
+}
+
 /// The address of each of `w`'s interfaces, in its order (see [`zos_types::addresses`]),
 /// with its ULA.
 fn machine_addresses(
@@ -446,13 +492,10 @@ fn vm_spec(
     host: &Host,
     target: &Target,
     m: &ZMachine,
+    flist: PathBuf,
     addresses: &[MachineAddress],
 ) -> Result<VmSpec, String> {
     let (id, workload) = (target.id, target.workload.name.as_str());
-    let flist = PathBuf::from(&m.flist);
-    if !flist.is_file() {
-        return Err(format!("flist {} not found on the node", flist.display()));
-    }
     if let Some(policy) = &host.vmm.config().store_policy {
         check_stores(&flist, policy)?;
     }
@@ -503,25 +546,32 @@ fn check_stores(flist: &Path, policy: &StorePolicy) -> Result<(), String> {
     for route in routes {
         match policy.check_store(&route.url) {
             Ok(()) => {}
-            Err(StoreError::Refused {
-                store,
-                reason,
-                allow,
-            }) => {
-                let setting = match allow {
-                    Allowance::Net(net) => format!("allow_store_nets = [\"{net}\"]"),
-                    Allowance::Dir(dir) => format!("allow_store_dirs = [{:?}]", dir),
-                };
-                return Err(format!(
-                    "store {store} refused by the node's store policy: {reason}; if the store \
-                     is trusted, the node's operator can allow it with {setting} in the node \
-                     config"
-                ));
-            }
+            Err(e @ StoreError::Refused { .. }) => return Err(refusal("store", e)),
             Err(e) => return Err(format!("flist {}: {e}", flist.display())),
         }
     }
     Ok(())
+}
+
+/// A store policy's refusal of `what` (a store, an flist URL), with the setting that would
+/// let it through.
+fn refusal(what: &str, e: StoreError) -> String {
+    let StoreError::Refused {
+        store,
+        reason,
+        allow,
+    } = e
+    else {
+        return e.to_string();
+    };
+    let setting = match allow {
+        Allowance::Net(net) => format!("allow_store_nets = [\"{net}\"]"),
+        Allowance::Dir(dir) => format!("allow_store_dirs = [{:?}]", dir),
+    };
+    format!(
+        "{what} {store} refused by the node's store policy: {reason}; if the {what} is \
+         trusted, the node's operator can allow it with {setting} in the node config"
+    )
 }
 
 /// What [`ensure_vm`] did.

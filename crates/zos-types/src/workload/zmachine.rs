@@ -13,8 +13,13 @@ pub const MIN_MEMORY: ByteSize = ByteSize(64 * ByteSize::MIB);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZMachine {
-    /// Absolute path of the `.fl` file on the node holding the root filesystem.
+    /// The flist holding the root filesystem: an `http(s)://` URL the node downloads it
+    /// from (once, into its cache), or the absolute path of a `.fl` file on the node.
     pub flist: String,
+    /// Pins a downloaded flist: `sha256:` and the hex SHA-256 of the `.fl` file. The node
+    /// refuses a download that does not match (and needs no request when it has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flist_hash: Option<String>,
     /// Replaces the image's entrypoint; empty keeps the image's.
     #[serde(default)]
     pub entrypoint: Vec<String>,
@@ -89,6 +94,11 @@ impl std::fmt::Display for Protocol {
     }
 }
 
+/// Whether a zmachine's `flist` is a URL to download rather than a path on the node.
+pub fn is_flist_url(flist: &str) -> bool {
+    flist.starts_with("http://") || flist.starts_with("https://")
+}
+
 fn default_cpu() -> u8 {
     1
 }
@@ -114,6 +124,22 @@ impl WorkloadData for ZMachine {
         let mut bad = Vec::new();
         if self.flist.is_empty() {
             bad.push("flist is empty".into());
+        }
+        if let Some(pin) = &self.flist_hash {
+            let hex = pin.strip_prefix("sha256:").unwrap_or_default();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bad.push(format!(
+                    "flist_hash {pin:?}: give it as sha256: followed by the 64 hex digits of \
+                     the .fl file's SHA-256 (sha256sum app.fl)"
+                ));
+            }
+            if !is_flist_url(&self.flist) {
+                bad.push(
+                    "flist_hash pins a downloaded flist: use it with an http:// or https:// \
+                     flist"
+                        .into(),
+                );
+            }
         }
         if self.cpu == 0 {
             bad.push("cpu must be at least 1".into());

@@ -1,0 +1,468 @@
+//! Flists named by URL: downloaded once into a cache keyed by their SHA-256, so a node can
+//! boot what a user publishes on any web server without anyone copying files onto it.
+//!
+//! A download is streamed to a temporary file in the cache while it is hashed, checked
+//! against the pin (`sha256:…`) when one is given, opened as an flist (so what is kept is
+//! one), and only then renamed to `sha256-<hex>.fl`: a failed or refused download leaves
+//! nothing behind. A pinned flist already in the cache is used without any request; an
+//! unpinned URL is downloaded once and then resolved through a small record naming the
+//! hash it gave (`urls/<sha256 of the URL>`), like an image tag pulled if not present.
+
+use crate::store::{http_agent, strip_password, StoreError, StorePolicy};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Largest flist accepted (its metadata only: content stays in the stores).
+pub const MAX_FLIST: u64 = 1 << 30;
+/// How long one download may take in all.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Why an flist could not be had from its URL.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The URL is not an http(s) URL.
+    #[error("flist URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL as given (password stripped).
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The pin is not `sha256:` and 64 hex digits.
+    #[error("flist_hash {0:?}: give it as sha256: followed by 64 hex digits")]
+    BadPin(String),
+    /// The policy forbids the URL's host (see [`StorePolicy`]).
+    #[error(transparent)]
+    Refused(StoreError),
+    /// The server could not be reached or the transfer broke off.
+    #[error("downloading flist {url}: {reason}")]
+    Unreachable {
+        /// The URL (password stripped).
+        url: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The server answered with something other than 200.
+    #[error("downloading flist {url}: HTTP {status}{hint}")]
+    Status {
+        /// The URL (password stripped).
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// What to check, for the usual statuses.
+        hint: &'static str,
+    },
+    /// The file is larger than [`MAX_FLIST`].
+    #[error("downloading flist {url}: larger than {MAX_FLIST} bytes; an flist holds metadata only, is this an flist?")]
+    TooLarge {
+        /// The URL (password stripped).
+        url: String,
+    },
+    /// The file does not hash to the pin.
+    #[error("flist {url}: sha256:{got} does not match flist_hash sha256:{want}; the file changed on the server, or the pin is wrong")]
+    Mismatch {
+        /// The URL (password stripped).
+        url: String,
+        /// The pin, hex.
+        want: String,
+        /// What the download hashed to, hex.
+        got: String,
+    },
+    /// The file is not an flist.
+    #[error("flist {url}: the file downloaded is not an flist ({reason})")]
+    NotAnFlist {
+        /// The URL (password stripped).
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The cache could not be read or written.
+    #[error("flist cache {}: {source}", path.display())]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// An flist in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The `.fl` file.
+    pub path: PathBuf,
+    /// Its SHA-256, hex.
+    pub sha256: String,
+}
+
+/// The 32 bytes of a pin written `sha256:<64 hex digits>`.
+pub fn parse_pin(pin: &str) -> Result<[u8; 32], FetchError> {
+    let bad = || FetchError::BadPin(pin.to_owned());
+    let hex_part = pin.strip_prefix("sha256:").ok_or_else(bad)?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut out).map_err(|_| bad())?;
+    Ok(out)
+}
+
+/// The cache of downloaded flists: a directory of `sha256-<hex>.fl` files. Clones share
+/// their downloads in flight.
+#[derive(Debug, Clone)]
+pub struct FlistCache {
+    dir: PathBuf,
+    policy: Option<Arc<StorePolicy>>,
+    /// One lock per URL being resolved, so machines asking for one URL at once cause one
+    /// download.
+    busy: Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>,
+}
+
+impl FlistCache {
+    /// A cache in `dir` (made on first use); downloads keep to `policy` when given.
+    pub fn new(dir: &Path, policy: Option<Arc<StorePolicy>>) -> FlistCache {
+        FlistCache {
+            dir: dir.to_path_buf(),
+            policy,
+            busy: Arc::default(),
+        }
+    }
+
+    fn path_of(&self, hex: &str) -> PathBuf {
+        self.dir.join(format!("sha256-{hex}.fl"))
+    }
+
+    fn record_of(&self, url: &str) -> PathBuf {
+        self.dir
+            .join("urls")
+            .join(hex::encode(Sha256::digest(url.as_bytes())))
+    }
+
+    /// The flist at `url`, downloaded unless the cache has it: by its pin when given, else
+    /// by what this URL gave last time.
+    pub fn get(&self, url: &str, pin: Option<&str>) -> Result<Fetched, FetchError> {
+        let display = strip_password(url);
+        let parsed = url::Url::parse(url).map_err(|e| FetchError::BadUrl {
+            url: display.clone(),
+            reason: e.to_string(),
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(FetchError::BadUrl {
+                url: display,
+                reason: "only http:// and https:// URLs are downloaded".into(),
+            });
+        }
+        let want = pin.map(parse_pin).transpose()?.map(hex::encode);
+        let lock = {
+            let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+            busy.retain(|_, l| Arc::strong_count(l) > 1);
+            Arc::clone(busy.entry(url.to_owned()).or_default())
+        };
+        let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let known = match &want {
+            Some(hex) => Some(hex.clone()),
+            None => std::fs::read_to_string(self.record_of(url))
+                .ok()
+                .map(|s| s.trim().to_owned()),
+        };
+        if let Some(hex) = known {
+            let path = self.path_of(&hex);
+            if path.is_file() {
+                return Ok(Fetched { path, sha256: hex });
+            }
+        }
+        if let Some(policy) = &self.policy {
+            policy
+                .check_url(&display, &parsed)
+                .map_err(FetchError::Refused)?;
+        }
+        let fetched = self.download(url, &display, want.as_deref())?;
+        self.write_record(url, &fetched.sha256)?;
+        Ok(fetched)
+    }
+
+    /// Streams `url` into the cache, hashing it; keeps it only if it matches `want` and
+    /// opens as an flist.
+    fn download(
+        &self,
+        url: &str,
+        display: &str,
+        want: Option<&str>,
+    ) -> Result<Fetched, FetchError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| FetchError::Io { path, source }
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let unreachable = |reason: String| FetchError::Unreachable {
+            url: display.to_owned(),
+            reason,
+        };
+        let response = http_agent(self.policy.clone(), display, DOWNLOAD_TIMEOUT)
+            .get(url)
+            .call()
+            .map_err(|e| match e {
+                ureq::Error::Other(inner) => match inner.downcast::<StoreError>() {
+                    Ok(refused) => FetchError::Refused(*refused),
+                    Err(other) => unreachable(other.to_string()),
+                },
+                e => unreachable(e.to_string()),
+            })?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(FetchError::Status {
+                url: display.to_owned(),
+                status,
+                hint: match status {
+                    404 => ": no file at this URL; check it",
+                    401 | 403 => {
+                        ": the server refuses to serve it; flists are fetched without credentials"
+                    }
+                    _ => "",
+                },
+            });
+        }
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".download-")
+            .tempfile_in(&self.dir)
+            .map_err(io(&self.dir))?;
+        let mut body = response.into_body().into_reader().take(MAX_FLIST + 1);
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0u64;
+        loop {
+            let n = body
+                .read(&mut buf)
+                .map_err(|e| unreachable(format!("reading the body: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total > MAX_FLIST {
+                return Err(FetchError::TooLarge {
+                    url: display.to_owned(),
+                });
+            }
+            hasher.update(&buf[..n]);
+            tmp.write_all(&buf[..n]).map_err(io(tmp.path()))?;
+        }
+        let got = hex::encode(hasher.finalize());
+        if let Some(want) = want {
+            if want != got {
+                return Err(FetchError::Mismatch {
+                    url: display.to_owned(),
+                    want: want.to_owned(),
+                    got,
+                });
+            }
+        }
+        tmp.as_file().sync_all().map_err(io(tmp.path()))?;
+        crate::meta::Flist::open(tmp.path()).map_err(|e| FetchError::NotAnFlist {
+            url: display.to_owned(),
+            reason: match e {
+                crate::error::Error::NotAnFlist { reason, .. } => reason,
+                other => other.to_string(),
+            },
+        })?;
+        let path = self.path_of(&got);
+        tmp.persist(&path).map_err(|e| FetchError::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
+        Ok(Fetched { path, sha256: got })
+    }
+
+    /// Remembers that `url` gave `hex` (written aside and renamed in).
+    fn write_record(&self, url: &str, hex: &str) -> Result<(), FetchError> {
+        let record = self.record_of(url);
+        let dir = self.dir.join("urls");
+        let io = |source| FetchError::Io {
+            path: record.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
+        tmp.write_all(hex.as_bytes()).map_err(io)?;
+        tmp.persist(&record).map_err(|e| io(e.error))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::{pack, NoProgress, PackOptions};
+    use crate::store::StoreSpec;
+    use std::net::TcpStream;
+    use std::process::{Child, Command, Stdio};
+
+    /// Python's HTTP server on `dir`, its request log in `log`; killed when dropped.
+    struct Server {
+        child: Child,
+        port: u16,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn serve(dir: &Path, log: &Path) -> Option<Server> {
+        if !zos_testkit::have("python3") {
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let server = Server { child, port };
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("python3 -m http.server did not listen on {port}");
+    }
+
+    /// How many GETs of `name` the server's log shows.
+    fn gets(log: &Path, name: &str) -> usize {
+        std::fs::read_to_string(log)
+            .unwrap()
+            .matches(&format!("\"GET /{name} "))
+            .count()
+    }
+
+    /// A served dir with `app.fl` (one small file) and `junk.fl` (not an flist); the pin of
+    /// app.fl.
+    fn published(dir: &Path) -> String {
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join("hello"), b"hello").unwrap();
+        let www = dir.join("www");
+        std::fs::create_dir_all(&www).unwrap();
+        let opts = PackOptions {
+            stores: vec![
+                StoreSpec::parse(&format!("dir://{}", dir.join("store").display())).unwrap(),
+            ],
+            keep_passwords: false,
+            tags: Vec::new(),
+            workers: 1,
+        };
+        pack(&tree, &www.join("app.fl"), &opts, &NoProgress).unwrap();
+        std::fs::write(www.join("junk.fl"), b"<html>not an flist</html>").unwrap();
+        let bytes = std::fs::read(www.join("app.fl")).unwrap();
+        format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+    }
+
+    fn loopback_allowed() -> Option<Arc<StorePolicy>> {
+        let net = StorePolicy::parse_net("127.0.0.0/8").unwrap();
+        Some(Arc::new(StorePolicy::new(vec![net], Vec::new()).unwrap()))
+    }
+
+    /// Entries of the cache dir but the URL records: what a failed download must not add to.
+    fn cached(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != "urls")
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_url_is_downloaded_once_and_pins_and_bad_files_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pin = published(tmp.path());
+        let log = tmp.path().join("http.log");
+        let Some(server) = serve(&tmp.path().join("www"), &log) else {
+            return;
+        };
+        let base = format!("http://127.0.0.1:{}", server.port);
+        let cache = FlistCache::new(&tmp.path().join("cache"), loopback_allowed());
+
+        // Unpinned: downloaded, opened, kept under its hash; the second time from the cache.
+        let url = format!("{base}/app.fl");
+        let first = cache.get(&url, None).unwrap();
+        assert_eq!(format!("sha256:{}", first.sha256), pin);
+        assert!(crate::meta::Flist::open(&first.path).is_ok());
+        assert_eq!(cache.get(&url, None).unwrap(), first);
+        assert_eq!(gets(&log, "app.fl"), 1, "one download for two asks");
+        // Pinned and cached: no request at all.
+        assert_eq!(cache.get(&url, Some(&pin)).unwrap(), first);
+        assert_eq!(gets(&log, "app.fl"), 1);
+
+        // A pin that does not match: refused, nothing kept.
+        let other = format!("sha256:{}", "0".repeat(64));
+        let err = cache.get(&url, Some(&other)).unwrap_err().to_string();
+        assert!(err.contains("does not match flist_hash"), "{err}");
+        // Not an flist, a missing file: refused by name, nothing kept.
+        let err = cache
+            .get(&format!("{base}/junk.fl"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not an flist"), "{err}");
+        let err = cache
+            .get(&format!("{base}/gone.fl"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HTTP 404"), "{err}");
+        assert_eq!(
+            cached(&tmp.path().join("cache")),
+            vec![format!("sha256-{}.fl", first.sha256)]
+        );
+
+        // The node's policy keeps downloads off loopback unless allowed.
+        let strict = FlistCache::new(
+            &tmp.path().join("strict"),
+            Some(Arc::new(StorePolicy::default())),
+        );
+        let err = strict.get(&url, None).unwrap_err();
+        assert!(matches!(err, FetchError::Refused(_)), "{err}");
+        assert!(cached(&tmp.path().join("strict")).is_empty());
+    }
+
+    #[test]
+    fn pins_and_urls_are_checked_before_any_request() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = FlistCache::new(tmp.path(), None);
+        for (url, pin, want) in [
+            ("ftp://h/app.fl", None, "only http"),
+            (
+                "http://h/app.fl",
+                Some("md5:abc"),
+                "sha256: followed by 64 hex",
+            ),
+            (
+                "http://h/app.fl",
+                Some("sha256:xyz"),
+                "sha256: followed by 64 hex",
+            ),
+        ] {
+            let err = cache.get(url, pin).unwrap_err().to_string();
+            assert!(err.contains(want), "{url} {pin:?}: {err}");
+        }
+    }
+}
