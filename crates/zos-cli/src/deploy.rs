@@ -173,9 +173,15 @@ fn send(args: &DeployArgs, node: &NodeClient, deployment: Deployment) -> Result<
 }
 
 fn print_change(change: StateChange<'_>) {
+    let progress = change
+        .progress
+        .map(|p| format!(" ({p})"))
+        .unwrap_or_default();
     match change.before {
-        Some(before) => eprintln!("{}: {before} → {}", change.workload, change.now),
-        None => eprintln!("{}: {}", change.workload, change.now),
+        Some(before) if before != change.now => {
+            eprintln!("{}: {before} → {}{progress}", change.workload, change.now)
+        }
+        _ => eprintln!("{}: {}{progress}", change.workload, change.now),
     }
 }
 

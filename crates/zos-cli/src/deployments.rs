@@ -92,7 +92,10 @@ fn describe(d: &Deployment) -> String {
         }
         match &w.spec {
             WorkloadSpec::Zmachine(m) => {
-                field("flist", m.flist.clone());
+                match &m.image {
+                    Some(image) => field("image", image.clone()),
+                    None => field("flist", m.flist.clone()),
+                }
                 field("cpu", m.cpu.to_string());
                 field("memory", m.memory.to_string());
                 if !m.mounts.is_empty() {

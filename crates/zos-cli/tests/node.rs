@@ -1026,3 +1026,210 @@ fn a_zmachine_boots_an_flist_named_by_url_downloaded_once() {
     );
     ok(&mut node.cli("alice", &["rm", "byurl"]));
 }
+
+/// `sha256:<hex>` of `bytes`.
+fn sha256_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(bytes);
+    format!(
+        "sha256:{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// An OCI layout at `dir` holding one image, tag `1`: `root` as its one layer, running
+/// `script`. Returns the layer's digest.
+fn oci_layout(dir: &std::path::Path, root: &std::path::Path, script: &str) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let blob = |media: &str, bytes: &[u8]| {
+        let digest = sha256_of(bytes);
+        std::fs::write(blobs.join(&digest[7..]), bytes).unwrap();
+        serde_json::json!({ "mediaType": media, "digest": digest, "size": bytes.len() })
+    };
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", root).unwrap();
+    let layer_bytes = tar.into_inner().unwrap();
+    // Compressed, as registries keep layers (skopeo would compress a plain one on the way,
+    // under another digest).
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &layer_bytes).unwrap();
+    let layer = blob(
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        &gz.finish().unwrap(),
+    );
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": { "Cmd": ["sh", "-c", script] },
+        "rootfs": { "type": "layers", "diff_ids": [sha256_of(&layer_bytes)] },
+    });
+    let config = blob(
+        "application/vnd.oci.image.config.v1+json",
+        config.to_string().as_bytes(),
+    );
+    let manifest_type = "application/vnd.oci.image.manifest.v1+json";
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": manifest_type, "config": config, "layers": [layer],
+    });
+    let mut desc = blob(manifest_type, manifest.to_string().as_bytes());
+    desc["annotations"] = serde_json::json!({ "org.opencontainers.image.ref.name": "1" });
+    let index = serde_json::json!({ "schemaVersion": 2, "manifests": [desc] });
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    layer["digest"].as_str().unwrap().to_string()
+}
+
+/// Debian's docker-registry on a free loopback port, storing under `dir`, its access log
+/// in `log`; killed when dropped.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Registry {
+    fn start(dir: &std::path::Path, log: &std::path::Path) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
+                 rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.join("registry").display()
+            ),
+        )
+        .unwrap();
+        let out = std::fs::File::create(log).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start docker-registry");
+        let registry = Registry { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        registry
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_zmachine_runs_an_image_the_node_pulls_once_for_all_who_ask() {
+    if !common::is_root()
+        || !common::have("qemu-system-x86_64")
+        || !common::have("docker-registry")
+        || !common::have("skopeo")
+    {
+        return;
+    }
+    let node = Node::start("allow_store_nets = [\"127.0.0.0/8\"]");
+    let tmp = node.dir();
+    let layer = oci_layout(
+        &tmp.join("layout"),
+        &tmp.join("root"),
+        "echo image-ran-here; exec sleep 600",
+    );
+    let log = tmp.join("registry.log");
+    let registry = Registry::start(tmp, &log);
+    let image = format!("docker://127.0.0.1:{}/test/bb:1", registry.port);
+    ok(Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1", tmp.join("layout").display()))
+        .arg(&image));
+    let yaml = |name: &str| {
+        format!(
+            "name: {name}\nworkloads:\n  - name: app\n    type: zmachine\n    data:\n      \
+             image: {image}\n      memory: 64M\n"
+        )
+    };
+    // Events of alice's deployments, as they happen: the pull's progress among them.
+    let events_log = tmp.join("events.log");
+    let mut events = node
+        .cli("alice", &["events"])
+        .stdout(std::fs::File::create(&events_log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Two owners ask for one image at the same time.
+    let mut sent = Vec::new();
+    for (user, name) in [("alice", "img1"), ("bob", "img2")] {
+        sent.push(
+            node.cli(user, &["deploy", "--no-wait"])
+                .arg(node.write_yaml(&format!("{name}.yaml"), &yaml(name)))
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for mut s in sent {
+        assert!(s.wait().unwrap().success());
+    }
+    for (user, name) in [("alice", "img1"), ("bob", "img2")] {
+        let d = node.settled(user, name);
+        let r = &d["workloads"][0]["result"];
+        assert_eq!(r["state"], "ok", "{d}");
+        let got = r["data"]["image"].as_str().unwrap_or_default();
+        assert!(got.starts_with(&format!("{image}@sha256:")), "{d}");
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let logs = loop {
+            let logs = ok(&mut node.cli(user, &["logs", &format!("{name}/app")]));
+            if logs.contains("image-ran-here") || Instant::now() > deadline {
+                break logs;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        assert!(logs.contains("image-ran-here"), "{name}: {logs}");
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    let seen = std::fs::read_to_string(&events_log).unwrap();
+    assert!(seen.contains("pulling layer 1/1"), "{seen}");
+    // One pull of the layer for both.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let pulls = text
+        .lines()
+        .filter(|l| l.contains(&format!("GET /v2/test/bb/blobs/{layer}")))
+        .count();
+    assert_eq!(pulls, 1, "{text}");
+
+    // What fails stays in the workload's result, named.
+    let missing = format!("docker://127.0.0.1:{}/test/nothing:1", registry.port);
+    let d = node.deploy_settled(
+        "alice",
+        &format!(
+            "name: gone\nworkloads:\n  - name: app\n    type: zmachine\n    data:\n      \
+             image: {missing}\n      memory: 64M\n"
+        ),
+    );
+    let r = &d["workloads"][0]["result"];
+    let m = r["message"].as_str().unwrap_or_default();
+    assert!(
+        r["state"] == "error" && m.starts_with(&format!("importing image {missing}")),
+        "{d}"
+    );
+    // A registry the store policy refuses is refused at admission.
+    let out = fails(node.cli("alice", &["deploy"]).arg(node.write_yaml(
+        "meta.yaml",
+        &yaml("meta").replace(&image, "docker://169.254.169.254/x/y:1"),
+    )));
+    assert!(
+        out.contains("image docker://169.254.169.254/x/y:1 refused by the node's store policy"),
+        "{out}"
+    );
+}

@@ -17,6 +17,9 @@ pub struct StateChange<'a> {
     pub before: Option<&'static str>,
     /// Its state now.
     pub now: &'static str,
+    /// What the node says of a workload still starting, when that changed (an image pull's
+    /// progress); the state may be the same as before.
+    pub progress: Option<&'a str>,
 }
 
 /// How waiting ended.
@@ -45,6 +48,8 @@ pub fn wait_until_settled(
         .iter()
         .map(|w| (w.name.clone(), state_label(w)))
         .collect();
+    // The last progress message shown of each workload.
+    let mut told: BTreeMap<WorkloadName, String> = BTreeMap::new();
     let mut current = accepted;
     loop {
         // The node may still answer with the previous version for a moment after an update.
@@ -67,11 +72,25 @@ pub fn wait_until_settled(
         for w in &current.value.workloads {
             let now = state_label(w);
             let before = seen.insert(w.name.clone(), now);
-            if before != Some(now) {
+            let message = w
+                .result
+                .as_ref()
+                .filter(|_| is_pending(w))
+                .map(|r| r.message.as_str())
+                .filter(|m| !m.is_empty());
+            let progress = match message {
+                Some(m) if told.get(&w.name).map(String::as_str) != Some(m) => {
+                    told.insert(w.name.clone(), m.to_owned());
+                    Some(m)
+                }
+                _ => None,
+            };
+            if before != Some(now) || progress.is_some() {
                 on_change(StateChange {
                     workload: &w.name,
                     before,
                     now,
+                    progress,
                 });
             }
         }

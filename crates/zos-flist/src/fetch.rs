@@ -6,12 +6,16 @@
 //! one), and only then renamed to `sha256-<hex>.fl`: a failed or refused download leaves
 //! nothing behind. A pinned flist already in the cache is used without any request; an
 //! unpinned URL is downloaded once and then resolved through a small record naming the
-//! hash it gave (`urls/<sha256 of the URL>`), like an image tag pulled if not present.
+//! hash it gave (`refs/<sha256 of the URL>`), like an image tag pulled if not present.
+//!
+//! Container images named by reference (`docker://…`) are imported the same way: once per
+//! reference (asks at the same time wait for the one import), into the node's own store,
+//! kept as `image-<manifest digest>.fl` with a record of the digest the reference gave.
 
 use crate::store::{http_agent, strip_password, StoreError, StorePolicy};
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -80,6 +84,15 @@ pub enum FetchError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The image could not be imported (registry unreachable, 404, refused credentials,
+    /// no image for this platform…).
+    #[error("importing image {reference}: {reason}")]
+    Import {
+        /// The reference as given.
+        reference: String,
+        /// What the importer said.
+        reason: String,
+    },
     /// The cache could not be read or written.
     #[error("flist cache {}: {source}", path.display())]
     Io {
@@ -97,6 +110,15 @@ pub struct Fetched {
     pub path: PathBuf,
     /// Its SHA-256, hex.
     pub sha256: String,
+}
+
+/// A container image in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    /// The `.fl` file.
+    pub path: PathBuf,
+    /// Where it came from and its manifest digest: `docker://HOST/NAME:TAG@sha256:…`.
+    pub reference: String,
 }
 
 /// The 32 bytes of a pin written `sha256:<64 hex digits>`.
@@ -135,8 +157,86 @@ impl FlistCache {
 
     fn record_of(&self, url: &str) -> PathBuf {
         self.dir
-            .join("urls")
+            .join("refs")
             .join(hex::encode(Sha256::digest(url.as_bytes())))
+    }
+
+    /// Holds the lock of `key` (a URL, an image reference) while the caller works on it.
+    fn one_at_a_time(&self, key: &str) -> Arc<Mutex<()>> {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        busy.retain(|_, l| Arc::strong_count(l) > 1);
+        Arc::clone(busy.entry(key.to_owned()).or_default())
+    }
+
+    /// The flist of container image `reference` (`docker://…`), imported (its blocks into
+    /// `store`) unless the cache has what this reference gave last time.
+    pub fn import(
+        &self,
+        reference: &str,
+        store: &crate::store::StoreSpec,
+        progress: &dyn crate::oci::ImportProgress,
+    ) -> Result<Imported, FetchError> {
+        let failed = |reason: String| FetchError::Import {
+            reference: reference.to_owned(),
+            reason,
+        };
+        let url = url::Url::parse(reference).map_err(|e| failed(e.to_string()))?;
+        let lock = self.one_at_a_time(reference);
+        let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let known = std::fs::read_to_string(self.record_of(reference)).ok();
+        if let Some(resolved) = known.map(|s| s.trim().to_owned()) {
+            if let Some(path) = self.image_path(&resolved).filter(|p| p.is_file()) {
+                return Ok(Imported {
+                    path,
+                    reference: resolved,
+                });
+            }
+        }
+        if let Some(policy) = &self.policy {
+            policy
+                .check_url(reference, &url)
+                .map_err(FetchError::Refused)?;
+        }
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| FetchError::Io { path, source }
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        // Imported aside, renamed in once its digest is known.
+        let tmp = tempfile::Builder::new()
+            .prefix(".import-")
+            .suffix(".fl")
+            .tempfile_in(&self.dir)
+            .map_err(io(&self.dir))?
+            .into_temp_path();
+        let opts = crate::oci::ImportOptions {
+            pack: crate::pack::PackOptions {
+                stores: vec![store.clone()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let report = crate::oci::import(reference, &tmp, &opts, progress)
+            .map_err(|e| failed(e.to_string()))?;
+        let path = self
+            .image_path(&report.reference)
+            .ok_or_else(|| failed(format!("unexpected digest in {}", report.reference)))?;
+        tmp.persist(&path).map_err(|e| FetchError::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
+        self.write_record(reference, &report.reference)?;
+        Ok(Imported {
+            path,
+            reference: report.reference,
+        })
+    }
+
+    /// `image-<hex>.fl` for a reference ending in `@sha256:<hex>`.
+    fn image_path(&self, resolved: &str) -> Option<PathBuf> {
+        let (_, hex) = resolved.rsplit_once("@sha256:")?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| self.dir.join(format!("image-{hex}.fl")))
     }
 
     /// The flist at `url`, downloaded unless the cache has it: by its pin when given, else
@@ -154,11 +254,7 @@ impl FlistCache {
             });
         }
         let want = pin.map(parse_pin).transpose()?.map(hex::encode);
-        let lock = {
-            let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-            busy.retain(|_, l| Arc::strong_count(l) > 1);
-            Arc::clone(busy.entry(url.to_owned()).or_default())
-        };
+        let lock = self.one_at_a_time(url);
         let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
         let known = match &want {
             Some(hex) => Some(hex.clone()),
@@ -273,17 +369,17 @@ impl FlistCache {
         Ok(Fetched { path, sha256: got })
     }
 
-    /// Remembers that `url` gave `hex` (written aside and renamed in).
-    fn write_record(&self, url: &str, hex: &str) -> Result<(), FetchError> {
-        let record = self.record_of(url);
-        let dir = self.dir.join("urls");
+    /// Remembers what `key` (a URL, an image reference) gave (written aside and renamed in).
+    fn write_record(&self, key: &str, gave: &str) -> Result<(), FetchError> {
+        let record = self.record_of(key);
+        let dir = self.dir.join("refs");
         let io = |source| FetchError::Io {
             path: record.clone(),
             source,
         };
         std::fs::create_dir_all(&dir).map_err(io)?;
         let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
-        tmp.write_all(hex.as_bytes()).map_err(io)?;
+        tmp.write_all(gave.as_bytes()).map_err(io)?;
         tmp.persist(&record).map_err(|e| io(e.error))?;
         Ok(())
     }
@@ -384,7 +480,7 @@ mod tests {
             .map(|d| {
                 d.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n != "urls")
+                    .filter(|n| n != "refs")
                     .collect()
             })
             .unwrap_or_default();

@@ -17,6 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use zos_flist::fetch::FlistCache;
+use zos_flist::store::{StorePolicy, StoreSpec};
 use zos_types::api::{Event, NodeInfo, Resources};
 use zos_types::{Deployment, Keypair, PublicKey, ResultState, Workload, WorkloadResult};
 use zos_vmm::{Vmm, VmmConfig};
@@ -144,13 +145,22 @@ impl Engine {
         let zos = std::env::current_exe().context("finding the zos binary")?;
         let cache_dir = std::path::absolute(cfg.cache_dir())?;
         let mut vmm_cfg = VmmConfig::new(vms, zos, cache_dir.clone());
+        // Flists by URL and imported images, beside the blocks (which the block cache keeps
+        // in directories of its own); the images' blocks in a store of the node's own.
+        let flists_dir = cache_dir.join("flists");
+        let image_store = flists_dir.join("store");
         // Tenants' flists name their stores, and their URLs: the node reaches only what its
-        // policy allows.
+        // policy allows, and its own store.
         let policy = cfg.store_policy()?;
+        let mut dirs = policy.allow_dirs().to_vec();
+        dirs.push(image_store.clone());
+        let policy = StorePolicy::new(policy.allow_nets().to_vec(), dirs)
+            .map_err(|e| anyhow::anyhow!("the node's image store: {e}"))?;
         vmm_cfg.store_policy = Some(policy.clone());
         let vmm = Vmm::new(vmm_cfg)?;
-        // Beside the blocks, which the block cache keeps in directories of its own.
-        let flists = FlistCache::new(&cache_dir.join("flists"), Some(Arc::new(policy)));
+        let flists = FlistCache::new(&flists_dir, Some(Arc::new(policy)));
+        let image_store = StoreSpec::parse(&format!("dir://{}", image_store.display()))
+            .map_err(|e| anyhow::anyhow!("the node's image store: {e}"))?;
         let host = Host {
             vmm,
             disks,
@@ -160,6 +170,7 @@ impl Engine {
             quarantine_days: cfg.quarantine_days,
             flist_dirs: cfg.flist_dirs.clone(),
             flists,
+            image_store,
             node_tag: workload::node_tag(&key.public()),
             wireguard_seed: key.derive(b"wireguard"),
             wireguard_host: cfg.wireguard_host.clone(),
@@ -931,9 +942,17 @@ impl Engine {
                     return Ok(true);
                 }
             }
+            let progress = |message: &str| {
+                let mut one = Results::default();
+                one.add(w, result(ResultState::Init, message, serde_json::json!({})));
+                if let Err(e) = self.write_results(d, &mut one) {
+                    tracing::warn!("recording progress of {}: {e}", w.name.as_str());
+                }
+            };
             let step = kind.converge(
                 &self.host,
                 &Target {
+                    progress: &progress,
                     id: &id,
                     workload: w,
                     fresh: current == Some(ResultState::Init),

@@ -21,6 +21,7 @@ pub mod cgroup;
 pub mod config;
 pub mod engine;
 pub mod limits;
+pub mod pull;
 pub mod readers;
 pub mod schedule;
 pub mod serve;

@@ -258,6 +258,26 @@ workloads:
     }
 
     #[test]
+    fn a_machine_has_an_flist_or_an_image_never_both() {
+        let with = |root: &str| {
+            let yaml = EXAMPLE.replace("flist: /var/lib/zos/flists/busybox.fl", root);
+            DeploymentFile::from_yaml_str(&yaml)
+                .unwrap()
+                .into_deployment(owner(), Keypair::from_seed(&[3; 32]).public())
+                .validate()
+                .map_err(|e| e.0)
+        };
+        with("image: docker://registry.example:5000/library/nginx:1").unwrap();
+        let one = |root: &str| with(root).unwrap_err().join("\n");
+        assert!(one("image: nginx:1").contains("give a registry reference"));
+        assert!(one("root_size: 1G").contains("give the machine a root"));
+        assert!(
+            one("flist: /var/lib/zos/flists/busybox.fl\n      image: docker://r.example/a:1")
+                .contains("flist and image are both given")
+        );
+    }
+
+    #[test]
     fn validation_names_each_problem() {
         let problems = |edit: fn(&mut Deployment)| {
             let mut d = example();

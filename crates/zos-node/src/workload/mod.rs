@@ -41,8 +41,10 @@ pub struct Host {
     pub quarantine_days: u32,
     /// The directories tenants may name flists from.
     pub flist_dirs: Vec<PathBuf>,
-    /// Flists tenants name by URL, downloaded once.
+    /// Flists tenants name by URL, downloaded once, and images they name, imported once.
     pub flists: zos_flist::fetch::FlistCache,
+    /// The node's own store, where imported images' blocks go.
+    pub image_store: zos_flist::store::StoreSpec,
     /// A short tag of the node's identity: names the node makes in host-wide places
     /// (network namespaces) carry it, so two nodes on one host never take each other's.
     pub node_tag: String,
@@ -74,6 +76,11 @@ impl Host {
             quarantine_days: 1,
             flist_dirs,
             flists: zos_flist::fetch::FlistCache::new(&cache.join("flists"), None),
+            image_store: zos_flist::store::StoreSpec::parse(&format!(
+                "dir://{}",
+                cache.join("flists/store").display()
+            ))
+            .unwrap(),
             node_tag: node_tag(&zos_types::Keypair::generate().public()),
             wireguard_seed: [7; 32],
             wireguard_host: None,
@@ -144,6 +151,8 @@ pub struct Target<'a> {
     pub name: &'a str,
     /// Every workload of the deployment, as stored when the pass began.
     pub deployment: &'a [Workload],
+    /// Shows how long work goes (an image pull) in the workload's result, still `init`.
+    pub progress: &'a (dyn Fn(&str) + Sync),
 }
 
 /// Something a workload holds on the node that another must not hold at the same time;

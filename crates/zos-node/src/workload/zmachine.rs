@@ -2,11 +2,13 @@
 //! it mounts attached as disks; restarted by the monitor when it crashes, with backoff.
 
 use super::{names_in, result, zmount, Claim, Console, Host, Kind, Step, Target};
+use crate::pull::PullProgress;
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use zos_flist::fetch::FetchError;
 use zos_flist::store::{Allowance, StoreError, StorePolicy};
 use zos_types::api::Resources;
 use zos_types::{
@@ -54,10 +56,10 @@ impl Kind for Zmachine {
 
     fn check(&self, host: &Host, spec: &WorkloadSpec) -> Result<(), String> {
         let m = data(spec).ok_or("not a zmachine")?;
-        if zos_types::is_flist_url(&m.flist) {
-            check_flist_url(&m.flist, host)?;
-        } else {
-            check_flist(&m.flist, host)?;
+        match &m.image {
+            Some(image) => check_reachable("image", image, host)?,
+            None if zos_types::is_flist_url(&m.flist) => check_reachable("flist", &m.flist, host)?,
+            None => check_flist(&m.flist, host)?,
         }
         // A port a host process listens on; those of deployments are claims.
         for p in port_maps(m) {
@@ -152,11 +154,11 @@ impl Kind for Zmachine {
             (None, Ok(addresses)) => Ok(addresses),
         };
         // A downloaded flist comes after what it needs is known to be up.
-        let ready = ready.and_then(|a| source(host, m).map(|flist| (a, flist)));
-        let mut downloaded = None;
+        let ready = ready.and_then(|a| source(host, target, m).map(|flist| (a, flist)));
+        let mut origin = Origin::Local;
         let outcome = match ready {
-            Ok((addresses, (flist, sha256))) => {
-                downloaded = sha256;
+            Ok((addresses, (flist, from))) => {
+                origin = from;
                 vm_spec(host, target, m, flist, addresses).and_then(|spec| {
                     ensure_vm(&host.vmm, &vm, spec, target.fresh, host.stop_timeout)
                 })
@@ -170,9 +172,11 @@ impl Kind for Zmachine {
             Ok(a) if !a.is_empty() => json!({ "vm": vm, "addresses": a }),
             _ => json!({ "vm": vm }),
         };
-        if let Some(sha256) = downloaded {
-            // What to pin it with (`flist_hash`), as this node got it.
-            data["flist_hash"] = json!(format!("sha256:{sha256}"));
+        match origin {
+            // What to pin it with, as this node got it.
+            Origin::Url(sha256) => data["flist_hash"] = json!(format!("sha256:{sha256}")),
+            Origin::Image(reference) => data["image"] = json!(reference),
+            Origin::Local => {}
         }
         if let Some(ip) = &m.public_ip {
             let resource = super::Ip.resource(target.id, ip.as_str());
@@ -366,35 +370,59 @@ pub fn check_flist(flist: &str, host: &Host) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a zmachine's `flist` URL before it is accepted (no request is made): its host
-/// must be one the node's store policy lets it reach.
-fn check_flist_url(flist: &str, host: &Host) -> Result<(), String> {
-    let url = url::Url::parse(flist).map_err(|e| format!("flist {flist:?}: {e}"))?;
+/// Checks a zmachine's flist URL or image reference (`what`) before it is accepted (no
+/// request is made): its host must be one the node's store policy lets it reach.
+fn check_reachable(what: &str, reference: &str, host: &Host) -> Result<(), String> {
+    let url = url::Url::parse(reference).map_err(|e| format!("{what} {reference:?}: {e}"))?;
     if let Some(policy) = &host.vmm.config().store_policy {
         policy
-            .check_url(&zos_flist::store::strip_password(flist), &url)
-            .map_err(|e| refusal("flist", e))?;
+            .check_url(&zos_flist::store::strip_password(reference), &url)
+            .map_err(|e| refusal(what, e))?;
     }
     Ok(())
 }
 
-/// The `.fl` file a zmachine boots and, when it was downloaded, its SHA-256 (hex).
-fn source(host: &Host, m: &ZMachine) -> Result<(PathBuf, Option<String>), String> {
+/// Where a zmachine's flist came from, for its result.
+enum Origin {
+    /// A file on the node.
+    Local,
+    /// Downloaded: its SHA-256, hex.
+    Url(String),
+    /// Imported: the image reference and its digest.
+    Image(String),
+}
+
+/// The `.fl` file a zmachine boots: a file on the node, or downloaded, or imported (telling
+/// `target`'s progress as it pulls).
+fn source(host: &Host, target: &Target, m: &ZMachine) -> Result<(PathBuf, Origin), String> {
+    let refused = |what: &str, e: FetchError| match e {
+        FetchError::Refused(e) => refusal(what, e),
+        e => e.to_string(),
+    };
+    if let Some(image) = &m.image {
+        (target.progress)("pulling the image");
+        let got = host
+            .flists
+            .import(
+                image,
+                &host.image_store,
+                &PullProgress::new(target.progress),
+            )
+            .map_err(|e| refused("image", e))?;
+        return Ok((got.path, Origin::Image(got.reference)));
+    }
     if zos_types::is_flist_url(&m.flist) {
         let got = host
             .flists
             .get(&m.flist, m.flist_hash.as_deref())
-            .map_err(|e| match e {
-                zos_flist::fetch::FetchError::Refused(e) => refusal("flist", e),
-                e => e.to_string(),
-            })?;
-        return Ok((got.path, Some(got.sha256)));
+            .map_err(|e| refused("flist", e))?;
+        return Ok((got.path, Origin::Url(got.sha256)));
     }
     let flist = PathBuf::from(&m.flist);
     if !flist.is_file() {
         return Err(format!("flist {} not found on the node", flist.display()));
     }
-    Ok((flist, None))
+    Ok((flist, Origin::Local))
 }
 
 /// The address of each of `w`'s interfaces, in its order (see [`zos_types::addresses`]),

@@ -38,6 +38,9 @@ macro_rules! workload_types {
         /// What a workload runs: serialized as `type` (the variant) next to `data` (its settings).
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         #[serde(tag = "type", content = "data", rename_all = "snake_case")]
+        // Specs live in a deployment's workload list, read once per pass: a zmachine's size
+        // there costs nothing worth a box at every match.
+        #[allow(clippy::large_enum_variant)]
         pub enum WorkloadSpec {
             $( $(#[$doc])* $variant($data), )+
         }

@@ -15,7 +15,13 @@ pub const MIN_MEMORY: ByteSize = ByteSize(64 * ByteSize::MIB);
 pub struct ZMachine {
     /// The flist holding the root filesystem: an `http(s)://` URL the node downloads it
     /// from (once, into its cache), or the absolute path of a `.fl` file on the node.
+    /// Either this or `image`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub flist: String,
+    /// A container image the node imports itself (once per reference, into its own
+    /// store): `docker://HOST[:PORT]/NAME:TAG` or `…@sha256:…`. Either this or `flist`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Pins a downloaded flist: `sha256:` and the hex SHA-256 of the `.fl` file. The node
     /// refuses a download that does not match (and needs no request when it has it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,8 +128,23 @@ pub struct Mount {
 impl WorkloadData for ZMachine {
     fn problems(&self, deployment: &[Workload]) -> Vec<String> {
         let mut bad = Vec::new();
-        if self.flist.is_empty() {
-            bad.push("flist is empty".into());
+        match (&self.image, self.flist.is_empty()) {
+            (None, true) => bad.push(
+                "give the machine a root: flist (a URL or a .fl file on the node) or image \
+                 (docker://HOST/NAME:TAG)"
+                    .into(),
+            ),
+            (Some(_), false) => bad.push("flist and image are both given: keep one of them".into()),
+            (Some(image), true) => {
+                let rest = image.strip_prefix("docker://").unwrap_or_default();
+                if !rest.contains('/') {
+                    bad.push(format!(
+                        "image {image:?}: give a registry reference, \
+                         docker://HOST[:PORT]/NAME:TAG or docker://HOST/NAME@sha256:…"
+                    ));
+                }
+            }
+            (None, false) => {}
         }
         if let Some(pin) = &self.flist_hash {
             let hex = pin.strip_prefix("sha256:").unwrap_or_default();
