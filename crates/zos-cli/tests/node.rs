@@ -1037,9 +1037,9 @@ fn sha256_of(bytes: &[u8]) -> String {
     )
 }
 
-/// An OCI layout at `dir` holding one image, tag `1`: `root` as its one layer, running
-/// `script`. Returns the layer's digest.
-fn oci_layout(dir: &std::path::Path, root: &std::path::Path, script: &str) -> String {
+/// An OCI layout at `dir` holding one image for `arch`, tag `1`: `root` as its one layer,
+/// running `script`. Returns the layer's digest.
+fn oci_layout(dir: &std::path::Path, root: &std::path::Path, script: &str, arch: &str) -> String {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
@@ -1061,7 +1061,7 @@ fn oci_layout(dir: &std::path::Path, root: &std::path::Path, script: &str) -> St
         &gz.finish().unwrap(),
     );
     let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
+        "architecture": arch, "os": "linux",
         "config": { "Cmd": ["sh", "-c", script] },
         "rootfs": { "type": "layers", "diff_ids": [sha256_of(&layer_bytes)] },
     });
@@ -1144,28 +1144,39 @@ fn a_zmachine_runs_an_image_the_node_pulls_once_for_all_who_ask() {
         &tmp.join("layout"),
         &tmp.join("root"),
         "echo image-ran-here; exec sleep 600",
+        "amd64",
     );
+    oci_layout(&tmp.join("arm"), &tmp.join("root"), "true", "arm64");
     let log = tmp.join("registry.log");
     let registry = Registry::start(tmp, &log);
     let image = format!("docker://127.0.0.1:{}/test/bb:1", registry.port);
-    ok(Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:1", tmp.join("layout").display()))
-        .arg(&image));
+    let arm = format!("docker://127.0.0.1:{}/test/arm:1", registry.port);
+    for (layout, to) in [("layout", &image), ("arm", &arm)] {
+        ok(Command::new("skopeo")
+            .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:1", tmp.join(layout).display()))
+            .arg(to));
+    }
     let yaml = |name: &str| {
         format!(
             "name: {name}\nworkloads:\n  - name: app\n    type: zmachine\n    data:\n      \
              image: {image}\n      memory: 64M\n"
         )
     };
-    // Events of alice's deployments, as they happen: the pull's progress among them.
+    // Both owners' events, as they happen: the pull's progress among them (in the events of
+    // whichever deployment did the pull).
     let events_log = tmp.join("events.log");
-    let mut events = node
-        .cli("alice", &["events"])
-        .stdout(std::fs::File::create(&events_log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let events_out = std::fs::File::create(&events_log).unwrap();
+    let mut events: Vec<_> = ["alice", "bob"]
+        .iter()
+        .map(|user| {
+            node.cli(user, &["events"])
+                .stdout(events_out.try_clone().unwrap())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
     // Two owners ask for one image at the same time.
     let mut sent = Vec::new();
     for (user, name) in [("alice", "img1"), ("bob", "img2")] {
@@ -1196,8 +1207,10 @@ fn a_zmachine_runs_an_image_the_node_pulls_once_for_all_who_ask() {
         };
         assert!(logs.contains("image-ran-here"), "{name}: {logs}");
     }
-    let _ = events.kill();
-    let _ = events.wait();
+    for e in &mut events {
+        let _ = e.kill();
+        let _ = e.wait();
+    }
     let seen = std::fs::read_to_string(&events_log).unwrap();
     assert!(seen.contains("pulling layer 1/1"), "{seen}");
     // One pull of the layer for both.
@@ -1208,21 +1221,26 @@ fn a_zmachine_runs_an_image_the_node_pulls_once_for_all_who_ask() {
         .count();
     assert_eq!(pulls, 1, "{text}");
 
-    // What fails stays in the workload's result, named.
+    // What fails stays in the workload's result, named: no such image, another platform.
     let missing = format!("docker://127.0.0.1:{}/test/nothing:1", registry.port);
-    let d = node.deploy_settled(
-        "alice",
-        &format!(
-            "name: gone\nworkloads:\n  - name: app\n    type: zmachine\n    data:\n      \
-             image: {missing}\n      memory: 64M\n"
+    for (name, reference, want) in [
+        ("gone", &missing, "not found"),
+        (
+            "arm",
+            &arm,
+            "this image is for linux/arm64, not linux/amd64",
         ),
-    );
-    let r = &d["workloads"][0]["result"];
-    let m = r["message"].as_str().unwrap_or_default();
-    assert!(
-        r["state"] == "error" && m.starts_with(&format!("importing image {missing}")),
-        "{d}"
-    );
+    ] {
+        let d = node.deploy_settled("alice", &yaml(name).replace(&image, reference));
+        let r = &d["workloads"][0]["result"];
+        let m = r["message"].as_str().unwrap_or_default();
+        assert!(
+            r["state"] == "error"
+                && m.starts_with(&format!("importing image {reference}"))
+                && m.contains(want),
+            "{d}"
+        );
+    }
     // A registry the store policy refuses is refused at admission.
     let out = fails(node.cli("alice", &["deploy"]).arg(node.write_yaml(
         "meta.yaml",

@@ -214,6 +214,8 @@ impl FlistCache {
                 stores: vec![store.clone()],
                 ..Default::default()
             },
+            // Strictly what this node runs: an image for another platform fails here, named.
+            platform: Some(crate::oci::Platform::default()),
             ..Default::default()
         };
         let report = crate::oci::import(reference, &tmp, &opts, progress)
