@@ -128,7 +128,9 @@ pub(super) fn seed_network_config(spec: &VmSpec) -> Option<String> {
             .collect();
         // `gateway4`, not a 0.0.0.0/0 route: cloud-init's ifupdown renderer (Debian 12's
         // cloud images) writes routes as `post-up route add`, which needs net-tools, and a
-        // stock image has none; a gateway becomes the interface's own `gateway` line.
+        // stock image has none; a gateway becomes the interface's own `gateway` line. The
+        // other routes have no such form in version 2: on such a guest they hold only
+        // where net-tools is installed.
         if let Some(gw) = iface.gateway {
             e["gateway4"] = serde_json::json!(gw.to_string());
         }
