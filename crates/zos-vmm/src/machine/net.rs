@@ -235,6 +235,8 @@ mod tests {
         ] {
             assert!(eni.contains(want), "{want} in\n{eni}");
         }
+        // A `route add` line would need net-tools, which stock images lack.
+        assert!(!eni.contains("route add"), "{eni}");
         let udev =
             std::fs::read_to_string(out.join("etc/udev/rules.d/70-persistent-net.rules")).unwrap();
         assert!(
