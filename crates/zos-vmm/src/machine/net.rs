@@ -103,9 +103,10 @@ pub(super) fn guest_network(spec: &VmSpec) -> Option<GuestNetwork> {
 }
 
 /// The NoCloud seed's `network-config` (version 2) for a VM-mode guest's interfaces: each
-/// matched by its MAC and named `ethN` in order, its address, the first one's gateway as
-/// default route, and the resolvers zos-init would give a container. JSON, which YAML
-/// readers (cloud-init's) take as it is. `None` without interfaces.
+/// matched by its MAC and named `ethN` in order, its address, its gateway (`gateway4`) when
+/// its default route goes there, its other routes, and the resolvers zos-init would give a
+/// container. JSON, which YAML readers (cloud-init's) take as it is. `None` without
+/// interfaces.
 pub(super) fn seed_network_config(spec: &VmSpec) -> Option<String> {
     let net = guest_network(spec)?;
     let mut ethernets = serde_json::Map::new();
@@ -120,13 +121,18 @@ pub(super) fn seed_network_config(spec: &VmSpec) -> Option<String> {
             "addresses": addresses,
             "mtu": iface.mtu,
         });
-        let mut routes: Vec<serde_json::Value> = iface
+        let routes: Vec<serde_json::Value> = iface
             .routes
             .iter()
             .map(|r| serde_json::json!({ "to": format!("{}/{}", r.to, r.prefix), "via": r.via.to_string() }))
             .collect();
+        // `gateway4`, not a 0.0.0.0/0 route: cloud-init's ifupdown renderer (Debian 12's
+        // cloud images) writes routes as `post-up route add`, which needs net-tools, and a
+        // stock image has none; a gateway becomes the interface's own `gateway` line. The
+        // other routes have no such form in version 2: on such a guest they hold only
+        // where net-tools is installed.
         if let Some(gw) = iface.gateway {
-            routes.push(serde_json::json!({ "to": "0.0.0.0/0", "via": gw.to_string() }));
+            e["gateway4"] = serde_json::json!(gw.to_string());
         }
         if !routes.is_empty() {
             e["routes"] = serde_json::Value::Array(routes);
@@ -224,10 +230,13 @@ mod tests {
             "iface eth0 inet6 static",
             "address fd00:1:2:1::5/64",
             "dns-nameservers 10.20.1.1",
-            "default gw 10.20.1.1",
+            // ifupdown's own line, which needs no net-tools in the guest.
+            "gateway 10.20.1.1",
         ] {
             assert!(eni.contains(want), "{want} in\n{eni}");
         }
+        // A `route add` line would need net-tools, which stock images lack.
+        assert!(!eni.contains("route add"), "{eni}");
         let udev =
             std::fs::read_to_string(out.join("etc/udev/rules.d/70-persistent-net.rules")).unwrap();
         assert!(
