@@ -138,6 +138,12 @@ impl Keypair {
         h.finalize().into()
     }
 
+    /// The secret seed, to use this same key in another format (a node's age identity is
+    /// its ed25519 key as an OpenSSH key). As secret as the key itself.
+    pub fn seed(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
     /// The public half.
     pub fn public(&self) -> PublicKey {
         PublicKey(self.0.verifying_key().to_bytes())
