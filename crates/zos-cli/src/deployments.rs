@@ -117,6 +117,10 @@ fn describe(d: &Deployment) -> String {
                 if let Some(ip) = &m.public_ip {
                     field("public_ip", ip.to_string());
                 }
+                if !m.secret_env.is_empty() {
+                    let names: Vec<&str> = m.secret_env.keys().map(String::as_str).collect();
+                    field("secrets", format!("{} (sealed)", names.join(", ")));
+                }
             }
             WorkloadSpec::Zmount(z) => field("size", z.size.to_string()),
             WorkloadSpec::Network(n) => {

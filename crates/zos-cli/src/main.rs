@@ -13,6 +13,7 @@ mod net;
 mod node;
 mod output;
 mod progress;
+mod seal;
 mod vm;
 
 use clap::{Parser, Subcommand};
@@ -82,6 +83,16 @@ zos deploy shared.json"
     Deploy(deploy::DeployArgs),
     /// Add your signature to a deployment written by `zos deploy --sign-only`
     Sign(deploy::SignArgs),
+    /// Seal a value to a node, for a zmachine's secret_env (only that node can open it)
+    #[command(
+        after_help = "The output is age's ASCII armor, sealed to the node's ed25519 key as an \
+ssh-ed25519 recipient: `age -a -R` with the line `zos seal --recipient` prints makes the same. \
+The node opens it only to start the machine; `zos get`, the API, events, the node's log and \
+database show it sealed.\n\
+Example:\n  printf %s \"$TOKEN\" | zos seal --node-id NODE_ID > token.age\n\
+and in the deployment file:\n  secret_env:\n    TOKEN: |\n      -----BEGIN AGE ENCRYPTED FILE-----\n      …"
+    )]
+    Seal(seal::SealArgs),
     /// List your deployments on the node
     Ps {
         /// Also list deleted deployments
@@ -141,6 +152,7 @@ fn main() -> ExitCode {
         Command::Node(cmd) => node::node(cmd),
         Command::Deploy(args) => deploy::deploy(args),
         Command::Sign(args) => deploy::sign_file(&args),
+        Command::Seal(args) => seal::seal(args),
         Command::Ps { all, client } => deployments::ps(all, &client),
         Command::Get { name, client } => deployments::get(&name, &client),
         Command::Logs(args) => deployments::logs(&args),

@@ -1251,3 +1251,103 @@ fn a_zmachine_runs_an_image_the_node_pulls_once_for_all_who_ask() {
         "{out}"
     );
 }
+
+/// `zos seal` of `value` through stdin, with `args` naming the node.
+fn sealed(node: &Node, args: &[&str], value: &str) -> String {
+    let mut child = node
+        .cli("alice", &[&["seal"], args].concat())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), value.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A deployment whose machine has `TOKEN` in its secret_env, sealed as `armored`, and
+/// prints it.
+fn secret_yaml(name: &str, armored: &str) -> String {
+    let block: String = armored
+        .lines()
+        .map(|l| format!("          {l}\n"))
+        .collect();
+    format!(
+        "name: {name}\nworkloads:\n  - name: app\n    type: zmachine\n    data:\n      \
+         flist: FLIST\n      memory: 64M\n      cmd: [sh, -c, 'echo token=$TOKEN; exec sleep 600']\n      \
+         secret_env:\n        TOKEN: |\n{block}"
+    )
+}
+
+#[test]
+fn a_sealed_secret_reaches_the_guest_env_and_nowhere_else() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") {
+        return;
+    }
+    let node = Node::start("");
+    let secret = format!("tok-{}", std::process::id() as u64 * 7919 + 123_456_789);
+    let armored = sealed(&node, &[], &secret);
+    assert!(
+        armored.starts_with("-----BEGIN AGE ENCRYPTED FILE-----"),
+        "{armored}"
+    );
+    assert!(!armored.contains(&secret));
+    let events_log = node.dir().join("events.log");
+    let mut events = node
+        .cli("alice", &["events", "--json"])
+        .stdout(std::fs::File::create(&events_log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = common::output(
+        node.cli("alice", &["deploy"])
+            .arg(node.write_yaml("secret.yaml", &secret_yaml("secret", &armored))),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let logs = logs_until(&node, "secret/app", "token=");
+    assert!(logs.contains(&format!("token={secret}")), "{logs}");
+    let get = ok(&mut node.cli("alice", &["get", "secret"]));
+    assert!(get.contains("secrets: TOKEN (sealed)"), "{get}");
+    let (status, api) = node.http(Some("alice"), "GET", "/v1/deployments/secret", b"");
+    assert_eq!(status, 200);
+    assert!(api.contains("BEGIN AGE ENCRYPTED FILE"), "{api}");
+    let _ = events.kill();
+    let _ = events.wait();
+    // Nowhere but the guest: not in what the client printed, the API, events, the node's log
+    // or its database file.
+    let database = std::fs::read(node.data().join("node.redb")).unwrap();
+    for (place, text) in [
+        ("deploy's output", format!("{out:?}")),
+        ("zos get", get),
+        ("the API", api),
+        ("events", std::fs::read_to_string(&events_log).unwrap()),
+        ("the node's log", node.log()),
+        (
+            "the database",
+            String::from_utf8_lossy(&database).into_owned(),
+        ),
+    ] {
+        assert!(!text.contains(&secret), "the secret is in {place}");
+    }
+    assert!(!database.is_empty());
+
+    // Sealed for another node: refused at admission, by name.
+    let other = Keypair::generate().public().to_string();
+    let foreign = sealed(&node, &["--node-id", &other], &secret);
+    let err = fails(
+        node.cli("alice", &["deploy"])
+            .arg(node.write_yaml("foreign.yaml", &secret_yaml("foreign", &foreign))),
+    );
+    assert!(
+        err.contains("secret_env \"TOKEN\": sealed for another key, not this node's"),
+        "{err}"
+    );
+    assert!(!err.contains(&secret));
+}

@@ -171,6 +171,9 @@ impl Engine {
             flist_dirs: cfg.flist_dirs.clone(),
             flists,
             image_store,
+            opener: Arc::new(
+                zos_seal::Opener::new(&key).context("making the node's key an age identity")?,
+            ),
             node_tag: workload::node_tag(&key.public()),
             wireguard_seed: key.derive(b"wireguard"),
             wireguard_host: cfg.wireguard_host.clone(),

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use zos_types::{Keypair, PublicKey};
 
 /// How every sealed value starts (age's ASCII armor).
-pub const ARMOR_BEGIN: &str = "-----BEGIN AGE ENCRYPTED FILE-----";
+pub use zos_types::SEALED_BEGIN as ARMOR_BEGIN;
 
 /// Largest value opened: secrets are environment values and credentials, not files.
 const MAX_OPENED: u64 = 64 * 1024;

@@ -53,5 +53,5 @@ pub use workload::{
     MachineAddress, MachineNetwork, Mount, Network, NetworkResult, Peer, Port, Protocol, PublicIp,
     PublicIpResult, ResultState, WireGuard, WireGuardEnd, Workload, WorkloadData, WorkloadFile,
     WorkloadName, WorkloadResult, WorkloadSpec, ZMachine, ZMount, MIN_MEMORY, RANGE_PREFIX,
-    SUBNET_PREFIX, WORKLOAD_TYPES,
+    SEALED_BEGIN, SUBNET_PREFIX, WORKLOAD_TYPES,
 };

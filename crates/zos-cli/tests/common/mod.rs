@@ -31,7 +31,7 @@ pub fn zos() -> Command {
 }
 
 /// Runs `cmd`, naming its program if it cannot be started (not installed, say).
-fn output(cmd: &mut Command) -> Output {
+pub fn output(cmd: &mut Command) -> Output {
     cmd.output().unwrap_or_else(|e| {
         panic!(
             "cannot start {} ({e}); scripts/setup installs what the tests run",

@@ -45,6 +45,8 @@ pub struct Host {
     pub flists: zos_flist::fetch::FlistCache,
     /// The node's own store, where imported images' blocks go.
     pub image_store: zos_flist::store::StoreSpec,
+    /// Opens values sealed to the node (zmachines' `secret_env`).
+    pub opener: std::sync::Arc<zos_seal::Opener>,
     /// A short tag of the node's identity: names the node makes in host-wide places
     /// (network namespaces) carry it, so two nodes on one host never take each other's.
     pub node_tag: String,
@@ -81,6 +83,9 @@ impl Host {
                 cache.join("flists/store").display()
             ))
             .unwrap(),
+            opener: std::sync::Arc::new(
+                zos_seal::Opener::new(&zos_types::Keypair::generate()).unwrap(),
+            ),
             node_tag: node_tag(&zos_types::Keypair::generate().public()),
             wireguard_seed: [7; 32],
             wireguard_host: None,

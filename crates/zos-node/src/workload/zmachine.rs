@@ -61,6 +61,7 @@ impl Kind for Zmachine {
             None if zos_types::is_flist_url(&m.flist) => check_reachable("flist", &m.flist, host)?,
             None => check_flist(&m.flist, host)?,
         }
+        open_secrets(host, m)?;
         // A port a host process listens on; those of deployments are claims.
         for p in port_maps(m) {
             p.check_host_free().map_err(|e| e.to_string())?;
@@ -425,6 +426,23 @@ fn source(host: &Host, target: &Target, m: &ZMachine) -> Result<(PathBuf, Origin
     Ok((flist, Origin::Local))
 }
 
+/// A zmachine's `secret_env`, opened with the node's key; an error names the variable,
+/// never its value.
+fn open_secrets(host: &Host, m: &ZMachine) -> Result<Vec<(String, String)>, String> {
+    m.secret_env
+        .iter()
+        .map(|(key, sealed)| {
+            let value = host
+                .opener
+                .open(sealed)
+                .map_err(|e| format!("secret_env {key:?}: {e}"))?;
+            let value = String::from_utf8(value)
+                .map_err(|_| format!("secret_env {key:?}: the opened value is not UTF-8 text"))?;
+            Ok((key.clone(), value))
+        })
+        .collect()
+}
+
 /// The address of each of `w`'s interfaces, in its order (see [`zos_types::addresses`]),
 /// with its ULA.
 fn machine_addresses(
@@ -548,7 +566,12 @@ fn vm_spec(
         overrides: Overrides {
             entrypoint: (!m.entrypoint.is_empty()).then(|| m.entrypoint.clone()),
             cmd: m.cmd.clone(),
-            env: m.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env: m
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(open_secrets(host, m)?)
+                .collect(),
             root_size: m.root_size.0,
             seed: SeedSpec::default(),
             ..Overrides::default()

@@ -6,6 +6,9 @@ use crate::size::ByteSize;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// How a sealed value starts (age's ASCII armor).
+pub const SEALED_BEGIN: &str = "-----BEGIN AGE ENCRYPTED FILE-----";
+
 /// The smallest memory a zmachine boots with.
 pub const MIN_MEMORY: ByteSize = ByteSize(64 * ByteSize::MIB);
 
@@ -35,6 +38,11 @@ pub struct ZMachine {
     /// Extra environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values are sealed to this node (`zos seal`, or `age -a
+    /// -R` with the node's recipient): the node opens them only to start the machine, and
+    /// shows and stores them sealed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
     /// Virtual CPUs.
     #[serde(default = "default_cpu")]
     pub cpu: u8,
@@ -171,10 +179,31 @@ impl WorkloadData for ZMachine {
                 self.memory
             ));
         }
-        for key in self.env.keys().filter(|k| k.is_empty() || k.contains('=')) {
+        for key in self
+            .env
+            .keys()
+            .chain(self.secret_env.keys())
+            .filter(|k| k.is_empty() || k.contains('='))
+        {
             bad.push(format!(
                 "env name {key:?} must be non-empty and contain no '='"
             ));
+        }
+        for key in self.secret_env.keys() {
+            if self.env.contains_key(key) {
+                bad.push(format!(
+                    "{key:?} is in both env and secret_env: keep it in one"
+                ));
+            }
+        }
+        for (key, value) in &self.secret_env {
+            if !value.trim_start().starts_with(SEALED_BEGIN) {
+                bad.push(format!(
+                    "secret_env {key:?} is not sealed: seal its value with `zos seal --node \
+                     NODE_ID` (or `age -a -R` with the node's recipient) and paste the \
+                     armored text it prints"
+                ));
+            }
         }
         let zmounts: BTreeSet<&WorkloadName> = deployment
             .iter()
