@@ -189,6 +189,7 @@ impl VmArgs {
                 user: self.user.clone(),
                 root_size: self.root_size,
                 seed,
+                files: Vec::new(),
             },
             disks,
             network,

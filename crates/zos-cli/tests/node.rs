@@ -1351,3 +1351,24 @@ fn a_sealed_secret_reaches_the_guest_env_and_nowhere_else() {
     );
     assert!(!err.contains(&secret));
 }
+
+#[test]
+fn files_are_written_into_a_container_before_it_starts() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") {
+        return;
+    }
+    let node = Node::start("");
+    // Over an image's own /etc, one file executable and one not; the machine reads them back.
+    let yaml = "name: files\nworkloads:\n  - name: app\n    type: zmachine\n    data:\n      \
+        flist: FLIST\n      memory: 64M\n      files:\n        \
+        - { path: /etc/app/config.toml, content: \"greeting = 'from-a-file'\\n\" }\n        \
+        - { path: /opt/run.sh, content: \"echo ran-the-script\\n\", mode: \"0755\" }\n      \
+        cmd: [sh, -c, 'cat /etc/app/config.toml; [ -x /etc/app/config.toml ] || echo not-exec; \
+        /opt/run.sh; exec sleep 600']\n";
+    let d = node.deploy_settled("alice", yaml);
+    assert_eq!(d["workloads"][0]["result"]["state"], "ok", "{d}");
+    let logs = logs_until(&node, "files/app", "ran-the-script");
+    for want in ["greeting = 'from-a-file'", "not-exec", "ran-the-script"] {
+        assert!(logs.contains(want), "{want}: {logs}");
+    }
+}

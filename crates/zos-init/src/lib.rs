@@ -39,6 +39,22 @@ pub struct GuestConfig {
     /// The guest's network; `None`: only `lo`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<GuestNetwork>,
+    /// Files written into the container's root (after its disks are mounted) before the
+    /// process starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<GuestFile>,
+}
+
+/// A file `zos-init` writes inside the container's root: it is chrooted there by then, so no
+/// path leads outside it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GuestFile {
+    /// Absolute path inside the container.
+    pub path: String,
+    /// What it holds.
+    pub content: String,
+    /// Its permission bits.
+    pub mode: u32,
 }
 
 /// What `zos-init` configures before starting the process: interfaces (found by MAC),

@@ -64,7 +64,29 @@ pub fn setup() -> Result<GuestConfig, String> {
     for disk in &config.disks {
         mount_disk(disk)?;
     }
+    for file in &config.files {
+        write_file(file)?;
+    }
     Ok(config)
+}
+
+/// Writes one of the config's files, replacing whatever is at its path unless that is a
+/// directory; parents are made as needed.
+fn write_file(file: &zos_init::GuestFile) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = Path::new(&file.path);
+    if let Some(parent) = path.parent() {
+        mkdir(parent)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => return Err(format!("writing {}: it is a directory", file.path)),
+        // A symlink is replaced, not followed.
+        Ok(_) => std::fs::remove_file(path).map_err(|e| format!("replacing {}: {e}", file.path))?,
+        Err(_) => {}
+    }
+    std::fs::write(path, &file.content).map_err(|e| format!("writing {}: {e}", file.path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(file.mode))
+        .map_err(|e| format!("setting the mode of {}: {e}", file.path))
 }
 
 /// /proc, /sys and /dev in the initramfs, and the console on stdin, stdout and stderr.

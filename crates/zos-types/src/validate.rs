@@ -258,6 +258,39 @@ workloads:
     }
 
     #[test]
+    fn files_are_absolute_plain_paths_with_octal_modes() {
+        let with = |files: &str| {
+            let yaml = EXAMPLE.replace(
+                "      cpu: 1\n",
+                &format!("      cpu: 1\n      files: {files}\n"),
+            );
+            DeploymentFile::from_yaml_str(&yaml)
+                .unwrap()
+                .into_deployment(owner(), Keypair::from_seed(&[3; 32]).public())
+                .validate()
+                .map_err(|e| e.0.join("\n"))
+        };
+        with(r#"[{ path: /etc/app.conf, content: "a=1", mode: "0600" }]"#).unwrap();
+        let err =
+            with(r#"[{ path: etc/x, content: "" }, { path: /a/../b, content: "" }]"#).unwrap_err();
+        assert!(
+            err.contains("files[0]: path \"etc/x\": give an absolute path"),
+            "{err}"
+        );
+        assert!(err.contains("files[1]: path \"/a/../b\""), "{err}");
+        let err = with(r#"[{ path: /a, content: "", mode: "rw" }, { path: /a, content: "" }]"#)
+            .unwrap_err();
+        assert!(
+            err.contains("files[0]: mode \"rw\": give permission bits in octal"),
+            "{err}"
+        );
+        assert!(
+            err.contains("files[1]: path \"/a\" is given twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_machine_has_an_flist_or_an_image_never_both() {
         let with = |root: &str| {
             let yaml = EXAMPLE.replace("flist: /var/lib/zos/flists/busybox.fl", root);

@@ -392,6 +392,7 @@ mod tests {
             hostname: "h".into(),
             disks: vec![],
             network: None,
+            files: vec![],
             process: zos_init::Process {
                 argv: vec!["/bin/true".into()],
                 env: vec![],

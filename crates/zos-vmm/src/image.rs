@@ -28,6 +28,9 @@ pub struct Overrides {
     pub root_size: u64,
     /// The cloud-init seed of a VM-mode flist.
     pub seed: SeedSpec,
+    /// Files written into a container's root before its process starts (container mode
+    /// only: a VM-mode flist refuses them).
+    pub files: Vec<zos_init::GuestFile>,
 }
 
 /// Kernel paths a VM-mode flist may carry, and its optional initrds.
@@ -49,9 +52,20 @@ const DISK_IMAGES: &[(&str, DiskFormat)] = &[
 pub fn plan(source: FlistSource, overrides: &Overrides) -> Result<Boot> {
     let flist = Flist::open(&source.path)?;
     let config = zos_flist::oci::image_config(&flist)?;
+    let vm_mode = |what: &str| -> Result<()> {
+        if overrides.files.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Invalid(format!(
+            "files: {} boots its own {what}, which zos does not set up; only container \
+             machines take files (a VM's users write them with cloud-init's user-data)",
+            source.path.display()
+        )))
+    };
     if config.is_none() {
         if let Some(kernel) = KERNELS.iter().find_map(|p| real_file(&flist, p)) {
             let initrd = INITRDS.iter().find_map(|p| real_file(&flist, p));
+            vm_mode("kernel")?;
             return Ok(Boot::Kernel {
                 flist: source,
                 root_size: overrides.root_size,
@@ -66,6 +80,7 @@ pub fn plan(source: FlistSource, overrides: &Overrides) -> Result<Boot> {
             .iter()
             .find_map(|(p, f)| Some((real_file(&flist, p)?, *f)))
         {
+            vm_mode("disk image")?;
             return Ok(Boot::Disk {
                 flist: source,
                 image,
@@ -83,6 +98,7 @@ pub fn plan(source: FlistSource, overrides: &Overrides) -> Result<Boot> {
         flist: source,
         root_size: overrides.root_size,
         process,
+        files: overrides.files.clone(),
         // Set by the caller (VmRequest::plan): the network is no part of the image.
         network: None,
     })

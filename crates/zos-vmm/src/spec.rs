@@ -163,6 +163,9 @@ pub enum Boot {
         root_size: u64,
         /// The process to run.
         process: zos_init::Process,
+        /// Files written into its root before the process starts.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        files: Vec<zos_init::GuestFile>,
         /// Its network; `None`: only `lo`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         network: Option<NetSpec>,

@@ -574,6 +574,17 @@ fn vm_spec(
                 .collect(),
             root_size: m.root_size.0,
             seed: SeedSpec::default(),
+            files: m
+                .files
+                .iter()
+                .map(|f| {
+                    Ok(zos_init::GuestFile {
+                        path: f.path.clone(),
+                        content: f.content.clone(),
+                        mode: f.mode_bits()?,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
             ..Overrides::default()
         },
         disks,

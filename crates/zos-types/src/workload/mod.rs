@@ -15,7 +15,9 @@ pub use network::{
     MachineNetwork, Network, NetworkResult, Peer, WireGuard, WireGuardEnd, RANGE_PREFIX,
     SUBNET_PREFIX,
 };
-pub use zmachine::{is_flist_url, Mount, Port, Protocol, ZMachine, MIN_MEMORY, SEALED_BEGIN};
+pub use zmachine::{
+    is_flist_url, MachineFile, Mount, Port, Protocol, ZMachine, MIN_MEMORY, SEALED_BEGIN,
+};
 pub use zmount::ZMount;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};

@@ -65,6 +65,61 @@ pub struct ZMachine {
     /// address (its default route then goes through the address's gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_ip: Option<WorkloadName>,
+    /// Small files written into a container machine's root before its process starts
+    /// (configuration, as Kubernetes ConfigMaps are mounted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<MachineFile>,
+}
+
+/// The most bytes a machine's `files` may hold in all (they travel in its boot image).
+pub const MAX_FILES_BYTES: usize = 1024 * 1024;
+
+/// A file written into a container machine's root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineFile {
+    /// Absolute path inside the machine, e.g. `/etc/app/config.toml`.
+    pub path: String,
+    /// What it holds (text).
+    pub content: String,
+    /// Permission bits in octal, e.g. `"0600"`; `0644` when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+impl MachineFile {
+    /// The permission bits `mode` names (0o644 by default).
+    pub fn mode_bits(&self) -> Result<u32, String> {
+        match &self.mode {
+            None => Ok(0o644),
+            Some(m) => u32::from_str_radix(m, 8)
+                .ok()
+                .filter(|bits| *bits <= 0o7777)
+                .ok_or_else(|| format!("mode {m:?}: give permission bits in octal, like \"0644\"")),
+        }
+    }
+
+    /// What is wrong with it, if anything.
+    fn problems(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        let parts: Vec<&str> = self.path.split('/').skip(1).collect();
+        let plain = self.path.starts_with('/')
+            && !parts.is_empty()
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && *p != "." && *p != ".." && !p.contains('\0'));
+        if !plain {
+            bad.push(format!(
+                "path {:?}: give an absolute path without `.`, `..` or empty parts, like \
+                 /etc/app/config.toml",
+                self.path
+            ));
+        }
+        if let Err(e) = self.mode_bits() {
+            bad.push(e);
+        }
+        bad
+    }
 }
 
 /// A guest port published on every address of the node.
@@ -204,6 +259,22 @@ impl WorkloadData for ZMachine {
                      armored text it prints"
                 ));
             }
+        }
+        let mut paths = BTreeSet::new();
+        for (i, file) in self.files.iter().enumerate() {
+            for problem in file.problems() {
+                bad.push(format!("files[{i}]: {problem}"));
+            }
+            if !paths.insert(file.path.as_str()) {
+                bad.push(format!("files[{i}]: path {:?} is given twice", file.path));
+            }
+        }
+        let bytes: usize = self.files.iter().map(|f| f.content.len()).sum();
+        if bytes > MAX_FILES_BYTES {
+            bad.push(format!(
+                "files hold {bytes} bytes, more than {MAX_FILES_BYTES}: put large content in \
+                 the image or on a zmount"
+            ));
         }
         let zmounts: BTreeSet<&WorkloadName> = deployment
             .iter()

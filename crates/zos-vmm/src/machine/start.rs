@@ -108,10 +108,15 @@ impl Vmm {
         let mut args = qemu_args::base(dir, spec, accel, qmp)?;
         let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
         match &spec.boot {
-            Boot::Container { flist, process, .. } => {
+            Boot::Container {
+                flist,
+                process,
+                files,
+                ..
+            } => {
                 started.mount = Some(rootfs::mount_root(flist, &layers, &helper)?);
                 started.virtiofsd = Some(self.start_virtiofsd(dir, &layers.merged)?);
-                let kernel = self.write_initrd(dir, spec, process)?;
+                let kernel = self.write_initrd(dir, spec, process, files)?;
                 jail.add(&kernel, Access::Shared);
                 jail.add(&dir.join(INITRD), Access::ReadOnly);
                 push(&[
@@ -211,7 +216,13 @@ impl Vmm {
 
     /// Writes a container VM's initramfs (the base one plus its `GuestConfig`) to
     /// `initrd.cpio`; returns the kernel to boot it with.
-    fn write_initrd(&self, dir: &Path, spec: &VmSpec, process: &Process) -> Result<PathBuf> {
+    fn write_initrd(
+        &self,
+        dir: &Path,
+        spec: &VmSpec,
+        process: &Process,
+        files: &[zos_init::GuestFile],
+    ) -> Result<PathBuf> {
         let kit = BootKit::locate(&self.cfg.bootkit)?;
         let (base, mut modules) = kit.initramfs(&self.init_path()?)?;
         // Each module costs boot time under TCG: load only what this VM has devices
@@ -237,6 +248,7 @@ impl Vmm {
                 .collect(),
             process: process.clone(),
             network: super::net::guest_network(spec),
+            files: files.to_vec(),
         };
         bootkit::write_vm_initrd(&base, &config, &dir.join(INITRD))?;
         Ok(kit.kernel)
