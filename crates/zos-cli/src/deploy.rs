@@ -12,7 +12,7 @@ use zos_client::status::{failed, pending, state_label};
 use zos_client::NodeClient;
 use zos_client::{
     cosign, describe_signing, missing_signatures, plan, read_signed, sets_versions,
-    wait_until_settled, write_signed, Action, DeploymentInput, StateChange, Waited,
+    wait_until_settled, watch_settle, write_signed, Action, DeploymentInput, StateChange, Waited,
 };
 use zos_types::{Deployment, WorkloadSpec};
 
@@ -27,6 +27,11 @@ pub struct DeployArgs {
     /// Return as soon as the node has accepted the deployment
     #[arg(long)]
     no_wait: bool,
+    /// Once every workload is up, how long to keep watching machines for a process that
+    /// ends at once (an error, a restart, an exit other than 0), which fails the deploy;
+    /// 0s skips it
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    settle: Duration,
     /// Sign but do not send: write the signed deployment to OUT for its co-signers
     /// (`zos sign OUT`), then send it with `zos deploy OUT`
     #[arg(long, value_name = "OUT")]
@@ -137,6 +142,12 @@ fn send(args: &DeployArgs, node: &NodeClient, deployment: Deployment) -> Result<
             print_change,
         )?
     };
+    // A machine whose process ends at once is running for a moment: watch them a little.
+    let watch = settled && !args.no_wait && followable && !args.settle.is_zero();
+    let (last, unsettled) = match watch && failed(&last.value).is_empty() {
+        true => watch_settle(node, last, args.settle)?,
+        false => (last, None),
+    };
     if args.client.json {
         println!("{}", last.pretty());
     } else {
@@ -155,6 +166,14 @@ fn send(args: &DeployArgs, node: &NodeClient, deployment: Deployment) -> Result<
         );
     }
     let failed = failed(&last.value);
+    if let Some(u) = unsettled {
+        bail!(
+            "{name}: {} did not stay up: {}; see `zos logs {name}/{}`",
+            u.workload,
+            u.what,
+            u.workload
+        );
+    }
     if !failed.is_empty() {
         let names: Vec<&str> = failed.iter().map(|w| w.name.as_str()).collect();
         // Only machines have a console worth reading.

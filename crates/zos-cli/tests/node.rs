@@ -1372,3 +1372,64 @@ fn files_are_written_into_a_container_before_it_starts() {
         assert!(logs.contains(want), "{want}: {logs}");
     }
 }
+
+#[test]
+fn restart_policies_hold_and_deploy_reports_a_machine_that_does_not_stay_up() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") {
+        return;
+    }
+    let node = Node::start("");
+    let machine = |name: &str, restart: &str, script: &str| {
+        format!(
+            "name: {name}\nworkloads:\n  - name: app\n    type: zmachine\n    data:\n      \
+             flist: FLIST\n      memory: 64M\n      restart: {restart}\n      \
+             cmd: [sh, -c, '{script}']\n"
+        )
+    };
+    // restart: never, a process that fails at once: `zos deploy` watches it end and fails,
+    // naming it; the node leaves it in error.
+    let err = fails(
+        node.cli("alice", &["deploy", "--settle", "60s"])
+            .arg(node.write_yaml(
+                "never.yaml",
+                &machine("never", "never", "echo boom; exit 3"),
+            )),
+    );
+    assert!(
+        err.contains("never: app did not stay up: exited (3)")
+            && err.contains("zos logs never/app"),
+        "{err}"
+    );
+    let d = node.settled("alice", "never");
+    let r = &d["workloads"][0]["result"];
+    assert!(
+        r["state"] == "error" && r["message"].as_str().unwrap().contains("restart: never"),
+        "{d}"
+    );
+    // restart: always, a process that ends cleanly: started again and again, never an error.
+    ok(node
+        .cli("alice", &["deploy", "--no-wait"])
+        .arg(node.write_yaml(
+            "always.yaml",
+            &machine("always", "always", "echo tick; exit 0"),
+        )));
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let d = node.settled("alice", "always");
+        let r = &d["workloads"][0]["result"];
+        assert_ne!(r["state"], "error", "{d}");
+        if r["data"]["restarts"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not restarted twice: {d}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The default (on-failure) leaves a clean exit done, and deploy says so without failing.
+    let out = ok(node
+        .cli("alice", &["deploy", "--settle", "20s"])
+        .arg(node.write_yaml(
+            "once.yaml",
+            &machine("once", "on-failure", "echo done; exit 0"),
+        )));
+    assert!(out.contains("app"), "{out}");
+}

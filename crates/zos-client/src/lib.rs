@@ -35,4 +35,4 @@ pub use signing::{
 };
 pub use transport::{Answer, NodeClient};
 pub use url::{NodeUrl, DEFAULT_NODE};
-pub use wait::{wait_until_settled, StateChange, Waited};
+pub use wait::{wait_until_settled, watch_settle, StateChange, Unsettled, Waited};

@@ -41,7 +41,6 @@ pub fn wait_until_settled(
     mut on_change: impl FnMut(StateChange<'_>),
 ) -> Result<Waited, ClientError> {
     let deadline = Instant::now() + timeout;
-    let name = accepted.value.name.clone();
     let mut seen: BTreeMap<WorkloadName, &'static str> = accepted
         .value
         .workloads
@@ -62,13 +61,7 @@ pub fn wait_until_settled(
             });
         }
         std::thread::sleep(POLL_INTERVAL);
-        // A co-owner follows the owner's deployment, not one of its own by that name.
-        let owner = current.value.owner;
-        current = if owner == node.key().public() {
-            node.deployment(&name)?
-        } else {
-            node.deployment_of(&owner, &name)?
-        };
+        current = refresh(node, &current.value)?;
         for w in &current.value.workloads {
             let now = state_label(w);
             let before = seen.insert(w.name.clone(), now);
@@ -94,5 +87,61 @@ pub fn wait_until_settled(
                 });
             }
         }
+    }
+}
+
+/// What a machine did while it was watched after starting (see [`watch_settle`]).
+pub struct Unsettled {
+    /// The machine.
+    pub workload: WorkloadName,
+    /// What happened, as its result says.
+    pub what: String,
+}
+
+/// After the workloads settled (`last`), watches the deployment `settle` more for a machine
+/// whose process ended at once: gone to `error`, restarted (its result's `restarts` grew),
+/// or exited with a code other than 0. Returns the last answer and the first such machine.
+pub fn watch_settle(
+    node: &NodeClient,
+    mut last: Answer<Deployment>,
+    settle: Duration,
+) -> Result<(Answer<Deployment>, Option<Unsettled>), ClientError> {
+    let restarts = |d: &Deployment| -> BTreeMap<WorkloadName, u64> {
+        d.workloads
+            .iter()
+            .map(|w| {
+                let n = w.result.as_ref().and_then(|r| r.data["restarts"].as_u64());
+                (w.name.clone(), n.unwrap_or(0))
+            })
+            .collect()
+    };
+    let before = restarts(&last.value);
+    let deadline = Instant::now() + settle;
+    loop {
+        for w in &last.value.workloads {
+            let Some(r) = w.result.as_ref() else { continue };
+            let exited_badly = r.message.starts_with("exited (") && r.message != "exited (0)";
+            let restarted = restarts(&last.value).get(&w.name) > before.get(&w.name);
+            if r.state == zos_types::ResultState::Error || exited_badly || restarted {
+                let what = r.message.lines().next().unwrap_or_default().to_owned();
+                let workload = w.name.clone();
+                return Ok((last, Some(Unsettled { workload, what })));
+            }
+        }
+        if Instant::now() >= deadline {
+            return Ok((last, None));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+        last = refresh(node, &last.value)?;
+    }
+}
+
+/// `d` as the node has it now. A co-owner follows the owner's deployment, not one of its
+/// own by that name.
+fn refresh(node: &NodeClient, d: &Deployment) -> Result<Answer<Deployment>, ClientError> {
+    if d.owner == node.key().public() {
+        node.deployment(&d.name)
+    } else {
+        node.deployment_of(&d.owner, &d.name)
     }
 }

@@ -12,8 +12,8 @@ use zos_flist::fetch::FetchError;
 use zos_flist::store::{Allowance, StoreError, StorePolicy};
 use zos_types::api::Resources;
 use zos_types::{
-    MachineAddress, Protocol, PublicKey, ResultState, Workload, WorkloadResult, WorkloadSpec,
-    ZMachine,
+    MachineAddress, Protocol, PublicKey, RestartPolicy, ResultState, Workload, WorkloadResult,
+    WorkloadSpec, ZMachine,
 };
 use zos_vmm::disk::DiskFormat;
 use zos_vmm::image::Overrides;
@@ -238,7 +238,8 @@ impl Kind for Zmachine {
         let vm = self.resource(id, w.name.as_str());
         let info = host.vmm.status(&vm).ok()?;
         // What converge recorded (the VM, its addresses) stays with every state it reports.
-        let data = w
+        let policy = data(&w.spec).map(|m| m.restart).unwrap_or_default();
+        let mut data = w
             .result
             .as_ref()
             .map(|r| r.data.clone())
@@ -256,9 +257,11 @@ impl Kind for Zmachine {
                 }
                 return None;
             }
-            VmState::Exited { code: 0, .. } | VmState::Stopped => {
-                let message = info.state.to_string();
-                return Some(result(ResultState::Ok, message, data));
+            VmState::Exited { code: 0, .. } if policy != RestartPolicy::Always => {
+                return Some(result(ResultState::Ok, info.state.to_string(), data));
+            }
+            VmState::Stopped => {
+                return Some(result(ResultState::Ok, info.state.to_string(), data));
             }
             VmState::Exited { .. } | VmState::Crashed { .. } => info.state.to_string(),
         };
@@ -269,12 +272,20 @@ impl Kind for Zmachine {
                 zos_vmm::console::tail(&info.console, 20)
             ),
         };
+        if policy == RestartPolicy::Never {
+            return Some(result(
+                ResultState::Error,
+                format!("{reason}\n(restart: never)"),
+                data,
+            ));
+        }
         let mut restarts = self.restarts();
         let entry = restarts.entry(vm.clone()).or_insert(Restart {
             count: 0,
             next: Instant::now(),
         });
-        if entry.count >= host.max_restarts {
+        // `always` restarts for ever (backoff capped); `on-failure` gives up after a streak.
+        if entry.count >= host.max_restarts && policy == RestartPolicy::OnFailure {
             let message = format!(
                 "failed {} times in a row; the last time: {reason}",
                 entry.count + 1
@@ -291,11 +302,15 @@ impl Kind for Zmachine {
         drop(restarts);
         tracing::info!(vm = %vm, count, "restarting a failed zmachine");
         let first_line = reason.lines().next().unwrap_or("");
+        // Every restart is counted in the result, which clients watch (zos deploy's settle).
+        let total = data["restarts"].as_u64().unwrap_or(0) + 1;
+        data["restarts"] = json!(total);
+        let of = match policy {
+            RestartPolicy::OnFailure => format!("{count} of {}", host.max_restarts),
+            _ => format!("{count} in a row"),
+        };
         let message = match host.vmm.start(&vm) {
-            Ok(_) => format!(
-                "running; restarted ({count} of {}) after: {first_line}",
-                host.max_restarts
-            ),
+            Ok(_) => format!("running; restarted ({of}) after: {first_line}"),
             Err(e) => format!("restart {count} failed: {e}"),
         };
         Some(result(ResultState::Ok, message, data))

@@ -69,6 +69,29 @@ pub struct ZMachine {
     /// (configuration, as Kubernetes ConfigMaps are mounted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<MachineFile>,
+    /// When the node starts the machine again after its process ended.
+    #[serde(default, skip_serializing_if = "RestartPolicy::is_default")]
+    pub restart: RestartPolicy,
+}
+
+/// When a machine whose process ended is started again (Docker's restart policies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// After every end, a clean exit too, with backoff, for ever.
+    Always,
+    /// After a failure (non-zero exit, crash), with backoff, until the node's
+    /// `max_restarts` failures in a row leave it in `error`; a clean exit stays done.
+    #[default]
+    OnFailure,
+    /// Never: a failure leaves it in `error` at once, a clean exit done.
+    Never,
+}
+
+impl RestartPolicy {
+    fn is_default(&self) -> bool {
+        *self == RestartPolicy::OnFailure
+    }
 }
 
 /// The most bytes a machine's `files` may hold in all (they travel in its boot image).
