@@ -392,53 +392,11 @@ mod tests {
     use super::*;
     use crate::pack::{pack, NoProgress, PackOptions};
     use crate::store::StoreSpec;
-    use std::net::TcpStream;
-    use std::process::{Child, Command, Stdio};
 
-    /// Python's HTTP server on `dir`, its request log in `log`; killed when dropped.
-    struct Server {
-        child: Child,
-        port: u16,
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    fn serve(dir: &Path, log: &Path) -> Option<Server> {
-        if !zos_testkit::have("python3") {
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .arg("--directory")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        let server = Server { child, port };
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(server);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("python3 -m http.server did not listen on {port}");
+    /// Python's HTTP server on `dir`, its request log in `log`.
+    fn serve(dir: &Path, log: &Path) -> Option<zos_testkit::Server> {
+        zos_testkit::have("python3")
+            .then(|| zos_testkit::http_server(dir, std::fs::File::create(log).unwrap()))
     }
 
     /// How many GETs of `name` the server's log shows.

@@ -7,6 +7,9 @@
 //! names a file, appended to it as one line `binary<TAB>test<TAB>reason`, so `scripts/test`
 //! can count skipped tests apart from passed ones.
 
+mod server;
+pub use server::{free_port, http_server, wait_until, Server};
+
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};

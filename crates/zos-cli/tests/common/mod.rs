@@ -5,11 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 /// Packs `root` into `<dir>/<name>`, its blocks in the dir store `<dir>/store`; returns the
 /// flist's path.
@@ -69,41 +68,7 @@ pub fn fails(cmd: &mut Command) -> String {
 #[allow(unused_imports)]
 pub use zos_testkit::{have, is_root};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready() {
-        assert!(Instant::now() < deadline, "{what} did not become ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A server process killed when dropped.
-pub struct Server {
-    child: Child,
-    /// Its TCP port on 127.0.0.1.
-    pub port: u16,
-}
-
-impl Server {
-    /// Stops it now (SIGKILL), as a crash would.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+pub use zos_testkit::{free_port, wait_until, Server};
 
 /// A throwaway `redis-server` on a free loopback port, persisting nothing.
 pub fn redis() -> Server {
@@ -121,7 +86,7 @@ pub fn redis() -> Server {
         let mut buf = [0u8; 7];
         s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
     });
-    Server { child, port }
+    Server::new(child, port)
 }
 
 /// How many times the Redis server on `port` has run `command` (lower case, e.g. "get"), from
@@ -166,25 +131,7 @@ pub fn http_server(dir: &Path) -> Server {
 
 /// The same, with its request log (one line per request) sent to `log`.
 pub fn http_server_logging(dir: &Path, log: impl Into<Stdio>) -> Server {
-    let port = free_port();
-    let child = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start python3 -m http.server");
-    wait_until("http server", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    Server { child, port }
+    zos_testkit::http_server(dir, log)
 }
 
 /// Everything unpack must restore about one entry.
