@@ -13,6 +13,7 @@ mod mount;
 mod net;
 mod node;
 mod pagecache;
+mod pull;
 mod stats;
 mod table;
 mod tree;
@@ -125,6 +126,31 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Time deploying a container image by reference (the node pulls it) against copying it
+    ///
+    /// Starts Debian's docker-registry on loopback and a `zos node run`; each of --runs pushes
+    /// a new image (busybox and 16 MiB of random data, written as an OCI layout and pushed
+    /// with skopeo), then times: `skopeo copy` of it to a local directory plus deploying a
+    /// local flist of it until its output shows (the cold floor), deploying it by reference
+    /// (`image: docker://…`) until its output shows (cold: the node imports it), and again
+    /// (warm: the node has it), against deploying the local flist (the warm floor). Targets:
+    /// cold within 1.5x and warm within 1.1x of their floors (medians). Needs root,
+    /// qemu-system-x86_64, docker-registry and skopeo.
+    #[command(after_help = "Examples:\n  zos-bench pull\n  zos-bench pull --runs 1 --json")]
+    Pull {
+        /// Work directory (default: a fresh directory under /var/tmp)
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the work directory
+        #[arg(long)]
+        keep: bool,
+        /// Repetitions (the median is reported)
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Time flist pack, unpack and mount against `cp -a` and local reads of the same tree
     ///
     /// Generates a deterministic tree (20,000 text-like files of 1-16 KiB in 200 directories,
@@ -226,5 +252,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runs,
             json,
         } => flist::bench_flist(&zos, dir, keep, scale, runs, json),
+        BenchCommand::Pull {
+            dir,
+            keep,
+            runs,
+            json,
+        } => pull::bench_pull(&zos, dir, keep, runs, json),
     }
 }

@@ -5,6 +5,14 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+/// What a row's figures stand for: "TCG figures (no KVM)", or the accelerator VMs used.
+pub fn accel_note(accel: zos_vmm::host::Accel) -> String {
+    match accel {
+        zos_vmm::host::Accel::Tcg => "TCG figures (no KVM)".to_owned(),
+        other => format!("accel={}", other.as_str()),
+    }
+}
+
 /// A progress line on stderr (stdout holds only the table or the JSON).
 pub fn progress(msg: &str) {
     eprintln!("{msg}");

@@ -11,10 +11,10 @@
 
 use crate::disk_image::busybox_initrd;
 use crate::image::{pack_root, remove_vms, MARK};
-use crate::measure::{measure, progress};
+use crate::measure::{accel_note, measure, progress};
 use crate::node::{deployment, BenchNode, Tally};
 use crate::stats::{median, Timing};
-use crate::table::{print_targets, print_value_rows, Target, ValueRow};
+use crate::table::{Report, Row, Target};
 use crate::vm::bare_qemu_args;
 use crate::workdir::WorkDir;
 use crate::zos_bin::Zos;
@@ -79,23 +79,6 @@ const APPLETS: [&str; 12] = [
     "sh", "echo", "cat", "sleep", "mkdir", "grep", "ip", "nc", "httpd", "printf", "seq", "true",
 ];
 
-/// One line of the table.
-#[derive(serde::Serialize)]
-struct Row {
-    step: String,
-    value: f64,
-    unit: &'static str,
-    floor: Option<f64>,
-    notes: String,
-}
-
-/// The table and the targets, as `--json` prints them.
-#[derive(serde::Serialize)]
-struct Report {
-    rows: Vec<Row>,
-    targets: Vec<Target>,
-}
-
 /// Runs the network benchmark and prints its table. A missed target is reported, not an
 /// error; the node, its deployments and the floor's namespace are removed also on errors.
 pub fn bench_net(
@@ -114,7 +97,7 @@ pub fn bench_net(
     remove_vms(zos, &node.data_dir());
     drop(work);
     let report = result?;
-    crate::table::emit(&report, json, print)?;
+    crate::table::emit(&report, json, Report::print)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -126,11 +109,7 @@ fn measure_all(
     runs: usize,
 ) -> Result<Report> {
     let accel = Accel::Auto.resolve();
-    let tcg = if accel == Accel::Tcg {
-        "TCG figures (no KVM)".to_owned()
-    } else {
-        format!("accel={}", accel.as_str())
-    };
+    let tcg = accel_note(accel);
     progress(&format!(
         "zos-bench net: building the images in {}",
         work.display()
@@ -1170,17 +1149,6 @@ fn remove_deployments(node: &BenchNode, key: &Keypair) {
         eprintln!("warning: namespace {ns} outlived its deployment; deleting it");
         let _ = ip(&["netns", "del", &ns]);
     }
-}
-
-fn print(report: &Report) {
-    print_value_rows(report.rows.iter().map(|r| ValueRow {
-        step: &r.step,
-        value: r.value,
-        unit: r.unit,
-        floor: r.floor,
-        notes: &r.notes,
-    }));
-    print_targets(&report.targets);
 }
 
 #[cfg(test)]

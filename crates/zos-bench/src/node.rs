@@ -104,6 +104,12 @@ impl BenchNode {
         })
     }
 
+    /// Adds `lines` to its config (before it starts).
+    pub fn add_config(&mut self, lines: &str) {
+        self.extra_config.push_str(lines);
+        self.extra_config.push('\n');
+    }
+
     /// Another node reading the same flists, with its files in `home` (a fresh dir), run
     /// inside network namespace `netns` with `extra_config` added to its config.
     pub fn elsewhere(
@@ -421,7 +427,12 @@ fn measure(node: &mut BenchNode, count: usize, runs: usize) -> Result<Vec<Row>> 
     let mut deployed = Vec::new();
     for i in 0..runs {
         floor.push(zos_run_to_mark(&node.zos, &node.work, &fl)?);
-        deployed.push(deploy_to_mark(&api, &key, &fl, i)?);
+        deployed.push(deploy_to_mark(
+            &api,
+            &key,
+            &format!("run{i}"),
+            &format!("flist: {}", fl.display()),
+        )?);
     }
     let (floor, deployed) = (
         Timing::of_seconds(floor, 0.0),
@@ -674,17 +685,16 @@ fn zmount_to_ok(api: &NodeClient, key: &Keypair, node: PublicKey, name: &str) ->
     }
 }
 
-/// Seconds from sending a signed deployment of `fl` until its console shows the marker (read
-/// through the API's log endpoint); the deployment is deleted afterwards. Fails as soon as
-/// the workload ends in error: a failed deployment has no time to report.
-fn deploy_to_mark(api: &NodeClient, key: &Keypair, fl: &Path, i: usize) -> Result<f64> {
-    let name = format!("run{i}");
+/// Seconds from sending a signed deployment `name` of one machine booting `root` (`flist:
+/// PATH` or `image: REF`) until its console shows the marker (read through the API's log
+/// endpoint); the deployment is deleted afterwards. Fails as soon as the workload ends in
+/// error: a failed deployment has no time to report.
+pub fn deploy_to_mark(api: &NodeClient, key: &Keypair, name: &str, root: &str) -> Result<f64> {
     let d = deployment(
         key,
         api.node_id()?,
         &format!(
-            "name: {name}\nworkloads:\n  - name: vm\n    type: zmachine\n    data: {{ flist: {} }}\n",
-            fl.display()
+            "name: {name}\nworkloads:\n  - name: vm\n    type: zmachine\n    data: {{ {root} }}\n"
         ),
     )?;
     let start = Instant::now();
@@ -694,7 +704,7 @@ fn deploy_to_mark(api: &NodeClient, key: &Keypair, fl: &Path, i: usize) -> Resul
     let secs = loop {
         // Before its VM exists the log is a 404: keep asking.
         let mut text = Vec::new();
-        let read = api.logs(&name, workload, |chunk| {
+        let read = api.logs(name, workload, |chunk| {
             text.extend_from_slice(chunk);
             Ok(())
         });
@@ -704,7 +714,7 @@ fn deploy_to_mark(api: &NodeClient, key: &Keypair, fl: &Path, i: usize) -> Resul
         // Now and then, not every pass: each extra request adds to what is timed.
         if last_check.elapsed() > Duration::from_millis(500) {
             last_check = Instant::now();
-            let now = api.deployment(&name)?.value;
+            let now = api.deployment(name)?.value;
             if let Some(error) = Tally::of(std::slice::from_ref(&now)).first_error {
                 bail!("deployment {name} failed before printing its marker: {error}");
             }
@@ -714,7 +724,7 @@ fn deploy_to_mark(api: &NodeClient, key: &Keypair, fl: &Path, i: usize) -> Resul
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    api.remove(&name)
+    api.remove(name)
         .context("deleting the benchmark deployment")?;
     Ok(secs)
 }

@@ -141,3 +141,41 @@ mod tests {
         );
     }
 }
+
+/// One owned line of a step/value/unit/floor/notes table (what `--json` prints).
+#[derive(serde::Serialize)]
+pub struct Row {
+    /// What was measured.
+    pub step: String,
+    /// Its value (a median).
+    pub value: f64,
+    /// The value's unit.
+    pub unit: &'static str,
+    /// The floor measured in the same run, if any.
+    pub floor: Option<f64>,
+    /// How, against what, and whether its target was met.
+    pub notes: String,
+}
+
+/// A table of [`Row`]s and the targets judged on them.
+#[derive(serde::Serialize)]
+pub struct Report {
+    /// The lines.
+    pub rows: Vec<Row>,
+    /// The targets.
+    pub targets: Vec<Target>,
+}
+
+impl Report {
+    /// Prints the table, then the targets.
+    pub fn print(&self) {
+        print_value_rows(self.rows.iter().map(|r| ValueRow {
+            step: &r.step,
+            value: r.value,
+            unit: r.unit,
+            floor: r.floor,
+            notes: &r.notes,
+        }));
+        print_targets(&self.targets);
+    }
+}
