@@ -190,6 +190,7 @@ impl VmArgs {
                 root_size: self.root_size,
                 seed,
                 files: Vec::new(),
+                healthcheck: None,
             },
             disks,
             network,

@@ -1062,7 +1062,9 @@ fn oci_layout(dir: &std::path::Path, root: &std::path::Path, script: &str, arch:
     );
     let config = serde_json::json!({
         "architecture": arch, "os": "linux",
-        "config": { "Cmd": ["sh", "-c", script] },
+        // Docker's HEALTHCHECK, which zos runs too.
+        "config": { "Cmd": ["sh", "-c", script],
+                    "Healthcheck": { "Test": ["CMD-SHELL", "true"], "Interval": 1_000_000_000u64 } },
         "rootfs": { "type": "layers", "diff_ids": [sha256_of(&layer_bytes)] },
     });
     let config = blob(
@@ -1206,6 +1208,16 @@ fn a_zmachine_runs_an_image_the_node_pulls_once_for_all_who_ask() {
             std::thread::sleep(Duration::from_millis(500));
         };
         assert!(logs.contains("image-ran-here"), "{name}: {logs}");
+        // The image's own healthcheck runs: the machine turns healthy.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let d = node.settled(user, name);
+            if d["workloads"][0]["result"]["message"] == "running (healthy)" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never healthy: {d}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
     for e in &mut events {
         let _ = e.kill();
@@ -1432,4 +1444,48 @@ fn restart_policies_hold_and_deploy_reports_a_machine_that_does_not_stay_up() {
             &machine("once", "on-failure", "echo done; exit 0"),
         )));
     assert!(out.contains("app"), "{out}");
+}
+
+#[test]
+fn a_failing_healthcheck_shows_in_events_and_restarts_the_machine() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") {
+        return;
+    }
+    let node = Node::start("");
+    let events_log = node.dir().join("health-events.log");
+    let mut events = node
+        .cli("alice", &["events"])
+        .stdout(std::fs::File::create(&events_log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Healthy for a few seconds, then its check fails (each start writes /tmp, a tmpfs, anew).
+    let yaml = "name: health\nworkloads:\n  - name: app\n    type: zmachine\n    data:\n      \
+        flist: FLIST\n      memory: 64M\n      \
+        cmd: [sh, -c, 'echo good > /tmp/state; sleep 6; echo bad > /tmp/state; exec sleep 600']\n      \
+        healthcheck: { test: [sh, -c, 'grep -q good /tmp/state'], interval_secs: 1, \
+        timeout_secs: 5, retries: 2 }\n";
+    ok(node
+        .cli("alice", &["deploy", "--no-wait"])
+        .arg(node.write_yaml("health.yaml", yaml)));
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let d = loop {
+        let d = node.settled("alice", "health");
+        let r = &d["workloads"][0]["result"];
+        if r["data"]["restarts"].as_u64().unwrap_or(0) >= 1 {
+            break d;
+        }
+        assert_ne!(r["state"], "error", "{d}");
+        assert!(Instant::now() < deadline, "never restarted: {d}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let _ = events.kill();
+    let _ = events.wait();
+    let seen = std::fs::read_to_string(&events_log).unwrap();
+    for want in ["running (starting)", "running (healthy)", "unhealthy"] {
+        assert!(
+            seen.contains(want),
+            "{want} not in the events:\n{seen}\n{d}"
+        );
+    }
 }

@@ -57,8 +57,9 @@ fn null_terminated(items: &[CString]) -> Vec<*const libc::c_char> {
 }
 
 /// Starts `process` as a new session with stdin on /dev/null and stdout/stderr on init's
-/// (the console). Returns its pid, or the report to give when it cannot start.
-pub fn spawn(process: &Process) -> Result<libc::pid_t, ExitReport> {
+/// (the console), or on /dev/null too when `quiet`. Returns its pid, or the report to give
+/// when it cannot start.
+pub fn spawn(process: &Process, quiet: bool) -> Result<libc::pid_t, ExitReport> {
     let argv0 = process
         .argv
         .first()
@@ -103,8 +104,8 @@ pub fn spawn(process: &Process) -> Result<libc::pid_t, ExitReport> {
         .map_err(|e| report(125, format!("opening /dev/null: {e}")))?;
     let (err_read, err_write) = pipe().map_err(|e| report(125, format!("creating a pipe: {e}")))?;
 
-    // SAFETY: init is single-threaded here (the control thread starts later), so the child may
-    // run any code; it still only makes async-signal-safe calls on data prepared above.
+    // SAFETY: between fork and exec the child makes only async-signal-safe calls on data
+    // prepared above, so this holds also when other threads run (healthchecks).
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(report(125, format!("fork: {}", io::Error::last_os_error())));
@@ -120,6 +121,12 @@ pub fn spawn(process: &Process) -> Result<libc::pid_t, ExitReport> {
                 child_fail(fd, 0);
             }
             if libc::dup2(devnull.as_raw_fd(), 0) < 0 {
+                child_fail(fd, 1);
+            }
+            if quiet
+                && (libc::dup2(devnull.as_raw_fd(), 1) < 0
+                    || libc::dup2(devnull.as_raw_fd(), 2) < 0)
+            {
                 child_fail(fd, 1);
             }
             if libc::chdir(c_cwd.as_ptr()) < 0 {

@@ -43,6 +43,57 @@ pub struct GuestConfig {
     /// process starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<GuestFile>,
+    /// A check `zos-init` runs in the container now and then; its health goes to the host
+    /// as [`HealthReport`] lines on [`STATUS_TTY`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<GuestHealthcheck>,
+}
+
+/// A healthcheck, run as the container's process is (its user, environment and working
+/// directory), its output discarded: exit 0 is a pass.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GuestHealthcheck {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Seconds between the end of one check and the start of the next.
+    pub interval_secs: u32,
+    /// Seconds a check may take before it is killed and counted as failed.
+    pub timeout_secs: u32,
+    /// Failures in a row that make the container unhealthy.
+    pub retries: u32,
+    /// Seconds after start during which failures do not count.
+    pub start_period_secs: u32,
+}
+
+/// How a container with a healthcheck is doing.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// No check has passed yet.
+    Starting,
+    /// The last check passed.
+    Healthy,
+    /// `retries` checks in a row failed.
+    Unhealthy,
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        })
+    }
+}
+
+/// The line `zos-init` writes on [`STATUS_TTY`] when the container's health changes (the
+/// host takes the last one; the exit report, which has a `code`, is told apart).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthReport {
+    /// The container's health now.
+    pub health: Health,
 }
 
 /// A file `zos-init` writes inside the container's root: it is chrooted there by then, so no

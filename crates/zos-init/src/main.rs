@@ -53,12 +53,12 @@ fn run() -> ExitReport {
         Ok(config) => config,
         Err(e) => return failed(125, e),
     };
-    let pid = match exec::spawn(&config.process) {
+    let pid = match exec::spawn(&config.process, false) {
         Ok(pid) => pid,
         Err(report) => return failed(report.code, report.error.unwrap_or_default()),
     };
     ExitReport {
-        code: supervise::run(pid),
+        code: supervise::run(pid, &config),
         error: None,
     }
 }

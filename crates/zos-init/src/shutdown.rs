@@ -57,7 +57,12 @@ fn unmount_disks() {
 }
 
 fn write_report(report: &ExitReport) -> io::Result<()> {
-    let line = serde_json::to_string(report).map_err(io::Error::other)? + "\n";
+    write_status(&serde_json::to_string(report).map_err(io::Error::other)?)
+}
+
+/// Writes one line (JSON, no newline in it) on the status UART, the host's file.
+pub fn write_status(line: &str) -> io::Result<()> {
+    let line = format!("{line}\n");
     // Non-blocking: a UART whose host side is gone would block forever.
     let mut file = std::fs::OpenOptions::new()
         .write(true)

@@ -1,14 +1,16 @@
-//! Running the container's process: reaping every child, forwarding signals, and obeying
-//! [`Control`] lines from the host.
+//! Running the container's process: reaping every child, forwarding signals, obeying
+//! [`Control`] lines from the host, and running its healthcheck.
 
 use crate::shutdown::console_error;
 use crate::sys::{self, Reaped};
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use zos_init::{Control, CONTROL_TTY};
+use zos_init::{Control, GuestConfig, GuestHealthcheck, Health, HealthReport, CONTROL_TTY};
 
 /// How long a stopped process gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -23,6 +25,10 @@ const MAX_LINE: usize = 64 * 1024;
 struct MainProcess {
     pid: Mutex<Option<libc::pid_t>>,
     stopping: AtomicBool,
+    /// Running healthchecks, told their exit code when the reaper reaps them. A check is
+    /// spawned and entered under this lock, so the reaper (which looks here under it too)
+    /// never misses one that ended at once.
+    checks: Mutex<HashMap<libc::pid_t, mpsc::Sender<i32>>>,
 }
 
 impl MainProcess {
@@ -41,9 +47,19 @@ impl MainProcess {
             if Some(child) == *pid {
                 *pid = None;
                 code = Some(sys::exit_code(status));
+            } else if let Some(told) = self.lock_checks().remove(&child) {
+                let _ = told.send(sys::exit_code(status));
             }
         }
         code
+    }
+
+    fn lock_checks(&self) -> std::sync::MutexGuard<'_, HashMap<libc::pid_t, mpsc::Sender<i32>>> {
+        self.checks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn running(&self) -> bool {
+        self.pid.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     /// SIGTERM now, SIGKILL after the grace period if it is still running.
@@ -61,12 +77,25 @@ impl MainProcess {
     }
 }
 
-/// Supervises `pid` until it ends and returns its exit code (`128 + N` for signal N).
-pub fn run(pid: libc::pid_t) -> i32 {
+/// Supervises `pid` (the process of `config`) until it ends and returns its exit code
+/// (`128 + N` for signal N).
+pub fn run(pid: libc::pid_t, config: &GuestConfig) -> i32 {
     let main = Arc::new(MainProcess {
         pid: Mutex::new(Some(pid)),
         stopping: AtomicBool::new(false),
+        checks: Mutex::default(),
     });
+    if let Some(check) = &config.healthcheck {
+        let (me, check) = (Arc::clone(&main), check.clone());
+        let mut process = config.process.clone();
+        process.argv = check.argv.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("health".into())
+            .spawn(move || run_checks(&me, &check, &process))
+        {
+            console_error(&format!("starting the healthcheck thread: {e}"));
+        }
+    }
     let control = Arc::clone(&main);
     // Without the thread the host cannot signal the process, but it still runs.
     if let Err(e) = std::thread::Builder::new()
@@ -150,5 +179,72 @@ fn handle_line(main: &Arc<MainProcess>, line: &[u8]) {
         Ok(Control::Signal(n)) => main.signal(n),
         Ok(Control::Stop) => main.stop(),
         Err(e) => console_error(&format!("ignoring control line {text:?}: {e}")),
+    }
+}
+
+/// Runs the healthcheck every interval while the process runs; tells the host each change
+/// of health.
+fn run_checks(main: &Arc<MainProcess>, check: &GuestHealthcheck, process: &zos_init::Process) {
+    let started = Instant::now();
+    let grace = Duration::from_secs(check.start_period_secs.into());
+    let mut health = Health::Starting;
+    tell(health);
+    let mut failures = 0;
+    loop {
+        std::thread::sleep(Duration::from_secs(check.interval_secs.max(1).into()));
+        if !main.running() {
+            return;
+        }
+        let passed = check_once(
+            main,
+            process,
+            Duration::from_secs(check.timeout_secs.into()),
+        );
+        let now = if passed {
+            failures = 0;
+            Health::Healthy
+        } else if started.elapsed() < grace {
+            continue;
+        } else {
+            failures += 1;
+            match failures >= check.retries.max(1) {
+                true => Health::Unhealthy,
+                false => health,
+            }
+        };
+        if now != health {
+            health = now;
+            tell(health);
+        }
+    }
+}
+
+/// Runs the check once: whether it exited 0 within `timeout` (else it is killed).
+fn check_once(main: &MainProcess, process: &zos_init::Process, timeout: Duration) -> bool {
+    let (told, ended) = mpsc::channel();
+    let pid = {
+        let mut checks = main.lock_checks();
+        match crate::exec::spawn(process, true) {
+            Ok(pid) => {
+                checks.insert(pid, told);
+                pid
+            }
+            Err(_) => return false,
+        }
+    };
+    match ended.recv_timeout(timeout) {
+        Ok(code) => code == 0,
+        Err(_) => {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            false
+        }
+    }
+}
+
+/// Writes the health line for the host.
+fn tell(health: Health) {
+    let line = serde_json::to_string(&HealthReport { health }).unwrap_or_default();
+    if let Err(e) = crate::shutdown::write_status(&line) {
+        console_error(&format!("cannot report health to the host: {e}"));
     }
 }

@@ -49,7 +49,7 @@ pub use request::{RequestAuth, RequestAuthError, REQUEST_DOMAIN};
 pub use size::ByteSize;
 pub use validate::{is_valid_deployment_name, ValidationError};
 pub use workload::{
-    addresses, held_addresses, is_flist_url, network_named, wireguard_key, Interface,
+    addresses, held_addresses, is_flist_url, network_named, wireguard_key, Healthcheck, Interface,
     MachineAddress, MachineFile, MachineNetwork, Mount, Network, NetworkResult, Peer, Port,
     Protocol, PublicIp, PublicIpResult, RestartPolicy, ResultState, WireGuard, WireGuardEnd,
     Workload, WorkloadData, WorkloadFile, WorkloadName, WorkloadResult, WorkloadSpec, ZMachine,

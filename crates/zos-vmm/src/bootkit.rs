@@ -393,6 +393,7 @@ mod tests {
             disks: vec![],
             network: None,
             files: vec![],
+            healthcheck: None,
             process: zos_init::Process {
                 argv: vec!["/bin/true".into()],
                 env: vec![],

@@ -31,6 +31,8 @@ pub struct Overrides {
     /// Files written into a container's root before its process starts (container mode
     /// only: a VM-mode flist refuses them).
     pub files: Vec<zos_init::GuestFile>,
+    /// The container's healthcheck (container mode only).
+    pub healthcheck: Option<zos_init::GuestHealthcheck>,
 }
 
 /// Kernel paths a VM-mode flist may carry, and its optional initrds.
@@ -53,12 +55,14 @@ pub fn plan(source: FlistSource, overrides: &Overrides) -> Result<Boot> {
     let flist = Flist::open(&source.path)?;
     let config = zos_flist::oci::image_config(&flist)?;
     let vm_mode = |what: &str| -> Result<()> {
-        if overrides.files.is_empty() {
-            return Ok(());
-        }
+        let field = match (overrides.files.is_empty(), &overrides.healthcheck) {
+            (true, None) => return Ok(()),
+            (false, _) => "files",
+            (true, Some(_)) => "healthcheck",
+        };
         Err(Error::Invalid(format!(
-            "files: {} boots its own {what}, which zos does not set up; only container \
-             machines take files (a VM's users write them with cloud-init's user-data)",
+            "{field}: {} boots its own {what}, which zos does not set up; only container \
+             machines take {field} (a VM's users set theirs up with cloud-init's user-data)",
             source.path.display()
         )))
     };
@@ -99,6 +103,19 @@ pub fn plan(source: FlistSource, overrides: &Overrides) -> Result<Boot> {
         root_size: overrides.root_size,
         process,
         files: overrides.files.clone(),
+        // The deployment's, else the image's (Docker's HEALTHCHECK).
+        healthcheck: overrides.healthcheck.clone().or_else(|| {
+            config
+                .healthcheck
+                .as_ref()
+                .map(|h| zos_init::GuestHealthcheck {
+                    argv: h.test.clone(),
+                    interval_secs: h.interval_secs,
+                    timeout_secs: h.timeout_secs,
+                    retries: h.retries,
+                    start_period_secs: h.start_period_secs,
+                })
+        }),
         // Set by the caller (VmRequest::plan): the network is no part of the image.
         network: None,
     })

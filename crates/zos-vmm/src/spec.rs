@@ -166,6 +166,9 @@ pub enum Boot {
         /// Files written into its root before the process starts.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         files: Vec<zos_init::GuestFile>,
+        /// The check zos-init runs for its health.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        healthcheck: Option<zos_init::GuestHealthcheck>,
         /// Its network; `None`: only `lo`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         network: Option<NetSpec>,

@@ -532,6 +532,7 @@ impl DockerArchive {
             ))
         })?;
         let config = spec::parse_config(&config_bytes, "", &image)?;
+        let healthcheck = spec::healthcheck_of(&config_bytes);
         if explicit && !spec::config_matches(&config, platform) {
             return Err(Error::Invalid(format!(
                 "{image}: this image is for {}/{}, not {platform}; leave out --platform to \
@@ -558,6 +559,7 @@ impl DockerArchive {
             index_digest: None,
             config_digest,
             config,
+            healthcheck,
             layers,
         })
     }

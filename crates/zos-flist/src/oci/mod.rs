@@ -59,10 +59,32 @@ pub struct ImageConfig {
     pub os: String,
     /// CPU architecture, Go style (`amd64`, `arm64`).
     pub architecture: String,
+    /// Docker's `HEALTHCHECK`, when the image has one that runs something.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<ImageHealthcheck>,
+}
+
+/// An image's healthcheck, as zos runs it: a program and its arguments (a `CMD-SHELL` test
+/// through `/bin/sh -c`), exit 0 a pass; durations in seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageHealthcheck {
+    /// Program and arguments.
+    pub test: Vec<String>,
+    /// Seconds between checks.
+    pub interval_secs: u32,
+    /// Seconds a check may take.
+    pub timeout_secs: u32,
+    /// Failures in a row that make the container unhealthy.
+    pub retries: u32,
+    /// Seconds after start during which failures do not count.
+    pub start_period_secs: u32,
 }
 
 impl ImageConfig {
-    fn from_config(config: &spec::ImageConfiguration) -> ImageConfig {
+    fn from_config(
+        config: &spec::ImageConfiguration,
+        healthcheck: Option<ImageHealthcheck>,
+    ) -> ImageConfig {
         let run = config.config().as_ref();
         let get = |f: fn(&oci_spec::image::Config) -> &Option<Vec<String>>| {
             run.and_then(|r| f(r).clone()).unwrap_or_default()
@@ -84,6 +106,7 @@ impl ImageConfig {
                 .unwrap_or_default(),
             os: config.os().to_string(),
             architecture: config.architecture().to_string(),
+            healthcheck,
         }
     }
 }
@@ -486,7 +509,7 @@ fn run(
     }
     tree.finish()?;
 
-    let config = ImageConfig::from_config(&resolved.config);
+    let config = ImageConfig::from_config(&resolved.config, resolved.healthcheck.clone());
     let reference = format!("{}@{}", source.reference(image), resolved.digest);
     let mut pack_opts = opts.pack.clone();
     let config_json = serde_json::to_string(&config)

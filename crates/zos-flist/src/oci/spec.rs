@@ -275,8 +275,44 @@ pub(crate) struct Resolved {
     pub config_digest: Digest,
     /// The parsed config.
     pub config: ImageConfiguration,
+    /// Its Docker `Healthcheck`, which the OCI config type does not carry.
+    pub healthcheck: Option<super::ImageHealthcheck>,
     /// Layers, bottom first.
     pub layers: Vec<LayerDesc>,
+}
+
+/// The Docker `config.Healthcheck` of a raw image config, if it has one that runs something:
+/// `["CMD", prog, args…]` or `["CMD-SHELL", "command"]` (through `/bin/sh -c`); `["NONE"]`
+/// and an empty test are none. Durations are nanoseconds there; zero means Docker's default.
+pub(crate) fn healthcheck_of(bytes: &[u8]) -> Option<super::ImageHealthcheck> {
+    let raw: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let h = raw.get("config")?.get("Healthcheck")?;
+    let test: Vec<String> = serde_json::from_value(h.get("Test")?.clone()).ok()?;
+    let argv = match test.split_first()? {
+        (kind, rest) if kind == "CMD" && !rest.is_empty() => rest.to_vec(),
+        (kind, [command]) if kind == "CMD-SHELL" => {
+            vec!["/bin/sh".into(), "-c".into(), command.clone()]
+        }
+        _ => return None,
+    };
+    let secs = |field: &str, default: u32| {
+        let ns = h
+            .get(field)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        match ns / 1_000_000_000 {
+            0 => default,
+            s => u32::try_from(s).unwrap_or(u32::MAX),
+        }
+    };
+    let retries = h.get("Retries").and_then(serde_json::Value::as_u64);
+    Some(super::ImageHealthcheck {
+        test: argv,
+        interval_secs: secs("Interval", 30),
+        timeout_secs: secs("Timeout", 30),
+        retries: retries.filter(|r| *r > 0).map_or(3, |r| r.min(1000) as u32),
+        start_period_secs: secs("StartPeriod", 0),
+    })
 }
 
 /// Starting from a manifest or index document (`bytes`, whose digest is `digest`), descends
@@ -339,6 +375,7 @@ fn from_manifest(
     let bytes = source.small_blob(manifest.config(), &config_digest)?;
     let media_type = manifest.config().media_type().to_string();
     let config = parse_config(&bytes, &media_type, image)?;
+    let healthcheck = healthcheck_of(&bytes);
     if explicit && !config_matches(&config, platform) {
         return Err(Error::Invalid(format!(
             "{image}: this image is for {}/{}{}, not {platform}; leave out --platform to import \
@@ -382,6 +419,7 @@ fn from_manifest(
         index_digest,
         config_digest,
         config,
+        healthcheck,
         layers,
     })
 }
@@ -414,6 +452,23 @@ pub(crate) fn diff_ids(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_healthchecks_are_read_from_the_raw_config() {
+        let with =
+            |h: &str| healthcheck_of(format!(r#"{{"config":{{"Healthcheck":{h}}}}}"#).as_bytes());
+        let shell = with(r#"{"Test":["CMD-SHELL","curl -f http://localhost/"],"Interval":5000000000,"Retries":2}"#)
+            .unwrap();
+        assert_eq!(shell.test, ["/bin/sh", "-c", "curl -f http://localhost/"]);
+        assert_eq!(
+            (shell.interval_secs, shell.timeout_secs, shell.retries),
+            (5, 30, 2)
+        );
+        let cmd = with(r#"{"Test":["CMD","/bin/check","--quick"]}"#).unwrap();
+        assert_eq!(cmd.test, ["/bin/check", "--quick"]);
+        assert_eq!(with(r#"{"Test":["NONE"]}"#), None);
+        assert_eq!(healthcheck_of(br#"{"config":{}}"#), None);
+    }
     use oci_spec::image::{Os, Platform as OciPlatform};
 
     /// A fake but well-formed digest standing for `name`.

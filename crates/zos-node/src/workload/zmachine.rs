@@ -245,7 +245,13 @@ impl Kind for Zmachine {
             .map(|r| r.data.clone())
             .filter(|d| d.is_object())
             .unwrap_or_else(|| json!({ "vm": vm }));
+        let unhealthy = info.health == Some(zos_init::Health::Unhealthy);
         let failure = match &info.state {
+            VmState::Running if unhealthy => {
+                // Down before it is started again (or left, with `never`).
+                let _ = host.vmm.stop(&vm, host.stop_timeout);
+                "unhealthy: its healthcheck failed too many times in a row".to_owned()
+            }
             VmState::Running | VmState::Paused | VmState::Created => {
                 // A minute up after a restart ends the crash streak.
                 let mut restarts = self.restarts();
@@ -255,7 +261,12 @@ impl Kind for Zmachine {
                 {
                     restarts.remove(&vm);
                 }
-                return None;
+                drop(restarts);
+                // Its health shows in its result, so a change is an event.
+                let message = info.health.map(|h| format!("running ({h})"))?;
+                let now = w.result.as_ref().map(|r| r.message.as_str());
+                return (now != Some(message.as_str()))
+                    .then(|| result(ResultState::Ok, message, data));
             }
             VmState::Exited { code: 0, .. } if policy != RestartPolicy::Always => {
                 return Some(result(ResultState::Ok, info.state.to_string(), data));
@@ -266,7 +277,7 @@ impl Kind for Zmachine {
             VmState::Exited { .. } | VmState::Crashed { .. } => info.state.to_string(),
         };
         let reason = match &info.state {
-            VmState::Crashed { reason } => reason.clone(),
+            VmState::Crashed { reason } if !unhealthy => reason.clone(),
             _ => format!(
                 "{failure}\n--- last console lines ---\n{}",
                 zos_vmm::console::tail(&info.console, 20)
@@ -600,6 +611,13 @@ fn vm_spec(
                     })
                 })
                 .collect::<Result<_, String>>()?,
+            healthcheck: m.healthcheck.as_ref().map(|h| zos_init::GuestHealthcheck {
+                argv: h.test.clone(),
+                interval_secs: h.interval_secs,
+                timeout_secs: h.timeout_secs,
+                retries: h.retries,
+                start_period_secs: h.start_period_secs,
+            }),
             ..Overrides::default()
         },
         disks,

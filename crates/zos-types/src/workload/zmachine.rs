@@ -72,6 +72,38 @@ pub struct ZMachine {
     /// When the node starts the machine again after its process ended.
     #[serde(default, skip_serializing_if = "RestartPolicy::is_default")]
     pub restart: RestartPolicy,
+    /// A check run inside a container machine now and then; an unhealthy machine is
+    /// restarted per `restart`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
+}
+
+/// A healthcheck: a command run in the container (its user, environment, working
+/// directory), exit 0 is a pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Healthcheck {
+    /// Program and arguments, e.g. `[sh, -c, 'wget -q -O /dev/null http://localhost/']`.
+    pub test: Vec<String>,
+    /// Seconds between checks.
+    #[serde(default = "default_interval")]
+    pub interval_secs: u32,
+    /// Seconds a check may take before it counts as failed.
+    #[serde(default = "default_interval")]
+    pub timeout_secs: u32,
+    /// Failures in a row that make the machine unhealthy.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Seconds after start during which failures do not count.
+    #[serde(default)]
+    pub start_period_secs: u32,
+}
+
+fn default_interval() -> u32 {
+    30
+}
+fn default_retries() -> u32 {
+    3
 }
 
 /// When a machine whose process ended is started again (Docker's restart policies).
@@ -281,6 +313,20 @@ impl WorkloadData for ZMachine {
                      NODE_ID` (or `age -a -R` with the node's recipient) and paste the \
                      armored text it prints"
                 ));
+            }
+        }
+        if let Some(h) = &self.healthcheck {
+            if h.test.is_empty() {
+                bad.push("healthcheck.test is empty: give the command to run".into());
+            }
+            for (field, value) in [
+                ("interval_secs", h.interval_secs),
+                ("timeout_secs", h.timeout_secs),
+                ("retries", h.retries),
+            ] {
+                if value == 0 {
+                    bad.push(format!("healthcheck.{field} must be at least 1"));
+                }
             }
         }
         let mut paths = BTreeSet::new();

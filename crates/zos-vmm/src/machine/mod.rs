@@ -140,6 +140,7 @@ impl Vmm {
             console: dir.join(CONSOLE),
             memory_bytes,
             created: record.created,
+            health: reconcile::read_health(dir),
         }
     }
 

@@ -133,6 +133,15 @@ fn read_exit_report(dir: &Path) -> Option<ExitReport> {
     })
 }
 
+/// What the guest's healthcheck last said, if it has one (its lines beside the exit report).
+pub(super) fn read_health(dir: &Path) -> Option<zos_init::Health> {
+    let text = fs::read_to_string(dir.join(EXIT)).ok()?;
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<zos_init::HealthReport>(l.trim()).ok())
+        .map(|r| r.health)
+}
+
 /// Stops the helpers and removes the runtime leftovers of a VM whose QEMU is gone.
 pub(super) fn teardown(dir: &Path, virtiofsd: Option<ProcRef>, mount: Option<ProcRef>) {
     if let Some(v) = virtiofsd {

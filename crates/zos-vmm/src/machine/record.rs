@@ -84,6 +84,9 @@ pub struct VmInfo {
     pub memory_bytes: Option<u64>,
     /// Unix time of creation.
     pub created: u64,
+    /// What its healthcheck last said, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<zos_init::Health>,
 }
 
 /// The record of a VM, kept in `<dir>/vm.json`.

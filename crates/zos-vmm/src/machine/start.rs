@@ -27,7 +27,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use zos_init::{GuestConfig, GuestDisk, Process};
+use zos_init::{GuestConfig, GuestDisk};
 
 impl Vmm {
     /// Starts a created or stopped VM. Returns once QEMU runs; the guest boots on its own.
@@ -108,15 +108,10 @@ impl Vmm {
         let mut args = qemu_args::base(dir, spec, accel, qmp)?;
         let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
         match &spec.boot {
-            Boot::Container {
-                flist,
-                process,
-                files,
-                ..
-            } => {
+            Boot::Container { flist, .. } => {
                 started.mount = Some(rootfs::mount_root(flist, &layers, &helper)?);
                 started.virtiofsd = Some(self.start_virtiofsd(dir, &layers.merged)?);
-                let kernel = self.write_initrd(dir, spec, process, files)?;
+                let kernel = self.write_initrd(dir, spec)?;
                 jail.add(&kernel, Access::Shared);
                 jail.add(&dir.join(INITRD), Access::ReadOnly);
                 push(&[
@@ -216,13 +211,16 @@ impl Vmm {
 
     /// Writes a container VM's initramfs (the base one plus its `GuestConfig`) to
     /// `initrd.cpio`; returns the kernel to boot it with.
-    fn write_initrd(
-        &self,
-        dir: &Path,
-        spec: &VmSpec,
-        process: &Process,
-        files: &[zos_init::GuestFile],
-    ) -> Result<PathBuf> {
+    fn write_initrd(&self, dir: &Path, spec: &VmSpec) -> Result<PathBuf> {
+        let Boot::Container {
+            process,
+            files,
+            healthcheck,
+            ..
+        } = &spec.boot
+        else {
+            return Err(Error::Invalid("only a container VM boots zos-init".into()));
+        };
         let kit = BootKit::locate(&self.cfg.bootkit)?;
         let (base, mut modules) = kit.initramfs(&self.init_path()?)?;
         // Each module costs boot time under TCG: load only what this VM has devices
@@ -248,7 +246,8 @@ impl Vmm {
                 .collect(),
             process: process.clone(),
             network: super::net::guest_network(spec),
-            files: files.to_vec(),
+            files: files.clone(),
+            healthcheck: healthcheck.clone(),
         };
         bootkit::write_vm_initrd(&base, &config, &dir.join(INITRD))?;
         Ok(kit.kernel)
