@@ -143,7 +143,11 @@ fn send(args: &DeployArgs, node: &NodeClient, deployment: Deployment) -> Result<
         )?
     };
     // A machine whose process ends at once is running for a moment: watch them a little.
-    let watch = settled && !args.no_wait && followable && !args.settle.is_zero();
+    let has_machines = deployment
+        .workloads
+        .iter()
+        .any(|w| matches!(w.spec, WorkloadSpec::Zmachine(_)));
+    let watch = settled && has_machines && !args.no_wait && followable && !args.settle.is_zero();
     let (last, unsettled) = match watch && failed(&last.value).is_empty() {
         true => watch_settle(node, last, args.settle)?,
         false => (last, None),

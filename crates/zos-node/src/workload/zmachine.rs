@@ -1,5 +1,7 @@
-//! `zmachine` on the node: a VM made with `zos-vmm` from the workload's flist, the zmounts
-//! it mounts attached as disks; restarted by the monitor when it crashes, with backoff.
+//! `zmachine` on the node: a VM made with `zos-vmm` from the workload's flist (a file of the
+//! node's, downloaded by URL, or imported from a registry), the zmounts it mounts attached as
+//! disks, its sealed secrets opened into its environment; restarted by the monitor per its
+//! restart policy (after a crash, an exit, or an unhealthy healthcheck), with backoff.
 
 use super::{names_in, result, zmount, Claim, Console, Host, Kind, Step, Target};
 use crate::pull::PullProgress;
