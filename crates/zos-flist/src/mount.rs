@@ -25,8 +25,12 @@ use std::time::{Duration, UNIX_EPOCH};
 
 /// Lifetime of entries and attributes in the kernel: the flist is immutable.
 const TTL: Duration = Duration::from_secs(3600);
-/// Blocks fetched ahead of a sequential reader: enough to keep every fetch worker busy.
-const PREFETCH_BLOCKS: u64 = 16;
+/// Blocks fetched ahead of a reader's first read; the window doubles with each sequential
+/// read up to [`PREFETCH_MAX`], so a small read pulls little and a stream keeps every fetch
+/// worker busy.
+const PREFETCH_BLOCKS: u64 = 4;
+/// Widest prefetch window, in blocks, reached after a few sequential reads.
+const PREFETCH_MAX: u64 = 16;
 /// Threads fetching and decoding blocks ahead of readers. More than the cores: part of each
 /// fetch waits on the store (disk or network), and decoding the other blocks fills that time.
 const FETCH_WORKERS: usize = 4;
@@ -76,6 +80,8 @@ struct OpenFile {
     size: u64,
     /// Index of the last block read, to recognise sequential readers.
     last_block: AtomicU64,
+    /// Sequential reads in a row, which widen the prefetch window.
+    streak: AtomicU64,
     /// Set when the kernel reads this handle straight from a cached whole file.
     backing: Option<Arc<BackingId>>,
     /// Key of the file's whole copy in the cache, for files that get one (passthrough is on
@@ -360,6 +366,7 @@ impl Filesystem for FlistFs {
                     blocks,
                     size,
                     last_block: AtomicU64::new(u64::MAX),
+                    streak: AtomicU64::new(0),
                     backing: backing.clone(),
                     whole,
                 };
@@ -412,11 +419,15 @@ impl Filesystem for FlistFs {
         // Sequential: this read starts in the block after (or the same as) the last one.
         let previous = file.last_block.swap(last, Ordering::Relaxed);
         if previous == u64::MAX || first == previous || first == previous + 1 {
-            for ahead in last + 1..=last + PREFETCH_BLOCKS {
+            let streak = file.streak.fetch_add(1, Ordering::Relaxed).min(8);
+            let window = (PREFETCH_BLOCKS << streak).min(PREFETCH_MAX);
+            for ahead in last + 1..=last + window {
                 if let Some(block) = file.blocks.get(ahead as usize) {
                     let _ = self.prefetch.try_send(*block);
                 }
             }
+        } else {
+            file.streak.store(0, Ordering::Relaxed);
         }
         // Most reads fall inside one block: those are answered from the shared block itself,
         // without assembling a copy first.
