@@ -4,7 +4,9 @@
 //! An flist never changes, which is what makes this fast: entries, attributes and file pages
 //! are given to the kernel with long lifetimes (`FOPEN_KEEP_CACHE`), so a warm read never
 //! reaches this process. Directory listings are read once per `opendir` and served from
-//! memory, so `ls` of a large directory is linear. Sequential reads prefetch the next blocks.
+//! memory, so `ls` of a large directory is linear. Sequential reads prefetch the next blocks
+//! through a pool of fetch workers (a window that widens as the reader keeps going), so a cold
+//! read decodes on every core while the stores are read.
 
 use crate::block::BlockRef;
 use crate::cache::{BlockCache, WholeFile};
