@@ -344,8 +344,14 @@ impl BlockCache {
         }
         let path = self.path(id);
         let dir = path.parent().unwrap_or(&self.dir);
-        std::fs::create_dir_all(dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        // The shard directory exists after its first block: a mkdir per block is wasted.
+        let mut tmp = match tempfile::NamedTempFile::new_in(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)?;
+                tempfile::NamedTempFile::new_in(dir)?
+            }
+            other => other?,
+        };
         tmp.write_all(plain)?;
         self.install(id, size, false, tmp)
     }

@@ -4,7 +4,9 @@
 //! An flist never changes, which is what makes this fast: entries, attributes and file pages
 //! are given to the kernel with long lifetimes (`FOPEN_KEEP_CACHE`), so a warm read never
 //! reaches this process. Directory listings are read once per `opendir` and served from
-//! memory, so `ls` of a large directory is linear. Sequential reads prefetch the next blocks.
+//! memory, so `ls` of a large directory is linear. Sequential reads prefetch the next blocks
+//! through a pool of fetch workers (a window that widens as the reader keeps going), so a cold
+//! read decodes on every core while the stores are read.
 
 use crate::block::BlockRef;
 use crate::cache::{BlockCache, WholeFile};
@@ -25,8 +27,15 @@ use std::time::{Duration, UNIX_EPOCH};
 
 /// Lifetime of entries and attributes in the kernel: the flist is immutable.
 const TTL: Duration = Duration::from_secs(3600);
-/// Blocks fetched ahead of a sequential reader.
+/// Blocks fetched ahead of a reader's first read; the window doubles with each sequential
+/// read up to [`PREFETCH_MAX`], so a small read pulls little and a stream keeps every fetch
+/// worker busy.
 const PREFETCH_BLOCKS: u64 = 4;
+/// Widest prefetch window, in blocks, reached after a few sequential reads.
+const PREFETCH_MAX: u64 = 16;
+/// Threads fetching and decoding blocks ahead of readers. More than the cores: part of each
+/// fetch waits on the store (disk or network), and decoding the other blocks fills that time.
+const FETCH_WORKERS: usize = 4;
 /// Files smaller than this are not worth a whole-file copy: the page cache serves them well.
 const WHOLE_FILE_MIN: u64 = 1024 * 1024;
 /// Largest read the kernel is told it may send (and readahead window).
@@ -73,6 +82,8 @@ struct OpenFile {
     size: u64,
     /// Index of the last block read, to recognise sequential readers.
     last_block: AtomicU64,
+    /// Sequential reads in a row, which widen the prefetch window.
+    streak: AtomicU64,
     /// Set when the kernel reads this handle straight from a cached whole file.
     backing: Option<Arc<BackingId>>,
     /// Key of the file's whole copy in the cache, for files that get one (passthrough is on
@@ -86,7 +97,7 @@ impl FlistFs {
         let nlinks = flist.hardlink_counts()?;
         let with_xattrs = flist.inodes_with_xattrs()?;
         let (tx, rx) = bounded::<BlockRef>(64);
-        for _ in 0..2 {
+        for _ in 0..FETCH_WORKERS {
             let (rx, cache) = (rx.clone(), cache.clone());
             std::thread::spawn(move || {
                 for block in rx {
@@ -357,6 +368,7 @@ impl Filesystem for FlistFs {
                     blocks,
                     size,
                     last_block: AtomicU64::new(u64::MAX),
+                    streak: AtomicU64::new(0),
                     backing: backing.clone(),
                     whole,
                 };
@@ -409,38 +421,46 @@ impl Filesystem for FlistFs {
         // Sequential: this read starts in the block after (or the same as) the last one.
         let previous = file.last_block.swap(last, Ordering::Relaxed);
         if previous == u64::MAX || first == previous || first == previous + 1 {
-            for ahead in last + 1..=last + PREFETCH_BLOCKS {
+            let streak = file.streak.fetch_add(1, Ordering::Relaxed).min(8);
+            let window = (PREFETCH_BLOCKS << streak).min(PREFETCH_MAX);
+            for ahead in last + 1..=last + window {
                 if let Some(block) = file.blocks.get(ahead as usize) {
                     let _ = self.prefetch.try_send(*block);
                 }
             }
+        } else {
+            file.streak.store(0, Ordering::Relaxed);
         }
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        // Most reads fall inside one block: those are answered from the shared block itself,
+        // without assembling a copy first.
+        let mut out = Vec::new();
         for index in first..=last {
             let Some(block) = file.blocks.get(index as usize) else {
                 return reply.error(Errno::EIO);
             };
-            match self.cache.get(block) {
+            let data = match self.cache.get(block) {
                 // A block shorter than its place in the file would shift every later byte.
                 Ok(data) if data.len() as u64 != crate::block::block_len(file.size, index) => {
                     tracing::error!("block {index} ({}) has the wrong length", block.id_hex());
                     return reply.error(Errno::EIO);
                 }
-                Ok(data) => {
-                    self.feed_whole(&file, index as usize, &data);
-                    let start = if index == first {
-                        (offset - index * bs) as usize
-                    } else {
-                        0
-                    };
-                    let stop = ((end - index * bs) as usize).min(data.len());
-                    out.extend_from_slice(&data[start..stop]);
-                }
+                Ok(data) => data,
                 Err(e) => {
                     tracing::error!("read block {index} ({}): {e}", block.id_hex());
                     return reply.error(Errno::EIO);
                 }
+            };
+            self.feed_whole(&file, index as usize, &data);
+            let start = if index == first {
+                (offset - index * bs) as usize
+            } else {
+                0
+            };
+            let stop = ((end - index * bs) as usize).min(data.len());
+            if first == last {
+                return reply.data(&data[start..stop]);
             }
+            out.extend_from_slice(&data[start..stop]);
         }
         reply.data(&out);
     }

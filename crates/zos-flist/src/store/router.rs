@@ -112,7 +112,7 @@ impl Router {
         let mut reasons = Vec::new();
         for store in self.covering(&block.id) {
             match store.get(&block.id) {
-                Ok(stored) => match block::decode(block, &stored) {
+                Ok(stored) => match block::decode(block, stored) {
                     Ok(plain) => return Ok(plain),
                     Err(e) => reasons.push(format!("{}: {e}", store.url())),
                 },
