@@ -9,11 +9,10 @@ use common::*;
 use serde_json::{json, Value};
 use sha2::Digest as _;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 const MTIME: u64 = 1_700_000_000;
 const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -477,58 +476,6 @@ fn oci_tarball_and_docker_archive_give_the_same_tree() {
     assert_same_tree(&reference, &from_gz);
 }
 
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A throwaway docker-registry on loopback, storing in `dir`.
-fn registry(dir: &Path) -> (Proc, u16) {
-    let port = free_port();
-    let config = dir.join("registry.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n",
-            dir.join("data").display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start docker-registry");
-    let proc = Proc(child);
-    wait_for_port(port, "docker-registry");
-    (proc, port)
-}
-
 fn push(layout: &Path, name: &str, dest: &str, all: bool) {
     let mut cmd = Command::new("skopeo");
     cmd.args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"]);
@@ -552,7 +499,8 @@ fn registry_pulls_give_the_same_tree_and_pick_platforms() {
     let t = tmp.path();
     let layout = t.join("layout");
     test_layout(&layout, true);
-    let (_registry, port) = registry(t);
+    let registry = common::registry(t, None);
+    let port = registry.port;
     let host = format!("127.0.0.1:{port}");
     push(
         &layout,
@@ -636,15 +584,16 @@ fn a_server_that_is_not_a_registry_is_refused() {
         \x20   do_HEAD=do_GET\n\
         \x20   def log_message(self,*a): pass\n\
         http.server.HTTPServer(('127.0.0.1',int(sys.argv[1])),H).serve_forever()\n";
-    let _server = Proc(
-        Command::new("python3")
-            .args(["-c", script, &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(port, "html server");
+    let child = Command::new("python3")
+        .args(["-c", script, &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Server::new(child, port);
+    wait_until("html server", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     refused(
         &format!("docker://127.0.0.1:{port}/test/busybox:1"),
         t,

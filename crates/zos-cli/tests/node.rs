@@ -1082,55 +1082,6 @@ fn oci_layout(dir: &std::path::Path, root: &std::path::Path, script: &str, arch:
     layer["digest"].as_str().unwrap().to_string()
 }
 
-/// Debian's docker-registry on a free loopback port, storing under `dir`, its access log
-/// in `log`; killed when dropped.
-struct Registry {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Registry {
-    fn start(dir: &std::path::Path, log: &std::path::Path) -> Registry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
-                 rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.join("registry").display()
-            ),
-        )
-        .unwrap();
-        let out = std::fs::File::create(log).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start docker-registry");
-        let registry = Registry { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        registry
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_zmachine_runs_an_image_the_node_pulls_once_for_all_who_ask() {
     if !common::is_root()
@@ -1150,7 +1101,7 @@ fn a_zmachine_runs_an_image_the_node_pulls_once_for_all_who_ask() {
     );
     oci_layout(&tmp.join("arm"), &tmp.join("root"), "true", "arm64");
     let log = tmp.join("registry.log");
-    let registry = Registry::start(tmp, &log);
+    let registry = common::registry(tmp, Some(&log));
     let image = format!("docker://127.0.0.1:{}/test/bb:1", registry.port);
     let arm = format!("docker://127.0.0.1:{}/test/arm:1", registry.port);
     for (layout, to) in [("layout", &image), ("arm", &arm)] {

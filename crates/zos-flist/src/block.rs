@@ -238,30 +238,4 @@ mod tests {
         forged.id = hash(&sealed);
         assert_eq!(decode(&forged, sealed), Err(BlockError::KeyMismatch));
     }
-
-    /// Decode throughput of one random full block (`--ignored --nocapture`, release build).
-    #[test]
-    #[ignore]
-    fn decode_throughput() {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let plain: Vec<u8> = (0..BLOCK_SIZE)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect();
-        let (block, stored) = encode(&plain);
-        let runs = 200;
-        let start = std::time::Instant::now();
-        for _ in 0..runs {
-            decode(&block, stored.clone()).unwrap();
-        }
-        let secs = start.elapsed().as_secs_f64();
-        eprintln!(
-            "decode: {:.0} MB/s",
-            (runs * BLOCK_SIZE) as f64 / secs / 1e6
-        );
-    }
 }

@@ -124,6 +124,43 @@ pub fn http_gets(log: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Debian's docker-registry on a free loopback port, storing under `dir`; its access log
+/// (one line per request) and errors written to `log` when given.
+pub fn registry(dir: &Path, log: Option<&Path>) -> Server {
+    let port = free_port();
+    let config = dir.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
+             rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("registry-data").display()
+        ),
+    )
+    .unwrap();
+    let out = |_| match log {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap(),
+        ),
+        None => Stdio::null(),
+    };
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(out(1))
+        .stderr(out(2))
+        .spawn()
+        .expect("start docker-registry");
+    wait_until("docker-registry", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    Server::new(child, port)
+}
+
 /// Python's HTTP server serving `dir` read-only on a free loopback port.
 pub fn http_server(dir: &Path) -> Server {
     http_server_logging(dir, Stdio::null())
