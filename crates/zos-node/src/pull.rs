@@ -1,5 +1,5 @@
 //! What an image import tells the workload's result while it runs: `pulling layer 2/5, 43%`,
-//! then `unpacking, 80%`, at most once a second (each report rewrites the deployment).
+//! then `unpacking the image into the node's store, 80%`, at most once a second (each report rewrites the deployment).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

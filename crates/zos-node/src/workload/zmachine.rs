@@ -249,9 +249,9 @@ impl Kind for Zmachine {
             .unwrap_or_else(|| json!({ "vm": vm }));
         let unhealthy = info.health == Some(zos_init::Health::Unhealthy);
         let failure = match &info.state {
+            // Stopped only once it is restarted or given up on (below): stopped during a
+            // backoff it would read as `stopped` next time and never start again.
             VmState::Running if unhealthy => {
-                // Down before it is started again (or left, with `never`).
-                let _ = host.vmm.stop(&vm, host.stop_timeout);
                 "unhealthy: its healthcheck failed too many times in a row".to_owned()
             }
             VmState::Running | VmState::Paused | VmState::Created => {
@@ -278,14 +278,20 @@ impl Kind for Zmachine {
             }
             VmState::Exited { .. } | VmState::Crashed { .. } => info.state.to_string(),
         };
+        let stop_if_up = || {
+            if unhealthy {
+                let _ = host.vmm.stop(&vm, host.stop_timeout);
+            }
+        };
         let reason = match &info.state {
-            VmState::Crashed { reason } if !unhealthy => reason.clone(),
+            VmState::Crashed { reason } => reason.clone(),
             _ => format!(
                 "{failure}\n--- last console lines ---\n{}",
                 zos_vmm::console::tail(&info.console, 20)
             ),
         };
         if policy == RestartPolicy::Never {
+            stop_if_up();
             return Some(result(
                 ResultState::Error,
                 format!("{reason}\n(restart: never)"),
@@ -304,6 +310,7 @@ impl Kind for Zmachine {
                 entry.count + 1
             );
             restarts.remove(&vm);
+            stop_if_up();
             return Some(result(ResultState::Error, message, data));
         }
         if Instant::now() < entry.next {
@@ -322,6 +329,7 @@ impl Kind for Zmachine {
             RestartPolicy::OnFailure => format!("{count} of {}", host.max_restarts),
             _ => format!("{count} in a row"),
         };
+        stop_if_up();
         let message = match host.vmm.start(&vm) {
             Ok(_) => format!("running; restarted ({of}) after: {first_line}"),
             Err(e) => format!("restart {count} failed: {e}"),
@@ -429,7 +437,7 @@ fn source(host: &Host, target: &Target, m: &ZMachine) -> Result<(PathBuf, Origin
         e => e.to_string(),
     };
     if let Some(image) = &m.image {
-        (target.progress)("pulling the image");
+        // Progress is told only by an import that happens (a cached image reports nothing).
         let got = host
             .flists
             .import(
