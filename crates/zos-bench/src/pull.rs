@@ -8,7 +8,7 @@
 //! cold deploy is cold. Every wait is bounded; everything is removed at the end.
 
 use crate::image::{remove_vms, MARK};
-use crate::measure::{accel_note, progress};
+use crate::measure::{accel_note, measure_quiet, progress};
 use crate::node::{deploy_to_mark, BenchNode};
 use crate::stats::Timing;
 use crate::table::{Report, Row, Target};
@@ -82,21 +82,25 @@ fn measure(
         let reference = format!("docker://127.0.0.1:{}/bench/img{i}:1", registry.port);
         push_image(work, i, &reference)?;
         progress("zos-bench pull: skopeo copy to a local dir, a local flist deployed (the floor)");
-        let copied = timed(
+        let copied = measure_quiet(
             Command::new("skopeo")
                 .args(["--insecure-policy", "copy", "-q", "--src-tls-verify=false"])
                 .arg(&reference)
                 .arg(format!("dir:{}", work.join(format!("copy{i}")).display())),
-        )?;
+            "skopeo copy",
+        )?
+        .seconds;
         let fl = work.join(format!("local{i}.fl"));
         let store = format!("dir://{}", work.join("store").display());
-        run(zos
-            .command()
-            .args(["flist", "import", "-q"])
-            .arg(&reference)
-            .arg("-o")
-            .arg(&fl)
-            .args(["--store", &store]))?;
+        measure_quiet(
+            zos.command()
+                .args(["flist", "import", "-q"])
+                .arg(&reference)
+                .arg("-o")
+                .arg(&fl)
+                .args(["--store", &store]),
+            "zos flist import",
+        )?;
         let flist = format!("flist: {}", fl.display());
         let deployed = deploy_to_mark(&api, &key, &format!("local{i}"), &flist)?;
         progress("zos-bench pull: the node pulls the image itself, cold then warm");
@@ -151,29 +155,6 @@ fn measure(
     Ok(Report { rows, targets })
 }
 
-/// Seconds `cmd` took; fails if it did.
-fn timed(cmd: &mut Command) -> Result<f64> {
-    let start = Instant::now();
-    run(cmd)?;
-    Ok(start.elapsed().as_secs_f64())
-}
-
-/// Runs `cmd`, failing with what it printed.
-fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
-    if !out.status.success() {
-        bail!(
-            "{:?} failed: {}",
-            cmd.get_program(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 /// `sha256:<hex>` of `bytes`.
 fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex_of(&sha2::Sha256::digest(bytes)))
@@ -224,10 +205,14 @@ fn push_image(work: &Path, i: usize, reference: &str) -> Result<()> {
         r#"{"imageLayoutVersion":"1.0.0"}"#,
     )
     .context("writing oci-layout")?;
-    run(Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:1", layout.display()))
-        .arg(reference))
+    measure_quiet(
+        Command::new("skopeo")
+            .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:1", layout.display()))
+            .arg(reference),
+        "skopeo copy to the registry",
+    )
+    .map(|_| ())
 }
 
 /// The image's one layer: busybox as /bin/busybox and /bin/sh, and a random file.

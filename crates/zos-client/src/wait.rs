@@ -106,22 +106,22 @@ pub fn watch_settle(
     mut last: Answer<Deployment>,
     settle: Duration,
 ) -> Result<(Answer<Deployment>, Option<Unsettled>), ClientError> {
-    let restarts = |d: &Deployment| -> BTreeMap<WorkloadName, u64> {
-        d.workloads
-            .iter()
-            .map(|w| {
-                let n = w.result.as_ref().and_then(|r| r.data["restarts"].as_u64());
-                (w.name.clone(), n.unwrap_or(0))
-            })
-            .collect()
+    let restarts = |w: &zos_types::Workload| {
+        let n = w.result.as_ref().and_then(|r| r.data["restarts"].as_u64());
+        n.unwrap_or(0)
     };
-    let before = restarts(&last.value);
+    let before: BTreeMap<WorkloadName, u64> = last
+        .value
+        .workloads
+        .iter()
+        .map(|w| (w.name.clone(), restarts(w)))
+        .collect();
     let deadline = Instant::now() + settle;
     loop {
         for w in &last.value.workloads {
             let Some(r) = w.result.as_ref() else { continue };
             let exited_badly = r.message.starts_with("exited (") && r.message != "exited (0)";
-            let restarted = restarts(&last.value).get(&w.name) > before.get(&w.name);
+            let restarted = restarts(w) > before.get(&w.name).copied().unwrap_or(0);
             if r.state == zos_types::ResultState::Error || exited_badly || restarted {
                 let what = r.message.lines().next().unwrap_or_default().to_owned();
                 let workload = w.name.clone();

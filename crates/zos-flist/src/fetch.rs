@@ -12,7 +12,7 @@
 //! reference (asks at the same time wait for the one import), into the node's own store,
 //! kept as `image-<manifest digest>.fl` with a record of the digest the reference gave.
 
-use crate::store::{http_agent, strip_password, StoreError, StorePolicy};
+use crate::store::{http_agent, refusal_of, strip_password, StoreError, StorePolicy};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -121,6 +121,12 @@ pub struct Imported {
     pub reference: String,
 }
 
+/// What makes an OS error at `path` a [`FetchError`].
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError {
+    let path = path.to_path_buf();
+    move |source| FetchError::Io { path, source }
+}
+
 /// The 32 bytes of a pin written `sha256:<64 hex digits>`.
 pub fn parse_pin(pin: &str) -> Result<[u8; 32], FetchError> {
     let bad = || FetchError::BadPin(pin.to_owned());
@@ -183,8 +189,7 @@ impl FlistCache {
         let url = url::Url::parse(reference).map_err(|e| failed(e.to_string()))?;
         let lock = self.one_at_a_time(reference);
         let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let known = std::fs::read_to_string(self.record_of(reference)).ok();
-        if let Some(resolved) = known.map(|s| s.trim().to_owned()) {
+        if let Some(resolved) = self.read_record(reference) {
             if let Some(path) = self.image_path(&resolved).filter(|p| p.is_file()) {
                 return Ok(Imported {
                     path,
@@ -197,10 +202,6 @@ impl FlistCache {
                 .check_url(reference, &url)
                 .map_err(FetchError::Refused)?;
         }
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| FetchError::Io { path, source }
-        };
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         // Imported aside, renamed in once its digest is known.
         let tmp = tempfile::Builder::new()
@@ -260,9 +261,7 @@ impl FlistCache {
         let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
         let known = match &want {
             Some(hex) => Some(hex.clone()),
-            None => std::fs::read_to_string(self.record_of(url))
-                .ok()
-                .map(|s| s.trim().to_owned()),
+            None => self.read_record(url),
         };
         if let Some(hex) = known {
             let path = self.path_of(&hex);
@@ -288,10 +287,6 @@ impl FlistCache {
         display: &str,
         want: Option<&str>,
     ) -> Result<Fetched, FetchError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| FetchError::Io { path, source }
-        };
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let unreachable = |reason: String| FetchError::Unreachable {
             url: display.to_owned(),
@@ -300,13 +295,7 @@ impl FlistCache {
         let response = http_agent(self.policy.clone(), display, DOWNLOAD_TIMEOUT)
             .get(url)
             .call()
-            .map_err(|e| match e {
-                ureq::Error::Other(inner) => match inner.downcast::<StoreError>() {
-                    Ok(refused) => FetchError::Refused(*refused),
-                    Err(other) => unreachable(other.to_string()),
-                },
-                e => unreachable(e.to_string()),
-            })?;
+            .map_err(|e| refusal_of(e).map_or_else(unreachable, FetchError::Refused))?;
         let status = response.status().as_u16();
         if status != 200 {
             return Err(FetchError::Status {
@@ -371,18 +360,20 @@ impl FlistCache {
         Ok(Fetched { path, sha256: got })
     }
 
+    /// What `key` (a URL, an image reference) gave last time, if it was recorded.
+    fn read_record(&self, key: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.record_of(key)).ok()?;
+        Some(text.trim().to_owned())
+    }
+
     /// Remembers what `key` (a URL, an image reference) gave (written aside and renamed in).
     fn write_record(&self, key: &str, gave: &str) -> Result<(), FetchError> {
         let record = self.record_of(key);
         let dir = self.dir.join("refs");
-        let io = |source| FetchError::Io {
-            path: record.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
-        tmp.write_all(gave.as_bytes()).map_err(io)?;
-        tmp.persist(&record).map_err(|e| io(e.error))?;
+        std::fs::create_dir_all(&dir).map_err(io(&record))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io(&record))?;
+        tmp.write_all(gave.as_bytes()).map_err(io(&record))?;
+        tmp.persist(&record).map_err(|e| io(&record)(e.error))?;
         Ok(())
     }
 }

@@ -39,13 +39,7 @@ impl HttpStore {
             .agent
             .get(&format!("{}/{path}", self.base))
             .call()
-            .map_err(|e| match e {
-                ureq::Error::Other(inner) => match inner.downcast::<StoreError>() {
-                    Ok(refused) => *refused,
-                    Err(other) => fail(other.to_string()),
-                },
-                e => fail(e.to_string()),
-            })?;
+            .map_err(|e| refusal_of(e).unwrap_or_else(fail))?;
         match response.status().as_u16() {
             200 => {
                 let mut body = Vec::new();
@@ -60,6 +54,18 @@ impl HttpStore {
             404 => Ok(None),
             status => Err(fail(format!("HTTP {status} for {path}"))),
         }
+    }
+}
+
+/// Why a request failed: `Ok` with the store policy's refusal (the checking resolver's),
+/// `Err` with what happened otherwise.
+pub(crate) fn refusal_of(e: ureq::Error) -> Result<StoreError, String> {
+    match e {
+        ureq::Error::Other(inner) => inner
+            .downcast::<StoreError>()
+            .map(|refused| *refused)
+            .map_err(|other| other.to_string()),
+        e => Err(e.to_string()),
     }
 }
 

@@ -9,7 +9,7 @@
 
 mod dir;
 mod http;
-pub(crate) use http::agent as http_agent;
+pub(crate) use http::{agent as http_agent, refusal_of};
 mod policy;
 mod redis;
 mod router;
