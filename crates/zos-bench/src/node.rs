@@ -184,7 +184,7 @@ impl BenchNode {
             .with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = self.zos.command();
         if let Some(ns) = &self.netns {
-            in_netns(&mut cmd, ns)?;
+            zos_net::netns::command_in(&mut cmd, ns)?;
         }
         let start = Instant::now();
         self.child = Some(
@@ -245,26 +245,6 @@ impl BenchNode {
             let _ = c.wait();
         }
     }
-}
-
-/// Makes `cmd` start in network namespace `ns` (network only: `ip netns exec` would also give
-/// it a mount namespace of its own, with a /sys where the node finds no cgroups).
-fn in_netns(cmd: &mut std::process::Command, ns: &str) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-    let path = format!("/run/netns/{ns}");
-    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-    // SAFETY: setns is async-signal-safe, and the closure touches nothing but the descriptor,
-    // which stays open in the child until exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(())
 }
 
 /// The deployment file `yaml`, for `node`, signed by `key`.

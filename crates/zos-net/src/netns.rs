@@ -20,6 +20,25 @@ pub fn path(name: &str) -> PathBuf {
     Path::new(DIR).join(name)
 }
 
+/// Makes `cmd` start in namespace `name`'s network, and only that: `ip netns exec` would
+/// also give it a mount namespace of its own, whose /sys shows no cgroups.
+pub fn command_in(cmd: &mut std::process::Command, name: &str) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let file = File::open(path(name))
+        .map_err(|e| Error::io(format!("opening {}", path(name).display()), e))?;
+    // SAFETY: setns is async-signal-safe, and the closure touches nothing but the descriptor,
+    // which stays open in the child until exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 /// Whether namespace `name` exists (its file is a namespace, not a leftover empty file).
 pub fn exists(name: &str) -> bool {
     File::open(path(name)).is_ok_and(|f| is_netns(&f))

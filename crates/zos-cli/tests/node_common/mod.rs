@@ -123,21 +123,7 @@ impl Node {
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_zos"));
         if let Some(ns) = &self.netns {
-            // Into the namespace's network only: `ip netns exec` would also give it a mount
-            // namespace of its own, with a /sys that has no cgroups.
-            use std::os::fd::AsRawFd;
-            use std::os::unix::process::CommandExt;
-            let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-            // SAFETY: setns is async-signal-safe; the descriptor stays open in the child
-            // until exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            zos_net::netns::command_in(&mut cmd, ns).unwrap();
         }
         let child = cmd
             .args(["node", "run", "--config"])
