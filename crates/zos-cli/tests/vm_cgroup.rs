@@ -98,6 +98,19 @@ fn a_vms_processes_are_in_a_cgroup_with_its_limits_which_goes_with_them() {
     let f = Fixture::new();
     f.run_detached("lim", 2, "300M", "echo up; exec sleep 1000");
     let dirs = check_limits(&f, "lim");
+    // A run killed mid-test (its temporary VM directories gone with it) leaves empty groups
+    // nobody will look at again; they would keep zos/ alive and are swept here, so the last
+    // assertion is about this test's groups. A group with processes is not empty: rmdir fails.
+    let mut others_alive = false;
+    for dir in &dirs {
+        let parent = dir.parent().unwrap();
+        for entry in std::fs::read_dir(parent).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() && !dirs.contains(&path) && std::fs::remove_dir(&path).is_err() {
+                others_alive = true;
+            }
+        }
+    }
 
     // A stop ends the processes and the group; a start makes it again.
     f.wait_for_console("lim", "up", 1);
@@ -116,7 +129,11 @@ fn a_vms_processes_are_in_a_cgroup_with_its_limits_which_goes_with_them() {
     let dirs = check_limits(&f, "lim");
     ok(f.zos("vm").args(["rm", "lim"]));
     assert_gone(&dirs, "zos vm rm");
-    // The parent goes with its last group.
+    // The parent goes with its last group (unless another node's VMs are running here).
     let parent: &Path = dirs[0].parent().unwrap();
-    assert!(!parent.exists(), "{} left behind", parent.display());
+    assert!(
+        others_alive || !parent.exists(),
+        "{} left behind",
+        parent.display()
+    );
 }
