@@ -4,7 +4,7 @@ use crate::sys::cpath;
 use crate::user;
 use std::ffi::CString;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use zos_init::{ExitReport, Process};
@@ -13,16 +13,38 @@ use zos_init::{ExitReport, Process};
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What the forked child was doing when it failed; sent back to the parent with the errno.
-const STAGES: [&str; 7] = [
+const STAGES: [&str; 8] = [
     "setsid",
-    "redirecting stdin",
+    "redirecting stdin, stdout and stderr",
     "changing to the working directory",
     "setgroups",
     "setgid",
     "setuid",
     "exec",
+    "taking the terminal",
 ];
 const STAGE_EXEC: i32 = 6;
+
+/// Where a started process's stdin, stdout and stderr go.
+#[derive(Debug, Clone, Copy)]
+pub enum Stdio {
+    /// Stdin on /dev/null, stdout and stderr on init's (the console): the container's process.
+    Console,
+    /// All three on /dev/null: healthchecks.
+    Quiet,
+    /// These descriptors (left open in init; the child gets copies); with `tty`, stdin is a
+    /// terminal the process takes as its controlling one.
+    Given {
+        /// Its stdin.
+        stdin: RawFd,
+        /// Its stdout.
+        stdout: RawFd,
+        /// Its stderr.
+        stderr: RawFd,
+        /// Whether stdin is a terminal.
+        tty: bool,
+    },
+}
 
 fn report(code: i32, error: String) -> ExitReport {
     ExitReport {
@@ -56,10 +78,9 @@ fn null_terminated(items: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-/// Starts `process` as a new session with stdin on /dev/null and stdout/stderr on init's
-/// (the console), or on /dev/null too when `quiet`. Returns its pid, or the report to give
-/// when it cannot start.
-pub fn spawn(process: &Process, quiet: bool) -> Result<libc::pid_t, ExitReport> {
+/// Starts `process` as a new session with its stdio as `stdio` says. Returns its pid, or the
+/// report to give when it cannot start.
+pub fn spawn(process: &Process, stdio: Stdio) -> Result<libc::pid_t, ExitReport> {
     let argv0 = process
         .argv
         .first()
@@ -102,6 +123,17 @@ pub fn spawn(process: &Process, quiet: bool) -> Result<libc::pid_t, ExitReport> 
     let groups: Vec<libc::gid_t> = user.groups.clone();
     let devnull = std::fs::File::open("/dev/null")
         .map_err(|e| report(125, format!("opening /dev/null: {e}")))?;
+    let null = devnull.as_raw_fd();
+    let (fd0, fd1, fd2, tty) = match stdio {
+        Stdio::Console => (null, 1, 2, false),
+        Stdio::Quiet => (null, null, null, false),
+        Stdio::Given {
+            stdin,
+            stdout,
+            stderr,
+            tty,
+        } => (stdin, stdout, stderr, tty),
+    };
     let (err_read, err_write) = pipe().map_err(|e| report(125, format!("creating a pipe: {e}")))?;
 
     // SAFETY: between fork and exec the child makes only async-signal-safe calls on data
@@ -120,14 +152,13 @@ pub fn spawn(process: &Process, quiet: bool) -> Result<libc::pid_t, ExitReport> 
             if libc::setsid() < 0 {
                 child_fail(fd, 0);
             }
-            if libc::dup2(devnull.as_raw_fd(), 0) < 0 {
+            // dup2 of a descriptor onto itself keeps its close-on-exec flag: init's own 1
+            // and 2 have none, and every other descriptor here is a different number.
+            if libc::dup2(fd0, 0) < 0 || libc::dup2(fd1, 1) < 0 || libc::dup2(fd2, 2) < 0 {
                 child_fail(fd, 1);
             }
-            if quiet
-                && (libc::dup2(devnull.as_raw_fd(), 1) < 0
-                    || libc::dup2(devnull.as_raw_fd(), 2) < 0)
-            {
-                child_fail(fd, 1);
+            if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                child_fail(fd, 7);
             }
             if libc::chdir(c_cwd.as_ptr()) < 0 {
                 child_fail(fd, 2);
@@ -195,7 +226,7 @@ fn child_fail(fd: libc::c_int, stage: i32) -> ! {
 }
 
 /// A close-on-exec pipe: (read end, write end).
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {

@@ -5,7 +5,7 @@
 //! rebuilding the base image. `zos-init` reads it, brings the guest up and runs the process;
 //! when the process ends it writes one [`ExitReport`] line to the serial port [`STATUS_TTY`]
 //! and powers the VM off. The host sends [`Control`] lines on the virtio console
-//! [`CONTROL_TTY`].
+//! [`CONTROL_TTY`]; sessions (exec, copies) answer on it with [`Framed`] lines.
 
 use serde::{Deserialize, Serialize};
 
@@ -210,4 +210,133 @@ pub enum Control {
     Signal(i32),
     /// Clean power-down: SIGTERM to the process, then power off once it has exited.
     Stop,
+    /// Start a session: a process beside the container's, or a copy in or out. What it
+    /// sends comes back as [`Framed`] lines with the same number.
+    Open {
+        /// Chosen by the host, unique on this VM for as long as the session lasts.
+        session: u64,
+        /// What to start.
+        open: Open,
+    },
+    /// Input for a session.
+    Input {
+        /// The session.
+        session: u64,
+        /// The input.
+        input: Input,
+    },
+}
+
+/// What a session does.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Open {
+    /// Run a process in the container, as its process runs (user, environment, working
+    /// directory), with what [`Exec`] changes.
+    Exec(Exec),
+    /// Send `path` (a file or a directory, symlinks kept as links) as a tar archive on
+    /// stdout, its one top entry named after the path's last component.
+    CopyOut {
+        /// Absolute path inside the container.
+        path: String,
+    },
+    /// Unpack the tar archive that arrives on stdin at `path`: into it when it is a
+    /// directory, else as it (the archive's top entry renamed).
+    CopyIn {
+        /// Absolute path inside the container.
+        path: String,
+    },
+}
+
+/// A process to run beside the container's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Exec {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` entries added to (or replacing those of) the container's environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Working directory; the container's when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// User, as [`Process::user`]; the container's when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Whether stdin comes from [`Input::Stdin`] (else it is /dev/null).
+    #[serde(default)]
+    pub stdin: bool,
+    /// A terminal of this size instead of pipes: stdout and stderr are then one stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<WindowSize>,
+}
+
+/// A terminal's size.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WindowSize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+/// Input to a session.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Input {
+    /// Bytes for its stdin.
+    Stdin(#[serde(with = "base64_bytes")] Vec<u8>),
+    /// Its stdin ends.
+    StdinEnd,
+    /// Its terminal's new size.
+    Resize(WindowSize),
+    /// A signal for its process.
+    Signal(i32),
+}
+
+/// What a session sends back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    /// Bytes its process wrote to stdout (or its terminal).
+    Stdout(#[serde(with = "base64_bytes")] Vec<u8>),
+    /// Bytes its process wrote to stderr.
+    Stderr(#[serde(with = "base64_bytes")] Vec<u8>),
+    /// The session is over: the exit code (`128 + N` for signal N), and why it failed when
+    /// it could not run at all (then 126, 127, or 125 as for the container's process).
+    Exit {
+        /// The exit code.
+        code: i32,
+        /// What went wrong, if the session could not do its work.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+/// A line `zos-init` writes on [`CONTROL_TTY`]: one session's output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Framed {
+    /// The session.
+    pub session: u64,
+    /// What it sent.
+    pub output: Output,
+}
+
+/// Bytes as base64 text: session data travels in JSON lines, so a partial line a dead
+/// sender left behind is ended by the next newline and never read as data.
+pub mod base64_bytes {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `bytes` as base64.
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    /// Reads base64 into bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
 }

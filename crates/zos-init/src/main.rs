@@ -12,6 +12,7 @@
 
 mod exec;
 mod net;
+mod session;
 mod setup;
 mod shutdown;
 mod supervise;
@@ -53,7 +54,7 @@ fn run() -> ExitReport {
         Ok(config) => config,
         Err(e) => return failed(125, e),
     };
-    let pid = match exec::spawn(&config.process, false) {
+    let pid = match exec::spawn(&config.process, exec::Stdio::Console) {
         Ok(pid) => pid,
         Err(report) => return failed(report.code, report.error.unwrap_or_default()),
     };

@@ -1,6 +1,8 @@
 //! Running the container's process: reaping every child, forwarding signals, obeying
 //! [`Control`] lines from the host, and running its healthcheck.
 
+use crate::exec::Stdio;
+use crate::session::Sessions;
 use crate::shutdown::console_error;
 use crate::sys::{self, Reaped};
 use std::collections::HashMap;
@@ -22,13 +24,15 @@ const MAX_LINE: usize = 64 * 1024;
 
 /// The container's main process. The pid is only cleared under the lock by the reaper, so a
 /// signal sent under the lock never reaches a recycled pid.
-struct MainProcess {
+pub struct MainProcess {
     pid: Mutex<Option<libc::pid_t>>,
     stopping: AtomicBool,
-    /// Running healthchecks, told their exit code when the reaper reaps them. A check is
-    /// spawned and entered under this lock, so the reaper (which looks here under it too)
-    /// never misses one that ended at once.
-    checks: Mutex<HashMap<libc::pid_t, mpsc::Sender<i32>>>,
+    /// How the container's process was started: sessions start theirs alike.
+    process: zos_init::Process,
+    /// Other children (healthchecks, sessions' processes), told their exit code when the
+    /// reaper reaps them. A child is spawned and entered under this lock, so the reaper
+    /// (which looks here under it too) never misses one that ended at once.
+    children: Mutex<HashMap<libc::pid_t, mpsc::Sender<i32>>>,
 }
 
 impl MainProcess {
@@ -47,15 +51,34 @@ impl MainProcess {
             if Some(child) == *pid {
                 *pid = None;
                 code = Some(sys::exit_code(status));
-            } else if let Some(told) = self.lock_checks().remove(&child) {
+            } else if let Some(told) = self.lock_children().remove(&child) {
                 let _ = told.send(sys::exit_code(status));
             }
         }
         code
     }
 
-    fn lock_checks(&self) -> std::sync::MutexGuard<'_, HashMap<libc::pid_t, mpsc::Sender<i32>>> {
-        self.checks.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_children(&self) -> std::sync::MutexGuard<'_, HashMap<libc::pid_t, mpsc::Sender<i32>>> {
+        self.children.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The container's process as configured.
+    pub fn process(&self) -> zos_init::Process {
+        self.process.clone()
+    }
+
+    /// Starts `process` as a child other than the main one; its exit code arrives on the
+    /// receiver once reaped.
+    pub fn spawn_child(
+        &self,
+        process: &zos_init::Process,
+        stdio: Stdio,
+    ) -> Result<(libc::pid_t, mpsc::Receiver<i32>), zos_init::ExitReport> {
+        let (told, ended) = mpsc::channel();
+        let mut children = self.lock_children();
+        let pid = crate::exec::spawn(process, stdio)?;
+        children.insert(pid, told);
+        Ok((pid, ended))
     }
 
     fn running(&self) -> bool {
@@ -83,7 +106,8 @@ pub fn run(pid: libc::pid_t, config: &GuestConfig) -> i32 {
     let main = Arc::new(MainProcess {
         pid: Mutex::new(Some(pid)),
         stopping: AtomicBool::new(false),
-        checks: Mutex::default(),
+        process: config.process.clone(),
+        children: Mutex::default(),
     });
     if let Some(check) = &config.healthcheck {
         let (me, check) = (Arc::clone(&main), check.clone());
@@ -117,13 +141,14 @@ pub fn run(pid: libc::pid_t, config: &GuestConfig) -> i32 {
     }
 }
 
-/// Opens the control console in raw mode (no echo, no line editing), waiting up to `wait` for
+/// Opens the control console (read and write) in raw mode (no echo, no line editing), waiting up to `wait` for
 /// its device: until virtio_console has probed it, opening fails with ENODEV.
 fn open_control(wait: Duration) -> Option<std::fs::File> {
     let start = Instant::now();
     loop {
         let opened = std::fs::OpenOptions::new()
             .read(true)
+            .write(true)
             .custom_flags(libc::O_NOCTTY)
             .open(CONTROL_TTY);
         match opened {
@@ -147,6 +172,13 @@ fn read_control(main: &Arc<MainProcess>) {
     let Some(mut file) = open_control(Duration::from_secs(5)) else {
         return;
     };
+    let sessions = match file.try_clone() {
+        Ok(out) => Some(Sessions::new(out, Arc::clone(main))),
+        Err(e) => {
+            console_error(&format!("no sessions: cannot share {CONTROL_TTY}: {e}"));
+            None
+        }
+    };
     let mut buf = Vec::new();
     let mut chunk = [0u8; 512];
     loop {
@@ -156,7 +188,7 @@ fn read_control(main: &Arc<MainProcess>) {
                 buf.extend_from_slice(&chunk[..n]);
                 while let Some(end) = buf.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=end).collect();
-                    handle_line(main, &line);
+                    handle_line(main, sessions.as_ref(), &line);
                 }
                 if buf.len() > MAX_LINE {
                     buf.clear();
@@ -169,7 +201,7 @@ fn read_control(main: &Arc<MainProcess>) {
     }
 }
 
-fn handle_line(main: &Arc<MainProcess>, line: &[u8]) {
+fn handle_line(main: &Arc<MainProcess>, sessions: Option<&Arc<Sessions>>, line: &[u8]) {
     let text = String::from_utf8_lossy(line);
     let text = text.trim();
     if text.is_empty() {
@@ -178,6 +210,15 @@ fn handle_line(main: &Arc<MainProcess>, line: &[u8]) {
     match serde_json::from_str::<Control>(text) {
         Ok(Control::Signal(n)) => main.signal(n),
         Ok(Control::Stop) => main.stop(),
+        Ok(Control::Open { session, open }) => match sessions {
+            Some(s) => s.open(session, open),
+            None => console_error("a session was asked for, but sessions could not start"),
+        },
+        Ok(Control::Input { session, input }) => {
+            if let Some(s) = sessions {
+                s.input(session, input);
+            }
+        }
         Err(e) => console_error(&format!("ignoring control line {text:?}: {e}")),
     }
 }
@@ -221,16 +262,8 @@ fn run_checks(main: &Arc<MainProcess>, check: &GuestHealthcheck, process: &zos_i
 
 /// Runs the check once: whether it exited 0 within `timeout` (else it is killed).
 fn check_once(main: &MainProcess, process: &zos_init::Process, timeout: Duration) -> bool {
-    let (told, ended) = mpsc::channel();
-    let pid = {
-        let mut checks = main.lock_checks();
-        match crate::exec::spawn(process, true) {
-            Ok(pid) => {
-                checks.insert(pid, told);
-                pid
-            }
-            Err(_) => return false,
-        }
+    let Ok((pid, ended)) = main.spawn_child(process, Stdio::Quiet) else {
+        return false;
     };
     match ended.recv_timeout(timeout) {
         Ok(code) => code == 0,
