@@ -174,7 +174,7 @@ pub fn logs(args: &LogsArgs) -> Result<ExitCode> {
 }
 
 /// Splits `NAME/WORKLOAD`, checking both names.
-fn parse_target(target: &str) -> Result<(&str, WorkloadName)> {
+pub fn parse_target(target: &str) -> Result<(&str, WorkloadName)> {
     let (name, workload) = target.split_once('/').with_context(|| {
         format!("{target:?}: give the deployment and the workload as NAME/WORKLOAD, as in `zos logs web/server`")
     })?;

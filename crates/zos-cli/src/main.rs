@@ -14,6 +14,7 @@ mod node;
 mod output;
 mod progress;
 mod seal;
+mod session;
 mod vm;
 
 use clap::{Parser, Subcommand};
@@ -111,6 +112,26 @@ and in the deployment file:\n  secret_env:\n    TOKEN: |\n      -----BEGIN AGE E
     /// Print a workload's console log
     #[command(after_help = "Example:\n  zos logs app/web -f")]
     Logs(deployments::LogsArgs),
+    /// Run a command in a container workload, like `docker exec`
+    #[command(
+        after_help = "The command runs as the container's process does (its user, \
+environment and working directory) unless flags say otherwise; zos exits with its exit code. \
+Only the deployment's owner may exec, and only in a running container zmachine (a VM-mode \
+machine is reached over SSH).\n\
+Examples:\n  zos exec app/web -- cat /etc/os-release\n  zos exec -it app/web -- sh\n  \
+tar c site | zos exec -i app/web -- tar x -C /srv"
+    )]
+    Exec(session::ExecArgs),
+    /// Copy files out of or into a container workload, like `docker cp`
+    #[command(
+        after_help = "One side is NAME/WORKLOAD:/path in the container (absolute, no \
+'..'), the other a local path. A directory is copied whole, symlinks as links. Into an \
+existing directory the copy goes inside it, under its own name; else it takes the \
+destination's name. A copy out is unpacked beside its destination and moved into place at \
+the end, so a failed copy leaves nothing behind.\n\
+Examples:\n  zos cp app/web:/var/log/app.log .\n  zos cp ./site app/web:/srv/site"
+    )]
+    Cp(session::CpArgs),
     /// Remove a deployment and everything it runs
     Rm {
         /// The deployment's name
@@ -156,6 +177,8 @@ fn main() -> ExitCode {
         Command::Ps { all, client } => deployments::ps(all, &client),
         Command::Get { name, client } => deployments::get(&name, &client),
         Command::Logs(args) => deployments::logs(&args),
+        Command::Exec(args) => session::exec(args),
+        Command::Cp(args) => session::cp(args),
         Command::Rm { name, client } => deployments::rm(&name, &client),
         Command::Events { client } => deployments::events(&client),
         Command::Net(cmd) => net::net(cmd),

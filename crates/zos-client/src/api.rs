@@ -3,7 +3,7 @@
 
 use crate::{Answer, ClientError, NodeClient};
 use hyper::StatusCode;
-use zos_types::api::{Event, NodeInfo, API_PREFIX};
+use zos_types::api::{CopyRequest, Event, ExecRequest, NodeInfo, StreamIn, StreamOut, API_PREFIX};
 use zos_types::{is_valid_deployment_name, Deployment, PublicKey, WorkloadName};
 
 /// One line of the event stream: the text as the node sent it (trimmed), and the event when
@@ -144,6 +144,47 @@ impl NodeClient {
             &format!("{API_PREFIX}/deployments/{name}/logs/{workload}{query}"),
             sink,
         )
+    }
+
+    /// Runs a process in a container workload (see [`NodeClient::session`]).
+    pub fn exec(
+        &self,
+        name: &str,
+        workload: &WorkloadName,
+        request: &ExecRequest,
+        input: std::sync::mpsc::Receiver<StreamIn>,
+        output: impl FnMut(StreamOut) -> std::io::Result<()>,
+    ) -> Result<(i32, Option<String>), ClientError> {
+        self.session_at(name, workload, "exec", request, input, output)
+    }
+
+    /// Copies a path out of or into a container workload as a tar stream (see
+    /// [`NodeClient::session`]).
+    pub fn copy(
+        &self,
+        name: &str,
+        workload: &WorkloadName,
+        request: &CopyRequest,
+        input: std::sync::mpsc::Receiver<StreamIn>,
+        output: impl FnMut(StreamOut) -> std::io::Result<()>,
+    ) -> Result<(i32, Option<String>), ClientError> {
+        self.session_at(name, workload, "copy", request, input, output)
+    }
+
+    fn session_at(
+        &self,
+        name: &str,
+        workload: &WorkloadName,
+        verb: &str,
+        request: &impl serde::Serialize,
+        input: std::sync::mpsc::Receiver<StreamIn>,
+        output: impl FnMut(StreamOut) -> std::io::Result<()>,
+    ) -> Result<(i32, Option<String>), ClientError> {
+        check_deployment_name(name)?;
+        let path = format!("{API_PREFIX}/deployments/{name}/{verb}/{workload}");
+        let body = serde_json::to_vec(request)
+            .map_err(|e| ClientError::Local(format!("encoding the body for {path}: {e}")))?;
+        self.session(&path, body, input, output)
     }
 
     /// What happens to the caller's deployments, one line at a time, until the node ends

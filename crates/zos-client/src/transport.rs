@@ -12,7 +12,7 @@ use crate::{ClientError, NodeUrl};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -20,9 +20,9 @@ use serde::Serialize;
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::rustls::pki_types::ServerName;
-use zos_types::api::{ErrorBody, NodeIdentity, API_PREFIX};
+use zos_types::api::{ErrorBody, NodeIdentity, StreamIn, StreamOut, API_PREFIX, SESSION_PROTOCOL};
 use zos_types::{Keypair, PublicKey, RequestAuth};
 
 /// How long to wait for a connection.
@@ -60,6 +60,8 @@ struct Call<'a> {
     method: Method,
     path: &'a str,
     body: Vec<u8>,
+    /// Whether it asks to become a session (`Upgrade: zos-session`).
+    upgrade: bool,
 }
 
 /// A client for one node, acting as one key.
@@ -120,6 +122,7 @@ impl NodeClient {
             method: Method::GET,
             path: &path,
             body: Vec::new(),
+            upgrade: false,
         };
         let (identity, conn): (NodeIdentity, _) = self
             .limit(&call, REPLY_TIMEOUT, async {
@@ -196,6 +199,7 @@ impl NodeClient {
             method: Method::GET,
             path,
             body: Vec::new(),
+            upgrade: false,
         };
         self.runtime.block_on(async {
             // The stream's connection goes with it: it may end anywhere.
@@ -212,13 +216,97 @@ impl NodeClient {
         })
     }
 
+    /// `POST path` with `body`, turned into a session (see `zos_types::api`): what arrives
+    /// on `input` goes to the node, each line the node sends goes to `output`. Returns the
+    /// session's exit: its code and, when it could not run, why.
+    pub fn session(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        input: std::sync::mpsc::Receiver<StreamIn>,
+        mut output: impl FnMut(StreamOut) -> std::io::Result<()>,
+    ) -> Result<(i32, Option<String>), ClientError> {
+        let call = Call {
+            method: Method::POST,
+            path,
+            body,
+            upgrade: true,
+        };
+        // The input comes from a blocking reader (a terminal, a file): a thread hands it on.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in input {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        self.runtime.block_on(async {
+            let upgraded = self
+                .limit(&call, REPLY_TIMEOUT, async {
+                    let (response, _conn) = self.sign_and_send(&call).await?;
+                    if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+                        let _ = self.check_status(&call, response).await?;
+                        return Err(self.transport(
+                            &call,
+                            &std::io::Error::other("the node answered without a session"),
+                        ));
+                    }
+                    hyper::upgrade::on(response)
+                        .await
+                        .map_err(|e| self.transport(&call, &e))
+                })
+                .await?;
+            let (read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+            tokio::spawn(async move {
+                while let Some(line) = rx.recv().await {
+                    let Ok(mut bytes) = serde_json::to_vec(&line) else {
+                        continue;
+                    };
+                    bytes.push(b'\n');
+                    if write.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                // The input ended: the node reads the end of our half.
+                let _ = write.shutdown().await;
+            });
+            let mut lines = tokio::io::BufReader::new(read);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                let n = lines
+                    .read_until(b'\n', &mut line)
+                    .await
+                    .map_err(|e| self.transport(&call, &e))?;
+                if n == 0 {
+                    return Err(self.transport(
+                        &call,
+                        &std::io::Error::other("the node ended the session without an exit"),
+                    ));
+                }
+                let out: StreamOut =
+                    serde_json::from_slice(&line).map_err(|e| self.bad_answer(&call, e))?;
+                if let StreamOut::Exit { code, error } = out {
+                    return Ok((code, error));
+                }
+                output(out).map_err(ClientError::Output)?;
+            }
+        })
+    }
+
     fn json_call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Vec<u8>,
     ) -> Result<Answer<T>, ClientError> {
-        let call = Call { method, path, body };
+        let call = Call {
+            method,
+            path,
+            body,
+            upgrade: false,
+        };
         let json: serde_json::Value =
             self.runtime
                 .block_on(self.limit(&call, REPLY_TIMEOUT, async {
@@ -315,6 +403,11 @@ impl NodeClient {
             }
             if !call.body.is_empty() {
                 request = request.header(CONTENT_TYPE, "application/json");
+            }
+            if call.upgrade {
+                request = request
+                    .header(CONNECTION, "upgrade")
+                    .header(UPGRADE, SESSION_PROTOCOL);
             }
             request
                 .body(Full::new(Bytes::from(call.body.clone())))
@@ -423,7 +516,7 @@ impl NodeClient {
         // The connection task moves the bytes; its errors also surface through the sender
         // and the body, where they are reported with the request they belong to.
         tokio::spawn(async move {
-            let _ = connection.await;
+            let _ = connection.with_upgrades().await;
         });
         let response = sender
             .send_request(request)

@@ -480,7 +480,10 @@ fn destination(path: &Path, into: bool, name: &Path) -> Result<PathBuf, String> 
         }
     }
     let skip = usize::from(!into);
-    Ok(parts.iter().skip(skip).fold(path.to_path_buf(), |p, c| p.join(c)))
+    Ok(parts
+        .iter()
+        .skip(skip)
+        .fold(path.to_path_buf(), |p, c| p.join(c)))
 }
 
 /// A session's path: absolute, without `..` (inside the container's root it could only

@@ -94,6 +94,14 @@ pub fn router(
             "/v1/deployments/{name}/networks/{network}/wireguard",
             get(wireguard_end),
         )
+        .route(
+            "/v1/deployments/{name}/exec/{workload}",
+            axum::routing::post(exec),
+        )
+        .route(
+            "/v1/deployments/{name}/copy/{workload}",
+            axum::routing::post(copy),
+        )
         .route("/v1/events", get(events))
         .with_state(api)
 }
@@ -318,6 +326,74 @@ async fn logs(
         slot,
     ));
     Ok(streamed(rx, "text/plain; charset=utf-8"))
+}
+
+async fn exec(
+    State(api): State<Api>,
+    Path((name, workload)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    open_session(api, name, workload, query, request, |body| {
+        let r = serde_json::from_slice(body)
+            .map_err(|e| ApiError::Invalid(format!("exec request: {e}")))?;
+        crate::sessions::exec_open(r).map_err(ApiError::Invalid)
+    })
+    .await
+}
+
+async fn copy(
+    State(api): State<Api>,
+    Path((name, workload)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    open_session(api, name, workload, query, request, |body| {
+        serde_json::from_slice(body)
+            .map(crate::sessions::copy_open)
+            .map_err(|e| ApiError::Invalid(format!("copy request: {e}")))
+    })
+    .await
+}
+
+/// Checks a session request (upgrade asked, signed by the caller, under the stream cap),
+/// opens the guest session `open` makes of its body, and relays it on the upgraded
+/// connection once the 101 answer is out.
+async fn open_session(
+    api: Api,
+    name: String,
+    workload: String,
+    query: HashMap<String, String>,
+    mut request: axum::extract::Request,
+    open: impl FnOnce(&[u8]) -> Result<zos_init::Open, ApiError>,
+) -> Result<Response, ApiError> {
+    crate::sessions::asks_upgrade(request.headers()).map_err(ApiError::Invalid)?;
+    let upgrade = hyper::upgrade::on(&mut request);
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map_err(|e| ApiError::Invalid(format!("reading the request: {e}")))?;
+    let caller = api.caller(&parts.method, &parts.uri, &parts.headers, &body)?;
+    let owner = owner_of(&query)?;
+    let open = open(&body)?;
+    let slot = match api.streams.take(&caller) {
+        Ok(slot) => slot,
+        Err(why) => return Ok(too_many(why)),
+    };
+    let engine = api.engine.clone();
+    let session = blocking(move || {
+        let owner = engine.resolve(&caller, owner.as_ref(), &name)?;
+        engine.session(&owner, &name, &workload, open)
+    })
+    .await?;
+    let stopping = api.stopping.clone();
+    tokio::spawn(async move {
+        // The session is dropped (its process killed) if the client never takes the 101.
+        if let Ok(upgraded) = upgrade.await {
+            crate::sessions::relay(upgraded, session, stopping, slot).await;
+        }
+    });
+    Ok(crate::sessions::switching())
 }
 
 async fn events(

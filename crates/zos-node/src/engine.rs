@@ -706,18 +706,20 @@ impl Engine {
         }
     }
 
-    /// The console log of one of the caller's workloads.
-    pub fn console(
+    /// A live workload of the caller's deployment and its type's module, with the
+    /// deployment's id.
+    fn live_workload(
         &self,
         owner: &PublicKey,
         name: &str,
         workload: &str,
-    ) -> Result<ConsoleLog, EngineError> {
+        what: &str,
+    ) -> Result<(&dyn workload::Kind, String), EngineError> {
         let d = self.get(owner, name)?;
         if is_tombstone(&d) {
             return Err(EngineError::NotFound(format!(
-                "deployment {name:?} was removed (version {}): its workloads and their logs are \
-                 gone",
+                "deployment {name:?} was removed (version {}): its workloads and their {what} \
+                 are gone",
                 d.version
             )));
         }
@@ -730,21 +732,41 @@ impl Engine {
             })?;
         if is_deleted(w) {
             return Err(EngineError::NotFound(format!(
-                "{name}/{workload} was removed by an update: its log is gone"
+                "{name}/{workload} was removed by an update: its {what} is gone"
             )));
         }
-        let kind = self.kind_of(w)?;
+        Ok((self.kind_of(w)?, deployment_id(owner, name)))
+    }
+
+    /// The console log of a workload, for `logs`.
+    pub fn console(
+        &self,
+        owner: &PublicKey,
+        name: &str,
+        workload: &str,
+    ) -> Result<ConsoleLog, EngineError> {
+        let (kind, id) = self.live_workload(owner, name, workload, "logs")?;
         let (path, writer) = kind
-            .console(&self.host, &deployment_id(owner, name), workload)
-            .map_err(|e| match e {
-                workload::Console::None(m) => EngineError::Invalid(m),
-                workload::Console::Missing(m) => EngineError::NotFound(format!("{name}/{m}")),
-            })?;
+            .console(&self.host, &id, workload)
+            .map_err(|e| unreachable_workload(name, e))?;
         Ok(ConsoleLog {
             path,
             writer,
             type_name: kind.type_name(),
         })
+    }
+
+    /// Opens an exec or copy session in a running container workload, for `exec` and `cp`.
+    pub fn session(
+        &self,
+        owner: &PublicKey,
+        name: &str,
+        workload: &str,
+        open: zos_init::Open,
+    ) -> Result<zos_vmm::Session, EngineError> {
+        let (kind, id) = self.live_workload(owner, name, workload, "container")?;
+        kind.session(&self.host, &id, workload, open)
+            .map_err(|e| unreachable_workload(name, e))
     }
 
     /// Whether what writes `log` still runs (a followed log ends when it stops).
@@ -1161,6 +1183,15 @@ pub fn identity(path: &std::path::Path) -> Result<Keypair> {
     } else {
         zos_types::write_new_key_file(path)?
     })
+}
+
+/// Why a workload's console or session cannot be had, as an API error.
+fn unreachable_workload(name: &str, e: workload::Console) -> EngineError {
+    match e {
+        workload::Console::None(m) => EngineError::Invalid(m),
+        workload::Console::Missing(m) => EngineError::NotFound(format!("{name}/{m}")),
+        workload::Console::Stopped(m) => EngineError::Conflict(format!("{name}/{m}")),
+    }
 }
 
 #[cfg(test)]

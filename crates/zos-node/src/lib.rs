@@ -25,6 +25,7 @@ pub mod pull;
 pub mod readers;
 pub mod schedule;
 pub mod serve;
+pub mod sessions;
 pub mod store;
 pub mod streams;
 pub mod tls;

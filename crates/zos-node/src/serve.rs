@@ -6,7 +6,6 @@
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -113,7 +112,9 @@ pub async fn serve(
     ));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let per_peer = Arc::new(PerPeer::default());
-    let graceful = GracefulShutdown::new();
+    // Each connection's task holds a sender: once all are dropped, every connection ended.
+    // (hyper-util's GracefulShutdown cannot watch an HTTP/1 connection that upgrades.)
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -158,9 +159,10 @@ pub async fn serve(
         };
         let builder = builder.clone();
         let service = TowerToHyperService::new(app.clone());
-        let watcher = graceful.watcher();
+        let open = open.clone();
+        let mut stop = stopping.clone();
         tokio::spawn(async move {
-            let _slots = (slot, peer_slot);
+            let _slots = (slot, peer_slot, open);
             let io: Box<dyn Io> = match accepted {
                 Accepted::Plain(io) => io,
                 Accepted::Tls(stream, acceptor) => {
@@ -175,14 +177,25 @@ pub async fn serve(
                     }
                 }
             };
-            let conn = builder.serve_connection(TokioIo::new(io), service);
-            if let Err(e) = watcher.watch(conn).await {
+            let mut conn = std::pin::pin!(builder
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades());
+            // A stopping node lets the request in flight finish, then closes.
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = async { drop(stop.wait_for(|stop| *stop).await) } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop(open);
+    let _ = all_closed.recv().await;
     Ok(())
 }
 

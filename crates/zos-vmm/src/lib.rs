@@ -23,7 +23,7 @@ mod rootfs;
 pub mod spec;
 pub mod vmlinux;
 
-pub use machine::{VmInfo, VmState, Vmm, VmmConfig};
+pub use machine::{Session, VmInfo, VmState, Vmm, VmmConfig};
 pub use proc::pss_bytes;
 pub use rootfs::FlistMount;
 

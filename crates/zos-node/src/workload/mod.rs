@@ -339,14 +339,30 @@ pub trait Kind: Send + Sync {
     fn console_active(&self, _host: &Host, _writer: &str) -> bool {
         false
     }
+
+    /// Opens an exec or copy session in a workload, for `exec` and `cp`.
+    fn session(
+        &self,
+        _host: &Host,
+        _id: &str,
+        workload: &str,
+        _open: zos_init::Open,
+    ) -> Result<zos_vmm::Session, Console> {
+        Err(Console::None(format!(
+            "{workload:?} is a {} workload: it runs no container to exec in or copy from",
+            self.type_name()
+        )))
+    }
 }
 
-/// Why a workload has no console to show.
+/// Why a workload has no console to show or cannot open a session.
 pub enum Console {
     /// Its type has none.
     None(String),
     /// It has none yet (or any more).
     Missing(String),
+    /// Not now: it is stopped.
+    Stopped(String),
 }
 
 /// The registered workload types.

@@ -354,6 +354,26 @@ impl Kind for Zmachine {
     fn console_active(&self, host: &Host, vm: &str) -> bool {
         host.vmm.status(vm).is_ok_and(|i| i.state.is_active())
     }
+
+    fn session(
+        &self,
+        host: &Host,
+        id: &str,
+        workload: &str,
+        open: zos_init::Open,
+    ) -> Result<zos_vmm::Session, Console> {
+        host.vmm
+            .open_session(&self.resource(id, workload), open)
+            .map_err(|e| match e {
+                zos_vmm::Error::NotFound(_) => Console::Missing(format!(
+                    "{workload:?} has no VM yet: it is still being provisioned (see its state)"
+                )),
+                zos_vmm::Error::State { state, .. } => Console::Stopped(format!(
+                    "{workload:?} is {state}: exec and cp need it running (see its state)"
+                )),
+                other => Console::None(format!("{workload:?}: {other}")),
+            })
+    }
 }
 
 /// Checks a zmachine's `flist` before it is accepted: an absolute path to a `.fl` file in

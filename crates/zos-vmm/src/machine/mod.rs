@@ -11,7 +11,8 @@
 //! on disk per VM, and its lock), [`create`] (checks and the VM's directory), [`start`]
 //! (cgroup → layers → virtiofsd → QEMU), [`cgroup`] (the VM's limits), [`jail`] (QEMU's own
 //! uid and mount namespace), [`qemu_args`] (QEMU's command line), [`stop`] (stop, pause,
-//! resume, signal, delete) and [`reconcile`] (the record brought in line with the processes).
+//! resume, signal, delete), [`session`] (the control console: control lines, exec and copy
+//! sessions) and [`reconcile`] (the record brought in line with the processes).
 
 mod cgroup;
 mod config;
@@ -21,11 +22,13 @@ mod net;
 mod qemu_args;
 mod reconcile;
 mod record;
+mod session;
 mod start;
 mod stop;
 
 pub use config::VmmConfig;
 pub use record::{VmInfo, VmState};
+pub use session::Session;
 
 use crate::proc::pss_bytes;
 use crate::{Error, Result};

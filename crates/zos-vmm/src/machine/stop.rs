@@ -2,14 +2,13 @@
 //! then killed), pause and resume through QMP, signals to a container's process, and delete.
 
 use super::reconcile::teardown;
-use super::record::{load, lock, save, VmInfo, VmState, CONTROL, QMP};
+use super::record::{load, lock, save, VmInfo, VmState, QMP};
+use super::session::send_control;
 use super::Vmm;
 use crate::qmp::Qmp;
 use crate::spec::Boot;
 use crate::{Error, Result};
 use std::fs;
-use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use zos_init::Control;
@@ -134,28 +133,4 @@ impl Vmm {
         fs::rename(&dir, to)
             .map_err(|e| Error::io(format!("moving {} to {}", dir.display(), to.display()), e))
     }
-}
-
-/// Sends one line to `zos-init` over the container's control port.
-fn send_control(dir: &Path, control: &Control) -> Result<()> {
-    let path = dir.join(CONTROL);
-    // The console cannot tell the guest that a sender went away, so a sender that died
-    // mid-line left a fragment there: the leading newline ends it (an empty or broken line is
-    // ignored) and this line arrives whole.
-    let line = format!(
-        "\n{}\n",
-        serde_json::to_string(control).map_err(|e| Error::Invalid(e.to_string()))?
-    );
-    let mut stream = UnixStream::connect(&path).map_err(|e| {
-        Error::io(
-            format!(
-                "connecting to the guest's control channel {}",
-                path.display()
-            ),
-            e,
-        )
-    })?;
-    stream
-        .write_all(line.as_bytes())
-        .map_err(|e| Error::io("sending to the guest".into(), e))
 }
