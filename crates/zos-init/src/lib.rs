@@ -225,7 +225,19 @@ pub enum Control {
         /// The input.
         input: Input,
     },
+    /// A host connected: nothing sent before is in flight any more (see [`WINDOW`]).
+    Attach,
+    /// The host has read this many more bytes of what `zos-init` sent.
+    Consumed(u64),
 }
+
+/// Most bytes of [`Framed`] lines `zos-init` has in flight to the host. QEMU drops what a
+/// virtio console writes while the host's socket is full (only named ports are throttled,
+/// and those cost guest RAM), so the guest never sends more than the host acknowledged
+/// ([`Control::Consumed`]) plus this, well under a socket's buffer (~200 KiB).
+pub const WINDOW: u64 = 96 * 1024;
+/// How many bytes the host reads before it acknowledges them.
+pub const ACK_EVERY: u64 = 16 * 1024;
 
 /// What a session does.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -14,7 +14,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use zos_init::{Exec, Framed, Input, Open, Output, Process, WindowSize};
 
@@ -27,6 +27,9 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// The open sessions and the console their output goes to.
 pub struct Sessions {
     console: Mutex<File>,
+    /// Bytes sent that the host has not acknowledged (see [`zos_init::WINDOW`]).
+    in_flight: Mutex<u64>,
+    acknowledged: Condvar,
     inboxes: Mutex<HashMap<u64, Sender<Input>>>,
     main: Arc<MainProcess>,
 }
@@ -37,6 +40,8 @@ impl Sessions {
     pub fn new(console: File, main: Arc<MainProcess>) -> Arc<Sessions> {
         Arc::new(Sessions {
             console: Mutex::new(console),
+            in_flight: Mutex::new(0),
+            acknowledged: Condvar::new(),
             inboxes: Mutex::default(),
             main,
         })
@@ -72,6 +77,14 @@ impl Sessions {
         }
     }
 
+    /// The host read `bytes` more (or, with `None`, a new host attached: nothing is in
+    /// flight).
+    pub fn acknowledge(&self, bytes: Option<u64>) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        *in_flight = bytes.map_or(0, |n| in_flight.saturating_sub(n));
+        self.acknowledged.notify_all();
+    }
+
     fn lock_inboxes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Sender<Input>>> {
         self.inboxes.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -83,6 +96,17 @@ impl Sessions {
             return;
         };
         line.push(b'\n');
+        let len = line.len() as u64;
+        // Waits while the host is behind; with no host attached, until one attaches.
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        while *in_flight > 0 && *in_flight + len > zos_init::WINDOW {
+            in_flight = self
+                .acknowledged
+                .wait(in_flight)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        *in_flight += len;
+        drop(in_flight);
         let mut console = self.console.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = console.write_all(&line) {
             drop(console);

@@ -219,6 +219,16 @@ fn handle_line(main: &Arc<MainProcess>, sessions: Option<&Arc<Sessions>>, line: 
                 s.input(session, input);
             }
         }
+        Ok(Control::Attach) => {
+            if let Some(s) = sessions {
+                s.acknowledge(None);
+            }
+        }
+        Ok(Control::Consumed(n)) => {
+            if let Some(s) = sessions {
+                s.acknowledge(Some(n));
+            }
+        }
         Err(e) => console_error(&format!("ignoring control line {text:?}: {e}")),
     }
 }

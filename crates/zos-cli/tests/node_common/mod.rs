@@ -53,7 +53,7 @@ impl Node {
         std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
         for applet in [
             "sh", "echo", "cat", "sleep", "df", "env", "hostname", "mkdir", "grep", "ip", "nc",
-            "httpd", "nslookup",
+            "httpd", "nslookup", "wc", "id", "ln", "tty", "stty", "true",
         ] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }

@@ -62,8 +62,12 @@ impl Link {
             sessions: Mutex::default(),
         });
         // A sender that died mid-line left a fragment on the console: a newline ends it (an
-        // empty or broken line is ignored) and what follows arrives whole.
-        link.write_raw(b"\n")?;
+        // empty or broken line is ignored) and what follows arrives whole. Then the guest
+        // learns that what it sent before is not waiting for acknowledgement any more.
+        let mut hello = b"\n".to_vec();
+        hello.extend(serde_json::to_vec(&Control::Attach).unwrap_or_default());
+        hello.push(b'\n');
+        link.write_raw(&hello)?;
         let reading = Arc::clone(&link);
         std::thread::Builder::new()
             .name("guest-console".into())
@@ -99,7 +103,16 @@ impl Link {
     fn read(self: Arc<Self>, stream: UnixStream) {
         let mut reader = BufReader::new(stream);
         let mut line = Vec::new();
+        let mut unacknowledged = 0;
         loop {
+            if unacknowledged >= zos_init::ACK_EVERY {
+                let ack = Control::Consumed(std::mem::take(&mut unacknowledged));
+                let mut text = serde_json::to_vec(&ack).unwrap_or_default();
+                text.push(b'\n');
+                if self.write_raw(&text).is_err() {
+                    break;
+                }
+            }
             line.clear();
             match (&mut reader)
                 .take(MAX_LINE as u64)
@@ -112,8 +125,10 @@ impl Link {
                     if reader.read_until(b'\n', &mut rest).unwrap_or(0) == 0 {
                         break;
                     }
+                    unacknowledged += (line.len() + rest.len()) as u64;
                 }
-                Ok(_) => {
+                Ok(n) => {
+                    unacknowledged += n as u64;
                     if let Ok(framed) = serde_json::from_slice::<Framed>(&line) {
                         self.deliver(framed);
                     }
