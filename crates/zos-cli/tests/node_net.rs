@@ -83,11 +83,20 @@ fn uplink_of(ns: &str) -> Option<String> {
 /// on the host and its resolver.
 fn network_state(node: &Node) -> String {
     let host = links(None);
-    // The host's forwards of published ports into the networks' uplinks.
+    // The host's forwards of published ports into this node's networks' uplinks (the map is
+    // host-wide: other tests' nodes add theirs meanwhile).
+    let uplinks: Vec<String> = namespaces(node)
+        .iter()
+        .filter_map(|ns| {
+            let addr = run("ip", &["-n", ns, "-4", "-o", "addr", "show", "up0"]);
+            let cidr = addr.split_whitespace().nth(3)?.to_string();
+            Some(format!(": {} ", cidr.split('/').next()?))
+        })
+        .collect();
     let forwards: BTreeSet<String> = run("nft", &["list", "map", "inet", "zos", "ports_any"])
         .split(['{', '}', ','])
         .map(str::trim)
-        .filter(|e| e.contains("100.127."))
+        .filter(|e| uplinks.iter().any(|u| e.contains(u.as_str())))
         .map(str::to_string)
         .collect();
     let mut out = format!("host forwards {forwards:?}\n");
