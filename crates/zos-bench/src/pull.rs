@@ -1,7 +1,8 @@
 //! `zos-bench pull`: deploying a container image by reference, the node importing it from a
 //! registry, against what a user would otherwise do in the same run: `skopeo copy` of the
 //! image to a local directory plus deploying a local flist of it (cold), and deploying the
-//! local flist alone (warm: the node has the image already).
+//! local flist alone (warm: the node has the image already). Then `exec true` in a running
+//! container of the image, p50 and p99, against a signed API request.
 //!
 //! The registry is Debian's `docker-registry` on loopback, filled by `skopeo` from an OCI
 //! layout written here; each run pushes a new image (busybox and a random file), so every
@@ -20,6 +21,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+use zos_client::NodeClient;
+use zos_types::api::ExecRequest;
 use zos_types::Keypair;
 
 /// Target: a cold deploy within this factor of copying the image plus a local deploy.
@@ -110,6 +113,9 @@ fn measure(
         floor_cold.push(copied + deployed);
         local.push(deployed);
     }
+    progress("zos-bench pull: exec true in a running container, against a signed API request");
+    let last = format!("docker://127.0.0.1:{}/bench/img{}:1", registry.port, runs - 1);
+    let (exec, api_call) = exec_latency(&api, &key, &last)?;
     let mut rows = Vec::new();
     let mut targets = Vec::new();
     let mut pair = |step: &str, value: Vec<f64>, floor: Vec<f64>, what: &str, target: f64| {
@@ -152,7 +158,82 @@ fn measure(
         "deploying a local flist of the image",
         WARM_TARGET,
     );
+    for (p, label) in [(50.0, "p50"), (99.0, "p99")] {
+        let (v, f) = (percentile(&exec, p), percentile(&api_call, p));
+        rows.push(Row {
+            step: format!("exec true, {label}"),
+            value: v * 1000.0,
+            unit: "ms",
+            floor: Some(f * 1000.0),
+            notes: format!(
+                "{:.2}x the floor (a signed API request: GET the deployment), no target; {} \
+                 execs; {}",
+                v / f,
+                exec.len(),
+                accel_note(zos_vmm::host::Accel::Auto.resolve())
+            ),
+        });
+    }
     Ok(Report { rows, targets })
+}
+
+/// How many `exec true` (and API requests) are timed.
+const EXECS: usize = 100;
+
+/// Seconds each of [`EXECS`] `exec true` took in a running container of `reference`, and
+/// each of as many signed API requests (the floor).
+fn exec_latency(api: &NodeClient, key: &Keypair, reference: &str) -> Result<(Vec<f64>, Vec<f64>)> {
+    let name = "exec";
+    let d = crate::node::deployment(
+        key,
+        api.node_id()?,
+        &format!(
+            "name: {name}\nworkloads:\n  - name: vm\n    type: zmachine\n    data: {{ image: \
+             {reference}, cmd: ['exec sleep 900'] }}\n"
+        ),
+    )?;
+    api.create(&d)?;
+    let workload = d.workloads[0].name.clone();
+    let request = ExecRequest {
+        argv: vec!["true".into()],
+        ..ExecRequest::default()
+    };
+    let exec_true = || -> Result<f64> {
+        let (_none, input) = std::sync::mpsc::channel();
+        let start = Instant::now();
+        let (code, error) = api.exec(name, &workload, &request, input, |_| Ok(()))?;
+        if code != 0 {
+            bail!("exec true exited {code}: {}", error.unwrap_or_default());
+        }
+        Ok(start.elapsed().as_secs_f64())
+    };
+    // Until the machine runs, exec is refused: asked again, for at most 5 minutes.
+    let start = Instant::now();
+    while let Err(e) = exec_true() {
+        if start.elapsed() > Duration::from_secs(300) {
+            bail!("exec never worked in the benchmark's container: {e:#}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut exec = Vec::with_capacity(EXECS);
+    let mut floor = Vec::with_capacity(EXECS);
+    for _ in 0..EXECS {
+        exec.push(exec_true()?);
+        let start = Instant::now();
+        api.deployment(name)?;
+        floor.push(start.elapsed().as_secs_f64());
+    }
+    api.remove(name)
+        .context("deleting the benchmark deployment")?;
+    Ok((exec, floor))
+}
+
+/// The `p`th percentile of `values` (nearest rank).
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len().max(1)) - 1]
 }
 
 /// `sha256:<hex>` of `bytes`.
