@@ -398,6 +398,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_refusal_names_the_user_never_the_password() {
+        let credentials = Credentials {
+            username: "ci".into(),
+            password: "hunter2-secret".into(),
+        };
+        assert!(!format!("{credentials:?}").contains("hunter2"));
+        let image = "docker://127.0.0.1:5000/team/app:1";
+        let refusal = || OciDistributionError::UnauthorizedError {
+            url: "http://127.0.0.1:5000/v2/team/app/manifests/1".into(),
+        };
+        let with = Registry::new(image, &image[9..], false, Some(&credentials), None).unwrap();
+        let err = with.error("manifest", refusal());
+        assert!(
+            matches!(&err, Error::Unauthorized { user: Some(u), .. } if u == "ci"),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("refused the credentials of user \"ci\""),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2") && !format!("{err:?}").contains("hunter2"));
+        let without = Registry::new(image, &image[9..], false, None, None).unwrap();
+        let text = without.error("manifest", refusal()).to_string();
+        assert!(text.contains("the registry wants credentials"), "{text}");
+        // A 404 is not a refusal.
+        let missing = OciDistributionError::ServerError {
+            code: 404,
+            url: String::new(),
+            message: String::new(),
+        };
+        assert!(!matches!(
+            without.error("manifest", missing),
+            Error::Unauthorized { .. }
+        ));
+    }
+
+    #[test]
     fn loopback_registries() {
         for host in [
             "localhost:5000",
