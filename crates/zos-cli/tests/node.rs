@@ -1315,6 +1315,197 @@ fn a_sealed_secret_reaches_the_guest_env_and_nowhere_else() {
     assert!(!err.contains(&secret));
 }
 
+/// A deployment of a machine running `image`, with `auth` (YAML lines, indented for the
+/// machine's data) added.
+fn image_yaml(name: &str, image: &str, auth: &str) -> String {
+    format!(
+        "name: {name}\nworkloads:\n  - name: app\n    type: zmachine\n    data:\n      \
+         image: {image}\n      memory: 64M\n{auth}"
+    )
+}
+
+/// `registry_auth` lines for user `user` and the sealed password `armored`.
+fn auth_yaml(user: &str, armored: &str) -> String {
+    let block: String = armored
+        .lines()
+        .map(|l| format!("          {l}\n"))
+        .collect();
+    format!("      registry_auth:\n        username: {user}\n        password: |\n{block}")
+}
+
+/// Every file under `dir` (but large disk images) whose bytes hold `needle`.
+fn files_holding(dir: &std::path::Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else if meta.is_file() && meta.len() < 64 << 20 {
+                let bytes = std::fs::read(e.path()).unwrap_or_default();
+                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    found.push(e.path());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_private_image_is_pulled_with_sealed_credentials_and_only_for_those_who_have_them() {
+    if !common::is_root()
+        || !common::have("qemu-system-x86_64")
+        || !common::have("docker-registry")
+        || !common::have("skopeo")
+        || !common::have("htpasswd")
+    {
+        return;
+    }
+    let node = Node::start("allow_store_nets = [\"127.0.0.0/8\"]");
+    let tmp = node.dir();
+    let layer = oci_layout(
+        &tmp.join("layout"),
+        &tmp.join("root"),
+        "echo private-image-ran; exec sleep 600",
+        "amd64",
+    );
+    let (user, password) = (
+        "puller",
+        format!("pw-{}", std::process::id() as u64 * 7919 + 987_654_321),
+    );
+    let log = tmp.join("registry.log");
+    let registry = common::private_registry(tmp, Some(&log), user, &password);
+    let image = format!("docker://127.0.0.1:{}/team/app:1", registry.port);
+    ok(Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
+        .args(["--dest-creds", &format!("{user}:{password}")])
+        .arg(format!("oci:{}:1", tmp.join("layout").display()))
+        .arg(&image));
+    let armored = sealed(&node, &[], &password);
+    let wrong = sealed(&node, &[], &format!("{password}-not"));
+    let events_log = tmp.join("events.log");
+    let events_out = std::fs::File::create(&events_log).unwrap();
+    let mut events: Vec<_> = ["alice", "bob"]
+        .iter()
+        .map(|who| {
+            node.cli(who, &["events", "--json"])
+                .stdout(events_out.try_clone().unwrap())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+
+    // With the sealed password: pulled and run.
+    let out = common::output(node.cli("alice", &["deploy"]).arg(node.write_yaml(
+        "priv.yaml",
+        &image_yaml("priv", &image, &auth_yaml(user, &armored)),
+    )));
+    assert!(out.status.success(), "{out:?}\n{}", node.log());
+    let logs = logs_until(&node, "priv/app", "private-image-ran");
+    assert!(logs.contains("private-image-ran"), "{logs}");
+    let get = ok(&mut node.cli("alice", &["get", "priv"]));
+
+    // Another owner without credentials, or with a wrong password, is refused by the
+    // registry, not served from the node's cache; the result says what to do.
+    let result_of = |name: &str, auth: &str| {
+        let d = node.deploy_settled("bob", &image_yaml(name, &image, auth));
+        d["workloads"][0]["result"].clone()
+    };
+    let r = result_of("anon", "");
+    let m = r["message"].as_str().unwrap_or_default();
+    assert!(
+        r["state"] == "error"
+            && m.starts_with(&format!("importing image {image}"))
+            && m.contains("the registry wants credentials")
+            && m.contains("give the machine registry_auth"),
+        "{r}"
+    );
+    let r = result_of("wrongpw", &auth_yaml(user, &wrong));
+    let m = r["message"].as_str().unwrap_or_default();
+    assert!(
+        r["state"] == "error"
+            && m.contains(&format!(
+                "the registry refused the credentials of user \"{user}\""
+            ))
+            && m.contains("Fix the machine's registry_auth"),
+        "{r}"
+    );
+    // With the right password, the other owner gets the image already imported: the
+    // registry is asked for its manifest, its layer is not pulled again.
+    let r = result_of("bobs", &auth_yaml(user, &armored));
+    assert_eq!(r["state"], "ok", "{r}");
+    assert!(
+        r["data"]["image"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(&format!("{image}@sha256:")),
+        "{r}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let pulls = text
+        .lines()
+        .filter(|l| l.contains(&format!("GET /v2/team/app/blobs/{layer}")))
+        .count();
+    assert_eq!(pulls, 1, "{text}");
+
+    // Refused at admission: a password sealed for another node, or not sealed at all (and
+    // then not echoed back).
+    let other = Keypair::generate().public().to_string();
+    let foreign = sealed(&node, &["--node-id", &other], &password);
+    let err = fails(node.cli("bob", &["deploy"]).arg(node.write_yaml(
+        "foreign.yaml",
+        &image_yaml("foreign", &image, &auth_yaml(user, &foreign)),
+    )));
+    assert!(
+        err.contains("registry_auth.password: sealed for another key, not this node's"),
+        "{err}"
+    );
+    let plain = format!("      registry_auth: {{ username: {user}, password: {password} }}\n");
+    let err2 = fails(
+        node.cli("bob", &["deploy"])
+            .arg(node.write_yaml("plain.yaml", &image_yaml("plain", &image, &plain))),
+    );
+    assert!(
+        err2.contains("registry_auth.password is not sealed"),
+        "{err2}"
+    );
+
+    for e in &mut events {
+        let _ = e.kill();
+        let _ = e.wait();
+    }
+    let (status, api) = node.http(Some("alice"), "GET", "/v1/deployments/priv", b"");
+    assert_eq!(status, 200);
+    assert!(api.contains("BEGIN AGE ENCRYPTED FILE"), "{api}");
+    // The password is nowhere but in the pull: not in what the client printed, zos get, the
+    // API, events, the node's log, nor any file of the node's (its database, its caches).
+    for (place, text) in [
+        ("deploy's output", format!("{out:?}")),
+        ("zos get", get),
+        ("the API", api),
+        ("the refusals", format!("{err}\n{err2}")),
+        ("events", std::fs::read_to_string(&events_log).unwrap()),
+        ("the node's log", node.log()),
+    ] {
+        assert!(!text.contains(&password), "the password is in {place}");
+    }
+    for dir in [node.data(), tmp.join("cache")] {
+        assert!(dir.is_dir(), "{}", dir.display());
+        assert_eq!(files_holding(&dir, &password), Vec::<PathBuf>::new());
+    }
+    assert!(node.data().join("node.redb").is_file());
+    for name in ["priv", "anon", "wrongpw", "bobs"] {
+        let owner = if name == "priv" { "alice" } else { "bob" };
+        ok(&mut node.cli(owner, &["rm", name]));
+    }
+}
+
 #[test]
 fn files_are_written_into_a_container_before_it_starts() {
     if !common::is_root() || !common::have("qemu-system-x86_64") {

@@ -56,6 +56,32 @@ pub enum Error {
     /// The caller asked for something that cannot be done (an absent path, a bad argument).
     #[error("{0}")]
     Invalid(String),
+    /// A registry refused to serve an image: it wants credentials, or refused those given.
+    #[error("{image}: {}", unauthorized_phrase(user.as_deref(), what, detail))]
+    Unauthorized {
+        /// The image as given.
+        image: String,
+        /// What was being fetched (`manifest`, `layer sha256:…`).
+        what: String,
+        /// The user whose credentials were refused; `None` when none were given.
+        user: Option<String>,
+        /// What the registry said (never the password).
+        detail: String,
+    },
+}
+
+/// How [`Error::Unauthorized`] reads after the image.
+fn unauthorized_phrase(user: Option<&str>, what: &str, detail: &str) -> String {
+    match user {
+        None => format!(
+            "the registry wants credentials for the {what}: the image is private (or its name \
+             is wrong) ({detail})"
+        ),
+        Some(user) => format!(
+            "the registry refused the credentials of user {user:?} for the {what}: the \
+             username or password is wrong, or that user may not pull this image ({detail})"
+        ),
+    }
 }
 
 impl Error {

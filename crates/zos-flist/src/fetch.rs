@@ -11,6 +11,12 @@
 //! Container images named by reference (`docker://…`) are imported the same way: once per
 //! reference (asks at the same time wait for the one import), into the node's own store,
 //! kept as `image-<manifest digest>.fl` with a record of the digest the reference gave.
+//!
+//! A private image (pulled with credentials) must not reach someone who may not pull it, so
+//! its record is kept per owner: another owner's ask misses it and goes to the registry
+//! with their own credentials (or none), which must resolve the reference (manifest and
+//! config) before the digest's flist, already here, is handed over without pulling its
+//! layers again. An anonymous pull's record serves everyone: the image was public.
 
 use crate::store::{http_agent, refusal_of, strip_password, StoreError, StorePolicy};
 use sha2::{Digest, Sha256};
@@ -84,8 +90,18 @@ pub enum FetchError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The image could not be imported (registry unreachable, 404, refused credentials,
-    /// no image for this platform…).
+    /// The registry refused to serve the image: it wants credentials, or refused those given.
+    #[error("importing image {reference}: {reason}")]
+    Unauthorized {
+        /// The reference as given.
+        reference: String,
+        /// What the importer said (never the password).
+        reason: String,
+        /// Whether credentials were sent.
+        with_credentials: bool,
+    },
+    /// The image could not be imported (registry unreachable, 404, no image for this
+    /// platform…).
     #[error("importing image {reference}: {reason}")]
     Import {
         /// The reference as given.
@@ -119,6 +135,16 @@ pub struct Imported {
     pub path: PathBuf,
     /// Where it came from and its manifest digest: `docker://HOST/NAME:TAG@sha256:…`.
     pub reference: String,
+}
+
+/// A pull of a private image: whom it is for and with what.
+#[derive(Debug, Clone, Copy)]
+pub struct PrivatePull<'a> {
+    /// Whom it is for (the deployment's owner, as text): what is pulled with these
+    /// credentials is reused for them alone.
+    pub owner: &'a str,
+    /// Their registry credentials.
+    pub credentials: &'a crate::oci::Credentials,
 }
 
 /// What makes an OS error at `path` a [`FetchError`].
@@ -175,27 +201,38 @@ impl FlistCache {
     }
 
     /// The flist of container image `reference` (`docker://…`), imported (its blocks into
-    /// `store`) unless the cache has what this reference gave last time.
+    /// `store`) unless the cache has what this reference gave last time: to anyone, or to
+    /// this owner for a `private` pull (see the module's doc).
     pub fn import(
         &self,
         reference: &str,
+        private: Option<PrivatePull<'_>>,
         store: &crate::store::StoreSpec,
         progress: &dyn crate::oci::ImportProgress,
     ) -> Result<Imported, FetchError> {
-        let failed = |reason: String| FetchError::Import {
-            reference: reference.to_owned(),
-            reason,
+        let failed = |e: crate::error::Error| match e {
+            crate::error::Error::Unauthorized { .. } => FetchError::Unauthorized {
+                reference: reference.to_owned(),
+                reason: e.to_string(),
+                with_credentials: private.is_some(),
+            },
+            e => FetchError::Import {
+                reference: reference.to_owned(),
+                reason: e.to_string(),
+            },
         };
-        let url = url::Url::parse(reference).map_err(|e| failed(e.to_string()))?;
-        let lock = self.one_at_a_time(reference);
+        let url = url::Url::parse(reference).map_err(|e| FetchError::Import {
+            reference: reference.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let key = match private {
+            None => reference.to_owned(),
+            Some(p) => format!("{reference} for {}", p.owner),
+        };
+        let lock = self.one_at_a_time(&key);
         let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(resolved) = self.read_record(reference) {
-            if let Some(path) = self.image_path(&resolved).filter(|p| p.is_file()) {
-                return Ok(Imported {
-                    path,
-                    reference: resolved,
-                });
-            }
+        if let Some(cached) = self.cached_image(reference, &key) {
+            return Ok(cached);
         }
         if let Some(policy) = &self.policy {
             policy
@@ -203,13 +240,6 @@ impl FlistCache {
                 .map_err(FetchError::Refused)?;
         }
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        // Imported aside, renamed in once its digest is known.
-        let tmp = tempfile::Builder::new()
-            .prefix(".import-")
-            .suffix(".fl")
-            .tempfile_in(&self.dir)
-            .map_err(io(&self.dir))?
-            .into_temp_path();
         let opts = crate::oci::ImportOptions {
             pack: crate::pack::PackOptions {
                 stores: vec![store.clone()],
@@ -219,19 +249,53 @@ impl FlistCache {
             platform: Some(crate::oci::Platform::default()),
             ..Default::default()
         };
-        let report = crate::oci::import(reference, &tmp, &opts, progress)
-            .map_err(|e| failed(e.to_string()))?;
+        let credentials = private.map(|p| p.credentials);
+        // Another ask (another owner, another tag) may have imported this digest: resolving
+        // it here proves these credentials may read it, and its layers are not pulled again.
+        let located = crate::oci::locate(reference, &opts, credentials).map_err(failed)?;
+        if let Some(path) = self.image_path(&located).filter(|p| p.is_file()) {
+            self.write_record(&key, &located)?;
+            return Ok(Imported {
+                path,
+                reference: located,
+            });
+        }
+        // Imported aside, renamed in once its digest is known.
+        let tmp = tempfile::Builder::new()
+            .prefix(".import-")
+            .suffix(".fl")
+            .tempfile_in(&self.dir)
+            .map_err(io(&self.dir))?
+            .into_temp_path();
+        let report = crate::oci::import_with(reference, &tmp, &opts, credentials, progress)
+            .map_err(failed)?;
         let path = self
             .image_path(&report.reference)
-            .ok_or_else(|| failed(format!("unexpected digest in {}", report.reference)))?;
+            .ok_or_else(|| FetchError::Import {
+                reference: reference.to_owned(),
+                reason: format!("unexpected digest in {}", report.reference),
+            })?;
         tmp.persist(&path).map_err(|e| FetchError::Io {
             path: path.clone(),
             source: e.error,
         })?;
-        self.write_record(reference, &report.reference)?;
+        self.write_record(&key, &report.reference)?;
         Ok(Imported {
             path,
             reference: report.reference,
+        })
+    }
+
+    /// The image `reference` gave last time, if its flist is still here: an anonymous pull
+    /// (public, for anyone), or one recorded under `key` (this owner's private pull).
+    fn cached_image(&self, reference: &str, key: &str) -> Option<Imported> {
+        [reference, key].into_iter().find_map(|k| {
+            let resolved = self.read_record(k)?;
+            let path = self.image_path(&resolved).filter(|p| p.is_file())?;
+            Some(Imported {
+                path,
+                reference: resolved,
+            })
         })
     }
 

@@ -51,7 +51,7 @@ pub use validate::{is_valid_deployment_name, ValidationError};
 pub use workload::{
     addresses, held_addresses, is_flist_url, network_named, wireguard_key, Healthcheck, Interface,
     MachineAddress, MachineFile, MachineNetwork, Mount, Network, NetworkResult, Peer, Port,
-    Protocol, PublicIp, PublicIpResult, RestartPolicy, ResultState, WireGuard, WireGuardEnd,
-    Workload, WorkloadData, WorkloadFile, WorkloadName, WorkloadResult, WorkloadSpec, ZMachine,
-    ZMount, MIN_MEMORY, RANGE_PREFIX, SEALED_BEGIN, SUBNET_PREFIX, WORKLOAD_TYPES,
+    Protocol, PublicIp, PublicIpResult, RegistryAuth, RestartPolicy, ResultState, WireGuard,
+    WireGuardEnd, Workload, WorkloadData, WorkloadFile, WorkloadName, WorkloadResult, WorkloadSpec,
+    ZMachine, ZMount, MIN_MEMORY, RANGE_PREFIX, SEALED_BEGIN, SUBNET_PREFIX, WORKLOAD_TYPES,
 };

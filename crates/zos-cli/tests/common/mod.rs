@@ -127,13 +127,34 @@ pub fn http_gets(log: &Path) -> Vec<String> {
 /// Debian's docker-registry on a free loopback port, storing under `dir`; its access log
 /// (one line per request) and errors written to `log` when given.
 pub fn registry(dir: &Path, log: Option<&Path>) -> Server {
+    start_registry(dir, log, "")
+}
+
+/// The same, serving only `user` with `password` (HTTP basic auth against an htpasswd file
+/// of bcrypt hashes, which is what docker-registry accepts).
+pub fn private_registry(dir: &Path, log: Option<&Path>, user: &str, password: &str) -> Server {
+    let htpasswd = dir.join("htpasswd");
+    let line = ok(Command::new("htpasswd").args(["-B", "-b", "-n", user, password]));
+    std::fs::write(&htpasswd, line.trim()).unwrap();
+    start_registry(
+        dir,
+        log,
+        &format!(
+            "auth:\n  htpasswd:\n    realm: zos-test\n    path: {}\n",
+            htpasswd.display()
+        ),
+    )
+}
+
+/// docker-registry with `extra` appended to its config.
+fn start_registry(dir: &Path, log: Option<&Path>, extra: &str) -> Server {
     let port = free_port();
     let config = dir.join("registry.yml");
     std::fs::write(
         &config,
         format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
-             rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+             rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
             dir.join("registry-data").display()
         ),
     )

@@ -195,6 +195,26 @@ pub struct ImportOptions {
     pub cancel: Option<Arc<AtomicBool>>,
 }
 
+/// A user's credentials for a private registry: sent as HTTP Basic auth, or traded for a
+/// token where the registry asks for one. Its `Debug` hides the password, so a logged
+/// options struct or error never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The registry user.
+    pub username: String,
+    /// Their password or access token.
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"(hidden)")
+            .finish()
+    }
+}
+
 /// Told about an import as it goes. The [`Progress`] counts are bytes of layer blobs read
 /// while layers are applied, then bytes of file content while packing.
 pub trait ImportProgress: Progress {
@@ -309,14 +329,25 @@ fn split_path(s: &str) -> Option<(PathBuf, Option<String>)> {
 
 /// Opens the image `image` names. Local images are recognised by content; the `oci:`,
 /// `oci-archive:` and `docker-archive:` prefixes are accepted and only strip off.
-fn open_source(image: &str, scratch: &Path, opts: &ImportOptions) -> Result<Source> {
+fn open_source(
+    image: &str,
+    scratch: &Path,
+    opts: &ImportOptions,
+    credentials: Option<&Credentials>,
+) -> Result<Source> {
     if let Some(reference) = image.strip_prefix("docker://") {
         return Ok(Source::Registry(Box::new(registry::Registry::new(
             image,
             reference,
             opts.insecure,
+            credentials,
             opts.cancel.clone(),
         )?)));
+    }
+    if credentials.is_some() {
+        return Err(Error::Invalid(format!(
+            "{image}: credentials are for registry images (docker://…), not local files"
+        )));
     }
     let spec = ["oci:", "oci-archive:", "docker-archive:"]
         .iter()
@@ -421,6 +452,17 @@ pub fn import(
     opts: &ImportOptions,
     progress: &dyn ImportProgress,
 ) -> Result<ImportReport> {
+    import_with(image, output, opts, None, progress)
+}
+
+/// [`import`], pulling a registry image with `credentials` (anonymously when `None`).
+pub fn import_with(
+    image: &str,
+    output: &Path,
+    opts: &ImportOptions,
+    credentials: Option<&Credentials>,
+    progress: &dyn ImportProgress,
+) -> Result<ImportReport> {
     // Everything that can be checked before any download is checked first.
     if opts.pack.stores.is_empty() {
         return Err(Error::Invalid(
@@ -458,7 +500,15 @@ pub fn import(
                 .at(parent)?,
         ),
     };
-    let result = run(image, output, opts, progress, staging.path(), name);
+    let result = run(
+        image,
+        output,
+        opts,
+        credentials,
+        progress,
+        staging.path(),
+        name,
+    );
     drop(staging);
     let cancelled = opts
         .cancel
@@ -470,16 +520,43 @@ pub fn import(
     }
 }
 
+/// Where a registry image's reference leads now, without pulling its layers: the reference
+/// [`ImportReport::reference`] would hold (`docker://HOST/NAME:TAG@sha256:…`, the manifest
+/// for the platform `opts` asks for). Pulling the manifests and config with `credentials`
+/// also proves they may read the image.
+pub fn locate(
+    image: &str,
+    opts: &ImportOptions,
+    credentials: Option<&Credentials>,
+) -> Result<String> {
+    let reference = image.strip_prefix("docker://").ok_or_else(|| {
+        Error::Invalid(format!(
+            "{image}: only registry images (docker://…) can be located"
+        ))
+    })?;
+    let mut source = Source::Registry(Box::new(registry::Registry::new(
+        image,
+        reference,
+        opts.insecure,
+        credentials,
+        opts.cancel.clone(),
+    )?));
+    let platform = opts.platform.clone().unwrap_or_default();
+    let resolved = source.resolve(&platform, opts.platform.is_some())?;
+    Ok(format!("{}@{}", source.reference(image), resolved.digest))
+}
+
 fn run(
     image: &str,
     output: &Path,
     opts: &ImportOptions,
+    credentials: Option<&Credentials>,
     progress: &dyn ImportProgress,
     staging: &Path,
     name: &std::ffi::OsStr,
 ) -> Result<ImportReport> {
     let cancel = opts.cancel.as_deref();
-    let mut source = open_source(image, &staging.join("image.tar"), opts)?;
+    let mut source = open_source(image, &staging.join("image.tar"), opts, credentials)?;
     let platform = opts.platform.clone().unwrap_or_default();
     let resolved = source.resolve(&platform, opts.platform.is_some())?;
 

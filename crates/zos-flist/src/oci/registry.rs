@@ -1,11 +1,11 @@
-//! Images in a registry, pulled with `oci-client` (anonymous, with whatever token dance the
-//! registry asks for). The client is async; the import is not, so a current-thread tokio
+//! Images in a registry, pulled with `oci-client` (anonymously, or with a user's credentials
+//! as HTTP Basic auth; with whatever token dance the registry asks for). The client is async; the import is not, so a current-thread tokio
 //! runtime lives here and every call is driven with `block_on`. Layers are streamed: the
 //! HTTP body is turned into a blocking [`Read`] chunk by chunk, never held whole.
 
 use super::digest::{read_limited, Digest, Mismatch, Verify};
 use super::spec::{self, Descriptor, LayerDesc, ManifestSource, Resolved, SMALL_BLOB_LIMIT};
-use super::{Cancelled, Platform};
+use super::{Cancelled, Credentials, Platform};
 use crate::error::{Error, Result};
 use futures_util::{Stream, StreamExt};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
@@ -35,6 +35,8 @@ pub(crate) struct Registry {
     pub image: String,
     /// `http` or `https`, for messages.
     scheme: &'static str,
+    /// What every request authenticates with (the client keeps it per registry).
+    auth: RegistryAuth,
     cancel: Option<Arc<AtomicBool>>,
 }
 
@@ -53,12 +55,14 @@ fn is_loopback(registry: &str) -> bool {
 }
 
 impl Registry {
-    /// Parses `reference` (without the `docker://`) and prepares a client. Plain HTTP is used
-    /// for loopback registries, and for any registry when `insecure`.
+    /// Parses `reference` (without the `docker://`) and prepares a client that pulls with
+    /// `credentials` (anonymously without). Plain HTTP is used for loopback registries, and
+    /// for any registry when `insecure`.
     pub(crate) fn new(
         image: &str,
         reference: &str,
         insecure: bool,
+        credentials: Option<&Credentials>,
         cancel: Option<Arc<AtomicBool>>,
     ) -> Result<Registry> {
         let reference: Reference = reference.parse().map_err(|e| {
@@ -96,6 +100,9 @@ impl Registry {
             reference,
             image: image.to_owned(),
             scheme: if plain { "http" } else { "https" },
+            auth: credentials.map_or(RegistryAuth::Anonymous, |c| {
+                RegistryAuth::Basic(c.username.clone(), c.password.clone())
+            }),
             cancel,
         })
     }
@@ -122,8 +129,41 @@ impl Registry {
         })
     }
 
+    /// The user whose credentials are sent, if any.
+    fn user(&self) -> Option<String> {
+        match &self.auth {
+            RegistryAuth::Basic(user, _) => Some(user.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether the registry refused access: 401 (no or wrong credentials), a failed token
+    /// exchange, or an OCI `UNAUTHORIZED`/`DENIED` error (a 403, or a registry naming it).
+    fn is_refusal(e: &OciDistributionError) -> bool {
+        match e {
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::AuthenticationFailure(_)
+            | OciDistributionError::ServerError {
+                code: 401 | 403, ..
+            } => true,
+            OciDistributionError::RegistryError { envelope, .. } => envelope
+                .errors
+                .iter()
+                .any(|err| matches!(err.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
+            _ => false,
+        }
+    }
+
     /// A clear message for a failed registry call; `what` is what we were fetching.
     fn error(&self, what: &str, e: OciDistributionError) -> Error {
+        if Registry::is_refusal(&e) {
+            return Error::Unauthorized {
+                image: self.image.clone(),
+                what: what.to_owned(),
+                user: self.user(),
+                detail: e.to_string(),
+            };
+        }
         let image = &self.image;
         let host = self.reference.resolve_registry();
         let repo = self.reference.repository();
@@ -165,11 +205,6 @@ impl Registry {
                 "{image}: the registry answered HTTP {code} for the {what}: {:?}. Is {host} an \
                  OCI registry?",
                 spec::snippet(message.as_bytes())
-            ),
-            OciDistributionError::UnauthorizedError { .. }
-            | OciDistributionError::AuthenticationFailure(_) => format!(
-                "{image}: the registry wants credentials for the {what}, and only anonymous \
-                 pulls are supported: check the name, and that the image is public ({e})"
             ),
             OciDistributionError::DigestError(d) => format!(
                 "{image}: the {what} does not match its digest ({d}); the registry or a proxy \
@@ -217,9 +252,7 @@ impl Registry {
     }
 
     fn fetch_manifest(&self, reference: &Reference, what: &str) -> Result<(Vec<u8>, String)> {
-        let fut = self
-            .client
-            .pull_manifest_raw(reference, &RegistryAuth::Anonymous, ACCEPT);
+        let fut = self.client.pull_manifest_raw(reference, &self.auth, ACCEPT);
         let (bytes, digest) = self
             .block(fut)
             .map_err(|_| Error::Invalid(Cancelled.to_string()))?
@@ -363,6 +396,44 @@ fn digest_error(e: io::Error) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_names_the_user_never_the_password() {
+        let credentials = Credentials {
+            username: "ci".into(),
+            password: "hunter2-secret".into(),
+        };
+        assert!(!format!("{credentials:?}").contains("hunter2"));
+        let image = "docker://127.0.0.1:5000/team/app:1";
+        let refusal = || OciDistributionError::UnauthorizedError {
+            url: "http://127.0.0.1:5000/v2/team/app/manifests/1".into(),
+        };
+        let with = Registry::new(image, &image[9..], false, Some(&credentials), None).unwrap();
+        let err = with.error("manifest", refusal());
+        assert!(
+            matches!(&err, Error::Unauthorized { user: Some(u), .. } if u == "ci"),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("refused the credentials of user \"ci\""),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2") && !format!("{err:?}").contains("hunter2"));
+        let without = Registry::new(image, &image[9..], false, None, None).unwrap();
+        let text = without.error("manifest", refusal()).to_string();
+        assert!(text.contains("the registry wants credentials"), "{text}");
+        // A 404 is not a refusal.
+        let missing = OciDistributionError::ServerError {
+            code: 404,
+            url: String::new(),
+            message: String::new(),
+        };
+        assert!(!matches!(
+            without.error("manifest", missing),
+            Error::Unauthorized { .. }
+        ));
+    }
 
     #[test]
     fn loopback_registries() {

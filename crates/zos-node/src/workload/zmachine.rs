@@ -1,6 +1,7 @@
 //! `zmachine` on the node: a VM made with `zos-vmm` from the workload's flist (a file of the
 //! node's, downloaded by URL, or imported from a registry), the zmounts it mounts attached as
-//! disks, its sealed secrets opened into its environment; restarted by the monitor per its
+//! disks, its sealed secrets opened into its environment (and its registry password into
+//! the pull, never further); restarted by the monitor per its
 //! restart policy (after a crash, an exit, or an unhealthy healthcheck), with backoff.
 
 use super::{names_in, result, zmount, Claim, Console, Host, Kind, Step, Target};
@@ -10,7 +11,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use zos_flist::fetch::FetchError;
+use zos_flist::fetch::{FetchError, PrivatePull};
+use zos_flist::oci::Credentials;
 use zos_flist::store::{Allowance, StoreError, StorePolicy};
 use zos_types::api::Resources;
 use zos_types::{
@@ -64,6 +66,7 @@ impl Kind for Zmachine {
             None => check_flist(&m.flist, host)?,
         }
         open_secrets(host, m)?;
+        open_registry_auth(host, m)?;
         // A port a host process listens on; those of deployments are claims.
         for p in port_maps(m) {
             p.check_host_free().map_err(|e| e.to_string())?;
@@ -454,14 +457,24 @@ enum Origin {
 fn source(host: &Host, target: &Target, m: &ZMachine) -> Result<(PathBuf, Origin), String> {
     let refused = |what: &str, e: FetchError| match e {
         FetchError::Refused(e) => refusal(what, e),
+        FetchError::Unauthorized {
+            with_credentials, ..
+        } => format!("{e}. {}", credentials_remedy(with_credentials)),
         e => e.to_string(),
     };
     if let Some(image) = &m.image {
+        let credentials = open_registry_auth(host, m)?;
+        let owner = target.owner.to_string();
+        let private = credentials.as_ref().map(|credentials| PrivatePull {
+            owner: &owner,
+            credentials,
+        });
         // Progress is told only by an import that happens (a cached image reports nothing).
         let got = host
             .flists
             .import(
                 image,
+                private,
                 &host.image_store,
                 &PullProgress::new(target.progress),
             )
@@ -497,6 +510,35 @@ fn open_secrets(host: &Host, m: &ZMachine) -> Result<Vec<(String, String)>, Stri
             Ok((key.clone(), value))
         })
         .collect()
+}
+
+/// A zmachine's `registry_auth` with its password opened with the node's key, for the pull
+/// alone; an error never holds the password.
+fn open_registry_auth(host: &Host, m: &ZMachine) -> Result<Option<Credentials>, String> {
+    let Some(auth) = &m.registry_auth else {
+        return Ok(None);
+    };
+    let password = host
+        .opener
+        .open(&auth.password)
+        .map_err(|e| format!("registry_auth.password: {e}"))?;
+    let password = String::from_utf8(password)
+        .map_err(|_| "registry_auth.password: the opened value is not UTF-8 text".to_owned())?;
+    Ok(Some(Credentials {
+        username: auth.username.clone(),
+        password,
+    }))
+}
+
+/// What to do when a registry refused a pull, with or without credentials.
+fn credentials_remedy(with_credentials: bool) -> &'static str {
+    if with_credentials {
+        "Fix the machine's registry_auth: its username, and its password sealed again with \
+         `zos seal --node-id NODE_ID`"
+    } else {
+        "If the image is private, give the machine registry_auth: { username: USER, password: \
+         <the password sealed with `zos seal --node-id NODE_ID`> }; else check the image's name"
+    }
 }
 
 /// The address of each of `w`'s interfaces, in its order (see [`zos_types::addresses`]),

@@ -16,8 +16,8 @@ pub use network::{
     SUBNET_PREFIX,
 };
 pub use zmachine::{
-    is_flist_url, Healthcheck, MachineFile, Mount, Port, Protocol, RestartPolicy, ZMachine,
-    MIN_MEMORY, SEALED_BEGIN,
+    is_flist_url, Healthcheck, MachineFile, Mount, Port, Protocol, RegistryAuth, RestartPolicy,
+    ZMachine, MIN_MEMORY, SEALED_BEGIN,
 };
 pub use zmount::ZMount;
 

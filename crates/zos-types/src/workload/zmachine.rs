@@ -25,6 +25,9 @@ pub struct ZMachine {
     /// store): `docker://HOST[:PORT]/NAME:TAG` or `…@sha256:…`. Either this or `flist`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Credentials for a private `image`'s registry, the password sealed to this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryAuth>,
     /// Pins a downloaded flist: `sha256:` and the hex SHA-256 of the `.fl` file. The node
     /// refuses a download that does not match (and needs no request when it has it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,6 +79,44 @@ pub struct ZMachine {
     /// restarted per `restart`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<Healthcheck>,
+}
+
+/// The registry user a private image is pulled as. The password is sealed to the node like a
+/// `secret_env` value; the username stays plain: registries do not treat it as a secret
+/// (it is in every `docker login`'s output), and a plain one lets `zos get` and a refusal
+/// say which account was used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    /// The registry user (or the fixed name a token goes with, e.g. `oauth2accesstoken`).
+    pub username: String,
+    /// Their password or access token, sealed (`zos seal --node-id ID`, or `age -a -R` with the
+    /// node's recipient).
+    pub password: String,
+}
+
+impl RegistryAuth {
+    /// What is wrong with it, if anything.
+    fn problems(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        if self.username.is_empty() || self.username.contains([':', '\n', '\r']) {
+            bad.push("registry_auth.username must be non-empty, without ':' or line breaks".into());
+        }
+        if !is_sealed(&self.password) {
+            bad.push(
+                "registry_auth.password is not sealed: seal it with `zos seal --node-id NODE_ID` \
+                 (or `age -a -R` with the node's recipient) and paste the armored text it \
+                 prints"
+                    .into(),
+            );
+        }
+        bad
+    }
+}
+
+/// Whether `value` is a sealed value (age's ASCII armor).
+fn is_sealed(value: &str) -> bool {
+    value.trim_start().starts_with(SEALED_BEGIN)
 }
 
 /// A healthcheck: a command run in the container (its user, environment, working
@@ -264,6 +305,13 @@ impl WorkloadData for ZMachine {
             }
             (None, false) => {}
         }
+        match (&self.registry_auth, &self.image) {
+            (Some(auth), Some(_)) => bad.extend(auth.problems()),
+            (Some(_), None) => bad.push(
+                "registry_auth is for pulling an image: use it with image: docker://…".into(),
+            ),
+            (None, _) => {}
+        }
         if let Some(pin) = &self.flist_hash {
             let hex = pin.strip_prefix("sha256:").unwrap_or_default();
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -307,10 +355,10 @@ impl WorkloadData for ZMachine {
             }
         }
         for (key, value) in &self.secret_env {
-            if !value.trim_start().starts_with(SEALED_BEGIN) {
+            if !is_sealed(value) {
                 bad.push(format!(
-                    "secret_env {key:?} is not sealed: seal its value with `zos seal --node \
-                     NODE_ID` (or `age -a -R` with the node's recipient) and paste the \
+                    "secret_env {key:?} is not sealed: seal its value with `zos seal \
+                     --node-id NODE_ID` (or `age -a -R` with the node's recipient) and paste the \
                      armored text it prints"
                 ));
             }
@@ -435,5 +483,50 @@ impl ZMachine {
         }
         bad.dedup();
         bad
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The problems of a machine pulling `image` with `registry_auth` (JSON).
+    fn problems_of(image: Option<&str>, auth: serde_json::Value) -> Vec<String> {
+        let mut m = serde_json::json!({ "registry_auth": auth });
+        match image {
+            Some(image) => m["image"] = image.into(),
+            None => m["flist"] = "/var/lib/zos/flists/app.fl".into(),
+        }
+        let m: ZMachine = serde_json::from_value(m).unwrap();
+        m.problems(&[])
+    }
+
+    #[test]
+    fn registry_auth_needs_an_image_a_plain_user_and_a_sealed_password() {
+        let image = Some("docker://registry.example/team/app:1");
+        let sealed = format!("{SEALED_BEGIN}\nYWdl\n-----END AGE ENCRYPTED FILE-----\n");
+        let good = serde_json::json!({ "username": "ci", "password": sealed });
+        assert!(problems_of(image, good.clone()).is_empty());
+        let p = problems_of(None, good).join("\n");
+        assert!(p.contains("registry_auth is for pulling an image"), "{p}");
+        let p = problems_of(
+            image,
+            serde_json::json!({ "username": "a:b", "password": "hunter2" }),
+        )
+        .join("\n");
+        assert!(
+            p.contains("registry_auth.username must be non-empty"),
+            "{p}"
+        );
+        assert!(p.contains("registry_auth.password is not sealed"), "{p}");
+        // An unsealed password is never echoed back.
+        assert!(!p.contains("hunter2"), "{p}");
+        let err = serde_json::from_value::<ZMachine>(serde_json::json!({
+            "image": "docker://r.example/a:1",
+            "registry_auth": { "username": "ci", "password": sealed, "token": "x" },
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `token`"), "{err}");
     }
 }
