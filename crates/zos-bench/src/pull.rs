@@ -114,7 +114,11 @@ fn measure(
         local.push(deployed);
     }
     progress("zos-bench pull: exec true in a running container, against a signed API request");
-    let last = format!("docker://127.0.0.1:{}/bench/img{}:1", registry.port, runs - 1);
+    let last = format!(
+        "docker://127.0.0.1:{}/bench/img{}:1",
+        registry.port,
+        runs - 1
+    );
     let (exec, api_call) = exec_latency(&api, &key, &last)?;
     let mut rows = Vec::new();
     let mut targets = Vec::new();

@@ -78,10 +78,15 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode> {
     let node = args.client.connect()?;
     let (input, lines) = mpsc::channel();
     if args.interactive {
-        send_stdin(input.clone());
+        let input = input.clone();
+        read_stdin(move |chunk| {
+            let line = chunk.map_or(StreamIn::StdinEnd, StreamIn::Stdin);
+            input.send(line).is_ok()
+        });
     }
     if tty.is_some() {
-        send_resizes(input.clone());
+        let input = input.clone();
+        watch_resizes(move |size| input.send(StreamIn::Resize(size)).is_ok());
     }
     let _raw = match (&tty, args.interactive) {
         (Some(t), true) => Some(t.raw()?),
@@ -104,8 +109,9 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode> {
     ))
 }
 
-/// Reads our stdin on a thread of its own and sends it, then its end.
-fn send_stdin(input: Sender<StreamIn>) {
+/// Reads our stdin on a thread of its own, handing each chunk to `send`, then `None` at its
+/// end; stops when `send` says the other side is gone.
+pub fn read_stdin(mut send: impl FnMut(Option<Vec<u8>>) -> bool + Send + 'static) {
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
         let mut buf = vec![0u8; CHUNK];
@@ -113,25 +119,25 @@ fn send_stdin(input: Sender<StreamIn>) {
             match stdin.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if input.send(StreamIn::Stdin(buf[..n].to_vec())).is_err() {
+                    if !send(Some(buf[..n].to_vec())) {
                         return;
                     }
                 }
             }
         }
-        let _ = input.send(StreamIn::StdinEnd);
+        send(None);
     });
 }
 
-/// Sends our terminal's size each time it changes.
-fn send_resizes(input: Sender<StreamIn>) {
+/// Hands our terminal's size to `send` each time it changes, until `send` says stop.
+pub fn watch_resizes(mut send: impl FnMut(WindowSize) -> bool + Send + 'static) {
     let Ok(mut signals) = signal_hook::iterator::Signals::new([libc::SIGWINCH]) else {
         return;
     };
     std::thread::spawn(move || {
         for _ in signals.forever() {
             let Ok(t) = Terminal::of_stdin() else { return };
-            if input.send(StreamIn::Resize(t.size())).is_err() {
+            if !send(t.size()) {
                 return;
             }
         }
@@ -139,12 +145,13 @@ fn send_resizes(input: Sender<StreamIn>) {
 }
 
 /// Our stdin, a terminal.
-struct Terminal {
+pub struct Terminal {
     size: WindowSize,
 }
 
 impl Terminal {
-    fn of_stdin() -> std::io::Result<Terminal> {
+    /// Our stdin's terminal and its size; an error when stdin is no terminal.
+    pub fn of_stdin() -> std::io::Result<Terminal> {
         // SAFETY: winsize is plain integers; all zeroes is a valid value.
         let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
         // SAFETY: TIOCGWINSZ writes a winsize to a valid pointer; it fails on a non-terminal.
@@ -159,13 +166,14 @@ impl Terminal {
         })
     }
 
-    fn size(&self) -> WindowSize {
+    /// Its size.
+    pub fn size(&self) -> WindowSize {
         self.size
     }
 
     /// Raw mode until the guard is dropped: keys go to the remote terminal as typed (^C
     /// included), and it does the echoing.
-    fn raw(&self) -> Result<RawMode> {
+    pub fn raw(&self) -> Result<RawMode> {
         // SAFETY: termios is plain integers and arrays; all zeroes is a valid value.
         let mut saved: libc::termios = unsafe { std::mem::zeroed() };
         // SAFETY: tcgetattr writes a termios to a valid pointer.
@@ -184,7 +192,7 @@ impl Terminal {
 }
 
 /// Puts the terminal back as it was.
-struct RawMode {
+pub struct RawMode {
     saved: libc::termios,
 }
 

@@ -255,16 +255,28 @@ pub fn run(args: VmArgs, place: Place, detach: bool) -> Result<ExitCode> {
         println!("{name}");
         return Ok(ExitCode::SUCCESS);
     }
-    let result = attach(&vmm, &name);
+    let result = follow(&vmm, &name);
     if let Err(e) = vmm.delete(&name) {
         eprintln!("warning: removing VM {name}: {e}");
     }
     finish(result?)
 }
 
-/// Streams the console until the VM is no longer active. The first Ctrl-C (or SIGTERM) is
-/// passed to the container's process, a second one stops the VM.
-fn attach(vmm: &Vmm, name: &str) -> Result<VmInfo> {
+/// Passes the first Ctrl-C (or SIGTERM) to the container's process and stops the VM at the
+/// second, until stopped.
+struct Forwarder {
+    handle: signal_hook::iterator::Handle,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Forwarder {
+    fn stop(self) {
+        self.handle.close();
+        let _ = self.thread.join();
+    }
+}
+
+fn forward_signals(vmm: &Vmm, name: &str) -> Result<Forwarder> {
     let interrupts = Arc::new(AtomicUsize::new(0));
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])
         .context("installing signal handlers")?;
@@ -272,7 +284,7 @@ fn attach(vmm: &Vmm, name: &str) -> Result<VmInfo> {
     let seen = interrupts.clone();
     let forward_to = name.to_string();
     let vmm_root = vmm.config().clone();
-    let forwarder = std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         let Ok(vmm) = Vmm::new(vmm_root) else { return };
         for sig in signals.forever() {
             if seen.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -282,6 +294,13 @@ fn attach(vmm: &Vmm, name: &str) -> Result<VmInfo> {
             }
         }
     });
+    Ok(Forwarder { handle, thread })
+}
+
+/// Streams the console until the VM is no longer active; signals go as [`forward_signals`]
+/// says.
+fn follow(vmm: &Vmm, name: &str) -> Result<VmInfo> {
+    let forwarder = forward_signals(vmm, name)?;
     let mut follower = zos_vmm::console::Follower::new(&vmm.console_path(name)?);
     let mut out = std::io::stdout();
     let info = loop {
@@ -296,8 +315,7 @@ fn attach(vmm: &Vmm, name: &str) -> Result<VmInfo> {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    handle.close();
-    let _ = forwarder.join();
+    forwarder.stop();
     Ok(info)
 }
 

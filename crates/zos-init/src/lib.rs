@@ -47,7 +47,26 @@ pub struct GuestConfig {
     /// as [`HealthReport`] lines on [`STATUS_TTY`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<GuestHealthcheck>,
+    /// The host attaches to the process (`zos run` in the foreground): it starts once the
+    /// host asked ([`Open::Attach`]), its stdio relayed as that session (and still copied
+    /// to the console, for the log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach: Option<GuestAttach>,
 }
+
+/// How the host attaches to the container's process.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GuestAttach {
+    /// The host sends stdin.
+    pub stdin: bool,
+    /// The process gets a terminal (its size comes with [`Open::Attach`]).
+    pub tty: bool,
+}
+
+/// The session number of `zos-init`'s hello, one line of empty stdout: sent when it opens
+/// the control console and at each [`Control::Attach`]. Lines sent to a guest that has not
+/// opened its console yet are lost, so the host opens sessions only once it heard one.
+pub const HELLO: u64 = 0;
 
 /// A healthcheck, run as the container's process is (its user, environment and working
 /// directory), its output discarded: exit 0 is a pass.
@@ -225,7 +244,8 @@ pub enum Control {
         /// The input.
         input: Input,
     },
-    /// A host connected: nothing sent before is in flight any more (see [`WINDOW`]).
+    /// A host connected: nothing sent before is in flight any more (see [`WINDOW`]);
+    /// `zos-init` answers with a hello ([`HELLO`]).
     Attach,
     /// The host has read this many more bytes of what `zos-init` sent.
     Consumed(u64),
@@ -257,6 +277,13 @@ pub enum Open {
     CopyIn {
         /// Absolute path inside the container.
         path: String,
+    },
+    /// Start the container's process (configured with [`GuestConfig::attach`]) with its
+    /// stdio as this session.
+    Attach {
+        /// The terminal's size, when it gets one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<WindowSize>,
     },
 }
 

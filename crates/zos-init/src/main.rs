@@ -54,12 +54,19 @@ fn run() -> ExitReport {
         Ok(config) => config,
         Err(e) => return failed(125, e),
     };
-    let pid = match exec::spawn(&config.process, exec::Stdio::Console) {
+    let main = supervise::MainProcess::new(&config);
+    let sessions = supervise::start_control(&main);
+    let started = match (config.attach, &sessions) {
+        (Some(attach), Some(sessions)) => sessions.attach(attach, &config.process),
+        _ => exec::spawn(&config.process, exec::Stdio::Console),
+    };
+    let pid = match started {
         Ok(pid) => pid,
         Err(report) => return failed(report.code, report.error.unwrap_or_default()),
     };
-    ExitReport {
-        code: supervise::run(pid, &config),
-        error: None,
+    let code = supervise::run(main, pid, &config);
+    if let Some(sessions) = &sessions {
+        sessions.drain_attached(std::time::Duration::from_secs(2));
     }
+    ExitReport { code, error: None }
 }

@@ -32,23 +32,47 @@ pub struct Sessions {
     acknowledged: Condvar,
     inboxes: Mutex<HashMap<u64, Sender<Input>>>,
     main: Arc<MainProcess>,
+    /// Where an [`Open::Attach`] goes, for [`Sessions::attach`] to take (it may come
+    /// before that waits).
+    attach_asked: Sender<AttachAsked>,
+    attach_wait: Mutex<Option<Receiver<AttachAsked>>>,
+    /// Ends (a message or a hang-up) when the attached process's output has all been sent.
+    attach_drained: Mutex<Option<Receiver<()>>>,
 }
+
+/// An attach the host asked for: its session and its terminal's size.
+type AttachAsked = (u64, Option<WindowSize>);
 
 impl Sessions {
     /// Sessions writing on `console` (the control console, open for writing), starting
     /// processes as `main`'s children.
     pub fn new(console: File, main: Arc<MainProcess>) -> Arc<Sessions> {
-        Arc::new(Sessions {
+        let (attach_asked, attach_wait) = mpsc::channel();
+        let sessions = Arc::new(Sessions {
             console: Mutex::new(console),
             in_flight: Mutex::new(0),
             acknowledged: Condvar::new(),
             inboxes: Mutex::default(),
             main,
-        })
+            attach_asked,
+            attach_wait: Mutex::new(Some(attach_wait)),
+            attach_drained: Mutex::default(),
+        });
+        sessions.hello();
+        sessions
+    }
+
+    /// Tells the host `zos-init` listens (see [`zos_init::HELLO`]).
+    pub fn hello(&self) {
+        self.send(zos_init::HELLO, Output::Stdout(Vec::new()));
     }
 
     /// Starts session `session`, on a thread of its own.
     pub fn open(self: &Arc<Self>, session: u64, open: Open) {
+        if let Open::Attach { size } = open {
+            let _ = self.attach_asked.send((session, size));
+            return;
+        }
         let (inbox, input) = mpsc::channel();
         self.lock_inboxes().insert(session, inbox);
         let me = Arc::clone(self);
@@ -59,6 +83,8 @@ impl Sessions {
                     Open::Exec(exec) => me.exec(session, exec, input),
                     Open::CopyOut { path } => done(me.copy_out(session, &path)),
                     Open::CopyIn { path } => done(copy_in(&path, input)),
+                    // Taken above: never started on a thread.
+                    Open::Attach { .. } => (125, None),
                 };
                 me.lock_inboxes().remove(&session);
                 me.send(session, Output::Exit { code, error });
@@ -68,6 +94,77 @@ impl Sessions {
             let error = Some(format!("starting the session: {e}"));
             self.send(session, Output::Exit { code: 125, error });
         }
+    }
+
+    /// Starts the container's process once the host attaches (see [`GuestConfig::attach`]),
+    /// its stdio relayed as the host's session and copied to the console; after a minute
+    /// without, it starts on the console alone (the host went away). Returns its pid.
+    ///
+    /// [`GuestConfig::attach`]: zos_init::GuestConfig::attach
+    pub fn attach(
+        self: &Arc<Self>,
+        attach: zos_init::GuestAttach,
+        process: &Process,
+    ) -> Result<libc::pid_t, zos_init::ExitReport> {
+        let asked = self
+            .attach_wait
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .and_then(|wait| wait.recv_timeout(Duration::from_secs(60)).ok());
+        let Some((session, size)) = asked else {
+            console_error("nobody attached within a minute: the process runs on the console");
+            return crate::exec::spawn(process, crate::exec::Stdio::Console);
+        };
+        let exec = Exec {
+            argv: process.argv.clone(),
+            stdin: attach.stdin,
+            tty: attach
+                .tty
+                .then(|| size.unwrap_or(WindowSize { rows: 24, cols: 80 })),
+            ..Exec::default()
+        };
+        let process = with_exec(process.clone(), &exec);
+        let pipes = Pipes::open(&exec).map_err(|e| zos_init::ExitReport {
+            code: 125,
+            error: Some(format!("setting up stdio: {e}")),
+        })?;
+        let pid = crate::exec::spawn(&process, pipes.child())?;
+        let ends = pipes.into_parent();
+        let (inbox, input) = mpsc::channel();
+        self.lock_inboxes().insert(session, inbox);
+        let (done, drained) = mpsc::channel();
+        self.pump(session, ends.stdout, false, done.clone(), true);
+        if let Some(stderr) = ends.stderr {
+            self.pump(session, stderr, true, done, true);
+        }
+        *self
+            .attach_drained
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(drained);
+        feed(pid, ends.stdin, ends.terminal, input);
+        Ok(pid)
+    }
+
+    /// Waits (at most `limit`) until the attached process's last output went to the host:
+    /// the VM powers off next.
+    pub fn drain_attached(&self, limit: Duration) {
+        let Some(drained) = self
+            .attach_drained
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + limit;
+        // Each pump sends one message when done; all done is the channel's hang-up.
+        while drained
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .is_ok()
+        {}
+        let console = self.console.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = crate::sys::drain(&*console);
     }
 
     /// Hands `input` to session `session`, if it is still open.
@@ -141,7 +238,7 @@ impl Sessions {
         for (fd, err) in [(Some(stdout), false), (stderr, true)] {
             if let Some(fd) = fd {
                 pumps += 1;
-                self.pump(session, fd, err, drained.clone());
+                self.pump(session, fd, err, drained.clone(), false);
             }
         }
         drop(drained);
@@ -157,8 +254,16 @@ impl Sessions {
         (code, None)
     }
 
-    /// Sends what `fd` yields as the session's stdout (or stderr) until it ends.
-    fn pump(self: &Arc<Self>, session: u64, fd: OwnedFd, stderr: bool, done: Sender<()>) {
+    /// Sends what `fd` yields as the session's stdout (or stderr) until it ends; with
+    /// `tee`, also to init's own (the console, which is the container's log).
+    fn pump(
+        self: &Arc<Self>,
+        session: u64,
+        fd: OwnedFd,
+        stderr: bool,
+        done: Sender<()>,
+        tee: bool,
+    ) {
         let me = Arc::clone(self);
         let _ = std::thread::Builder::new()
             .name(format!("pump-{session}"))
@@ -170,6 +275,14 @@ impl Sessions {
                         Ok(0) => break,
                         Ok(n) => {
                             let data = buf[..n].to_vec();
+                            if tee {
+                                let _ = match stderr {
+                                    true => io::stderr().write_all(&data),
+                                    false => io::stdout()
+                                        .write_all(&data)
+                                        .and_then(|_| io::stdout().flush()),
+                                };
+                            }
                             let output = match stderr {
                                 true => Output::Stderr(data),
                                 false => Output::Stdout(data),

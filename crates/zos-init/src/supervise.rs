@@ -100,15 +100,44 @@ impl MainProcess {
     }
 }
 
-/// Supervises `pid` (the process of `config`) until it ends and returns its exit code
-/// (`128 + N` for signal N).
-pub fn run(pid: libc::pid_t, config: &GuestConfig) -> i32 {
-    let main = Arc::new(MainProcess {
-        pid: Mutex::new(Some(pid)),
-        stopping: AtomicBool::new(false),
-        process: config.process.clone(),
-        children: Mutex::default(),
-    });
+impl MainProcess {
+    /// The container's process of `config`, not started yet.
+    pub fn new(config: &GuestConfig) -> Arc<MainProcess> {
+        Arc::new(MainProcess {
+            pid: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            process: config.process.clone(),
+            children: Mutex::default(),
+        })
+    }
+}
+
+/// Opens the control console and reads it on a thread of its own for the life of the VM;
+/// returns the sessions it serves (none without a console).
+pub fn start_control(main: &Arc<MainProcess>) -> Option<Arc<Sessions>> {
+    let file = open_control(Duration::from_secs(5))?;
+    let sessions = match file.try_clone() {
+        Ok(out) => Some(Sessions::new(out, Arc::clone(main))),
+        Err(e) => {
+            console_error(&format!("no sessions: cannot share {CONTROL_TTY}: {e}"));
+            None
+        }
+    };
+    let (control, serving) = (Arc::clone(main), sessions.clone());
+    // Without the thread the host cannot signal the process, but it still runs.
+    if let Err(e) = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || read_control(&control, file, serving.as_ref()))
+    {
+        console_error(&format!("starting the control thread: {e}"));
+    }
+    sessions
+}
+
+/// Supervises `pid`, `main`'s process, until it ends and returns its exit code (`128 + N`
+/// for signal N).
+pub fn run(main: Arc<MainProcess>, pid: libc::pid_t, config: &GuestConfig) -> i32 {
+    *main.pid.lock().unwrap_or_else(|e| e.into_inner()) = Some(pid);
     if let Some(check) = &config.healthcheck {
         let (me, check) = (Arc::clone(&main), check.clone());
         let mut process = config.process.clone();
@@ -119,14 +148,6 @@ pub fn run(pid: libc::pid_t, config: &GuestConfig) -> i32 {
         {
             console_error(&format!("starting the healthcheck thread: {e}"));
         }
-    }
-    let control = Arc::clone(&main);
-    // Without the thread the host cannot signal the process, but it still runs.
-    if let Err(e) = std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || read_control(&control))
-    {
-        console_error(&format!("starting the control thread: {e}"));
     }
     let set = sys::waited_signals();
     loop {
@@ -168,17 +189,11 @@ fn open_control(wait: Duration) -> Option<std::fs::File> {
 }
 
 /// Reads [`Control`] lines from the control console for the life of the VM.
-fn read_control(main: &Arc<MainProcess>) {
-    let Some(mut file) = open_control(Duration::from_secs(5)) else {
-        return;
-    };
-    let sessions = match file.try_clone() {
-        Ok(out) => Some(Sessions::new(out, Arc::clone(main))),
-        Err(e) => {
-            console_error(&format!("no sessions: cannot share {CONTROL_TTY}: {e}"));
-            None
-        }
-    };
+fn read_control(
+    main: &Arc<MainProcess>,
+    mut file: std::fs::File,
+    sessions: Option<&Arc<Sessions>>,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 512];
     loop {
@@ -188,7 +203,7 @@ fn read_control(main: &Arc<MainProcess>) {
                 buf.extend_from_slice(&chunk[..n]);
                 while let Some(end) = buf.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=end).collect();
-                    handle_line(main, sessions.as_ref(), &line);
+                    handle_line(main, sessions, &line);
                 }
                 if buf.len() > MAX_LINE {
                     buf.clear();
@@ -222,6 +237,7 @@ fn handle_line(main: &Arc<MainProcess>, sessions: Option<&Arc<Sessions>>, line: 
         Ok(Control::Attach) => {
             if let Some(s) = sessions {
                 s.acknowledge(None);
+                s.hello();
             }
         }
         Ok(Control::Consumed(n)) => {

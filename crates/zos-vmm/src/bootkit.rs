@@ -394,6 +394,7 @@ mod tests {
             network: None,
             files: vec![],
             healthcheck: None,
+            attach: None,
             process: zos_init::Process {
                 argv: vec!["/bin/true".into()],
                 env: vec![],

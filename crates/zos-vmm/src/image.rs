@@ -118,6 +118,8 @@ pub fn plan(source: FlistSource, overrides: &Overrides) -> Result<Boot> {
         }),
         // Set by the caller (VmRequest::plan): the network is no part of the image.
         network: None,
+        // Set by the caller that attaches (`zos run` in the foreground).
+        attach: None,
     })
 }
 

@@ -169,6 +169,9 @@ pub enum Boot {
         /// The check zos-init runs for its health.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         healthcheck: Option<zos_init::GuestHealthcheck>,
+        /// Whether the process waits for the host to attach to its stdio.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attach: Option<zos_init::GuestAttach>,
         /// Its network; `None`: only `lo`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         network: Option<NetSpec>,

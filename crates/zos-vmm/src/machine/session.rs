@@ -17,11 +17,14 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use zos_init::{Control, Framed, Input, Open, Output};
 
 /// Longest line read from the guest: a chunk of 32 KiB in base64, with room to spare.
 const MAX_LINE: usize = 256 * 1024;
+/// How long a session waits for a guest that has not answered yet (it may be booting).
+const GUEST_WAIT: Duration = Duration::from_secs(60);
 
 /// The open links of this process, by VM directory.
 fn links() -> &'static Mutex<HashMap<PathBuf, Arc<Link>>> {
@@ -34,6 +37,9 @@ struct Link {
     dir: PathBuf,
     writer: Mutex<UnixStream>,
     sessions: Mutex<HashMap<u64, Sender<Output>>>,
+    /// Whether the guest has said anything on this link (see [`zos_init::HELLO`]).
+    heard: Mutex<bool>,
+    heard_now: Condvar,
 }
 
 impl Link {
@@ -60,14 +66,14 @@ impl Link {
             dir: dir.to_path_buf(),
             writer: Mutex::new(stream),
             sessions: Mutex::default(),
+            heard: Mutex::new(false),
+            heard_now: Condvar::new(),
         });
         // A sender that died mid-line left a fragment on the console: a newline ends it (an
         // empty or broken line is ignored) and what follows arrives whole. Then the guest
         // learns that what it sent before is not waiting for acknowledgement any more.
-        let mut hello = b"\n".to_vec();
-        hello.extend(serde_json::to_vec(&Control::Attach).unwrap_or_default());
-        hello.push(b'\n');
-        link.write_raw(&hello)?;
+        link.write_raw(b"\n")?;
+        link.announce()?;
         let reading = Arc::clone(&link);
         std::thread::Builder::new()
             .name("guest-console".into())
@@ -88,6 +94,39 @@ impl Link {
         }
         link.close();
         Link::of(dir)?.write_raw(&line)
+    }
+
+    /// Tells the guest a host is here ([`Control::Attach`]); it answers with a hello.
+    fn announce(&self) -> Result<()> {
+        let mut line = serde_json::to_vec(&Control::Attach).unwrap_or_default();
+        line.push(b'\n');
+        self.write_raw(&line)
+    }
+
+    /// Waits until the guest has answered on this link, announcing again every second (a
+    /// guest still booting loses what it is sent before it opens its console).
+    fn await_guest(&self, wait: Duration) -> Result<()> {
+        let deadline = Instant::now() + wait;
+        let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        while !*heard {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Invalid(format!(
+                    "the guest's zos-init did not answer on its control console within {}s \
+                     (still booting? see its console)",
+                    wait.as_secs()
+                )));
+            }
+            drop(heard);
+            self.announce()?;
+            heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+            heard = self
+                .heard_now
+                .wait_timeout(heard, left.min(Duration::from_secs(1)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
     }
 
     fn write_raw(&self, bytes: &[u8]) -> Result<()> {
@@ -129,6 +168,8 @@ impl Link {
                 }
                 Ok(n) => {
                     unacknowledged += n as u64;
+                    *self.heard.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                    self.heard_now.notify_all();
                     if let Ok(framed) = serde_json::from_slice::<Framed>(&line) {
                         self.deliver(framed);
                     }
@@ -158,6 +199,8 @@ impl Link {
         }
         drop(all);
         self.lock_sessions().clear();
+        // Whoever waits for a hello stops waiting: the link is gone.
+        self.heard_now.notify_all();
         let _ = self
             .writer
             .lock()
@@ -234,6 +277,28 @@ impl Vmm {
     /// Opens a session in a running container VM (a VM-mode guest has no `zos-init` to
     /// talk to: reach it over its network).
     pub fn open_session(&self, name: &str, open: Open) -> Result<Session> {
+        let link = Link::of(&self.container(name)?)?;
+        link.await_guest(GUEST_WAIT)?;
+        open_on(link, open)
+    }
+
+    /// Attaches to the process of a container started with `attach` set (see
+    /// [`zos_init::GuestConfig::attach`]): once `zos-init` listens (within `wait`: it may
+    /// be booting), it starts the process with this session as its stdio, of terminal size
+    /// `size`.
+    pub fn attach(
+        &self,
+        name: &str,
+        size: Option<zos_init::WindowSize>,
+        wait: Duration,
+    ) -> Result<Session> {
+        let link = Link::of(&self.container(name)?)?;
+        link.await_guest(wait)?;
+        open_on(link, Open::Attach { size })
+    }
+
+    /// The directory of `name`, a running container VM.
+    fn container(&self, name: &str) -> Result<PathBuf> {
         let dir = self.existing(name)?;
         let info = self.status(name)?;
         if !info.state.is_active() {
@@ -249,17 +314,22 @@ impl Vmm {
                  reach it over its network (SSH)"
             )));
         }
-        let link = Link::of(&dir)?;
-        let id = next_id();
-        let (to, output) = mpsc::channel();
-        link.lock_sessions().insert(id, to);
-        let session = Session {
-            id,
-            link,
-            output: Mutex::new(output),
-            over: AtomicBool::new(false),
-        };
-        Link::send_to(&dir, &Control::Open { session: id, open })?;
-        Ok(session)
+        Ok(dir)
     }
+}
+
+/// Opens a session on `link`.
+fn open_on(link: Arc<Link>, open: Open) -> Result<Session> {
+    let id = next_id();
+    let (to, output) = mpsc::channel();
+    link.lock_sessions().insert(id, to);
+    let dir = link.dir.clone();
+    let session = Session {
+        id,
+        link,
+        output: Mutex::new(output),
+        over: AtomicBool::new(false),
+    };
+    Link::send_to(&dir, &Control::Open { session: id, open })?;
+    Ok(session)
 }

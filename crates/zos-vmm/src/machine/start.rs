@@ -216,6 +216,7 @@ impl Vmm {
             process,
             files,
             healthcheck,
+            attach,
             ..
         } = &spec.boot
         else {
@@ -248,6 +249,7 @@ impl Vmm {
             network: super::net::guest_network(spec),
             files: files.clone(),
             healthcheck: healthcheck.clone(),
+            attach: *attach,
         };
         bootkit::write_vm_initrd(&base, &config, &dir.join(INITRD))?;
         Ok(kit.kernel)
