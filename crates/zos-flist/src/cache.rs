@@ -693,7 +693,11 @@ mod tests {
         assert_eq!(block_files(&tmp.path().join("cache")), 0);
         cache.spill(&whole);
         drop(whole);
-        assert_eq!(block_files(&tmp.path().join("cache")), 2, "the two read blocks");
+        assert_eq!(
+            block_files(&tmp.path().join("cache")),
+            2,
+            "the two read blocks"
+        );
 
         empty_the_store(tmp.path());
         cache.state.lock().unwrap().memory.clear();
@@ -720,7 +724,10 @@ mod tests {
         cache.state.lock().unwrap().memory.clear();
 
         let got = cache.get_for(&blocks[0], Some((&whole, 0))).unwrap();
-        assert!(got[..] == content[..block::BLOCK_SIZE], "fetched again, not served");
+        assert!(
+            got[..] == content[..block::BLOCK_SIZE],
+            "fetched again, not served"
+        );
         assert!(!whole.is_complete(), "the damaged copy is given up");
         // Its blocks are cached apart from now on.
         cache.get_for(&blocks[1], Some((&whole, 1))).unwrap();
