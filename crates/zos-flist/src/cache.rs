@@ -304,6 +304,20 @@ impl BlockCache {
         Ok(data)
     }
 
+    /// [`BlockCache::get_for`] as a hint, for fetch workers: a block already being fetched
+    /// is left to that fetch rather than waited for, so the worker moves on to the next one.
+    pub fn prefetch_for(&self, block: &BlockRef, place: Option<(&WholeFile, usize)>) {
+        let busy = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&block.id);
+        if !busy {
+            // Errors surface to the reader who needs the block.
+            let _ = self.get_for(block, place);
+        }
+    }
+
     fn get_shared(
         &self,
         block: &BlockRef,

@@ -90,6 +90,9 @@ struct OpenFile {
     last_block: AtomicU64,
     /// Sequential reads in a row, which widen the prefetch window.
     streak: AtomicU64,
+    /// First block not yet handed to the fetch workers: each sequential read sends only the
+    /// blocks its window adds, not again the ones earlier reads sent.
+    sent_to: AtomicU64,
     /// Set when the kernel reads this handle straight from a cached whole file.
     backing: Option<Arc<BackingId>>,
     /// Key of the file's whole copy in the cache, for files that get one (passthrough is on
@@ -107,8 +110,8 @@ impl FlistFs {
             let (rx, cache) = (rx.clone(), cache.clone());
             std::thread::spawn(move || {
                 for (block, whole) in rx {
-                    // Errors surface to the reader who needs the block; prefetch is a hint.
-                    let _ = cache.get_for(&block, whole.as_ref().map(|(w, i)| (&**w, *i)));
+                    // A hint: errors surface to the reader who needs the block.
+                    cache.prefetch_for(&block, whole.as_ref().map(|(w, i)| (&**w, *i)));
                 }
             });
         }
@@ -370,6 +373,7 @@ impl Filesystem for FlistFs {
                     size,
                     last_block: AtomicU64::new(u64::MAX),
                     streak: AtomicU64::new(0),
+                    sent_to: AtomicU64::new(0),
                     backing: backing.clone(),
                     whole,
                 };
@@ -425,14 +429,19 @@ impl Filesystem for FlistFs {
         if previous == u64::MAX || first == previous || first == previous + 1 {
             let streak = file.streak.fetch_add(1, Ordering::Relaxed).min(8);
             let window = (PREFETCH_BLOCKS << streak).min(PREFETCH_MAX);
-            for ahead in last + 1..=last + window {
-                if let Some(block) = file.blocks.get(ahead as usize) {
-                    let into = whole.clone().map(|w| (w, ahead as usize));
-                    let _ = self.prefetch.try_send((*block, into));
-                }
+            let until = (last + window + 1).min(file.blocks.len() as u64);
+            let from = file
+                .sent_to
+                .fetch_max(until, Ordering::Relaxed)
+                .max(last + 1);
+            for ahead in from..until {
+                let into = whole.clone().map(|w| (w, ahead as usize));
+                let _ = self.prefetch.try_send((file.blocks[ahead as usize], into));
             }
         } else {
             file.streak.store(0, Ordering::Relaxed);
+            // A jump: the next run of reads prefetches from wherever it starts.
+            file.sent_to.store(0, Ordering::Relaxed);
         }
         // Most reads fall inside one block: those are answered from the shared block itself,
         // without assembling a copy first.
