@@ -314,6 +314,9 @@ fn a_corrupt_cached_block_is_fetched_again_and_a_full_cache_evicts() {
     std::fs::create_dir(&src).unwrap();
     let content = noise(6 * 524_288, 21);
     std::fs::write(src.join("data"), &content).unwrap();
+    // Below 1 MiB: no whole copy, so its one block is cached as a block file.
+    let small = noise(300_000, 22);
+    std::fs::write(src.join("small"), &small).unwrap();
     let fl = tmp.path().join("app.fl");
     pack(
         &src,
@@ -325,10 +328,12 @@ fn a_corrupt_cached_block_is_fetched_again_and_a_full_cache_evicts() {
     {
         let m = Mount::new(&fl, &tmp.path().join("mnt1"), &["--cache", &cache_arg]);
         assert!(std::fs::read(m.point.join("data")).unwrap() == content);
+        assert!(std::fs::read(m.point.join("small")).unwrap() == small);
     }
     let (cached, whole) = cache_files(&cache);
-    assert_eq!(cached.len(), 6);
-    // The file was also assembled whole, for passthrough reads by later opens.
+    // The large file's blocks are written once, into its whole copy (for passthrough reads
+    // by later opens), not also as block files.
+    assert_eq!(cached.len(), 1, "only the small file's block: {cached:?}");
     assert_eq!(whole.len(), 1);
     assert!(std::fs::read(&whole[0]).unwrap() == content);
     // Damage both a block and the whole copy: neither may be served.
@@ -346,6 +351,10 @@ fn a_corrupt_cached_block_is_fetched_again_and_a_full_cache_evicts() {
             assert!(
                 std::fs::read(m.point.join("data")).unwrap() == content,
                 "corrupt cache served"
+            );
+            assert!(
+                std::fs::read(m.point.join("small")).unwrap() == small,
+                "corrupt cached block served"
             );
         }
     }

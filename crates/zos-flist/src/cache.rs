@@ -6,6 +6,14 @@
 //! pass it, the least recently used blocks are evicted. Concurrent requests for the same block
 //! are coalesced: one fetch, many readers. Stores that fail are retried with backoff before a
 //! read gives up.
+//!
+//! A large file read through a mount also gets a whole copy (`files/<key>`, see [`WholeFile`])
+//! for passthrough reads. A block fetched for such a file is written once, into that copy,
+//! not also as a block file: on a cold read the second write cost more than decoding (a
+//! file create, a rename and often a directory per block). The copy is then where the block
+//! is read back from, checked against its key like a block file. Blocks of a copy left
+//! incomplete are written out as block files when the mount ends ([`BlockCache::spill`]), so a
+//! partly read file stays cached.
 
 use crate::block::{self, BlockRef, Hash};
 use crate::store::{FetchError, Router};
@@ -14,7 +22,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -168,7 +176,7 @@ impl BlockCache {
 
     /// Starts assembling a whole file from its blocks as they are read, when it is small enough
     /// to keep next to its blocks without crowding them out of the cache.
-    pub fn begin_whole(&self, key: Hash, size: u64, blocks: usize) -> Option<WholeFile> {
+    pub fn begin_whole(&self, key: Hash, size: u64, blocks: &[BlockRef]) -> Option<WholeFile> {
         if size > self.limit / 4 {
             return None;
         }
@@ -176,13 +184,48 @@ impl BlockCache {
         std::fs::create_dir_all(&dir).ok()?;
         let tmp = tempfile::NamedTempFile::new_in(&dir).ok()?;
         tmp.as_file().set_len(size).ok()?;
+        // A second descriptor for reads and writes: it stays valid after the copy is renamed
+        // into place (or evicted), so blocks can still be read back from it.
+        let file = tmp.as_file().try_clone().ok()?;
         Some(WholeFile {
             key,
             size,
+            blocks: blocks.to_vec(),
+            file,
             tmp: Mutex::new(Some(tmp)),
-            written: Mutex::new(vec![false; blocks]),
-            remaining: AtomicUsize::new(blocks),
+            states: blocks.iter().map(|_| AtomicU8::new(EMPTY)).collect(),
+            remaining: AtomicUsize::new(blocks.len()),
+            abandoned: AtomicBool::new(false),
         })
+    }
+
+    /// Writes the blocks an incomplete whole copy holds out as block files, so what was read
+    /// stays cached when the copy itself is given up (the mount ends before the file was read
+    /// to its end). Each is checked against its key on the way: the copy is on disk, outside
+    /// the check its blocks passed when fetched.
+    pub fn spill(&self, whole: &WholeFile) {
+        if whole.is_complete() {
+            return;
+        }
+        let mut spilled = 0;
+        for (index, block) in whole.blocks.iter().enumerate() {
+            if self.path(&block.id).exists() {
+                continue;
+            }
+            if let Some(plain) = whole.read(self, index, block) {
+                match self.store(&block.id, &plain) {
+                    Ok(()) => spilled += 1,
+                    Err(e) => {
+                        tracing::warn!("could not cache block {}: {e}", block.id_hex());
+                        return;
+                    }
+                }
+            }
+        }
+        tracing::debug!(
+            "kept {spilled} blocks of the incomplete whole file {}",
+            hex::encode(whole.key)
+        );
     }
 
     /// Moves a completed whole file into place and counts it against the limit.
@@ -242,6 +285,44 @@ impl BlockCache {
 
     /// The verified plaintext of `block`, from memory, disk or the stores, in that order.
     pub fn get(&self, block: &BlockRef) -> Result<Shared, String> {
+        self.get_for(block, None)
+    }
+
+    /// [`BlockCache::get`] for block `place.1` of the whole file `place.0`: the block is read
+    /// from that copy when it is there, and put into it otherwise. A block fetched from a store
+    /// is then written only there, not also as a block file.
+    pub fn get_for(
+        &self,
+        block: &BlockRef,
+        place: Option<(&WholeFile, usize)>,
+    ) -> Result<Shared, String> {
+        let data = self.get_shared(block, place)?;
+        if let Some((whole, index)) = place {
+            // A no-op when this fetch (or another) already put it there.
+            whole.write(self, index, &data);
+        }
+        Ok(data)
+    }
+
+    /// [`BlockCache::get_for`] as a hint, for fetch workers: a block already being fetched
+    /// is left to that fetch rather than waited for, so the worker moves on to the next one.
+    pub fn prefetch_for(&self, block: &BlockRef, place: Option<(&WholeFile, usize)>) {
+        let busy = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&block.id);
+        if !busy {
+            // Errors surface to the reader who needs the block.
+            let _ = self.get_for(block, place);
+        }
+    }
+
+    fn get_shared(
+        &self,
+        block: &BlockRef,
+        place: Option<(&WholeFile, usize)>,
+    ) -> Result<Shared, String> {
         if let Some(hit) = self.memory_hit(&block.id) {
             return Ok(hit);
         }
@@ -266,7 +347,7 @@ impl BlockCache {
                 slot: &slot,
                 result: Err("fetch abandoned".into()),
             };
-            guard.result = self.load(block);
+            guard.result = self.load(block, place);
             if let Ok(data) = &guard.result {
                 self.remember(block.id, data.clone());
             }
@@ -298,8 +379,12 @@ impl BlockCache {
         state.memory.push((id, data));
     }
 
-    /// Disk cache, then the stores with retries; stores what was fetched.
-    fn load(&self, block: &BlockRef) -> Result<Shared, String> {
+    /// The whole copy it belongs to, the disk cache, then the stores with retries; caches what
+    /// was fetched, in the whole copy when there is one.
+    fn load(&self, block: &BlockRef, place: Option<(&WholeFile, usize)>) -> Result<Shared, String> {
+        if let Some(plain) = place.and_then(|(whole, index)| whole.read(self, index, block)) {
+            return Ok(Arc::new(plain));
+        }
         let path = self.path(&block.id);
         if let Ok(plain) = std::fs::read(&path) {
             if block::hash(&plain) == block.key {
@@ -315,6 +400,9 @@ impl BlockCache {
             let _ = std::fs::remove_file(&path);
         }
         let plain = self.fetch_with_retry(block).map_err(|e| e.to_string())?;
+        if place.is_some_and(|(whole, index)| whole.write(self, index, &plain)) {
+            return Ok(Arc::new(plain));
+        }
         if let Err(e) = self.store(&block.id, &plain) {
             // A full or read-only cache disk must not fail the read: the data is in hand.
             tracing::warn!("could not cache block {}: {e}", block.id_hex());
@@ -409,46 +497,105 @@ impl BlockCache {
 /// Subdirectory holding whole files assembled for passthrough reads.
 const WHOLE_DIR: &str = "files";
 
+/// Block states in a [`WholeFile`]: not there yet, being written by one thread, written.
+const EMPTY: u8 = 0;
+const WRITING: u8 = 1;
+const WRITTEN: u8 = 2;
+
 /// A whole file being assembled in the cache from the blocks readers fetch, so that later
 /// opens can be served straight from it (FUSE passthrough) at the speed of the local disk.
+/// While it is being assembled (and after), it is also where its blocks are cached.
 pub struct WholeFile {
     key: Hash,
     size: u64,
+    blocks: Vec<BlockRef>,
+    /// Reads and writes go through this descriptor, shared by every thread (positioned I/O).
+    file: File,
+    /// The file's name until it is complete and moved into place.
     tmp: Mutex<Option<tempfile::NamedTempFile>>,
-    written: Mutex<Vec<bool>>,
+    states: Vec<AtomicU8>,
     remaining: AtomicUsize,
+    /// Set after a failed write: the copy is given up and its blocks go to block files.
+    abandoned: AtomicBool,
 }
 
 impl WholeFile {
-    /// Records block `index`; returns true once the file is complete and in the cache (or
-    /// abandoned after an error), so the caller can stop feeding it.
+    /// Writes block `index` into the copy unless it is there already. Returns whether the
+    /// block is in the copy (false after an error, so the caller caches it another way). The
+    /// write that completes the file moves it into the cache.
     pub fn write(&self, cache: &BlockCache, index: usize, data: &[u8]) -> bool {
-        {
-            let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-            match written.get_mut(index) {
-                Some(done) if !*done => *done = true,
-                _ => return false,
-            }
-        }
-        let mut tmp = self.tmp.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(file) = tmp.as_ref() else {
-            return true;
+        let Some(state) = self.states.get(index) else {
+            return false;
         };
-        let offset = index as u64 * block::BLOCK_SIZE as u64;
-        if let Err(e) = file.as_file().write_all_at(data, offset) {
-            tracing::warn!("assembling a cached whole file: {e}");
-            *tmp = None;
-            return true;
-        }
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+        if self.abandoned.load(Ordering::Acquire) {
             return false;
         }
-        if let Some(done) = tmp.take() {
-            if let Err(e) = cache.adopt_whole(self.key, self.size, done) {
-                tracing::warn!("keeping a cached whole file: {e}");
+        match state.compare_exchange(EMPTY, WRITING, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {}
+            // Another thread writes it, or did: either way it will be (or is) in the copy.
+            Err(_) => return true,
+        }
+        let offset = index as u64 * block::BLOCK_SIZE as u64;
+        if let Err(e) = self.file.write_all_at(data, offset) {
+            tracing::warn!("assembling a cached whole file: {e}; caching its blocks apart");
+            self.give_up(cache);
+            return false;
+        }
+        state.store(WRITTEN, Ordering::Release);
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let done = self.tmp.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(done) = done {
+                if let Err(e) = cache.adopt_whole(self.key, self.size, done) {
+                    tracing::warn!("keeping a cached whole file: {e}");
+                }
             }
         }
         true
+    }
+
+    /// Block `index` read back from the copy, if it was written there and still hashes to its
+    /// key (the disk is outside the check the block passed when it was fetched).
+    fn read(&self, cache: &BlockCache, index: usize, block: &BlockRef) -> Option<Vec<u8>> {
+        let written = self.states.get(index)?.load(Ordering::Acquire) == WRITTEN;
+        if !written || self.abandoned.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut plain = vec![0u8; block::block_len(self.size, index as u64) as usize];
+        let offset = index as u64 * block::BLOCK_SIZE as u64;
+        self.file.read_exact_at(&mut plain, offset).ok()?;
+        if block::hash(&plain) != block.key {
+            tracing::warn!(
+                "block {} in a cached whole file is corrupt; dropping the file, fetching again",
+                block.id_hex()
+            );
+            self.give_up(cache);
+            return None;
+        }
+        Some(plain)
+    }
+
+    /// Stops using the copy after a failed write or a corrupt read: its blocks go to block
+    /// files from now on, and a copy already in the cache is removed so no open uses it.
+    fn give_up(&self, cache: &BlockCache) {
+        if self.abandoned.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Dropping the temporary file removes it; a completed one is in the cache instead.
+        if self
+            .tmp
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_none()
+        {
+            cache.forget(&self.key);
+            let _ = std::fs::remove_file(cache.whole_path(&self.key));
+        }
+    }
+
+    /// Whether every block is written and the file is in the cache.
+    pub fn is_complete(&self) -> bool {
+        self.remaining.load(Ordering::Acquire) == 0 && !self.abandoned.load(Ordering::Acquire)
     }
 }
 
@@ -476,4 +623,130 @@ impl Drop for Publish<'_> {
 fn parse_id(name: &str) -> Option<Hash> {
     let bytes = hex::decode(name).ok()?;
     Hash::try_from(bytes.as_slice()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreSpec;
+
+    /// A file of `n` blocks (the last one short) packed into a dir store under `dir`, and a
+    /// cache over that store.
+    fn setup(dir: &Path, n: usize) -> (Vec<u8>, Vec<BlockRef>, BlockCache) {
+        let store = dir.join("store");
+        let spec = StoreSpec::parse(&format!("dir://{}", store.display())).unwrap();
+        let router = Router::from_specs(&[spec]).unwrap();
+        let size = n * block::BLOCK_SIZE - 1000;
+        let content: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        let blocks = content
+            .chunks(block::BLOCK_SIZE)
+            .map(|piece| {
+                let (r, stored) = block::encode(piece);
+                router.put(&r.id, &stored).unwrap();
+                r
+            })
+            .collect();
+        let cache = BlockCache::open(&dir.join("cache"), 1 << 30, router).unwrap();
+        (content, blocks, cache)
+    }
+
+    /// Block files in the cache (whole copies not counted).
+    fn block_files(cache: &Path) -> usize {
+        std::fs::read_dir(cache)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name() != WHOLE_DIR)
+            .map(|e| std::fs::read_dir(e.path()).unwrap().count())
+            .sum()
+    }
+
+    fn empty_the_store(dir: &Path) {
+        std::fs::remove_dir_all(dir.join("store")).unwrap();
+    }
+
+    #[test]
+    fn blocks_of_a_whole_copy_are_written_once_and_read_back_from_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (content, blocks, cache) = setup(tmp.path(), 5);
+        let key = BlockCache::whole_key(&blocks);
+        let whole = cache
+            .begin_whole(key, content.len() as u64, &blocks)
+            .unwrap();
+        // Backwards, so no block is complete-by-order by accident.
+        for (i, b) in blocks.iter().enumerate().rev() {
+            let got = cache.get_for(b, Some((&whole, i))).unwrap();
+            assert!(got[..] == content[i * block::BLOCK_SIZE..][..got.len()]);
+        }
+        assert!(whole.is_complete());
+        assert_eq!(block_files(&tmp.path().join("cache")), 0, "no block file");
+        let copy = cache.open_whole(&key, content.len() as u64).unwrap();
+        assert!(cache.verify_whole(&key, &copy, &blocks));
+        assert!(std::fs::read(cache.whole_path(&key)).unwrap() == content);
+
+        // With the store gone and a cold memory, the copy still serves its blocks.
+        empty_the_store(tmp.path());
+        cache.state.lock().unwrap().memory.clear();
+        for (i, b) in blocks.iter().enumerate() {
+            let got = cache.get_for(b, Some((&whole, i))).unwrap();
+            assert!(got[..] == content[i * block::BLOCK_SIZE..][..got.len()]);
+        }
+    }
+
+    #[test]
+    fn a_partly_read_copy_spills_its_blocks_to_block_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (content, blocks, cache) = setup(tmp.path(), 4);
+        let key = BlockCache::whole_key(&blocks);
+        let whole = cache
+            .begin_whole(key, content.len() as u64, &blocks)
+            .unwrap();
+        for i in [0, 2] {
+            cache.get_for(&blocks[i], Some((&whole, i))).unwrap();
+        }
+        assert!(!whole.is_complete());
+        assert_eq!(block_files(&tmp.path().join("cache")), 0);
+        cache.spill(&whole);
+        drop(whole);
+        assert_eq!(
+            block_files(&tmp.path().join("cache")),
+            2,
+            "the two read blocks"
+        );
+
+        empty_the_store(tmp.path());
+        cache.state.lock().unwrap().memory.clear();
+        for i in [0, 2] {
+            let got = cache.get(&blocks[i]).unwrap();
+            assert!(got[..] == content[i * block::BLOCK_SIZE..][..got.len()]);
+        }
+        assert!(cache.get(&blocks[1]).is_err(), "never read, never cached");
+    }
+
+    #[test]
+    fn a_damaged_block_in_a_copy_is_refused_and_fetched_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (content, blocks, cache) = setup(tmp.path(), 3);
+        let key = BlockCache::whole_key(&blocks);
+        let whole = cache
+            .begin_whole(key, content.len() as u64, &blocks)
+            .unwrap();
+        cache.get_for(&blocks[0], Some((&whole, 0))).unwrap();
+        // Flip a byte of block 0 on disk, behind the cache's back.
+        let mut byte = [0u8];
+        whole.file.read_exact_at(&mut byte, 10).unwrap();
+        whole.file.write_all_at(&[byte[0] ^ 1], 10).unwrap();
+        cache.state.lock().unwrap().memory.clear();
+
+        let got = cache.get_for(&blocks[0], Some((&whole, 0))).unwrap();
+        assert!(
+            got[..] == content[..block::BLOCK_SIZE],
+            "fetched again, not served"
+        );
+        assert!(!whole.is_complete(), "the damaged copy is given up");
+        // Its blocks are cached apart from now on.
+        cache.get_for(&blocks[1], Some((&whole, 1))).unwrap();
+        cache.get_for(&blocks[2], Some((&whole, 2))).unwrap();
+        assert!(cache.open_whole(&key, content.len() as u64).is_none());
+        assert_eq!(block_files(&tmp.path().join("cache")), 3);
+    }
 }

@@ -6,7 +6,9 @@
 //! reaches this process. Directory listings are read once per `opendir` and served from
 //! memory, so `ls` of a large directory is linear. Sequential reads prefetch the next blocks
 //! through a pool of fetch workers (a window that widens as the reader keeps going), so a cold
-//! read decodes on every core while the stores are read.
+//! read decodes on every core while the stores are read. A large file's blocks are written
+//! once, by the worker that fetched them, into the file's whole copy in the cache, so the
+//! reading thread only waits for decoding, and later opens go through passthrough.
 
 use crate::block::BlockRef;
 use crate::cache::{BlockCache, WholeFile};
@@ -44,6 +46,9 @@ const MAX_READ: u32 = 1024 * 1024;
 /// A directory listing read at `opendir`: (attributes, name), `.` and `..` first.
 type Listing = Arc<Vec<(FileAttr, Vec<u8>)>>;
 
+/// A block for a fetch worker, with the whole copy (and place in it) it goes into, if any.
+type Prefetch = (BlockRef, Option<(Arc<WholeFile>, usize)>);
+
 /// The filesystem served for one mounted flist.
 pub struct FlistFs {
     meta: Mutex<Flist>,
@@ -56,7 +61,7 @@ pub struct FlistFs {
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<u64, Listing>>,
     next_handle: AtomicU64,
-    prefetch: Sender<BlockRef>,
+    prefetch: Sender<Prefetch>,
     /// Whether the kernel accepted passthrough: opens of fully cached files are then served
     /// by the kernel from the cache's whole-file copy, without a round trip per read.
     passthrough: bool,
@@ -66,8 +71,9 @@ pub struct FlistFs {
     /// Backing files of inodes opened in passthrough, with their open count: the kernel wants
     /// one backing id per inode for as long as any handle is open.
     backing: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
-    /// Whole files being assembled from the blocks readers fetch.
-    building: Mutex<HashMap<u64, Arc<WholeFile>>>,
+    /// Whole copies assembled in this mount from the blocks readers fetch, by inode: kept
+    /// once complete too, as the place their blocks are read back from.
+    wholes: Mutex<HashMap<u64, Arc<WholeFile>>>,
     /// Whole files known good in this mount: assembled here from verified blocks, or checked
     /// against their block keys at their first passthrough open.
     verified: Mutex<HashSet<crate::block::Hash>>,
@@ -84,6 +90,9 @@ struct OpenFile {
     last_block: AtomicU64,
     /// Sequential reads in a row, which widen the prefetch window.
     streak: AtomicU64,
+    /// First block not yet handed to the fetch workers: each sequential read sends only the
+    /// blocks its window adds, not again the ones earlier reads sent.
+    sent_to: AtomicU64,
     /// Set when the kernel reads this handle straight from a cached whole file.
     backing: Option<Arc<BackingId>>,
     /// Key of the file's whole copy in the cache, for files that get one (passthrough is on
@@ -96,13 +105,13 @@ impl FlistFs {
     pub fn new(flist: Flist, cache: Arc<BlockCache>) -> Result<FlistFs> {
         let nlinks = flist.hardlink_counts()?;
         let with_xattrs = flist.inodes_with_xattrs()?;
-        let (tx, rx) = bounded::<BlockRef>(64);
+        let (tx, rx) = bounded::<Prefetch>(64);
         for _ in 0..FETCH_WORKERS {
             let (rx, cache) = (rx.clone(), cache.clone());
             std::thread::spawn(move || {
-                for block in rx {
-                    // Errors surface to the reader who needs the block; prefetch is a hint.
-                    let _ = cache.get(&block);
+                for (block, whole) in rx {
+                    // A hint: errors surface to the reader who needs the block.
+                    cache.prefetch_for(&block, whole.as_ref().map(|(w, i)| (&**w, *i)));
                 }
             });
         }
@@ -118,7 +127,7 @@ impl FlistFs {
             passthrough: false,
             direct_until_whole: false,
             backing: Mutex::new(HashMap::new()),
-            building: Mutex::new(HashMap::new()),
+            wholes: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashSet::new()),
             totals: std::sync::OnceLock::new(),
         })
@@ -187,8 +196,15 @@ impl FlistFs {
             return Some(id.clone());
         }
         let file = self.cache.open_whole(key, size)?;
+        let assembled = self
+            .wholes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .is_some_and(|w| w.is_complete());
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        if !verified.contains(key) {
+        // A copy assembled here holds only blocks that passed their checks when fetched.
+        if !assembled && !verified.contains(key) {
             if !self.cache.verify_whole(key, &file, blocks) {
                 return None;
             }
@@ -209,47 +225,27 @@ impl FlistFs {
         }
     }
 
-    /// Hands a block a reader fetched to the whole-file copy being assembled for its file.
-    fn feed_whole(&self, file: &OpenFile, index: usize, data: &[u8]) {
-        let Some(key) = file.whole else {
-            return;
-        };
-        // Already whole and good in this mount: nothing to assemble, and no I/O on this path.
-        if self
+    /// The whole copy `file`'s blocks go into: the one this mount assembles for its inode,
+    /// begun on first use; none for a file without one, or whose copy an earlier mount made.
+    fn whole_for(&self, file: &OpenFile) -> Option<Arc<WholeFile>> {
+        let key = file.whole?;
+        let mut wholes = self.wholes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = wholes.get(&file.ino) {
+            return Some(w.clone());
+        }
+        // Already whole (checked at its passthrough open, or to be): its blocks come from
+        // the block cache or the stores as for any file, and nothing is assembled.
+        let known = self
             .verified
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&key)
-        {
-            return;
+            .contains(&key);
+        if known || self.cache.open_whole(&key, file.size).is_some() {
+            return None;
         }
-        let whole = {
-            let mut building = self.building.lock().unwrap_or_else(|e| e.into_inner());
-            match building.get(&file.ino) {
-                Some(w) => w.clone(),
-                None => {
-                    if self.cache.open_whole(&key, file.size).is_some() {
-                        return;
-                    }
-                    let Some(w) = self.cache.begin_whole(key, file.size, file.blocks.len()) else {
-                        return;
-                    };
-                    let w = Arc::new(w);
-                    building.insert(file.ino, w.clone());
-                    w
-                }
-            }
-        };
-        if whole.write(&self.cache, index, data) {
-            self.verified
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key);
-            self.building
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&file.ino);
-        }
+        let w = Arc::new(self.cache.begin_whole(key, file.size, &file.blocks)?);
+        wholes.insert(file.ino, w.clone());
+        Some(w)
     }
 
     fn listing(&self, fh: FileHandle) -> Option<Listing> {
@@ -297,6 +293,14 @@ impl Filesystem for FlistFs {
                 .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
                 .is_ok();
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        // Blocks of files read only in part live in copies that are dropped now: keep them.
+        let wholes = self.wholes.get_mut().unwrap_or_else(|e| e.into_inner());
+        for whole in wholes.values() {
+            self.cache.spill(whole);
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -369,6 +373,7 @@ impl Filesystem for FlistFs {
                     size,
                     last_block: AtomicU64::new(u64::MAX),
                     streak: AtomicU64::new(0),
+                    sent_to: AtomicU64::new(0),
                     backing: backing.clone(),
                     whole,
                 };
@@ -420,16 +425,23 @@ impl Filesystem for FlistFs {
         let (first, last) = (offset / bs, (end - 1) / bs);
         // Sequential: this read starts in the block after (or the same as) the last one.
         let previous = file.last_block.swap(last, Ordering::Relaxed);
+        let whole = self.whole_for(&file);
         if previous == u64::MAX || first == previous || first == previous + 1 {
             let streak = file.streak.fetch_add(1, Ordering::Relaxed).min(8);
             let window = (PREFETCH_BLOCKS << streak).min(PREFETCH_MAX);
-            for ahead in last + 1..=last + window {
-                if let Some(block) = file.blocks.get(ahead as usize) {
-                    let _ = self.prefetch.try_send(*block);
-                }
+            let until = (last + window + 1).min(file.blocks.len() as u64);
+            let from = file
+                .sent_to
+                .fetch_max(until, Ordering::Relaxed)
+                .max(last + 1);
+            for ahead in from..until {
+                let into = whole.clone().map(|w| (w, ahead as usize));
+                let _ = self.prefetch.try_send((file.blocks[ahead as usize], into));
             }
         } else {
             file.streak.store(0, Ordering::Relaxed);
+            // A jump: the next run of reads prefetches from wherever it starts.
+            file.sent_to.store(0, Ordering::Relaxed);
         }
         // Most reads fall inside one block: those are answered from the shared block itself,
         // without assembling a copy first.
@@ -438,7 +450,8 @@ impl Filesystem for FlistFs {
             let Some(block) = file.blocks.get(index as usize) else {
                 return reply.error(Errno::EIO);
             };
-            let data = match self.cache.get(block) {
+            let place = whole.as_deref().map(|w| (w, index as usize));
+            let data = match self.cache.get_for(block, place) {
                 // A block shorter than its place in the file would shift every later byte.
                 Ok(data) if data.len() as u64 != crate::block::block_len(file.size, index) => {
                     tracing::error!("block {index} ({}) has the wrong length", block.id_hex());
@@ -450,7 +463,6 @@ impl Filesystem for FlistFs {
                     return reply.error(Errno::EIO);
                 }
             };
-            self.feed_whole(&file, index as usize, &data);
             let start = if index == first {
                 (offset - index * bs) as usize
             } else {
@@ -459,6 +471,9 @@ impl Filesystem for FlistFs {
             let stop = ((end - index * bs) as usize).min(data.len());
             if first == last {
                 return reply.data(&data[start..stop]);
+            }
+            if out.is_empty() {
+                out.reserve_exact((end - offset) as usize);
             }
             out.extend_from_slice(&data[start..stop]);
         }
