@@ -96,6 +96,12 @@ fn describe(d: &Deployment) -> String {
                     Some(image) => field("image", image.clone()),
                     None => field("flist", m.flist.clone()),
                 }
+                if let Some(auth) = &m.registry_auth {
+                    field(
+                        "registry",
+                        format!("as {} (password sealed)", auth.username),
+                    );
+                }
                 field("cpu", m.cpu.to_string());
                 field("memory", m.memory.to_string());
                 if !m.mounts.is_empty() {

@@ -34,20 +34,24 @@ enum Command {
     /// Make, inspect and restore flists (container images as metadata + content-addressed blocks)
     #[command(subcommand)]
     Flist(flist::FlistCommand),
-    /// Run an flist as a micro-VM, print its console, exit with its exit code (like
-    /// `docker run --rm`)
+    /// Run an flist as a micro-VM with its process's stdout and stderr yours, exit with its
+    /// exit code (like `docker run --rm`)
     #[command(
         after_help = "Entrypoint, cmd, env, working dir and user come from the image \
 config stored by `zos flist import`; flags override them. An flist with /boot/vmlinuz (and no \
 image config) boots its own kernel, with the flist as its root and a cloud-init seed disk.\n\
-Examples:\n  zos run alpine.fl -- echo hello\n  zos run app.fl --cpus 2 --memory 1G -e MODE=prod -v data:/data"
+In the foreground the container's stdout and stderr are yours, apart; -i sends your stdin, -t \
+gives it a terminal (-it for a shell).\n\
+Examples:\n  zos run alpine.fl -- echo hello\n  zos run -it alpine.fl -- sh\n  zos run app.fl --cpus 2 --memory 1G -e MODE=prod -v data:/data"
     )]
     Run {
         #[command(flatten)]
         vm: Box<vm::VmArgs>,
         /// Start in the background, print the VM's name and keep it (see `zos vm`)
-        #[arg(long, short = 'd')]
+        #[arg(long, short = 'd', conflicts_with_all = ["interactive", "tty"])]
         detach: bool,
+        #[command(flatten)]
+        stdio: vm::RunStdio,
         #[command(flatten)]
         place: vm::Place,
     },
@@ -166,7 +170,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Flist(cmd) => flist::run(cmd),
-        Command::Run { vm, detach, place } => vm::run(*vm, place, detach),
+        Command::Run {
+            vm,
+            detach,
+            stdio,
+            place,
+        } => vm::run(*vm, place, detach, stdio),
         Command::Vm { cmd, place } => vm::vm(cmd, place),
         Command::Volume { cmd, place } => vm::volume(cmd, place),
         Command::Key(cmd) => key::run(cmd),

@@ -7,7 +7,8 @@ use clap::Args;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Sender};
+use zos_init::ChunkReader;
 use zos_types::api::{CopyDirection, CopyRequest, ExecRequest, StreamIn, StreamOut, WindowSize};
 
 /// Bytes of stdin (or of an archive) per line sent.
@@ -268,7 +269,8 @@ fn copy_out(client: &ClientArgs, from: &Remote<'_>, to: &Path) -> Result<(i32, O
     let node = client.connect()?;
     let (bytes, archive) = mpsc::channel::<Vec<u8>>();
     let staged = staging.path().to_path_buf();
-    let unpacking = std::thread::spawn(move || unpack(ChunkReader::new(archive), &staged));
+    let unpacking =
+        std::thread::spawn(move || unpack(ChunkReader::new(move || archive.recv().ok()), &staged));
     let (_no_input, lines) = mpsc::channel();
     let request = CopyRequest {
         path: from.path.to_string(),
@@ -388,38 +390,6 @@ impl Write for ChunkWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-/// Chunks from a channel as a byte source.
-struct ChunkReader {
-    chunks: Receiver<Vec<u8>>,
-    pending: Vec<u8>,
-    at: usize,
-}
-
-impl ChunkReader {
-    fn new(chunks: Receiver<Vec<u8>>) -> ChunkReader {
-        ChunkReader {
-            chunks,
-            pending: Vec::new(),
-            at: 0,
-        }
-    }
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.pending.len() {
-            match self.chunks.recv() {
-                Ok(chunk) => (self.pending, self.at) = (chunk, 0),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.pending.len() - self.at);
-        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
     }
 }
 

@@ -1,6 +1,7 @@
 //! `zos run`, `zos vm …` and `zos volume …`: argument parsing and printing around `zos-vmm`.
 
 use crate::mount::{default_cache_dir, nix_is_root, parse_size};
+use crate::session::{read_stdin, watch_resizes, Terminal};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use std::io::Write;
@@ -9,12 +10,13 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use zos_init::{GuestAttach, Input, Output};
 use zos_net::PortMap;
 use zos_types::ByteSize;
 use zos_vmm::disk::{self, DiskFormat};
 use zos_vmm::host::Accel;
 use zos_vmm::image::Overrides;
-use zos_vmm::spec::{DiskAttach, FlistSource, NetSpec, SeedSpec, VmRequest, VmSpec};
+use zos_vmm::spec::{Boot, DiskAttach, FlistSource, NetSpec, SeedSpec, VmRequest, VmSpec};
 use zos_vmm::{VmInfo, VmState, Vmm, VmmConfig};
 
 /// Where VMs, volumes and the block cache live.
@@ -241,11 +243,45 @@ fn check_volume_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs `zos run`: boot, stream the console, exit with the container's code, remove the VM.
-pub fn run(args: VmArgs, place: Place, detach: bool) -> Result<ExitCode> {
+/// How `zos run` in the foreground connects your stdio to the container's process.
+#[derive(Args)]
+pub struct RunStdio {
+    /// Send stdin to the process (without it, the process reads nothing)
+    #[arg(long, short = 'i')]
+    interactive: bool,
+    /// Give the process a terminal the size of yours (stdin must be one); its stdout and
+    /// stderr then arrive as one stream
+    #[arg(long, short = 't')]
+    tty: bool,
+}
+
+/// Runs `zos run`: boot, relay the process's stdio (or, for a VM-mode guest, its console),
+/// exit with the container's code, remove the VM.
+pub fn run(args: VmArgs, place: Place, detach: bool, stdio: RunStdio) -> Result<ExitCode> {
     let vmm = place.vmm()?;
     let name = args.name();
-    let spec = args.spec(&name, &place)?;
+    let mut spec = args.spec(&name, &place)?;
+    let terminal = match stdio.tty {
+        true => Some(Terminal::of_stdin().context(
+            "-t needs a terminal on stdin: drop -t, or run zos under one (a shell, tmux, script)",
+        )?),
+        false => None,
+    };
+    let attached = match &mut spec.boot {
+        Boot::Container { attach, .. } if !detach => {
+            *attach = Some(GuestAttach {
+                stdin: stdio.interactive,
+                tty: stdio.tty,
+            });
+            true
+        }
+        _ if stdio.interactive || stdio.tty => bail!(
+            "-i and -t relay a container's process; {} boots its own kernel or disk: reach it \
+             over SSH (--ssh-key), or drop -i/-t to follow its console",
+            args.flist.display()
+        ),
+        _ => false,
+    };
     vmm.create(&name, spec)?;
     if let Err(e) = vmm.start(&name) {
         let _ = vmm.delete(&name);
@@ -255,7 +291,10 @@ pub fn run(args: VmArgs, place: Place, detach: bool) -> Result<ExitCode> {
         println!("{name}");
         return Ok(ExitCode::SUCCESS);
     }
-    let result = follow(&vmm, &name);
+    let result = match attached {
+        true => attach(&vmm, &name, stdio.interactive, terminal),
+        false => follow(&vmm, &name),
+    };
     if let Err(e) = vmm.delete(&name) {
         eprintln!("warning: removing VM {name}: {e}");
     }
@@ -310,6 +349,71 @@ fn follow(vmm: &Vmm, name: &str) -> Result<VmInfo> {
             out.write_all(&bytes)?;
             out.flush()?;
         }
+        if !info.state.is_active() {
+            break info;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    forwarder.stop();
+    Ok(info)
+}
+
+/// Relays the container's process (started once we attach) to our stdio until the VM
+/// powers off: stdout and stderr apart, stdin with `interactive`, a terminal of our size
+/// with `terminal`. A guest that cannot be reached is followed on its console instead.
+fn attach(vmm: &Vmm, name: &str, interactive: bool, terminal: Option<Terminal>) -> Result<VmInfo> {
+    let size = terminal.as_ref().map(|t| {
+        let size = t.size();
+        zos_init::WindowSize {
+            rows: size.rows,
+            cols: size.cols,
+        }
+    });
+    let session = match vmm.attach(name, size, Duration::from_secs(60)) {
+        Ok(session) => Arc::new(session),
+        Err(e) => {
+            // zos-init starts the process on its console a minute after nobody attached.
+            eprintln!("warning: cannot attach to {name} ({e}); following its console");
+            return follow(vmm, name);
+        }
+    };
+    let forwarder = forward_signals(vmm, name)?;
+    if interactive {
+        let to = Arc::clone(&session);
+        read_stdin(move |chunk| {
+            let input = chunk.map_or(Input::StdinEnd, Input::Stdin);
+            to.send(input).is_ok()
+        });
+    }
+    if terminal.is_some() {
+        let to = Arc::clone(&session);
+        watch_resizes(move |size| {
+            let (rows, cols) = (size.rows, size.cols);
+            to.send(Input::Resize(zos_init::WindowSize { rows, cols }))
+                .is_ok()
+        });
+    }
+    // Keys go to the container's terminal as typed, ^C included.
+    let raw = match (&terminal, interactive) {
+        (Some(t), true) => Some(t.raw()?),
+        _ => None,
+    };
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    // Until the console closes: QEMU exited. Once our stdout is closed (`zos run … | head`)
+    // the rest is read and dropped, so the process is never held up by us.
+    let mut open = true;
+    while let Some(output) = session.recv() {
+        open = open
+            && match output {
+                Output::Stdout(data) => stdout.write_all(&data).and_then(|_| stdout.flush()),
+                Output::Stderr(data) => stderr.write_all(&data).and_then(|_| stderr.flush()),
+                Output::Exit { .. } => Ok(()),
+            }
+            .is_ok();
+    }
+    drop(raw);
+    let info = loop {
+        let info = vmm.status(name)?;
         if !info.state.is_active() {
             break info;
         }

@@ -1410,6 +1410,10 @@ fn a_private_image_is_pulled_with_sealed_credentials_and_only_for_those_who_have
     let logs = logs_until(&node, "priv/app", "private-image-ran");
     assert!(logs.contains("private-image-ran"), "{logs}");
     let get = ok(&mut node.cli("alice", &["get", "priv"]));
+    assert!(
+        get.contains(&format!("registry: as {user} (password sealed)")),
+        "{get}"
+    );
 
     // Another owner without credentials, or with a wrong password, is refused by the
     // registry, not served from the node's cache; the result says what to do.

@@ -429,6 +429,133 @@ fn a_guest_kernel_panic_fails_the_run_with_the_console_tail() {
     f.assert_nothing_left_of(&f.data());
 }
 
+/// Runs `cmd` with `input` on its stdin: with `keep_open` the stdin stays open until `cmd`
+/// exits (as a typist's terminal would), else it ends after the input. Killed, and the test
+/// failed, after two minutes.
+fn fed(cmd: &mut Command, input: &[u8], keep_open: bool) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // Its result (the open stdin) lives until joined.
+    let feeding = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+        keep_open.then_some(stdin)
+    });
+    let pid = child.id() as i32;
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !gone(pid) {
+            if Instant::now() > deadline {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    });
+    let out = child.wait_with_output().unwrap();
+    drop(feeding.join());
+    assert!(!watchdog.join().unwrap(), "hung: {}", describe(&out));
+    out
+}
+
+/// `zos run ARGS…` on the fixture's flist as one shell command line, for `script`.
+fn shell_run(f: &Fixture, args: &str) -> String {
+    let cmd = f.zos("run");
+    let mut words = vec![cmd.get_program().to_string_lossy().into_owned()];
+    words.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    words.push(f.fl.to_string_lossy().into_owned());
+    format!("{} {args}", words.join(" "))
+}
+
+#[test]
+fn a_foreground_run_has_stdout_and_stderr_apart_and_stdin_and_a_terminal_when_asked() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") || !common::have("script") {
+        return;
+    }
+    let f = Fixture::new();
+    let out = f.run(&["--", "/bin/sh", "-c", "echo out; echo err >&2; exit 4"]);
+    assert_eq!(code_of(&out), 4, "{}", describe(&out));
+    assert!(has_line(&text(&out.stdout), "out"), "{}", describe(&out));
+    assert!(has_line(&text(&out.stderr), "err"), "{}", describe(&out));
+    assert!(!text(&out.stdout).contains("err"), "{}", describe(&out));
+
+    // Without -i the process reads nothing (and does not wait for it); with -i it reads
+    // ours to its end.
+    let out = fed(
+        f.zos("run")
+            .arg(&f.fl)
+            .args(["--", "/bin/sh", "-c", "wc -c"]),
+        b"unread\n",
+        true,
+    );
+    assert_eq!(text(&out.stdout).trim(), "0", "{}", describe(&out));
+    let input: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let out = fed(
+        f.zos("run").arg(&f.fl).args([
+            "-i",
+            "--",
+            "/bin/sh",
+            "-c",
+            "read first; echo first=$first; wc -c",
+        ]),
+        &[b"hello\n", &input[..]].concat(),
+        false,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let got = text(&out.stdout);
+    assert!(has_line(&got, "first=hello"), "{}", describe(&out));
+    assert!(has_line(&got, "300000"), "all of stdin expected: {got}");
+
+    // -t under a real terminal (script's pty): a terminal of our size; -it carries typed
+    // lines to a shell, and its exit code back.
+    let out = fed(
+        Command::new("script").args([
+            "-qec",
+            &format!(
+                "stty rows 33 cols 77; {}",
+                shell_run(&f, "-t -- /bin/sh -c 'tty; stty size'")
+            ),
+            "/dev/null",
+        ]),
+        b"",
+        true,
+    );
+    let got = text(&out.stdout);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(got.contains("/dev/pts/") && got.contains("33 77"), "{got}");
+    let out = fed(
+        Command::new("script").args(["-qec", &shell_run(&f, "-it -- /bin/sh"), "/dev/null"]),
+        b"echo hi-$((6*7))\nexit 5\n",
+        true,
+    );
+    assert!(text(&out.stdout).contains("hi-42"), "{}", describe(&out));
+    assert_eq!(code_of(&out), 5, "{}", describe(&out));
+
+    // -t needs a terminal; -d has no one to attach.
+    let err = fails(f.zos("run").arg(&f.fl).args(["-t", "--", "true"]));
+    assert!(err.contains("-t needs a terminal"), "{err}");
+    let out = output_within(
+        f.zos("run").arg(&f.fl).args(["-d", "-i", "--", "true"]),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(
+        code_of(&out),
+        2,
+        "clap refuses -d with -i; {}",
+        describe(&out)
+    );
+    f.assert_no_vms_left("zos run");
+}
+
 #[test]
 fn bad_input_is_refused_before_anything_starts() {
     if !common::is_root() || !common::have("qemu-system-x86_64") {

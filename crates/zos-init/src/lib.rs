@@ -332,6 +332,40 @@ pub enum Input {
     Signal(i32),
 }
 
+/// A byte source over chunks that arrive one at a time (a session's stdin, an archive
+/// relayed line by line), ending when `next` returns `None`.
+pub struct ChunkReader<F> {
+    next: F,
+    pending: Vec<u8>,
+    at: usize,
+}
+
+impl<F: FnMut() -> Option<Vec<u8>>> ChunkReader<F> {
+    /// Reads the chunks `next` hands out.
+    pub fn new(next: F) -> ChunkReader<F> {
+        ChunkReader {
+            next,
+            pending: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl<F: FnMut() -> Option<Vec<u8>>> std::io::Read for ChunkReader<F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.pending.len() {
+            match (self.next)() {
+                Some(chunk) => (self.pending, self.at) = (chunk, 0),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.pending.len() - self.at);
+        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// What a session sends back.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
@@ -377,5 +411,27 @@ pub mod base64_bytes {
         base64::engine::general_purpose::STANDARD
             .decode(text.as_bytes())
             .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_chunk_reader_yields_every_byte_in_order_across_small_and_empty_chunks() {
+        let mut chunks = vec![b"ab".to_vec(), Vec::new(), b"cdefg".to_vec()].into_iter();
+        let mut reader = ChunkReader::new(move || chunks.next());
+        let mut buf = [0u8; 3];
+        let mut got = Vec::new();
+        loop {
+            let n = reader.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"abcdefg");
     }
 }

@@ -40,8 +40,9 @@ pub struct Sessions {
     attach_drained: Mutex<Option<Receiver<()>>>,
 }
 
-/// An attach the host asked for: its session and its terminal's size.
-type AttachAsked = (u64, Option<WindowSize>);
+/// An attach the host asked for: its session, its terminal's size, and its input (taken
+/// from the moment it was asked, so none sent before the process starts is lost).
+type AttachAsked = (u64, Option<WindowSize>, Receiver<Input>);
 
 impl Sessions {
     /// Sessions writing on `console` (the control console, open for writing), starting
@@ -69,12 +70,12 @@ impl Sessions {
 
     /// Starts session `session`, on a thread of its own.
     pub fn open(self: &Arc<Self>, session: u64, open: Open) {
-        if let Open::Attach { size } = open {
-            let _ = self.attach_asked.send((session, size));
-            return;
-        }
         let (inbox, input) = mpsc::channel();
         self.lock_inboxes().insert(session, inbox);
+        if let Open::Attach { size } = open {
+            let _ = self.attach_asked.send((session, size, input));
+            return;
+        }
         let me = Arc::clone(self);
         let started = std::thread::Builder::new()
             .name(format!("session-{session}"))
@@ -112,7 +113,7 @@ impl Sessions {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .and_then(|wait| wait.recv_timeout(Duration::from_secs(60)).ok());
-        let Some((session, size)) = asked else {
+        let Some((session, size, input)) = asked else {
             console_error("nobody attached within a minute: the process runs on the console");
             return crate::exec::spawn(process, crate::exec::Stdio::Console);
         };
@@ -131,8 +132,6 @@ impl Sessions {
         })?;
         let pid = crate::exec::spawn(&process, pipes.child())?;
         let ends = pipes.into_parent();
-        let (inbox, input) = mpsc::channel();
-        self.lock_inboxes().insert(session, inbox);
         let (done, drained) = mpsc::channel();
         self.pump(session, ends.stdout, false, done.clone(), true);
         if let Some(stderr) = ends.stderr {
@@ -537,29 +536,6 @@ impl Write for StdoutOf {
     }
 }
 
-/// A session's stdin as a byte source, ending at [`Input::StdinEnd`].
-struct StdinOf {
-    input: Receiver<Input>,
-    pending: Vec<u8>,
-    at: usize,
-}
-
-impl Read for StdinOf {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.pending.len() {
-            match self.input.recv() {
-                Ok(Input::Stdin(data)) => (self.pending, self.at) = (data, 0),
-                Ok(Input::StdinEnd) | Err(_) => return Ok(0),
-                Ok(_) => {}
-            }
-        }
-        let n = buf.len().min(self.pending.len() - self.at);
-        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
 /// Unpacks the archive arriving on stdin at `path` (see [`Open::CopyIn`]).
 fn copy_in(path: &str, input: Receiver<Input>) -> Result<(), String> {
     let path = checked_path(path)?;
@@ -570,11 +546,15 @@ fn copy_in(path: &str, input: Receiver<Input>) -> Result<(), String> {
             path.parent().unwrap_or(&path).display()
         ));
     }
-    let mut archive = tar::Archive::new(StdinOf {
-        input,
-        pending: Vec::new(),
-        at: 0,
-    });
+    // Stdin until its end; other input (a resize, a signal) means nothing to a copy.
+    let stdin = move || loop {
+        match input.recv() {
+            Ok(Input::Stdin(data)) => return Some(data),
+            Ok(Input::StdinEnd) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    };
+    let mut archive = tar::Archive::new(zos_init::ChunkReader::new(stdin));
     archive.set_preserve_permissions(true);
     archive.set_overwrite(true);
     let entries = archive

@@ -23,7 +23,7 @@ pub enum SealError {
     #[error("not a sealed value: expected age's ASCII armor ({ARMOR_BEGIN} …), as `zos seal` or `age -a` print it ({0})")]
     NotSealed(String),
     /// Sealed, but not for this node.
-    #[error("sealed for another key, not this node's: seal it with `zos seal --node {0}`")]
+    #[error("sealed for another key, not this node's: seal it with `zos seal --node-id {0}`")]
     OtherNode(PublicKey),
     /// Opened, but too large.
     #[error("the sealed value is larger than {MAX_OPENED} bytes")]

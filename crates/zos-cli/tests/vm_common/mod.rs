@@ -17,7 +17,8 @@ pub struct Fixture {
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "ls", "id", "nproc", "sleep", "grep", "hostname", "df", "kill", "test",
-    "pwd", "mkdir", "true", "env", "wc", "dd", "cp", "chmod", "mknod", "nc", "httpd", "ip",
+    "pwd", "mkdir", "true", "env", "wc", "dd", "cp", "chmod", "mknod", "nc", "httpd", "ip", "tty",
+    "stty",
 ];
 
 impl Fixture {

@@ -86,8 +86,7 @@ impl Link {
     /// Sends one control line; a link whose VM went away is dropped and the line sent on
     /// a new one (the VM may have been started again).
     fn send_to(dir: &Path, control: &Control) -> Result<()> {
-        let mut line = serde_json::to_vec(control).map_err(|e| Error::Invalid(e.to_string()))?;
-        line.push(b'\n');
+        let line = line_of(control)?;
         let link = Link::of(dir)?;
         if link.write_raw(&line).is_ok() {
             return Ok(());
@@ -98,9 +97,7 @@ impl Link {
 
     /// Tells the guest a host is here ([`Control::Attach`]); it answers with a hello.
     fn announce(&self) -> Result<()> {
-        let mut line = serde_json::to_vec(&Control::Attach).unwrap_or_default();
-        line.push(b'\n');
-        self.write_raw(&line)
+        self.write_raw(&line_of(&Control::Attach)?)
     }
 
     /// Waits until the guest has answered on this link, announcing again every second (a
@@ -146,9 +143,7 @@ impl Link {
         loop {
             if unacknowledged >= zos_init::ACK_EVERY {
                 let ack = Control::Consumed(std::mem::take(&mut unacknowledged));
-                let mut text = serde_json::to_vec(&ack).unwrap_or_default();
-                text.push(b'\n');
-                if self.write_raw(&text).is_err() {
+                if line_of(&ack).and_then(|l| self.write_raw(&l)).is_err() {
                     break;
                 }
             }
@@ -211,6 +206,13 @@ impl Link {
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Sender<Output>>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// `control` as one line of the console's protocol.
+fn line_of(control: &Control) -> Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(control).map_err(|e| Error::Invalid(e.to_string()))?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 /// Sends one line to `zos-init` over the container's control console.
