@@ -82,7 +82,7 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
         );
     }
     eprintln!("{action}");
-    send(&args, &node, deployment)
+    send(&args.waiting(), &node, deployment)
 }
 
 /// Sends a file written by `--sign-only` once every signer has signed it.
@@ -107,12 +107,35 @@ fn send_signed(args: &DeployArgs, signed: Deployment) -> Result<ExitCode> {
         signed.version,
         signed.signatures.len()
     );
-    send(args, &node, signed)
+    send(&args.waiting(), &node, signed)
+}
+
+/// How long and how `send` waits for a deployment it sent.
+pub struct Waiting {
+    /// Give up waiting for workloads to settle after this long.
+    pub timeout: Duration,
+    /// Do not wait at all.
+    pub no_wait: bool,
+    /// Then watch machines this long for a process that ends at once.
+    pub settle: Duration,
+    /// Print the node's JSON answer instead of the results table.
+    pub json: bool,
+}
+
+impl DeployArgs {
+    fn waiting(&self) -> Waiting {
+        Waiting {
+            timeout: self.timeout,
+            no_wait: self.no_wait,
+            settle: self.settle,
+            json: self.client.json,
+        }
+    }
 }
 
 /// Sends a signed deployment and, unless told not to, waits for its workloads; prints
-/// their results.
-fn send(args: &DeployArgs, node: &NodeClient, deployment: Deployment) -> Result<ExitCode> {
+/// their results. Fails when a workload failed or did not settle.
+pub fn send(args: &Waiting, node: &NodeClient, deployment: Deployment) -> Result<ExitCode> {
     let name = deployment.name.clone();
     let accepted = node.send(&deployment)?;
     // Its owner and every key its requirement names can read it; another sender cannot.
@@ -152,7 +175,7 @@ fn send(args: &DeployArgs, node: &NodeClient, deployment: Deployment) -> Result<
         true => watch_settle(node, last, args.settle)?,
         false => (last, None),
     };
-    if args.client.json {
+    if args.json {
         println!("{}", last.pretty());
     } else {
         print!("{}", results_table(&last.value));

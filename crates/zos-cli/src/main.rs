@@ -8,6 +8,7 @@ mod deployments;
 mod flist;
 mod import;
 mod key;
+mod kube;
 mod mount;
 mod net;
 mod node;
@@ -151,6 +152,9 @@ Examples:\n  zos cp app/web:/var/log/app.log .\n  zos cp ./site app/web:/srv/sit
     /// Wire networks across nodes and join them from your own machine (WireGuard)
     #[command(subcommand)]
     Net(net::NetCommand),
+    /// Kubernetes clusters of zmachines (k3s): create, scale, kubeconfig, ls, rm
+    #[command(subcommand)]
+    Kube(kube::KubeCommand),
 }
 
 fn main() -> ExitCode {
@@ -191,6 +195,7 @@ fn main() -> ExitCode {
         Command::Rm { name, client } => deployments::rm(&name, &client),
         Command::Events { client } => deployments::events(&client),
         Command::Net(cmd) => net::net(cmd),
+        Command::Kube(cmd) => kube::kube(cmd),
     };
     match result {
         Ok(code) => code,

@@ -12,6 +12,7 @@ mod access;
 mod api;
 mod error;
 mod file;
+pub mod kube;
 mod signing;
 pub mod status;
 mod tls;
