@@ -404,7 +404,7 @@ fn ls(client: &ClientArgs) -> Result<ExitCode> {
             .collect();
         let running = machines
             .iter()
-            .filter(|w| zos_client::status::state_label(w) == "running")
+            .filter(|w| zos_client::status::state_label(w) == "ok")
             .count();
         rows.push(vec![
             d.name.clone(),
@@ -416,7 +416,7 @@ fn ls(client: &ClientArgs) -> Result<ExitCode> {
     }
     print!(
         "{}",
-        table(&["NAME", "MASTERS", "WORKERS", "RUNNING", "API"], &rows)
+        table(&["NAME", "MASTERS", "WORKERS", "UP", "API"], &rows)
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,250 @@
+//! End-to-end: `zos kube` against a real node, real VMs and the real private network, with a
+//! stand-in for a k3s image (no k3s image can be fetched here): busybox and two short
+//! scripts that honour the same environment contract. The master listens on 6443 and
+//! records each worker that joins with the right token; workers find the master through
+//! K3S_URL and join with K3S_TOKEN.
+
+mod common;
+mod node_common;
+
+use common::{fails, ok};
+use node_common::Node;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The stand-in's entrypoint: a master when K3S_URL is empty, else a worker joining it.
+const STANDIN: &str = r#"#!/bin/sh
+cat /proc/sys/kernel/random/uuid > /tmp/boot-id
+if [ -z "$K3S_URL" ]; then
+  mkdir -p /etc/rancher/k3s
+  printf 'apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: U1RBTkQtSU4=\n    server: https://127.0.0.1:6443\n  name: default\nkind: Config\n' > /etc/rancher/k3s/k3s.yaml
+  echo "master $K3S_NODE_NAME serving 6443, data in $K3S_DATA_DIR"
+  exec nc -ll -p 6443 -e /join
+fi
+host=${K3S_URL#https://}
+host=${host%:6443}
+until echo "JOIN $K3S_NODE_NAME $K3S_TOKEN" | nc -w 3 "$host" 6443 | grep -q WELCOME; do
+  sleep 1
+done
+echo "$K3S_NODE_NAME joined $host"
+exec sleep 1000000
+"#;
+
+/// The master's side of one connection: a join with the cluster's token is recorded.
+const JOIN: &str = r#"#!/bin/sh
+read verb name token
+if [ "$verb" = JOIN ] && [ "$token" = "$K3S_TOKEN" ]; then
+  echo "$name" >> "$K3S_DATA_DIR/joined"
+  echo WELCOME
+elif [ -n "$verb" ]; then
+  echo "$name" >> "$K3S_DATA_DIR/refused"
+  echo DENIED
+fi
+"#;
+
+/// The stand-in image as an flist in the node's flist dir, its entrypoint `/standin`.
+fn standin(node: &Node) -> PathBuf {
+    let root = node.dir().join("standin-root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "cat", "mkdir", "printf", "echo", "nc", "sleep", "grep", "wc",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    for (name, text) in [("standin", STANDIN), ("join", JOIN)] {
+        let path = root.join(name);
+        std::fs::write(&path, text).unwrap();
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&path, perms).unwrap();
+    }
+    let fl = common::pack(&root, node.dir(), "k3s-standin.fl");
+    ok(common::zos().args(["flist", "tag"]).arg(&fl).args([
+        "set",
+        r#"zos.image={"entrypoint":["/standin"],"env":["PATH=/bin"],"os":"linux","architecture":"amd64"}"#,
+    ]));
+    fl
+}
+
+/// What `cmd` prints in machine `workload` of cluster `name`.
+fn exec(node: &Node, name: &str, workload: &str, cmd: &str) -> String {
+    let target = format!("{name}/{workload}");
+    let out = common::output(
+        node.cli("alice", &["exec"])
+            .args([&target, "--", "sh", "-c", cmd]),
+    );
+    assert!(
+        out.status.success(),
+        "exec {cmd:?} in {target}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The workers the master recorded, sorted, once `want` of them joined (or after 2 minutes).
+fn joined(node: &Node, name: &str, want: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = exec(
+            node,
+            name,
+            "master1",
+            "cat /mydisk/joined 2>/dev/null; true",
+        );
+        let mut names: Vec<String> = text.lines().map(str::to_string).collect();
+        names.sort();
+        names.dedup();
+        if names.len() >= want || Instant::now() > deadline {
+            return names;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The consoles of `workloads`, for a failure's message.
+fn consoles(node: &Node, name: &str, workloads: &[&str]) -> String {
+    let mut text = String::new();
+    for w in workloads {
+        let out = common::output(&mut node.cli("alice", &["logs", &format!("{name}/{w}")]));
+        text += &format!("--- {w}:\n{}\n", String::from_utf8_lossy(&out.stdout));
+    }
+    text
+}
+
+#[test]
+fn a_cluster_is_made_joined_scaled_and_removed_with_a_reachable_kubeconfig() {
+    if !common::is_root() || !common::have("qemu-system-x86_64") {
+        return;
+    }
+    let node = Node::start("");
+    let fl = standin(&node);
+    let fl = fl.to_str().unwrap();
+    let small = ["--memory", "128M", "--disk", "100M"];
+
+    // Bad input: refused before anything is made.
+    let err = fails(
+        node.cli(
+            "alice",
+            &["kube", "create", "bad", "--flist", fl, "--token", "no"],
+        )
+        .args(small),
+    );
+    assert!(err.contains("6 to 15 letters and digits"), "{err}");
+    let err = fails(&mut node.cli("alice", &["kube", "scale", "nothing", "--workers", "2"]));
+    assert!(err.contains("no cluster named nothing"), "{err}");
+    let out = common::output(
+        node.cli(
+            "alice",
+            &["kube", "create", "bad", "--flist", fl, "--workers=-1"],
+        )
+        .args(small),
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = fails(
+        node.cli(
+            "alice",
+            &["kube", "create", "bad", "--flist", fl, "--masters", "2"],
+        )
+        .args(small),
+    );
+    assert!(err.contains("quorum"), "{err}");
+    assert!(!ok(&mut node.cli("alice", &["ps"])).contains("bad"));
+
+    // A master and two workers: both join with the token, over the private network.
+    ok(node
+        .cli(
+            "alice",
+            &["kube", "create", "demo", "--workers", "2", "--flist", fl],
+        )
+        .args(small));
+    assert_eq!(
+        joined(&node, "demo", 2),
+        ["worker1", "worker2"],
+        "{}",
+        consoles(&node, "demo", &["master1", "worker1", "worker2"])
+    );
+    let get = ok(&mut node.cli("alice", &["get", "demo"]));
+    assert!(get.contains("K3S_TOKEN (sealed)"), "{get}");
+    let ls = ok(&mut node.cli("alice", &["kube", "ls"]));
+    assert!(
+        ls.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()[..4] == ["demo", "1", "2", "3/3"]),
+        "{ls}"
+    );
+
+    // The kubeconfig points at the master's API as published on the node, which answers.
+    let config = ok(&mut node.cli("alice", &["kube", "kubeconfig", "demo"]));
+    assert!(
+        config.contains("server: https://127.0.0.1:6443"),
+        "{config}"
+    );
+    assert!(
+        config.contains("certificate-authority-data: U1RBTkQtSU4="),
+        "{config}"
+    );
+    assert!(std::net::TcpStream::connect("127.0.0.1:6443").is_ok());
+
+    // Scaling adds exactly the new worker and leaves the others running as they were.
+    let boot = |w: &str| exec(&node, "demo", w, "cat /tmp/boot-id");
+    let before = (boot("master1"), boot("worker1"), boot("worker2"));
+    assert!(!before.1.trim().is_empty(), "no boot id: {before:?}");
+    ok(&mut node.cli("alice", &["kube", "scale", "demo", "--workers", "3"]));
+    assert_eq!(joined(&node, "demo", 3), ["worker1", "worker2", "worker3"]);
+    assert_eq!(
+        (boot("master1"), boot("worker1"), boot("worker2")),
+        before,
+        "a kept cluster node was restarted"
+    );
+    ok(&mut node.cli("alice", &["kube", "scale", "demo", "--workers", "1"]));
+    let get = ok(&mut node.cli("alice", &["get", "demo"]));
+    assert!(get.contains("worker1") && !get.contains("worker2") && !get.contains("worker3"));
+    assert_eq!(boot("worker1"), before.1, "worker1 was restarted");
+    let refused = exec(
+        &node,
+        "demo",
+        "master1",
+        "cat /mydisk/refused 2>/dev/null; true",
+    );
+    assert!(refused.trim().is_empty(), "joins refused: {refused}");
+
+    // A master that never opens 6443 (an image that only sleeps) is reported with its
+    // console, and nothing of it is left.
+    let idle = node.dir().join("idle.fl");
+    std::fs::copy(&node.fl, &idle).unwrap();
+    ok(common::zos().args(["flist", "tag"]).arg(&idle).args([
+        "set",
+        r#"zos.image={"entrypoint":["/bin/sh","-c","echo idle-master; exec sleep 100000"],"os":"linux","architecture":"amd64"}"#,
+    ]));
+    let out = common::output(
+        node.cli(
+            "alice",
+            &[
+                "kube",
+                "create",
+                "broken",
+                "--workers",
+                "0",
+                "--timeout",
+                "20s",
+                "--flist",
+                idle.to_str().unwrap(),
+            ],
+        )
+        .args(small),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("did not answer") && err.contains("removed again"),
+        "{err}"
+    );
+    assert!(
+        err.contains("idle-master"),
+        "the master's console expected: {err}"
+    );
+    assert!(!ok(&mut node.cli("alice", &["ps"])).contains("broken"));
+
+    ok(&mut node.cli("alice", &["kube", "rm", "demo"]));
+    assert!(!ok(&mut node.cli("alice", &["kube", "ls"])).contains("demo"));
+}
