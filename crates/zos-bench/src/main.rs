@@ -8,6 +8,7 @@ mod disk_image;
 mod flist;
 mod fuse;
 mod image;
+mod kube;
 mod measure;
 mod mount;
 mod net;
@@ -133,11 +134,37 @@ enum BenchCommand {
     /// with skopeo), then times: `skopeo copy` of it to a local directory plus deploying a
     /// local flist of it until its output shows (the cold floor), deploying it by reference
     /// (`image: docker://…`) until its output shows (cold: the node imports it), and again
-    /// (warm: the node has it), against deploying the local flist (the warm floor). Targets:
-    /// cold within 1.5x and warm within 1.1x of their floors (medians). Needs root,
-    /// qemu-system-x86_64, docker-registry and skopeo.
+    /// (warm: the node has it), against deploying the local flist (the warm floor). Then 100
+    /// `exec true` in a running container of the image, p50 and p99, against a signed API
+    /// request. Targets: cold within 1.5x and warm within 1.1x of their floors (medians).
+    /// Needs root, qemu-system-x86_64, docker-registry and skopeo.
     #[command(after_help = "Examples:\n  zos-bench pull\n  zos-bench pull --runs 1 --json")]
     Pull {
+        /// Work directory (default: a fresh directory under /var/tmp)
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the work directory
+        #[arg(long)]
+        keep: bool,
+        /// Repetitions (the median is reported)
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time a Kubernetes cluster of zmachines (the k3s stand-in) until all its workers
+    /// joined, against deploying three plain machines; then scaling it 2 -> 4 -> 2
+    ///
+    /// Starts a `zos node run`; each of --runs deploys three plain busybox zmachines until
+    /// each printed its marker (the floor), then a cluster of 1 master and 2 workers as `zos
+    /// kube create` builds it, with a stand-in for k3s (busybox honouring its environment
+    /// contract: the master records each worker that joins with the token), until both
+    /// workers joined; scales it to 4 workers until the new two joined, and back to 2 until
+    /// the dropped workers' VMs are gone. Target: create-to-all-joined within 1.3x the
+    /// floor (medians). Needs root and qemu-system-x86_64.
+    #[command(after_help = "Examples:\n  zos-bench kube\n  zos-bench kube --runs 1 --json")]
+    Kube {
         /// Work directory (default: a fresh directory under /var/tmp)
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -258,5 +285,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runs,
             json,
         } => pull::bench_pull(&zos, dir, keep, runs, json),
+        BenchCommand::Kube {
+            dir,
+            keep,
+            runs,
+            json,
+        } => kube::bench_kube(&zos, dir, keep, runs, json),
     }
 }

@@ -12,35 +12,9 @@ use node_common::Node;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// The stand-in's entrypoint: a master when K3S_URL is empty, else a worker joining it.
-const STANDIN: &str = r#"#!/bin/sh
-cat /proc/sys/kernel/random/uuid > /tmp/boot-id
-if [ -z "$K3S_URL" ]; then
-  mkdir -p /etc/rancher/k3s
-  printf 'apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: U1RBTkQtSU4=\n    server: https://127.0.0.1:6443\n  name: default\nkind: Config\n' > /etc/rancher/k3s/k3s.yaml
-  echo "master $K3S_NODE_NAME serving 6443, data in $K3S_DATA_DIR"
-  exec nc -ll -p 6443 -e /join
-fi
-host=${K3S_URL#https://}
-host=${host%:6443}
-until echo "JOIN $K3S_NODE_NAME $K3S_TOKEN" | nc -w 3 "$host" 6443 | grep -q WELCOME; do
-  sleep 1
-done
-echo "$K3S_NODE_NAME joined $host"
-exec sleep 1000000
-"#;
-
-/// The master's side of one connection: a join with the cluster's token is recorded.
-const JOIN: &str = r#"#!/bin/sh
-read verb name token
-if [ "$verb" = JOIN ] && [ "$token" = "$K3S_TOKEN" ]; then
-  echo "$name" >> "$K3S_DATA_DIR/joined"
-  echo WELCOME
-elif [ -n "$verb" ]; then
-  echo "$name" >> "$K3S_DATA_DIR/refused"
-  echo DENIED
-fi
-"#;
+/// The stand-in's entrypoint and the master's connection handler (shared with zos-bench).
+const STANDIN: &str = include_str!("../../zos-bench/k3s-standin/standin");
+const JOIN: &str = include_str!("../../zos-bench/k3s-standin/join");
 
 /// The stand-in image as an flist in the node's flist dir, its entrypoint `/standin`.
 fn standin(node: &Node) -> PathBuf {
