@@ -97,10 +97,7 @@ fn describe(d: &Deployment) -> String {
                     None => field("flist", m.flist.clone()),
                 }
                 if let Some(auth) = &m.registry_auth {
-                    field(
-                        "registry",
-                        format!("as {} (password sealed)", auth.username),
-                    );
+                    field("pull as", format!("{} (password sealed)", auth.username));
                 }
                 field("cpu", m.cpu.to_string());
                 field("memory", m.memory.to_string());

@@ -1411,7 +1411,7 @@ fn a_private_image_is_pulled_with_sealed_credentials_and_only_for_those_who_have
     assert!(logs.contains("private-image-ran"), "{logs}");
     let get = ok(&mut node.cli("alice", &["get", "priv"]));
     assert!(
-        get.contains(&format!("registry: as {user} (password sealed)")),
+        get.contains(&format!("pull as: {user} (password sealed)")),
         "{get}"
     );
 
