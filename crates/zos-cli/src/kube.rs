@@ -78,10 +78,6 @@ pub struct CreateArgs {
     /// Workers
     #[arg(long, default_value_t = 1)]
     workers: u32,
-    /// Masters: 1, or 3 for an HA control plane (the first starts k3s's embedded etcd,
-    /// the others join it)
-    #[arg(long, default_value_t = 1)]
-    masters: u32,
     /// The k3s image every cluster node runs (docker://HOST/NAME:TAG)
     #[arg(long, conflicts_with = "flist", required_unless_present = "flist")]
     image: Option<String>,
@@ -173,7 +169,7 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
         );
     }
     let cluster = Cluster {
-        masters: args.masters,
+        masters: 1,
         workers: args.workers,
         root,
         cpu: args.cpu,
@@ -194,8 +190,8 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
         .map_err(|e| anyhow!("{e}"))?;
     let deployment = plan(&node, file, Path::new(&args.name))?.sign(node.key());
     eprintln!(
-        "creating cluster {}: {} master(s), {} worker(s) on {}",
-        args.name, cluster.masters, cluster.workers, cluster.ip_range
+        "creating cluster {}: a master and {} worker(s) on {}",
+        args.name, cluster.workers, cluster.ip_range
     );
     let waiting = Waiting {
         timeout: args.timeout,

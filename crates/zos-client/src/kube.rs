@@ -25,10 +25,9 @@ pub const NETWORK: &str = "net";
 pub const KUBECONFIG_PATH: &str = "/etc/rancher/k3s/k3s.yaml";
 /// How a cluster's deployment `metadata` starts.
 const METADATA_TAG: &str = "zos-kube/v1 ";
-/// The first address of workers in the subnet (`.10`): masters take `.2`, `.3`, `.4`.
+/// The first address of workers in the subnet (`.10`): the master takes `.2`, and `.3` and
+/// `.4` are kept for the masters of an HA control plane.
 const FIRST_WORKER_HOST: u32 = 10;
-/// Most masters (an HA cluster has 3).
-pub const MAX_MASTERS: u32 = 3;
 /// Most workers: the subnet's addresses from `.10` to `.254`.
 pub const MAX_WORKERS: u32 = 245;
 
@@ -45,7 +44,7 @@ pub enum Root {
 /// What a cluster is made of.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cluster {
-    /// Masters: 1, or 3 for an HA control plane.
+    /// Masters: 1 (an HA control plane of 3 is not built yet).
     pub masters: u32,
     /// Workers.
     pub workers: u32,
@@ -127,9 +126,9 @@ pub fn free_api_port(deployments: &[Deployment]) -> u16 {
 impl Cluster {
     /// Checks the sizes asked for; the message names the flag's value that is wrong.
     pub fn check(&self) -> Result<(), String> {
-        if !(1..=MAX_MASTERS).contains(&self.masters) || self.masters == 2 {
+        if self.masters != 1 {
             return Err(format!(
-                "{} masters: give 1, or 3 for an HA control plane (2 cannot keep quorum)",
+                "{} masters: a cluster has one master (an HA control plane is not built yet)",
                 self.masters
             ));
         }
@@ -202,15 +201,11 @@ impl Cluster {
             false => (self.worker_ip(i), self.api_url()),
         };
         let mut env = json!({
-            "K3S_URL": if master && i > 1 { self.api_url() } else { url },
+            "K3S_URL": url,
             "K3S_DATA_DIR": DATA_DIR,
             "K3S_NODE_NAME": name,
             "K3S_FLANNEL_IFACE": "eth0",
         });
-        if master && self.masters > 1 {
-            // k3s's embedded etcd: the first master starts it, the others join it.
-            env["K3S_CLUSTER_INIT"] = json!(if i == 1 { "true" } else { "" });
-        }
         if let Some(key) = &self.ssh_key {
             env["SSH_KEY"] = json!(key);
         }
@@ -388,10 +383,10 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_refused() {
-        assert!(cluster(2, 1).check().unwrap_err().contains("quorum"));
+        assert!(cluster(3, 1).check().unwrap_err().contains("one master"));
         assert!(cluster(0, 1).check().is_err());
         assert!(cluster(1, 300).check().unwrap_err().contains("300 workers"));
-        assert!(cluster(3, 0).check().is_ok());
+        assert!(cluster(1, 0).check().is_ok());
     }
 
     #[test]
