@@ -291,6 +291,12 @@ pub fn run(args: VmArgs, place: Place, detach: bool, stdio: RunStdio) -> Result<
         println!("{name}");
         return Ok(ExitCode::SUCCESS);
     }
+    // A reader that goes away (`zos run … | head`) must not kill us with the VM still up:
+    // a write then fails, and the VM is dealt with below.
+    // SAFETY: SIG_IGN is a valid disposition; nothing here relies on SIGPIPE's default.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     let result = match attached {
         true => attach(&vmm, &name, stdio.interactive, terminal),
         false => follow(&vmm, &name),
@@ -400,16 +406,26 @@ fn attach(vmm: &Vmm, name: &str, interactive: bool, terminal: Option<Terminal>) 
     };
     let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
     // Until the console closes: QEMU exited. Once our stdout is closed (`zos run … | head`)
-    // the rest is read and dropped, so the process is never held up by us.
+    // the process gets the SIGPIPE a pipe's writer would, and the rest is read and dropped
+    // so that it is never held up by us.
     let mut open = true;
     while let Some(output) = session.recv() {
-        open = open
-            && match output {
-                Output::Stdout(data) => stdout.write_all(&data).and_then(|_| stdout.flush()),
-                Output::Stderr(data) => stderr.write_all(&data).and_then(|_| stderr.flush()),
-                Output::Exit { .. } => Ok(()),
+        match output {
+            Output::Stdout(data) if open => {
+                if stdout
+                    .write_all(&data)
+                    .and_then(|_| stdout.flush())
+                    .is_err()
+                {
+                    open = false;
+                    let _ = vmm.signal(name, libc::SIGPIPE);
+                }
             }
-            .is_ok();
+            Output::Stderr(data) => {
+                let _ = stderr.write_all(&data).and_then(|_| stderr.flush());
+            }
+            _ => {}
+        }
     }
     drop(raw);
     let info = loop {

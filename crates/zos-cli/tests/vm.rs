@@ -539,6 +539,23 @@ fn a_foreground_run_has_stdout_and_stderr_apart_and_stdin_and_a_terminal_when_as
     assert!(text(&out.stdout).contains("hi-42"), "{}", describe(&out));
     assert_eq!(code_of(&out), 5, "{}", describe(&out));
 
+    // A reader that stops early (`| head -1`) sends the process the SIGPIPE a pipe would.
+    let out = output_within(
+        Command::new("bash").arg("-c").arg(format!(
+            "{} -- /bin/sh -c 'while true; do echo y; done' | head -1; echo zos=${{PIPESTATUS[0]}}",
+            shell_run(&f, "")
+        )),
+        Duration::from_secs(120),
+    )
+    .unwrap_or_else(|out| panic!("zos run | head -1 hung; {}", describe(&out)));
+    let got = text(&out.stdout);
+    assert_eq!(
+        got.lines().collect::<Vec<_>>(),
+        ["y", "zos=141"],
+        "{}",
+        describe(&out)
+    );
+
     // -t needs a terminal; -d has no one to attach.
     let err = fails(f.zos("run").arg(&f.fl).args(["-t", "--", "true"]));
     assert!(err.contains("-t needs a terminal"), "{err}");
