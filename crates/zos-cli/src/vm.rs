@@ -411,15 +411,15 @@ fn attach(vmm: &Vmm, name: &str, interactive: bool, terminal: Option<Terminal>) 
     let mut open = true;
     while let Some(output) = session.recv() {
         match output {
-            Output::Stdout(data) if open => {
-                if stdout
-                    .write_all(&data)
-                    .and_then(|_| stdout.flush())
-                    .is_err()
-                {
-                    open = false;
-                    let _ = vmm.signal(name, libc::SIGPIPE);
-                }
+            Output::Stdout(data)
+                if open
+                    && stdout
+                        .write_all(&data)
+                        .and_then(|_| stdout.flush())
+                        .is_err() =>
+            {
+                open = false;
+                let _ = vmm.signal(name, libc::SIGPIPE);
             }
             Output::Stderr(data) => {
                 let _ = stderr.write_all(&data).and_then(|_| stderr.flush());
