@@ -120,7 +120,7 @@ impl Vmm {
                     &kit_disk,
                     "raw",
                     zos_init::KIT_SERIAL,
-                    DiskRole::ReadOnly,
+                    DiskRole::Shared,
                 )?;
                 let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
                 jail.add(&dir.join(INITRD), Access::ReadOnly);
