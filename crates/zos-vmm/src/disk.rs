@@ -765,6 +765,32 @@ mod tests {
     }
 
     #[test]
+    fn an_image_of_a_tree_holds_its_files_and_is_readable_by_all() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("kernel/net")).unwrap();
+        std::fs::write(tree.join("kernel/net/br.ko"), b"module bytes").unwrap();
+        std::fs::write(tree.join("config"), b"CONFIG_BRIDGE=m\n").unwrap();
+        let image = dir.path().join("kit.ext4");
+        ext4_image_of(&tree, &image, "zos-kit").unwrap();
+        let mode = std::fs::metadata(&image).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        let debugfs = find_tool("debugfs", SBIN_DIRS).expect("these tests need debugfs");
+        let cat = |path: &str| {
+            let request = format!("cat {path}");
+            run(&debugfs, &["-R".as_ref(), request.as_ref(), image.as_os_str()]).unwrap()
+        };
+        assert_eq!(cat("/kernel/net/br.ko"), b"module bytes");
+        assert_eq!(cat("/config"), b"CONFIG_BRIDGE=m\n");
+        // A second builder that lost the race keeps the first's image.
+        std::fs::write(tree.join("config"), b"other").unwrap();
+        ext4_image_of(&tree, &image, "zos-kit").unwrap();
+        assert_eq!(cat("/config"), b"CONFIG_BRIDGE=m\n");
+        assert_eq!(names_in(dir.path()), vec!["kit.ext4", "tree"]);
+    }
+
+    #[test]
     fn failing_tool_reports_stderr_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let backing = dir.path().join("base.raw");
