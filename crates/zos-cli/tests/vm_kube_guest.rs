@@ -221,9 +221,18 @@ fn check_config_reports_every_generally_necessary_item_enabled() {
 fn a_node_runtime_loads_modules_sets_sysctls_limits_a_cgroup_and_mounts_overlayfs() {
     let Some(all) = guest() else { return };
     let lsmod = section(all, "modules");
-    for module in ["br_netfilter", "vxlan", "overlay", "nf_tables", "ip_tables", "iptable_nat"] {
+    for module in [
+        "br_netfilter",
+        "vxlan",
+        "overlay",
+        "nf_tables",
+        "ip_tables",
+        "iptable_nat",
+    ] {
         assert!(
-            lsmod.lines().any(|l| l.split_whitespace().next() == Some(module)),
+            lsmod
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(module)),
             "lsmod does not list {module} after modprobe:\n{lsmod}"
         );
     }

@@ -264,9 +264,9 @@ fn mount_kit(release: &str) -> Result<(), String> {
 fn bind_read_only(source: &str, target: &str) -> Result<(), String> {
     mount(source, target, None, libc::MS_BIND, None)
         .map_err(|e| format!("binding {source} on {target}: {e}"))?;
-    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-    mount("", target, None, flags, None)
-        .map_err(|e| format!("making {target} read-only: {e}"))
+    let flags =
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+    mount("", target, None, flags, None).map_err(|e| format!("making {target} read-only: {e}"))
 }
 
 /// Writes a minimal /etc/hosts when the image has none.

@@ -99,9 +99,10 @@ impl BootKit {
     /// any module and checks can read the config. Built on first use (`mke2fs -d`, a few
     /// seconds), then one file all VMs share: read-only, so the host caches its pages once.
     pub fn kit_disk(&self) -> Result<PathBuf> {
-        let kernel_dir = self.modules.parent().ok_or_else(|| {
-            Error::Invalid(format!("{} has no parent", self.modules.display()))
-        })?;
+        let kernel_dir = self
+            .modules
+            .parent()
+            .ok_or_else(|| Error::Invalid(format!("{} has no parent", self.modules.display())))?;
         let out = kernel_dir.join(KIT_DISK);
         if out.exists() {
             return Ok(out);

@@ -506,8 +506,8 @@ fn tree_size(dir: &Path) -> Result<(u64, u64), DiskError> {
     let mut entries = 0;
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let listing =
-            std::fs::read_dir(&dir).map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
+        let listing = std::fs::read_dir(&dir)
+            .map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
         for entry in listing {
             let entry = entry.map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
             let meta = entry
@@ -779,7 +779,11 @@ mod tests {
         let debugfs = find_tool("debugfs", SBIN_DIRS).expect("these tests need debugfs");
         let cat = |path: &str| {
             let request = format!("cat {path}");
-            run(&debugfs, &["-R".as_ref(), request.as_ref(), image.as_os_str()]).unwrap()
+            run(
+                &debugfs,
+                &["-R".as_ref(), request.as_ref(), image.as_os_str()],
+            )
+            .unwrap()
         };
         assert_eq!(cat("/kernel/net/br.ko"), b"module bytes");
         assert_eq!(cat("/config"), b"CONFIG_BRIDGE=m\n");
