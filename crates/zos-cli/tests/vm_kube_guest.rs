@@ -49,6 +49,12 @@ overlay() {
     echo upper >>/vol/merged/f && echo "merged $(cat /vol/merged/f | tr '\n' ' ')" &&
     echo "upper dir $(cat /vol/upper/f | tr '\n' ' ')" && umount /vol/merged
 }
+kit_read_only() {
+  local release
+  release="$(uname -r)"
+  ! touch "/lib/modules/$release/modules.dep" && ! touch "/boot/config-$release" &&
+    grep -c '^CONFIG_' "/boot/config-$release"
+}
 kmsg() {
   [ -c /dev/kmsg ] && echo zos-kmsg-probe >/dev/kmsg && timeout 20 grep -m1 -o zos-kmsg-probe /dev/kmsg
 }
@@ -58,6 +64,7 @@ section sysctls sysctls
 section filters filters
 section cgroup cgroup
 section overlay overlay
+section kit-read-only kit_read_only
 section kmsg kmsg
 "#;
 
@@ -236,6 +243,12 @@ fn a_node_runtime_loads_modules_sets_sysctls_limits_a_cgroup_and_mounts_overlayf
             "lsmod does not list {module} after modprobe:\n{lsmod}"
         );
     }
+    let kit = section(all, "kit-read-only");
+    assert!(
+        kit.contains("Read-only file system")
+            && kit.lines().last().and_then(|n| n.parse::<u32>().ok()) > Some(1000),
+        "the kit's modules or config are writable, or the config is not the kernel's:\n{kit}"
+    );
     let sysctls = section(all, "sysctls");
     assert!(
         sysctls.lines().rev().take(2).all(|l| l.trim() == "1"),
