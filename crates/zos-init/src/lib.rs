@@ -23,6 +23,10 @@ pub const STATUS_UART: u8 = 1;
 pub const CONTROL_TTY: &str = "/dev/hvc0";
 /// The virtio-fs tag of the container's root filesystem.
 pub const ROOT_TAG: &str = "rootfs";
+/// The virtio serial of the kit disk: the read-only ext4 image of the guest kernel's
+/// `modules/` (its `lib/modules/<release>`) and `config` (its `boot/config-<release>`), one
+/// file every container VM shares.
+pub const KIT_SERIAL: &str = "zos-kit";
 
 /// Everything `zos-init` needs to know about its VM.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -52,6 +56,11 @@ pub struct GuestConfig {
     /// to the console, for the log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attach: Option<GuestAttach>,
+    /// The kernel release whose kit disk ([`KIT_SERIAL`]) is attached: its modules are
+    /// shown read-only at `/lib/modules/<release>` and its config at
+    /// `/boot/config-<release>` in the container, so `modprobe` and config checks work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kit_release: Option<String>,
 }
 
 /// How the host attaches to the container's process.

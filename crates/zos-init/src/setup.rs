@@ -5,7 +5,7 @@ use crate::sys::{self, mount};
 use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use zos_init::{GuestConfig, GuestDisk, CONFIG_PATH, ROOT_TAG};
+use zos_init::{GuestConfig, GuestDisk, CONFIG_PATH, KIT_SERIAL, ROOT_TAG};
 
 const NEWROOT: &str = "/newroot";
 /// How long devices get to show up after their driver loads.
@@ -51,6 +51,13 @@ pub fn setup() -> Result<GuestConfig, String> {
     }
     switch_root()?;
     container_mounts()?;
+    if let Some(release) = &config.kit_release {
+        // Not fatal: an image that cannot take the mounts (say, a dangling /lib) still
+        // runs, only without the kernel's modules.
+        if let Err(e) = mount_kit(release) {
+            crate::shutdown::console_error(&format!("the kernel's modules are not shown: {e}"));
+        }
+    }
     if !config.hostname.is_empty() {
         sys::sethostname(&config.hostname)
             .map_err(|e| format!("setting hostname {:?}: {e}", config.hostname))?;
@@ -186,6 +193,7 @@ fn container_mounts() -> Result<(), String> {
     let tmpfs_flags = libc::MS_NOSUID | libc::MS_NODEV;
     mount_at("shm", "/dev/shm", "tmpfs", tmpfs_flags, Some("mode=1777"))?;
     mount_at("tmpfs", "/tmp", "tmpfs", tmpfs_flags, Some("mode=1777"))?;
+    cgroup2()?;
     // What Docker's /dev has and devtmpfs lacks; ptmx is a device node there on most kernels.
     for (link, target) in [
         ("/dev/ptmx", "pts/ptmx"),
@@ -200,6 +208,65 @@ fn container_mounts() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The unified cgroup hierarchy at /sys/fs/cgroup, every controller the kernel has enabled
+/// for child groups, so a runtime in the container (containerd, podman, k3s) can make groups
+/// with limits. The root group is exempt from the no-internal-processes rule, so the
+/// container's process may stay in it.
+fn cgroup2() -> Result<(), String> {
+    let root = "/sys/fs/cgroup";
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount_at("cgroup2", root, "cgroup2", flags, Some("nsdelegate"))?;
+    let controllers = std::fs::read_to_string(format!("{root}/cgroup.controllers"))
+        .map_err(|e| format!("reading {root}/cgroup.controllers: {e}"))?;
+    // One at a time: a controller the kernel refuses leaves the others enabled.
+    for controller in controllers.split_whitespace() {
+        if let Err(e) = std::fs::write(
+            format!("{root}/cgroup.subtree_control"),
+            format!("+{controller}"),
+        ) {
+            crate::shutdown::console_error(&format!("enabling the {controller} controller: {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// Where the kit disk is mounted on its way in: devtmpfs, so nothing is written to the
+/// container's root.
+const KIT_STAGING: &str = "/dev/.zos-kit";
+
+/// Shows the kit disk read-only in the container: its `modules/` over
+/// `/lib/modules/<release>` (hiding the image's own, if any) and its `config` at
+/// `/boot/config-<release>`, each a bind mount of one read-only mount of the disk, which
+/// is then detached from its staging point.
+fn mount_kit(release: &str) -> Result<(), String> {
+    let device = wait_for_disk(KIT_SERIAL)?;
+    let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+    mount_at(&device, KIT_STAGING, "ext4", ro, None)
+        .map_err(|e| format!("kit disk ({device}): {e}"))?;
+    let modules = format!("/lib/modules/{release}");
+    mkdir(&modules)?;
+    bind_read_only(&format!("{KIT_STAGING}/modules"), &modules)?;
+    let config = format!("/boot/config-{release}");
+    mkdir("/boot")?;
+    if std::fs::symlink_metadata(&config).is_err() {
+        std::fs::write(&config, "").map_err(|e| format!("creating {config}: {e}"))?;
+    }
+    bind_read_only(&format!("{KIT_STAGING}/config"), &config)?;
+    sys::umount(KIT_STAGING, libc::MNT_DETACH)
+        .map_err(|e| format!("detaching {KIT_STAGING}: {e}"))?;
+    let _ = std::fs::remove_dir(KIT_STAGING);
+    Ok(())
+}
+
+/// Bind-mounts `source` on `target`, read-only (a bind takes its flags only on a remount).
+fn bind_read_only(source: &str, target: &str) -> Result<(), String> {
+    mount(source, target, None, libc::MS_BIND, None)
+        .map_err(|e| format!("binding {source} on {target}: {e}"))?;
+    let flags =
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+    mount("", target, None, flags, None).map_err(|e| format!("making {target} read-only: {e}"))
 }
 
 /// Writes a minimal /etc/hosts when the image has none.
@@ -232,19 +299,24 @@ fn find_disk(serial: &str) -> io::Result<Option<String>> {
     Ok(None)
 }
 
-fn mount_disk(disk: &GuestDisk) -> Result<(), String> {
+/// The device node (`/dev/vdX`) of the disk with virtio serial `serial`, waiting for it to
+/// appear after its driver loads.
+fn wait_for_disk(serial: &str) -> Result<String, String> {
     let start = Instant::now();
-    let name = loop {
-        match find_disk(&disk.serial) {
-            Ok(Some(name)) => break name,
+    loop {
+        match find_disk(serial) {
+            Ok(Some(name)) => return Ok(format!("/dev/{name}")),
             Ok(None) if start.elapsed() < DEVICE_WAIT => std::thread::sleep(POLL),
-            Ok(None) => return Err(format!("no disk with serial {:?} appeared", disk.serial)),
+            Ok(None) => return Err(format!("no disk with serial {serial:?} appeared")),
             Err(e) => return Err(format!("listing /sys/block: {e}")),
         }
-    };
+    }
+}
+
+fn mount_disk(disk: &GuestDisk) -> Result<(), String> {
+    let device = wait_for_disk(&disk.serial)?;
     let target = Path::new("/").join(&disk.mount_at);
     let target = target.to_string_lossy();
-    let device = format!("/dev/{name}");
     mount_at(&device, &target, &disk.fstype, 0, None)
         .map_err(|e| format!("disk {:?} ({device}): {e}", disk.serial))?;
     crate::shutdown::remember_mount(&target);

@@ -27,6 +27,9 @@ const WANTED_MODULES: &[&str] = &[
 /// Where modules are placed inside the initramfs.
 const MODULE_DIR: &str = "lib/modules";
 
+/// The kit disk's file, beside the kernel it belongs to.
+const KIT_DISK: &str = "kit.ext4";
+
 /// A located boot kit: one kernel and its modules.
 #[derive(Debug, Clone)]
 pub struct BootKit {
@@ -41,6 +44,9 @@ pub struct BootKit {
     pub bzimage: PathBuf,
     /// `lib/modules/<version>` of the kernel package.
     pub modules: PathBuf,
+    /// `boot/config-<version>` of the kernel package (absent in kits fetched before it was
+    /// kept: [`BootKit::kit_disk`] then says to run scripts/bootkit again).
+    pub config: PathBuf,
 }
 
 /// The default kit directory: `$ZOS_BOOTKIT`, else `~/.cache/zos/bootkit`.
@@ -84,7 +90,41 @@ impl BootKit {
             kernel: crate::vmlinux::pvh_kernel(&bzimage).unwrap_or_else(|| bzimage.clone()),
             bzimage,
             modules,
+            config: target.join("config"),
         })
+    }
+
+    /// The kit disk: a read-only ext4 image holding this kernel's `modules/` and `config`,
+    /// attached to every container VM (serial [`zos_init::KIT_SERIAL`]) so the guest can load
+    /// any module and checks can read the config. Built on first use (`mke2fs -d`, a few
+    /// seconds), then one file all VMs share: read-only, so the host caches its pages once.
+    pub fn kit_disk(&self) -> Result<PathBuf> {
+        let kernel_dir = self
+            .modules
+            .parent()
+            .ok_or_else(|| Error::Invalid(format!("{} has no parent", self.modules.display())))?;
+        let out = kernel_dir.join(KIT_DISK);
+        if out.exists() {
+            return Ok(out);
+        }
+        if !self.config.is_file() {
+            return Err(Error::Invalid(format!(
+                "the boot kit in {} has no kernel config ({} is missing): run scripts/bootkit \
+                 again",
+                kernel_dir.display(),
+                self.config.display()
+            )));
+        }
+        // The image's tree, hard-linked from the kit rather than copied.
+        let stage = tempfile::tempdir_in(kernel_dir)
+            .map_err(|e| Error::io(format!("creating a dir in {}", kernel_dir.display()), e))?;
+        link_tree(&self.modules, &stage.path().join("modules"))?;
+        let config = stage.path().join("config");
+        fs::hard_link(&self.config, &config)
+            .map_err(|e| Error::io(format!("linking {}", config.display()), e))?;
+        crate::disk::ext4_image_of(stage.path(), &out, "zos-kit")?;
+        tracing::info!(path = %out.display(), "built the kit disk");
+        Ok(out)
     }
 
     /// The base initramfs for this kernel and `init` (the static `zos-init`): built on first
@@ -157,6 +197,33 @@ impl BootKit {
         }
         Ok(order)
     }
+}
+
+/// Recreates the tree at `from` under `to`: directories made, files hard-linked, symlinks
+/// copied as symlinks.
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir(to).map_err(|e| Error::io(format!("creating {}", to.display()), e))?;
+    let listing =
+        fs::read_dir(from).map_err(|e| Error::io(format!("listing {}", from.display()), e))?;
+    for entry in listing {
+        let entry = entry.map_err(|e| Error::io(format!("listing {}", from.display()), e))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry
+            .file_type()
+            .map_err(|e| Error::io(format!("reading {}", src.display()), e))?;
+        let done = if kind.is_dir() {
+            link_tree(&src, &dst).map(|_| ())
+        } else if kind.is_symlink() {
+            fs::read_link(&src)
+                .and_then(|target| std::os::unix::fs::symlink(target, &dst))
+                .map_err(|e| Error::io(format!("copying the symlink {}", src.display()), e))
+        } else {
+            fs::hard_link(&src, &dst)
+                .map_err(|e| Error::io(format!("linking {}", src.display()), e))
+        };
+        done?;
+    }
+    Ok(())
 }
 
 /// Appends `module` after its dependencies (depth-first).
@@ -395,6 +462,7 @@ mod tests {
             files: vec![],
             healthcheck: None,
             attach: None,
+            kit_release: None,
             process: zos_init::Process {
                 argv: vec!["/bin/true".into()],
                 env: vec![],

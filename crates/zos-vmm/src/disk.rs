@@ -454,6 +454,76 @@ fn find_tool_in(
         })
 }
 
+/// Writes a read-only ext4 image of the tree at `dir` to `path` (`mke2fs -d`: no loop device
+/// or mount, so no root needed), labelled `label`, every file owned by root, no journal (it is
+/// never written) and sized to the tree; made mode 0644, since jailed QEMUs of other uids
+/// read it. Placed atomically: `path` is the whole image or absent; if another builder placed
+/// it first, that one is kept.
+pub fn ext4_image_of(dir: &Path, path: &Path, label: &str) -> Result<(), DiskError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mke2fs = find_tool("mke2fs", SBIN_DIRS)?;
+    let (bytes, entries) = tree_size(dir)?;
+    // Room for the metadata (inode tables, bitmaps, directories), generously: the file is
+    // sparse, so unused blocks cost nothing on the host.
+    let size_kib = (bytes + entries * 4096) / 1024 * 5 / 4 + 16 * 1024;
+    let inodes = (entries + 1024).to_string();
+    let tmp = temp_next_to(path)?;
+    run(
+        &mke2fs,
+        &[
+            "-q".as_ref(),
+            "-F".as_ref(),
+            "-t".as_ref(),
+            "ext4".as_ref(),
+            "-O".as_ref(),
+            "^has_journal".as_ref(),
+            "-m".as_ref(),
+            "0".as_ref(),
+            "-N".as_ref(),
+            inodes.as_ref(),
+            "-E".as_ref(),
+            "root_owner=0:0".as_ref(),
+            "-L".as_ref(),
+            label.as_ref(),
+            "-d".as_ref(),
+            tool_arg(dir).as_os_str(),
+            tool_arg(tmp.path()).as_os_str(),
+            format!("{size_kib}k").as_ref(),
+        ],
+    )?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| io_error(format!("making {} readable", tmp.path().display()), e))?;
+    match persist(tmp, path) {
+        Err(DiskError::AlreadyExists { .. }) => Ok(()),
+        other => other,
+    }
+}
+
+/// Bytes of file content (each file rounded up to 4 KiB blocks) and entries under `dir`,
+/// symlinks not followed.
+fn tree_size(dir: &Path) -> Result<(u64, u64), DiskError> {
+    let mut bytes = 0;
+    let mut entries = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let listing = std::fs::read_dir(&dir)
+            .map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
+        for entry in listing {
+            let entry = entry.map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
+            let meta = entry
+                .metadata()
+                .map_err(|e| io_error(format!("reading {}", entry.path().display()), e))?;
+            entries += 1;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                bytes += meta.len().div_ceil(4096) * 4096;
+            }
+        }
+    }
+    Ok((bytes, entries))
+}
+
 /// Runs `tool` with `args` and returns its standard output, or [`DiskError::Tool`] with its
 /// error output if it fails.
 fn run(tool: &Path, args: &[&OsStr]) -> Result<Vec<u8>, DiskError> {
@@ -692,6 +762,36 @@ mod tests {
         // Overwrite refused.
         let err = create_overlay(&backing, DiskFormat::Raw, &overlay, None).unwrap_err();
         assert!(matches!(err, DiskError::AlreadyExists { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_image_of_a_tree_holds_its_files_and_is_readable_by_all() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("kernel/net")).unwrap();
+        std::fs::write(tree.join("kernel/net/br.ko"), b"module bytes").unwrap();
+        std::fs::write(tree.join("config"), b"CONFIG_BRIDGE=m\n").unwrap();
+        let image = dir.path().join("kit.ext4");
+        ext4_image_of(&tree, &image, "zos-kit").unwrap();
+        let mode = std::fs::metadata(&image).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        let debugfs = find_tool("debugfs", SBIN_DIRS).expect("these tests need debugfs");
+        let cat = |path: &str| {
+            let request = format!("cat {path}");
+            run(
+                &debugfs,
+                &["-R".as_ref(), request.as_ref(), image.as_os_str()],
+            )
+            .unwrap()
+        };
+        assert_eq!(cat("/kernel/net/br.ko"), b"module bytes");
+        assert_eq!(cat("/config"), b"CONFIG_BRIDGE=m\n");
+        // A second builder that lost the race keeps the first's image.
+        std::fs::write(tree.join("config"), b"other").unwrap();
+        ext4_image_of(&tree, &image, "zos-kit").unwrap();
+        assert_eq!(cat("/config"), b"CONFIG_BRIDGE=m\n");
+        assert_eq!(names_in(dir.path()), vec!["kit.ext4", "tree"]);
     }
 
     #[test]

@@ -127,7 +127,7 @@ pub(super) fn push_disk(
     serial: &str,
     role: DiskRole,
 ) -> Result<()> {
-    let ro = if role == DiskRole::ReadOnly {
+    let ro = if matches!(role, DiskRole::ReadOnly | DiskRole::Shared) {
         ",readonly=on"
     } else {
         ""
@@ -154,10 +154,10 @@ pub(super) fn push_disk(
         args.push(a.into());
     }
     // Every drive QEMU opens is in its jail, and only those.
-    let access = if role == DiskRole::ReadOnly {
-        Access::ReadOnly
-    } else {
-        Access::Writable
+    let access = match role {
+        DiskRole::ReadOnly => Access::ReadOnly,
+        DiskRole::Shared => Access::Shared,
+        DiskRole::Data | DiskRole::Boot => Access::Writable,
     };
     jail.add(path, access);
     Ok(())
@@ -168,8 +168,10 @@ pub(super) fn push_disk(
 pub(super) enum DiskRole {
     /// Read-write data.
     Data,
-    /// Read-only (the seed).
+    /// Read-only, this VM's own (the seed): given to the VM's uid.
     ReadOnly,
+    /// Read-only and shared by every VM (the kit disk): left as it is, readable by all.
+    Shared,
     /// The disk the firmware boots.
     Boot,
 }

@@ -111,8 +111,18 @@ impl Vmm {
             Boot::Container { flist, .. } => {
                 started.mount = Some(rootfs::mount_root(flist, &layers, &helper)?);
                 started.virtiofsd = Some(self.start_virtiofsd(dir, &layers.merged)?);
-                let kernel = self.write_initrd(dir, spec)?;
+                let (kernel, kit_disk) = self.write_initrd(dir, spec)?;
                 jail.add(&kernel, Access::Shared);
+                push_disk(
+                    &mut args,
+                    &mut jail,
+                    "kit",
+                    &kit_disk,
+                    "raw",
+                    zos_init::KIT_SERIAL,
+                    DiskRole::Shared,
+                )?;
+                let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
                 jail.add(&dir.join(INITRD), Access::ReadOnly);
                 push(&[
                     "-kernel",
@@ -210,8 +220,8 @@ impl Vmm {
     }
 
     /// Writes a container VM's initramfs (the base one plus its `GuestConfig`) to
-    /// `initrd.cpio`; returns the kernel to boot it with.
-    fn write_initrd(&self, dir: &Path, spec: &VmSpec) -> Result<PathBuf> {
+    /// `initrd.cpio`; returns the kernel to boot it with and its kit disk.
+    fn write_initrd(&self, dir: &Path, spec: &VmSpec) -> Result<(PathBuf, PathBuf)> {
         let Boot::Container {
             process,
             files,
@@ -224,14 +234,11 @@ impl Vmm {
         };
         let kit = BootKit::locate(&self.cfg.bootkit)?;
         let (base, mut modules) = kit.initramfs(&self.init_path()?)?;
+        let kit_disk = kit.kit_disk()?;
         // Each module costs boot time under TCG: load only what this VM has devices
-        // for (network only with a network; block only with disks).
+        // for (network only with a network; every VM has the kit disk, so virtio_blk).
         let has_net = spec.network().is_some();
-        modules.retain(|m| {
-            let unused_net = !has_net && (m.contains("failover") || m.ends_with("virtio_net.ko"));
-            let unused_blk = spec.disks.is_empty() && m.ends_with("virtio_blk.ko");
-            !unused_net && !unused_blk
-        });
+        modules.retain(|m| has_net || !(m.contains("failover") || m.ends_with("virtio_net.ko")));
         let config = GuestConfig {
             modules,
             hostname: spec.hostname.clone(),
@@ -250,9 +257,10 @@ impl Vmm {
             files: files.clone(),
             healthcheck: healthcheck.clone(),
             attach: *attach,
+            kit_release: Some(kit.version.clone()),
         };
         bootkit::write_vm_initrd(&base, &config, &dir.join(INITRD))?;
-        Ok(kit.kernel)
+        Ok((kit.kernel, kit_disk))
     }
 
     /// Writes the NoCloud seed and attaches it read-only (serial `zos-seed`).
