@@ -24,7 +24,7 @@ mod workdir;
 mod zos_bin;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,18 +58,8 @@ enum BenchCommand {
     /// at least 0.8x).
     #[command(after_help = "Examples:\n  zos-bench vm\n  zos-bench vm --runs 5 --json")]
     Vm {
-        /// Work directory (default: a fresh directory under /var/tmp)
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Keep the work directory
-        #[arg(long)]
-        keep: bool,
-        /// Repetitions of each timed boot (the median is reported)
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// Print JSON instead of a table
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Time the node: API throughput and latency, restart, deploy-to-running
     ///
@@ -114,18 +104,8 @@ enum BenchCommand {
     /// the end, also on errors. Needs root, qemu-system-x86_64, ip, iperf3 and wrk.
     #[command(after_help = "Examples:\n  zos-bench net\n  zos-bench net --runs 1 --json")]
     Net {
-        /// Work directory (default: a fresh directory under /var/tmp)
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Keep the work directory
-        #[arg(long)]
-        keep: bool,
-        /// Repetitions of each measurement (the median is reported)
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// Print JSON instead of a table
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Time deploying a container image by reference (the node pulls it) against copying it
     ///
@@ -140,18 +120,8 @@ enum BenchCommand {
     /// Needs root, qemu-system-x86_64, docker-registry and skopeo.
     #[command(after_help = "Examples:\n  zos-bench pull\n  zos-bench pull --runs 1 --json")]
     Pull {
-        /// Work directory (default: a fresh directory under /var/tmp)
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Keep the work directory
-        #[arg(long)]
-        keep: bool,
-        /// Repetitions (the median is reported)
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// Print JSON instead of a table
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Time a Kubernetes cluster of zmachines (the k3s stand-in) until all its workers
     /// joined, against deploying three plain machines; then scaling it 2 -> 4 -> 2
@@ -165,18 +135,8 @@ enum BenchCommand {
     /// floor (medians). Needs root and qemu-system-x86_64.
     #[command(after_help = "Examples:\n  zos-bench kube\n  zos-bench kube --runs 1 --json")]
     Kube {
-        /// Work directory (default: a fresh directory under /var/tmp)
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Keep the work directory
-        #[arg(long)]
-        keep: bool,
-        /// Repetitions (the median is reported)
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// Print JSON instead of a table
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Time flist pack, unpack and mount against `cp -a` and local reads of the same tree
     ///
@@ -239,6 +199,23 @@ zos-bench flist --dir /mnt/nvme/bench --keep"
     },
 }
 
+/// The options the VM, network, pull and kube benchmarks share.
+#[derive(Args)]
+struct RunArgs {
+    /// Work directory (default: a fresh directory under /var/tmp)
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Keep the work directory
+    #[arg(long)]
+    keep: bool,
+    /// Repetitions of each timed step (the median is reported)
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -254,24 +231,14 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let zos = zos_bin::Zos::locate(cli.zos)?;
     match cli.command {
-        BenchCommand::Vm {
-            dir,
-            keep,
-            runs,
-            json,
-        } => vm::bench_vm(&zos, dir, keep, runs, json),
+        BenchCommand::Vm { run } => vm::bench_vm(&zos, run.dir, run.keep, run.runs, run.json),
         BenchCommand::Node {
             count,
             runs,
             keep,
             json,
         } => node::bench_node(&zos, count as usize, runs, keep, json),
-        BenchCommand::Net {
-            dir,
-            keep,
-            runs,
-            json,
-        } => net::bench_net(&zos, dir, keep, runs, json),
+        BenchCommand::Net { run } => net::bench_net(&zos, run.dir, run.keep, run.runs, run.json),
         BenchCommand::Flist {
             dir,
             keep,
@@ -279,17 +246,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runs,
             json,
         } => flist::bench_flist(&zos, dir, keep, scale, runs, json),
-        BenchCommand::Pull {
-            dir,
-            keep,
-            runs,
-            json,
-        } => pull::bench_pull(&zos, dir, keep, runs, json),
-        BenchCommand::Kube {
-            dir,
-            keep,
-            runs,
-            json,
-        } => kube::bench_kube(&zos, dir, keep, runs, json),
+        BenchCommand::Pull { run } => pull::bench_pull(&zos, run.dir, run.keep, run.runs, run.json),
+        BenchCommand::Kube { run } => kube::bench_kube(&zos, run.dir, run.keep, run.runs, run.json),
     }
 }
