@@ -4,12 +4,11 @@
 //! zmachines until all three print their marker (the floor, same run); then scaling its
 //! workers 2 → 4 (until the new ones joined) and back to 2 (until the two are gone).
 
-use crate::image::{image, remove_vms, MARK};
+use crate::image::{image, MARK};
 use crate::measure::{accel_note, progress};
-use crate::node::{deployment, BenchNode};
+use crate::node::{deployment, with_node, BenchNode};
 use crate::stats::Timing;
 use crate::table::{Report, Row, Target};
-use crate::workdir::WorkDir;
 use crate::zos_bin::Zos;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -35,15 +34,9 @@ pub fn bench_kube(
     runs: usize,
     json: bool,
 ) -> Result<ExitCode> {
-    let work = WorkDir::new(dir, keep)?;
-    let mut node = BenchNode::new(zos, &work.root)?;
-    let result = measure(&mut node, zos, &work.root, runs.max(1));
-    node.stop();
-    remove_vms(zos, &node.data_dir());
-    drop(work);
-    let report = result?;
-    crate::table::emit(&report, json, Report::print)?;
-    Ok(ExitCode::SUCCESS)
+    with_node(zos, dir, keep, json, |node, work| {
+        measure(node, zos, work, runs.max(1))
+    })
 }
 
 fn measure(node: &mut BenchNode, zos: &Zos, work: &Path, runs: usize) -> Result<Report> {

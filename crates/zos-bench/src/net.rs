@@ -12,11 +12,10 @@
 use crate::disk_image::busybox_initrd;
 use crate::image::{pack_root, remove_vms, MARK};
 use crate::measure::{accel_note, measure, progress};
-use crate::node::{deployment, BenchNode, Tally};
+use crate::node::{deployment, with_node, BenchNode, Tally};
 use crate::stats::{median, Timing};
 use crate::table::{Report, Row, Target};
 use crate::vm::bare_qemu_args;
-use crate::workdir::WorkDir;
 use crate::zos_bin::Zos;
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
@@ -88,17 +87,12 @@ pub fn bench_net(
     runs: usize,
     json: bool,
 ) -> Result<ExitCode> {
-    let work = WorkDir::new(dir, keep)?;
-    let mut node = BenchNode::new(zos, &work.root)?;
-    let key = Keypair::generate();
-    let result = measure_all(&mut node, zos, &work.root, &key, runs.max(1));
-    remove_deployments(&node, &key);
-    node.stop();
-    remove_vms(zos, &node.data_dir());
-    drop(work);
-    let report = result?;
-    crate::table::emit(&report, json, Report::print)?;
-    Ok(ExitCode::SUCCESS)
+    with_node(zos, dir, keep, json, |node, work| {
+        let key = Keypair::generate();
+        let result = measure_all(node, zos, work, &key, runs.max(1));
+        remove_deployments(node, &key);
+        result
+    })
 }
 
 fn measure_all(

@@ -247,6 +247,27 @@ impl BenchNode {
     }
 }
 
+/// Runs `measure` with a bench node (not started yet) and the work dir; then, whether it
+/// succeeded or not, stops the node and removes its VMs and the work dir (unless `keep`),
+/// and prints the report. A missed target is reported, not an error.
+pub fn with_node(
+    zos: &Zos,
+    dir: Option<PathBuf>,
+    keep: bool,
+    json: bool,
+    measure: impl FnOnce(&mut BenchNode, &Path) -> Result<crate::table::Report>,
+) -> Result<ExitCode> {
+    let work = WorkDir::new(dir, keep)?;
+    let mut node = BenchNode::new(zos, &work.root)?;
+    let result = measure(&mut node, &work.root);
+    node.stop();
+    remove_vms(zos, &node.data_dir());
+    drop(work);
+    let report = result?;
+    crate::table::emit(&report, json, crate::table::Report::print)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The deployment file `yaml`, for `node`, signed by `key`.
 pub fn deployment(key: &Keypair, node: PublicKey, yaml: &str) -> Result<Deployment> {
     let mut d = DeploymentFile::from_yaml_str(yaml)?.into_deployment(key.public(), node);

@@ -8,12 +8,11 @@
 //! layout written here; each run pushes a new image (busybox and a random file), so every
 //! cold deploy is cold. Every wait is bounded; everything is removed at the end.
 
-use crate::image::{remove_vms, MARK};
+use crate::image::MARK;
 use crate::measure::{accel_note, measure_quiet, progress};
-use crate::node::{deploy_to_mark, BenchNode};
+use crate::node::{deploy_to_mark, with_node, BenchNode};
 use crate::stats::Timing;
 use crate::table::{Report, Row, Target};
-use crate::workdir::WorkDir;
 use crate::zos_bin::Zos;
 use anyhow::{bail, Context, Result};
 use sha2::Digest;
@@ -45,19 +44,12 @@ pub fn bench_pull(
             bail!("{program} is not installed: run scripts/setup");
         }
     }
-    let work = WorkDir::new(dir, keep)?;
-    let registry = Registry::start(&work.root)?;
-    let mut node = BenchNode::new(zos, &work.root)?;
-    // The registry is on loopback, which a node reaches only when told.
-    node.add_config("allow_store_nets = [\"127.0.0.0/8\"]");
-    let result = measure(&mut node, zos, &work.root, &registry, runs.max(1));
-    node.stop();
-    remove_vms(zos, &node.data_dir());
-    drop(registry);
-    drop(work);
-    let report = result?;
-    crate::table::emit(&report, json, Report::print)?;
-    Ok(ExitCode::SUCCESS)
+    with_node(zos, dir, keep, json, |node, work| {
+        let registry = Registry::start(work)?;
+        // The registry is on loopback, which a node reaches only when told.
+        node.add_config("allow_store_nets = [\"127.0.0.0/8\"]");
+        measure(node, zos, work, &registry, runs.max(1))
+    })
 }
 
 /// Whether `program` is on `PATH`.
