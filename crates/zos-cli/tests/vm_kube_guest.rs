@@ -2,7 +2,9 @@
 //! (scripts/build-debian-image) booted by the real `zos run` with a volume, running moby's
 //! check-config.sh from Debian's docker.io package and the things a node's runtime does:
 //! loading modules from the kit's kernel, setting sysctls, making a cgroup with a memory
-//! limit, mounting overlayfs on the volume, reading /dev/kmsg.
+//! limit, mounting overlayfs on the volume, reading /dev/kmsg; and Debian's podman nested in
+//! the guest, running a container from an image archive made on the host (sent on stdin)
+//! with its own network namespace and a memory limit that holds.
 //!
 //! TCG is slow, so one VM runs every probe (one script, its output cut into sections) and
 //! each test reads its sections from that one run.
@@ -17,6 +19,8 @@ use std::sync::OnceLock;
 
 /// What the guest runs: each probe's output between `== NAME` and `== NAME rc=N`.
 const SCRIPT: &str = r#"
+# First, the image archive from stdin (`zos run -i`), onto the volume.
+cat >/vol/image.tar
 section() { local name="$1"; shift; echo "== $name"; "$@" 2>&1; echo "== $name rc=$?"; }
 modules() {
   modprobe -a br_netfilter vxlan overlay nf_tables ip_tables iptable_nat && lsmod
@@ -58,6 +62,18 @@ kit_read_only() {
 kmsg() {
   [ -c /dev/kmsg ] && echo zos-kmsg-probe >/dev/kmsg && timeout 20 grep -m1 -o zos-kmsg-probe /dev/kmsg
 }
+podman_nested() {
+  # Its storage on the volume: overlayfs over the guest's own root does not nest.
+  local p="podman --root /vol/containers"
+  $p load -i /vol/image.tar && $p images --format '{{.Repository}}:{{.Tag}}' || return 1
+  echo "guest netns $(readlink /proc/self/ns/net)"
+  $p run --rm --memory 32m localhost/bb:1 sh -c \
+    'echo "container netns $(readlink /proc/self/ns/net)"; echo "container memory.max $(cat /sys/fs/cgroup/memory.max)"; ip -4 -o addr show eth0' ||
+    return 1
+  # 64 MiB at once (dd's buffer) in a container limited to 32 MiB.
+  $p run --rm --memory 32m localhost/bb:1 dd if=/dev/zero of=/dev/null bs=64M count=1
+  echo "container dd rc=$?"
+}
 section check-config /usr/share/docker.io/contrib/check-config.sh
 section modules modules
 section sysctls sysctls
@@ -66,6 +82,7 @@ section cgroup cgroup
 section overlay overlay
 section kit-read-only kit_read_only
 section kmsg kmsg
+section podman podman_nested
 "#;
 
 /// The sections of the one guest run, by name: (output, exit code). `None` when a
@@ -76,11 +93,16 @@ fn guest() -> Option<&'static BTreeMap<String, (String, i32)>> {
 }
 
 fn boot_and_probe() -> Option<BTreeMap<String, (String, i32)>> {
-    if !is_root() || !common::have("qemu-system-x86_64") || !common::have("mmdebstrap") {
+    if !is_root()
+        || !common::have("qemu-system-x86_64")
+        || !common::have("mmdebstrap")
+        || !common::have("skopeo")
+    {
         return None;
     }
     let tmp = tempfile::tempdir_in("/tmp").unwrap();
-    let fl = debian_image(tmp.path());
+    let fl = common::debian_image(tmp.path());
+    let archive = image_archive(tmp.path());
     let data = tmp.path().join("data");
     let cache = tmp.path().join("cache");
     let with_dirs = |cmd: &mut Command| {
@@ -91,9 +113,11 @@ fn boot_and_probe() -> Option<BTreeMap<String, (String, i32)>> {
     with_dirs(&mut create);
     ok(&mut create);
     let mut run = zos();
-    run.args(["run", "--memory", "512M", "-v", "vol:/vol"]);
+    // podman and its containers want more than the 512M the rest needs.
+    run.args(["run", "-i", "--memory", "1G", "-v", "vol:/vol"]);
     with_dirs(&mut run);
     run.arg(&fl).args(["--", "/bin/bash", "-c", SCRIPT]);
+    run.stdin(std::fs::File::open(&archive).unwrap());
     let out = common::output(&mut run);
     let stdout = strip_colours(&String::from_utf8_lossy(&out.stdout));
     assert!(
@@ -104,23 +128,26 @@ fn boot_and_probe() -> Option<BTreeMap<String, (String, i32)>> {
     Some(sections(&stdout))
 }
 
-/// The Debian image as an flist in `dir`, built (or taken from its cache) by
-/// scripts/build-debian-image and packed by the `zos` under test.
-fn debian_image(dir: &Path) -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-debian-image");
-    let fl = dir.join("debian.fl");
-    let out = common::output(
-        Command::new(&script)
-            .arg(&fl)
-            .env("ZOS", env!("CARGO_BIN_EXE_zos")),
-    );
-    assert!(
-        out.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fl
+/// A docker-archive of a busybox image (`localhost/bb:1`) in `dir`, written by skopeo from
+/// an OCI layout: the kind of file a user brings to `podman load`.
+fn image_archive(dir: &Path) -> PathBuf {
+    let root = dir.join("bb-root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "echo", "readlink", "ip", "dd"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    let layout = dir.join("bb-layout");
+    common::oci_layout(&layout, &root, "true", "amd64");
+    let archive = dir.join("bb.tar");
+    ok(Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "-q"])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg(format!(
+            "docker-archive:{}:localhost/bb:1",
+            archive.display()
+        )));
+    archive
 }
 
 /// The text without ANSI colour sequences (check-config.sh colours its verdicts).
@@ -282,6 +309,39 @@ fn a_node_runtime_loads_modules_sets_sysctls_limits_a_cgroup_and_mounts_overlayf
     assert!(
         kmsg.contains("zos-kmsg-probe"),
         "/dev/kmsg did not give back what was written to it:\n{kmsg}"
+    );
+}
+
+#[test]
+fn podman_in_the_guest_runs_an_archived_image_in_its_own_netns_under_a_memory_limit() {
+    let Some(all) = guest() else { return };
+    let podman = section(all, "podman");
+    assert!(
+        podman.lines().any(|l| l.trim() == "localhost/bb:1"),
+        "podman load did not list the archive's image:\n{podman}"
+    );
+    let field = |prefix: &str| {
+        podman
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {prefix:?} line:\n{podman}"))
+    };
+    assert!(field("container netns ").starts_with("net:["));
+    assert_ne!(
+        field("container netns "),
+        field("guest netns "),
+        "the container shares the guest's network namespace:\n{podman}"
+    );
+    assert!(
+        podman.contains("inet 10.88."),
+        "the container has no address on podman's bridge network:\n{podman}"
+    );
+    assert_eq!(field("container memory.max "), "33554432", "{podman}");
+    assert_eq!(
+        field("container dd rc="),
+        "137",
+        "64 MiB were allocated in a container limited to 32 MiB (137 is the OOM kill):\n{podman}"
     );
 }
 

@@ -316,3 +316,77 @@ pub fn kill_netns(ns: &str) {
         .stderr(std::process::Stdio::null())
         .status();
 }
+
+/// The Debian image as an flist in `dir`, built (or taken from its cache) by
+/// scripts/build-debian-image and packed by the `zos` under test.
+pub fn debian_image(dir: &Path) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-debian-image");
+    let fl = dir.join("debian.fl");
+    let out = output(
+        Command::new(&script)
+            .arg(&fl)
+            .env("ZOS", env!("CARGO_BIN_EXE_zos")),
+    );
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fl
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(bytes);
+    format!(
+        "sha256:{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// An OCI layout at `dir` holding one image for `arch`, tag `1`: `root` as its one layer,
+/// running `script`. Returns the layer's digest.
+pub fn oci_layout(dir: &Path, root: &Path, script: &str, arch: &str) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let blob = |media: &str, bytes: &[u8]| {
+        let digest = sha256_of(bytes);
+        std::fs::write(blobs.join(&digest[7..]), bytes).unwrap();
+        serde_json::json!({ "mediaType": media, "digest": digest, "size": bytes.len() })
+    };
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", root).unwrap();
+    let layer_bytes = tar.into_inner().unwrap();
+    // Compressed, as registries keep layers (skopeo would compress a plain one on the way,
+    // under another digest).
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &layer_bytes).unwrap();
+    let layer = blob(
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        &gz.finish().unwrap(),
+    );
+    let config = serde_json::json!({
+        "architecture": arch, "os": "linux",
+        // Docker's HEALTHCHECK, which zos runs too.
+        "config": { "Cmd": ["sh", "-c", script],
+                    "Healthcheck": { "Test": ["CMD-SHELL", "true"], "Interval": 1_000_000_000u64 } },
+        "rootfs": { "type": "layers", "diff_ids": [sha256_of(&layer_bytes)] },
+    });
+    let config = blob(
+        "application/vnd.oci.image.config.v1+json",
+        config.to_string().as_bytes(),
+    );
+    let manifest_type = "application/vnd.oci.image.manifest.v1+json";
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": manifest_type, "config": config, "layers": [layer],
+    });
+    let mut desc = blob(manifest_type, manifest.to_string().as_bytes());
+    desc["annotations"] = serde_json::json!({ "org.opencontainers.image.ref.name": "1" });
+    let index = serde_json::json!({ "schemaVersion": 2, "manifests": [desc] });
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    layer["digest"].as_str().unwrap().to_string()
+}
