@@ -211,6 +211,29 @@ fn a_cluster_is_made_joined_scaled_and_removed_with_a_reachable_kubeconfig() {
     );
     assert!(!ok(&mut node.cli("alice", &["ps"])).contains("broken"));
 
+    // An image without the contract's entrypoint (plain busybox, no image config) is refused
+    // by the node, named, and nothing of the cluster is left.
+    let err = fails(
+        node.cli(
+            "alice",
+            &[
+                "kube",
+                "create",
+                "noentry",
+                "--workers",
+                "1",
+                "--flist",
+                node.fl.to_str().unwrap(),
+            ],
+        )
+        .args(small),
+    );
+    assert!(
+        err.contains("no entrypoint") && err.contains("removed again"),
+        "{err}"
+    );
+    assert!(!ok(&mut node.cli("alice", &["ps"])).contains("noentry"));
+
     ok(&mut node.cli("alice", &["kube", "rm", "demo"]));
     assert!(!ok(&mut node.cli("alice", &["kube", "ls"])).contains("demo"));
 }

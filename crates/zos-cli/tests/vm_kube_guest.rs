@@ -63,7 +63,7 @@ kmsg() {
   [ -c /dev/kmsg ] && echo zos-kmsg-probe >/dev/kmsg && timeout 20 grep -m1 -o zos-kmsg-probe /dev/kmsg
 }
 podman_nested() {
-  # Its storage on the volume: overlayfs over the guest's own root does not nest.
+  # Its storage on the volume (ext4), as a Kubernetes node keeps it on its disk.
   local p="podman --root /vol/containers"
   $p load -i /vol/image.tar && $p images --format '{{.Repository}}:{{.Tag}}' || return 1
   echo "guest netns $(readlink /proc/self/ns/net)"
