@@ -202,7 +202,14 @@ pub fn send(args: &Waiting, node: &NodeClient, deployment: Deployment) -> Result
         );
     }
     if !failed.is_empty() {
-        let names: Vec<&str> = failed.iter().map(|w| w.name.as_str()).collect();
+        // Each with its reason: the table above may have gone to a file or a pipe.
+        let names: Vec<String> = failed
+            .iter()
+            .map(|w| match w.result.as_ref().map(|r| r.message.trim()) {
+                Some(why) if !why.is_empty() => format!("{} ({why})", w.name),
+                _ => w.name.to_string(),
+            })
+            .collect();
         // Only machines have a console worth reading.
         let logs = failed
             .iter()
@@ -211,7 +218,7 @@ pub fn send(args: &Waiting, node: &NodeClient, deployment: Deployment) -> Result
                 format!(" and `zos logs {name}/{}`", w.name)
             });
         bail!(
-            "{name}: {} failed; see the messages above{logs}",
+            "{name}: {} failed; see `zos get {name}`{logs}",
             names.join(", ")
         );
     }
