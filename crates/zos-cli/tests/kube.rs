@@ -2,7 +2,8 @@
 //! stand-in for a k3s image (no k3s image can be fetched here): busybox and two short
 //! scripts that honour the same environment contract. The master listens on 6443 and
 //! records each worker that joins with the right token; workers find the master through
-//! K3S_URL and join with K3S_TOKEN.
+//! K3S_URL and join with K3S_TOKEN. The cluster that runs is made of an image the node pulls
+//! from a registry (Debian's docker-registry on loopback), as a user's k3s image would be.
 
 mod common;
 mod node_common;
@@ -16,9 +17,12 @@ use std::time::{Duration, Instant};
 const STANDIN: &str = include_str!("../../zos-bench/k3s-standin/standin");
 const JOIN: &str = include_str!("../../zos-bench/k3s-standin/join");
 
-/// The stand-in image as an flist in the node's flist dir, its entrypoint `/standin`.
-fn standin(node: &Node) -> PathBuf {
+/// The stand-in's root (busybox, `/standin`, `/join`) in the node's dir, made once.
+fn standin_root(node: &Node) -> PathBuf {
     let root = node.dir().join("standin-root");
+    if root.exists() {
+        return root;
+    }
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     for applet in [
@@ -33,12 +37,36 @@ fn standin(node: &Node) -> PathBuf {
         std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
         std::fs::set_permissions(&path, perms).unwrap();
     }
-    let fl = common::pack(&root, node.dir(), "k3s-standin.fl");
+    root
+}
+
+/// The stand-in as an flist in the node's flist dir, its entrypoint `/standin`.
+fn standin_flist(node: &Node) -> PathBuf {
+    let fl = common::pack(&standin_root(node), node.dir(), "k3s-standin.fl");
     ok(common::zos().args(["flist", "tag"]).arg(&fl).args([
         "set",
         r#"zos.image={"entrypoint":["/standin"],"env":["PATH=/bin"],"os":"linux","architecture":"amd64"}"#,
     ]));
     fl
+}
+
+/// The stand-in as an image in a registry on loopback (Debian's docker-registry, filled by
+/// skopeo), as a user brings a k3s image: its reference.
+fn standin_image(node: &Node) -> (common::Server, String) {
+    let layout = node.dir().join("standin-layout");
+    common::oci_image(
+        &layout,
+        &standin_root(node),
+        serde_json::json!({ "Entrypoint": ["/standin"], "Env": ["PATH=/bin"] }),
+        "amd64",
+    );
+    let registry = common::registry(node.dir(), None);
+    let image = format!("docker://127.0.0.1:{}/test/k3s-standin:1", registry.port);
+    ok(std::process::Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg(&image));
+    (registry, image)
 }
 
 /// What `cmd` prints in machine `workload` of cluster `name`.
@@ -88,12 +116,18 @@ fn consoles(node: &Node, name: &str, workloads: &[&str]) -> String {
 
 #[test]
 fn a_cluster_is_made_joined_scaled_and_removed_with_a_reachable_kubeconfig() {
-    if !common::is_root() || !common::have("qemu-system-x86_64") {
+    if !common::is_root()
+        || !common::have("qemu-system-x86_64")
+        || !common::have("docker-registry")
+        || !common::have("skopeo")
+    {
         return;
     }
-    let node = Node::start("");
-    let fl = standin(&node);
+    // The registry is on loopback.
+    let node = Node::start("allow_store_nets = [\"127.0.0.0/8\"]");
+    let fl = standin_flist(&node);
     let fl = fl.to_str().unwrap();
+    let (_registry, image) = standin_image(&node);
     let small = ["--memory", "128M", "--disk", "100M"];
 
     // Bad input: refused before anything is made.
@@ -117,11 +151,20 @@ fn a_cluster_is_made_joined_scaled_and_removed_with_a_reachable_kubeconfig() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(!ok(&mut node.cli("alice", &["ps"])).contains("bad"));
 
-    // A master and two workers: both join with the token, over the private network.
+    // A master and two workers of the image the node pulls: both join with the token, over
+    // the private network.
     ok(node
         .cli(
             "alice",
-            &["kube", "create", "demo", "--workers", "2", "--flist", fl],
+            &[
+                "kube",
+                "create",
+                "demo",
+                "--workers",
+                "2",
+                "--image",
+                &image,
+            ],
         )
         .args(small));
     assert_eq!(

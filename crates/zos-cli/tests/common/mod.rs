@@ -347,8 +347,17 @@ pub fn sha256_of(bytes: &[u8]) -> String {
 }
 
 /// An OCI layout at `dir` holding one image for `arch`, tag `1`: `root` as its one layer,
-/// running `script`. Returns the layer's digest.
+/// running `script` (with a HEALTHCHECK that passes). Returns the layer's digest.
 pub fn oci_layout(dir: &Path, root: &Path, script: &str, arch: &str) -> String {
+    // Docker's HEALTHCHECK, which zos runs too.
+    let config = serde_json::json!({ "Cmd": ["sh", "-c", script],
+        "Healthcheck": { "Test": ["CMD-SHELL", "true"], "Interval": 1_000_000_000u64 } });
+    oci_image(dir, root, config, arch)
+}
+
+/// An OCI layout at `dir` holding one image for `arch`, tag `1`: `root` as its one layer,
+/// `config` its run config (Entrypoint, Cmd, Env…). Returns the layer's digest.
+pub fn oci_image(dir: &Path, root: &Path, config: serde_json::Value, arch: &str) -> String {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
@@ -371,9 +380,7 @@ pub fn oci_layout(dir: &Path, root: &Path, script: &str, arch: &str) -> String {
     );
     let config = serde_json::json!({
         "architecture": arch, "os": "linux",
-        // Docker's HEALTHCHECK, which zos runs too.
-        "config": { "Cmd": ["sh", "-c", script],
-                    "Healthcheck": { "Test": ["CMD-SHELL", "true"], "Interval": 1_000_000_000u64 } },
+        "config": config,
         "rootfs": { "type": "layers", "diff_ids": [sha256_of(&layer_bytes)] },
     });
     let config = blob(
