@@ -201,4 +201,21 @@ fn exec_and_cp_reach_the_owners_container_and_nothing_else() {
             .args(["app/nope", "--", "true"]),
     );
     assert!(err.contains("no workload"), "{err}");
+
+    // A guest QEMU stopped (as it does by itself on a disk write error) cannot answer: exec
+    // is refused at once instead of waiting for ever; running again, it answers.
+    let vm = node
+        .entries("vms")
+        .into_iter()
+        .find(|v| v.ends_with("-sh"))
+        .expect("the machine's VM dir");
+    let qmp = node.data().join("vms").join(vm).join("qmp.sock");
+    common::qmp(&qmp, "stop");
+    let err = fails(node.cli("alice", &["exec"]).args(["app/sh", "--", "true"]));
+    assert!(
+        err.contains("paused in QEMU") && err.contains("cannot answer"),
+        "{err}"
+    );
+    common::qmp(&qmp, "cont");
+    assert_eq!(exec(&node, &["app/sh", "--", "true"], b"").0, 0);
 }

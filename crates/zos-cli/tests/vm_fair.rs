@@ -6,9 +6,6 @@
 mod common;
 mod vm_common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::time::{Duration, Instant};
 use vm_common::Fixture;
 
@@ -61,34 +58,6 @@ fn idle_node(f: &Fixture) {
         .unwrap_or_else(|e| panic!("setting {} in {}: {e}", file, parent.display()));
 }
 
-/// Runs one QMP command (no arguments) on the monitor at `socket`.
-fn qmp(socket: &Path, command: &str) {
-    let stream = UnixStream::connect(socket)
-        .unwrap_or_else(|e| panic!("connecting to {}: {e}", socket.display()));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap(); // the greeting
-    for cmd in ["qmp_capabilities", command] {
-        writeln!(writer, "{{\"execute\":\"{cmd}\"}}").unwrap();
-        // Events may come first; the answer has "return" (or "error").
-        loop {
-            line.clear();
-            assert!(
-                reader.read_line(&mut line).unwrap() > 0,
-                "QMP closed on {cmd}"
-            );
-            assert!(!line.contains("\"error\""), "QMP {cmd}: {line}");
-            if line.contains("\"return\"") {
-                break;
-            }
-        }
-    }
-}
-
 /// The best window: whatever else the host runs can only slow the worker down, so the
 /// fastest window of each kind is the closest to what that kind allows (a CI run beside
 /// other work once measured alone windows of 9.7, 4.7 and 7.2 units/s).
@@ -108,7 +77,7 @@ fn a_guest_spinning_every_vcpu_leaves_its_neighbour_at_least_0_8_of_its_work() {
     f.wait_for_console("noisy", "spinning", 1);
     idle_node(&f);
     // QMP straight from here rather than `zos vm pause`: no process to start on a busy host.
-    let vm = |command: &str| qmp(&f.vm_dir("noisy").join("qmp.sock"), command);
+    let vm = |command: &str| common::qmp(&f.vm_dir("noisy").join("qmp.sock"), command);
     // Paused, the neighbour's vCPUs sleep: the worker is alone on an idle node.
     vm("stop");
     let settle = Duration::from_secs(1);

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -94,7 +94,7 @@ pub fn redis() -> Server {
 pub fn redis_calls(port: u16, command: &str) -> u64 {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis-server");
     s.write_all(b"INFO commandstats\r\n").unwrap();
-    let mut reader = std::io::BufReader::new(s);
+    let mut reader = BufReader::new(s);
     let mut header = String::new();
     std::io::BufRead::read_line(&mut reader, &mut header).unwrap();
     // A bulk string: `$<length>\r\n<text>\r\n`.
@@ -396,4 +396,32 @@ pub fn oci_image(dir: &Path, root: &Path, config: serde_json::Value, arch: &str)
     let index = serde_json::json!({ "schemaVersion": 2, "manifests": [desc] });
     std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
     layer["digest"].as_str().unwrap().to_string()
+}
+
+/// Runs one QMP command (no arguments) on the monitor at `socket`.
+pub fn qmp(socket: &Path, command: &str) {
+    let stream = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connecting to {}: {e}", socket.display()));
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap(); // the greeting
+    for cmd in ["qmp_capabilities", command] {
+        writeln!(writer, "{{\"execute\":\"{cmd}\"}}").unwrap();
+        // Events may come first; the answer has "return" (or "error").
+        loop {
+            line.clear();
+            assert!(
+                reader.read_line(&mut line).unwrap() > 0,
+                "QMP closed on {cmd}"
+            );
+            assert!(!line.contains("\"error\""), "QMP {cmd}: {line}");
+            if line.contains("\"return\"") {
+                break;
+            }
+        }
+    }
 }

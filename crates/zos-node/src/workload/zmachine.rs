@@ -371,8 +371,8 @@ impl Kind for Zmachine {
                 zos_vmm::Error::NotFound(_) => Console::Missing(format!(
                     "{workload:?} has no VM yet: it is still being provisioned (see its state)"
                 )),
-                zos_vmm::Error::State { state, .. } => Console::Stopped(format!(
-                    "{workload:?} is {state}: exec and cp need it running (see its state)"
+                zos_vmm::Error::State { state, what, .. } => Console::Stopped(format!(
+                    "{workload:?} is {state}: exec and cp need it running ({what})"
                 )),
                 other => Console::None(format!("{workload:?}: {other}")),
             })

@@ -7,8 +7,9 @@
 //! the first lets go (its lines are delivered then). The node is the one process that
 //! manages its VMs, so its sessions never wait on each other.
 
-use super::record::{load, CONTROL};
+use super::record::{load, VmState, CONTROL, QMP};
 use super::Vmm;
+use crate::qmp::Qmp;
 use crate::spec::Boot;
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -308,6 +309,27 @@ impl Vmm {
                 name: name.into(),
                 state: info.state.to_string(),
                 what: "start it first".into(),
+            });
+        }
+        // A stopped guest never answers: a session opened on it would wait for ever.
+        if info.state == VmState::Paused {
+            return Err(Error::State {
+                name: name.into(),
+                state: info.state.to_string(),
+                what: format!("resume it first (`zos vm resume {name}`)"),
+            });
+        }
+        // QEMU also stops a guest by itself, on a disk write error (werror=stop).
+        let qemu = Qmp::connect(&dir.join(QMP)).and_then(|mut q| q.status())?;
+        if qemu != "running" {
+            let why = match qemu.as_str() {
+                "io-error" => ": QEMU stopped it on a disk write error (is the host's disk full?)",
+                _ => "",
+            };
+            return Err(Error::State {
+                name: name.into(),
+                state: format!("{qemu} in QEMU"),
+                what: format!("its guest cannot answer{why}"),
             });
         }
         if !matches!(load(&dir)?.spec.boot, Boot::Container { .. }) {
