@@ -1461,19 +1461,40 @@ fn files_are_written_into_a_container_before_it_starts() {
         return;
     }
     let node = Node::start("");
-    // Over an image's own /etc, one file executable and one not; the machine reads them back.
+    // Over an image's own /etc, one file executable and one not; the machine reads them back,
+    // in the working directory and as the user the deployment gives (Kubernetes' workingDir
+    // and runAsUser/runAsGroup).
     let yaml = "name: files\nworkloads:\n  - name: app\n    type: zmachine\n    data:\n      \
-        flist: FLIST\n      memory: 64M\n      files:\n        \
+        flist: FLIST\n      memory: 64M\n      workdir: /opt\n      user: '1000:1001'\n      \
+        files:\n        \
         - { path: /etc/app/config.toml, content: \"greeting = 'from-a-file'\\n\" }\n        \
         - { path: /opt/run.sh, content: \"echo ran-the-script\\n\", mode: \"0755\" }\n      \
         cmd: [sh, -c, 'cat /etc/app/config.toml; [ -x /etc/app/config.toml ] || echo not-exec; \
-        /opt/run.sh; exec sleep 600']\n";
+        echo \"in $(pwd) as $(id -u):$(id -g)\"; ./run.sh; exec sleep 600']\n";
     let d = node.deploy_settled("alice", yaml);
     assert_eq!(d["workloads"][0]["result"]["state"], "ok", "{d}");
     let logs = logs_until(&node, "files/app", "ran-the-script");
-    for want in ["greeting = 'from-a-file'", "not-exec", "ran-the-script"] {
+    for want in [
+        "greeting = 'from-a-file'",
+        "not-exec",
+        "in /opt as 1000:1001",
+        "ran-the-script",
+    ] {
         assert!(logs.contains(want), "{want}: {logs}");
     }
+    // A relative workdir or a user that is not one is refused at admission.
+    let bad = yaml
+        .replace("workdir: /opt", "workdir: opt")
+        .replace("'1000:1001'", "'root:'");
+    let err = fails(
+        node.cli("alice", &["deploy"])
+            .arg(node.write_yaml("bad.yaml", &bad.replace("name: files", "name: bad"))),
+    );
+    assert!(
+        err.contains("workdir \"opt\" must be an absolute path")
+            && err.contains("user \"root:\": give NAME, UID"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -55,10 +55,16 @@ pub fn plan(source: FlistSource, overrides: &Overrides) -> Result<Boot> {
     let flist = Flist::open(&source.path)?;
     let config = zos_flist::oci::image_config(&flist)?;
     let vm_mode = |what: &str| -> Result<()> {
-        let field = match (overrides.files.is_empty(), &overrides.healthcheck) {
-            (true, None) => return Ok(()),
-            (false, _) => "files",
-            (true, Some(_)) => "healthcheck",
+        let field = if !overrides.files.is_empty() {
+            "files"
+        } else if overrides.healthcheck.is_some() {
+            "healthcheck"
+        } else if overrides.workdir.is_some() {
+            "workdir"
+        } else if overrides.user.is_some() {
+            "user"
+        } else {
+            return Ok(());
         };
         Err(Error::Invalid(format!(
             "{field}: {} boots its own {what}, which zos does not set up; only container \

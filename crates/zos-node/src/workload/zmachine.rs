@@ -670,6 +670,8 @@ fn vm_spec(
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .chain(open_secrets(host, m)?)
                 .collect(),
+            workdir: m.workdir.clone(),
+            user: m.user.clone(),
             root_size: m.root_size.0,
             seed: SeedSpec::default(),
             files: m

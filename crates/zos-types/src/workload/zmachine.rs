@@ -46,6 +46,13 @@ pub struct ZMachine {
     /// shows and stores them sealed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secret_env: BTreeMap<String, String>,
+    /// Replaces the image's working directory: an absolute path in the machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Replaces the image's user, as Docker's `--user`: `NAME`, `UID`, `NAME:GROUP` or
+    /// `UID:GID` (names looked up in the image's /etc/passwd and /etc/group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Virtual CPUs.
     #[serde(default = "default_cpu")]
     pub cpu: u8,
@@ -284,6 +291,20 @@ pub struct Mount {
     pub mountpoint: String,
 }
 
+/// Whether `user` reads as Docker's `--user`: a user, and optionally `:` and a group, each a
+/// name or a number.
+fn is_user(user: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    };
+    match user.split_once(':') {
+        Some((name, group)) => part(name) && part(group),
+        None => part(user),
+    }
+}
+
 impl WorkloadData for ZMachine {
     fn problems(&self, deployment: &[Workload]) -> Vec<String> {
         let mut bad = Vec::new();
@@ -326,6 +347,19 @@ impl WorkloadData for ZMachine {
                      flist"
                         .into(),
                 );
+            }
+        }
+        if let Some(dir) = &self.workdir {
+            if !dir.starts_with('/') || dir.contains('\0') {
+                bad.push(format!("workdir {dir:?} must be an absolute path"));
+            }
+        }
+        if let Some(user) = &self.user {
+            if !is_user(user) {
+                bad.push(format!(
+                    "user {user:?}: give NAME, UID, NAME:GROUP or UID:GID (letters, digits, \
+                     '_', '.', '-')"
+                ));
             }
         }
         if self.cpu == 0 {
@@ -499,6 +533,16 @@ mod tests {
         }
         let m: ZMachine = serde_json::from_value(m).unwrap();
         m.problems(&[])
+    }
+
+    #[test]
+    fn users_read_as_docker_reads_them() {
+        for good in ["root", "1000", "1000:1001", "www-data:www-data", "svc.user_1"] {
+            assert!(is_user(good), "{good}");
+        }
+        for bad in ["", ":", "root:", ":0", "a:b:c", "us er", "x/y"] {
+            assert!(!is_user(bad), "{bad}");
+        }
     }
 
     #[test]
