@@ -692,7 +692,6 @@ fn vm_spec(
                 retries: h.retries,
                 start_period_secs: h.start_period_secs,
             }),
-            ..Overrides::default()
         },
         disks,
         network: None,
