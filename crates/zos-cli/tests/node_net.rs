@@ -189,6 +189,12 @@ fn published(mut machine: Value, port: u16) -> Value {
     machine
 }
 
+/// `machine` also answering to `alias` on its network.
+fn with_alias(mut machine: Value, alias: &str) -> Value {
+    machine["data"]["network"]["interfaces"][0]["aliases"] = json!([alias]);
+    machine
+}
+
 /// A TCP port nothing on the host uses now (the kernel's pick, let go again).
 fn free_port() -> u16 {
     TcpListener::bind("0.0.0.0:0")
@@ -249,6 +255,7 @@ i=0; until echo -e 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 10.20.1.5 80 | grep page-;
 nslookup web.app.internal 2>&1 | grep -q 10.20.1.5 && echo resolved-web.app.internal
 nslookup web 2>&1 | grep -q 10.20.1.5 && echo resolved-web
 nslookup client 2>&1 | grep -q 10.20.1.2 && echo resolved-client
+www=$(nslookup www 2>&1); echo "$www" | grep -q 10.20.1.5 && echo "$www" | grep -q 10.20.1.2 && echo resolved-www-both
 echo own-ula=$(ip -6 addr show dev eth0 | grep -o 'fd[0-9a-f:]*' | head -1)
 w6=$(nslookup -type=AAAA web.app.internal 2>&1 | grep -o 'fd[0-9a-f:]*' | head -1); echo web-ula=$w6
 echo real | nc -w 5 {r} {port}
@@ -263,8 +270,12 @@ echo client-done"#
         "app",
         vec![
             lan(),
-            published(web("web", "10.20.1.5", "page-from-web"), published_port),
-            machine("client", None, &script),
+            // One alias on both machines, as a Service's name: answered with both.
+            with_alias(
+                published(web("web", "10.20.1.5", "page-from-web"), published_port),
+                "www",
+            ),
+            with_alias(machine("client", None, &script), "www"),
         ],
     );
     ok(node.cli("alice", &["deploy"]).arg(&file));
@@ -339,7 +350,7 @@ echo client-done"#
         ],
     );
     assert!(got.contains("200 OK"), "web over its ULA: {got}");
-    for name in ["web.app.internal", "web", "client"] {
+    for name in ["web.app.internal", "web", "client", "www-both"] {
         assert!(
             logs.contains(&format!("resolved-{name}")),
             "{name} resolves on the network: {logs}"

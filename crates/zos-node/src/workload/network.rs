@@ -113,8 +113,9 @@ fn wireguard_link(host: &Host, target: &Target, wg: &zos_types::WireGuard) -> wi
     }
 }
 
-/// What the network's resolver answers: each machine on it by its workload name and by
-/// `WORKLOAD.DEPLOYMENT.internal`, at the address it has (or will have) there.
+/// What the network's resolver answers: each machine on it by its workload name and its
+/// interface's aliases, and each of those as `NAME.DEPLOYMENT.internal`, at the address it
+/// has (or will have) there.
 fn names(target: &Target, net: &zos_types::Network) -> Vec<HostNames> {
     let network = target.workload.name.as_str();
     let deployment = hostname_for(target.name);
@@ -123,10 +124,31 @@ fn names(target: &Target, net: &zos_types::Network) -> Vec<HostNames> {
         .filter(|((_, net), _)| net == network)
         .flat_map(|((machine, _), ip)| {
             let host = hostname_for(&machine);
-            let names = vec![host.clone(), format!("{host}.{deployment}.internal")];
+            let names: Vec<String> = std::iter::once(host)
+                .chain(aliases(target.deployment, &machine, network))
+                .flat_map(|name| {
+                    let full = format!("{name}.{deployment}.internal");
+                    [name, full]
+                })
+                .collect();
             let ula = net.ula_of(target.owner, ip);
             [(ip.into(), names.clone()), (ula.into(), names)]
         })
+        .collect()
+}
+
+/// The aliases machine `machine` of `deployment` asks for on `network`.
+fn aliases(deployment: &[Workload], machine: &str, network: &str) -> Vec<String> {
+    deployment
+        .iter()
+        .filter(|w| w.name.as_str() == machine)
+        .filter_map(|w| match &w.spec {
+            WorkloadSpec::Zmachine(m) => Some(&m.network.interfaces),
+            _ => None,
+        })
+        .flatten()
+        .filter(|i| i.network.as_str() == network)
+        .flat_map(|i| i.aliases.clone())
         .collect()
 }
 

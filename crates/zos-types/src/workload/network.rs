@@ -241,6 +241,18 @@ impl MachineNetwork {
                 ));
                 continue;
             };
+            for alias in &iface.aliases {
+                if !is_label(alias) {
+                    bad.push(format!(
+                        "{place}: alias {alias:?} must be one DNS label: 1 to 63 lowercase \
+                         letters, digits and '-', not at either end"
+                    ));
+                } else if machine_on(deployment, &iface.network, alias) {
+                    bad.push(format!(
+                        "{place}: alias {alias:?} is the name of a machine on network {name:?}"
+                    ));
+                }
+            }
             if let Some(ip) = iface.ip {
                 if asked_by_machines(deployment, &iface.network, ip) > 1 {
                     bad.push(format!(
@@ -257,6 +269,16 @@ impl MachineNetwork {
         }
         bad
     }
+}
+
+/// Whether a zmachine of `deployment` on `network` is called `name`.
+fn machine_on(deployment: &[Workload], network: &WorkloadName, name: &str) -> bool {
+    deployment.iter().any(|w| match &w.spec {
+        WorkloadSpec::Zmachine(m) => {
+            w.name.as_str() == name && m.network.interfaces.iter().any(|i| &i.network == network)
+        }
+        _ => false,
+    })
 }
 
 /// How many interfaces of the deployment's zmachines ask for `ip` on `network`.
@@ -349,6 +371,22 @@ pub struct Interface {
     /// The address to take; left out, the node gives the lowest free one of the subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
+    /// More names the network's resolver answers with this address, besides the machine's
+    /// own (and `NAME.DEPLOYMENT.internal` for each). Machines may share one: the resolver
+    /// then answers with all of them, as a Kubernetes Service's name does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// Whether `name` is one DNS label: 1 to 63 lowercase letters, digits and `-`, not at
+/// either end.
+fn is_label(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 /// A network's result data: where machines find it.
@@ -412,6 +450,7 @@ mod tests {
         Interface {
             network: WorkloadName::try_from(network.to_string()).expect("a name"),
             ip: ip.map(|s| s.parse().expect("an address")),
+            aliases: Vec::new(),
         }
     }
 
@@ -509,6 +548,48 @@ mod tests {
         });
         assert_eq!(ip(&d, "c"), at("10.20.1.9"));
         assert_eq!(ip(&d, "a"), at("10.20.1.3"));
+    }
+
+    #[test]
+    fn aliases_are_labels_and_never_a_machines_name() {
+        let machine = |aliases: &[&str]| {
+            let mut m: crate::ZMachine =
+                serde_json::from_str(r#"{"flist":"/a.fl"}"#).expect("a zmachine");
+            let mut i = iface("lan", None);
+            i.aliases = aliases.iter().map(|a| a.to_string()).collect();
+            m.network.interfaces.push(i);
+            WorkloadSpec::Zmachine(m)
+        };
+        let d = |a: &[&str], b: &[&str]| {
+            vec![
+                workload(
+                    "lan",
+                    WorkloadSpec::Network(net("10.20.0.0/16", "10.20.1.0/24")),
+                ),
+                workload("a", machine(a)),
+                workload("b", machine(b)),
+            ]
+        };
+        let problems = |d: &[Workload]| -> Vec<String> {
+            d.iter()
+                .flat_map(|w| match &w.spec {
+                    WorkloadSpec::Zmachine(m) => m.network.problems(d),
+                    _ => Vec::new(),
+                })
+                .collect()
+        };
+        // One name on two machines is what a Service is.
+        assert!(problems(&d(&["web"], &["web"])).is_empty());
+        let bad = problems(&d(&["Web", "-x", &"y".repeat(64)], &["a"]));
+        assert_eq!(bad.len(), 4, "{bad:?}");
+        assert!(
+            bad[0].contains("alias \"Web\" must be one DNS label"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[3].contains("alias \"a\" is the name of a machine on network \"lan\""),
+            "{bad:?}"
+        );
     }
 
     #[test]

@@ -537,7 +537,13 @@ mod tests {
 
     #[test]
     fn users_read_as_docker_reads_them() {
-        for good in ["root", "1000", "1000:1001", "www-data:www-data", "svc.user_1"] {
+        for good in [
+            "root",
+            "1000",
+            "1000:1001",
+            "www-data:www-data",
+            "svc.user_1",
+        ] {
             assert!(is_user(good), "{good}");
         }
         for bad in ["", ":", "root:", ":0", "a:b:c", "us er", "x/y"] {
