@@ -1180,17 +1180,20 @@ fn sealed(node: &Node, args: &[&str], value: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A deployment whose machine has `TOKEN` in its secret_env, sealed as `armored`, and
-/// prints it.
+/// A deployment whose machine has `TOKEN` in its secret_env and /run/secrets/token among its
+/// files, both sealed as `armored`, and prints both.
 fn secret_yaml(name: &str, armored: &str) -> String {
-    let block: String = armored
-        .lines()
-        .map(|l| format!("          {l}\n"))
-        .collect();
+    let block =
+        |indent: &str| -> String { armored.lines().map(|l| format!("{indent}{l}\n")).collect() };
     format!(
         "name: {name}\nworkloads:\n  - name: app\n    type: zmachine\n    data:\n      \
-         flist: FLIST\n      memory: 64M\n      cmd: [sh, -c, 'echo token=$TOKEN; exec sleep 600']\n      \
-         secret_env:\n        TOKEN: |\n{block}"
+         flist: FLIST\n      memory: 64M\n      \
+         cmd: [sh, -c, 'echo token=$TOKEN file=$(cat /run/secrets/token); exec sleep 600']\n      \
+         files:\n        - path: /run/secrets/token\n          mode: \"0600\"\n          \
+         sealed: true\n          content: |\n{}      \
+         secret_env:\n        TOKEN: |\n{}",
+        block("            "),
+        block("          ")
     )
 }
 
@@ -1220,7 +1223,10 @@ fn a_sealed_secret_reaches_the_guest_env_and_nowhere_else() {
     );
     assert!(out.status.success(), "{out:?}");
     let logs = logs_until(&node, "secret/app", "token=");
-    assert!(logs.contains(&format!("token={secret}")), "{logs}");
+    assert!(
+        logs.contains(&format!("token={secret} file={secret}")),
+        "{logs}"
+    );
     let get = ok(&mut node.cli("alice", &["get", "secret"]));
     assert!(get.contains("secrets: TOKEN (sealed)"), "{get}");
     let (status, api) = node.http(Some("alice"), "GET", "/v1/deployments/secret", b"");

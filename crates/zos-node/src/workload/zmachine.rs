@@ -66,6 +66,7 @@ impl Kind for Zmachine {
             None => check_flist(&m.flist, host)?,
         }
         open_secrets(host, m)?;
+        open_files(host, m)?;
         open_registry_auth(host, m)?;
         // A port a host process listens on; those of deployments are claims.
         for p in port_maps(m) {
@@ -512,6 +513,32 @@ fn open_secrets(host: &Host, m: &ZMachine) -> Result<Vec<(String, String)>, Stri
         .collect()
 }
 
+/// A zmachine's `files` as the guest writes them, sealed ones opened with the node's key;
+/// an error names the file, never its content.
+fn open_files(host: &Host, m: &ZMachine) -> Result<Vec<zos_init::GuestFile>, String> {
+    m.files
+        .iter()
+        .map(|f| {
+            let content = if f.sealed {
+                let opened = host
+                    .opener
+                    .open(&f.content)
+                    .map_err(|e| format!("files {:?}: {e}", f.path))?;
+                String::from_utf8(opened).map_err(|_| {
+                    format!("files {:?}: the opened content is not UTF-8 text", f.path)
+                })?
+            } else {
+                f.content.clone()
+            };
+            Ok(zos_init::GuestFile {
+                path: f.path.clone(),
+                content,
+                mode: f.mode_bits()?,
+            })
+        })
+        .collect()
+}
+
 /// A zmachine's `registry_auth` with its password opened with the node's key, for the pull
 /// alone; an error never holds the password.
 fn open_registry_auth(host: &Host, m: &ZMachine) -> Result<Option<Credentials>, String> {
@@ -674,17 +701,7 @@ fn vm_spec(
             user: m.user.clone(),
             root_size: m.root_size.0,
             seed: SeedSpec::default(),
-            files: m
-                .files
-                .iter()
-                .map(|f| {
-                    Ok(zos_init::GuestFile {
-                        path: f.path.clone(),
-                        content: f.content.clone(),
-                        mode: f.mode_bits()?,
-                    })
-                })
-                .collect::<Result<_, String>>()?,
+            files: open_files(host, m)?,
             healthcheck: m.healthcheck.as_ref().map(|h| zos_init::GuestHealthcheck {
                 argv: h.test.clone(),
                 interval_secs: h.interval_secs,

@@ -188,6 +188,10 @@ pub struct MachineFile {
     /// Permission bits in octal, e.g. `"0600"`; `0644` when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// `content` is sealed to this node like a `secret_env` value (a Kubernetes Secret
+    /// mounted as files): the node opens it only to write it into the machine.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sealed: bool,
 }
 
 impl MachineFile {
@@ -220,6 +224,13 @@ impl MachineFile {
         }
         if let Err(e) = self.mode_bits() {
             bad.push(e);
+        }
+        if self.sealed && !is_sealed(&self.content) {
+            bad.push(
+                "sealed, but its content is not: seal it with `zos seal --node-id NODE_ID` (or \
+                 `age -a -R` with the node's recipient) and paste the armored text it prints"
+                    .into(),
+            );
         }
         bad
     }
@@ -533,6 +544,22 @@ mod tests {
         }
         let m: ZMachine = serde_json::from_value(m).unwrap();
         m.problems(&[])
+    }
+
+    #[test]
+    fn a_sealed_file_must_hold_sealed_content() {
+        let file = |content: &str| MachineFile {
+            path: "/run/secrets/t".into(),
+            content: content.into(),
+            mode: None,
+            sealed: true,
+        };
+        assert!(file(&format!("{SEALED_BEGIN}\nxyz\n")).problems().is_empty());
+        let bad = file("plain text").problems();
+        assert!(
+            bad.len() == 1 && bad[0].contains("sealed, but its content is not"),
+            "{bad:?}"
+        );
     }
 
     #[test]
