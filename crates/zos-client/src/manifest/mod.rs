@@ -32,7 +32,7 @@
 //! | `ports[].hostPort` | `ports` (published on the node); `containerPort` alone: informational, as in Kubernetes |
 //! | `restartPolicy`, Job `backoffLimit` | `restart` (`workloads.rs`) |
 //! | PersistentVolumeClaim (`resources.requests.storage`) | zmount `<name>` of that size |
-//! | `volumes[].persistentVolumeClaim` + `volumeMounts` | `mounts` of that zmount at `mountPath` |
+//! | `volumes[].persistentVolumeClaim` + `volumeMounts` | `mounts` of that zmount at `mountPath` (one machine per zmount: shared, error) |
 //! | StatefulSet `volumeClaimTemplates` | a zmount `<claim>-<name>-<i>` per replica |
 //! | `volumes[].configMap` + `volumeMounts` | `files` under `mountPath` (`items`, `defaultMode`, `mode`) |
 //! | `volumes[].secret` | error: not built (files are not sealed) |
@@ -128,6 +128,15 @@ impl Ctx<'_> {
         });
     }
 
+    /// Records field `path` of the object labelled `object` as not honoured.
+    fn unsupported_in(&mut self, object: &str, path: String, reason: &str) {
+        self.unsupported.push(Unsupported {
+            object: object.to_string(),
+            path,
+            reason: reason.to_string(),
+        });
+    }
+
     /// An invalid field `path` of `obj`.
     fn invalid(&self, obj: &Object, path: &str, message: &str) -> ManifestError {
         ManifestError::Invalid {
@@ -214,6 +223,23 @@ pub fn translate(objects: &[Object], options: &Options) -> Result<Translation, M
     for obj in objects {
         if let Resource::Service(svc) = &obj.resource {
             service::apply(&mut ctx, obj, svc, &mut machines)?;
+        }
+    }
+    // A zmount is a disk attached to one VM (two would corrupt its filesystem): a claim
+    // mounted by several machines stays on the first.
+    let mut attached = BTreeSet::new();
+    for m in &mut machines {
+        for (zmount, path) in std::mem::take(&mut m.claims) {
+            if !attached.insert(zmount.clone()) {
+                m.spec.mounts.retain(|mount| mount.name != zmount);
+                ctx.unsupported_in(
+                    &m.owner,
+                    path,
+                    &format!(
+                        "claim {zmount} is mounted by another machine already: a zmount is a                          disk of one VM (sharing one is not built); kept on the first only"
+                    ),
+                );
+            }
         }
     }
     let network = WorkloadName::try_from(NETWORK.to_string())

@@ -13,6 +13,8 @@ pub(crate) struct PodMachine {
     pub spec: ZMachine,
     /// The first container's named ports, for Services' named target ports.
     pub named_ports: BTreeMap<String, u16>,
+    /// Each claim's zmount it mounts, with the path of the volume naming it.
+    pub claims: Vec<(WorkloadName, String)>,
 }
 
 /// Translates the pod spec at path `at` (`spec` or `spec.template.spec`) of `obj`.
@@ -83,10 +85,11 @@ pub(crate) fn machine(
             });
         }
     }
-    volumes::mounts(ctx, obj, at, spec, &cat, c, claims, &mut m)?;
+    let claims = volumes::mounts(ctx, obj, at, spec, &cat, c, claims, &mut m)?;
     Ok(PodMachine {
         spec: m,
         named_ports,
+        claims,
     })
 }
 

@@ -519,3 +519,42 @@ fn a_selector_that_misses_its_template_is_refused_as_the_api_server_does() {
     let err = translate_text(&node, &long, true).unwrap_err().to_string();
     assert!(err.contains("at most 36"), "{err}");
 }
+
+#[test]
+fn a_claim_is_a_disk_of_one_machine_and_daemonsets_run_once() {
+    let node = Keypair::generate();
+    let text = testdata("pvc-pod.yaml")
+        .replace("  storageClassName: manual\n", "")
+        .replace("image: nginx\n", "image: nginx:1.25\n");
+    let shared = format!(
+        "{text}---\napiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: agent}}\nspec:\n  \
+         selector: {{matchLabels: {{app: agent}}}}\n  template:\n    metadata: {{labels: {{app: agent}}}}\n    \
+         spec:\n      containers:\n      - {{name: a, image: 'busybox:1.36', volumeMounts: [{{name: d, mountPath: /data}}]}}\n      \
+         volumes: [{{name: d, persistentVolumeClaim: {{claimName: task-pv-claim}}}}]\n"
+    );
+    let list = unsupported(translate_text(&node, &shared, false));
+    assert_eq!(
+        paths(&list),
+        ["DaemonSet agent: spec.template.spec.volumes[0].persistentVolumeClaim.claimName"]
+    );
+    let t = translate_text(&node, &shared, true).unwrap();
+    assert_eq!(
+        names(&t.file),
+        ["NET", "task_pv_claim", "task_pv_pod", "agent"]
+    );
+    assert_eq!(machine(&t.file, "task_pv_pod").mounts.len(), 1);
+    let agent = machine(&t.file, "agent");
+    assert!(agent.mounts.is_empty());
+    assert_eq!(agent.restart, RestartPolicy::Always);
+    let err = translate_text(
+        &node,
+        &shared.replace(
+            "metadata: {labels: {app: agent}}",
+            "metadata: {labels: {app: other}}",
+        ),
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("spec.selector.matchLabels.app"), "{err}");
+}

@@ -2,13 +2,17 @@
 //! template) mounts that claim's zmount at `mountPath`; a `configMap` volume becomes files
 //! under `mountPath` (one per key, or per `items` entry; `defaultMode`/`mode` as their
 //! permission bits). Other volume sources are named by the field check.
+//!
+//! A zmount is a disk attached to one VM: the caller keeps a claim mounted by several
+//! machines on the first only (see `translate`), where Kubernetes shares the filesystem.
 
 use super::{names, Ctx, ManifestError, Object};
 use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
 use std::collections::BTreeMap;
 use zos_types::{MachineFile, Mount, WorkloadName, ZMachine};
 
-/// Adds container `c`'s mounts (at path `cat`) to `m`; `at` is the pod spec's path.
+/// Adds container `c`'s mounts (at path `cat`) to `m`; `at` is the pod spec's path. Returns
+/// each claim's zmount with the path of the volume naming it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mounts(
     ctx: &mut Ctx,
@@ -19,7 +23,8 @@ pub(crate) fn mounts(
     c: &Container,
     claims: &BTreeMap<String, WorkloadName>,
     m: &mut ZMachine,
-) -> Result<(), ManifestError> {
+) -> Result<Vec<(WorkloadName, String)>, ManifestError> {
+    let mut claimed = Vec::new();
     let volumes: BTreeMap<&str, (usize, &Volume)> = spec
         .volumes
         .iter()
@@ -66,6 +71,7 @@ pub(crate) fn mounts(
             }
             let name = names::workload_name(obj.namespace(), &pvc.claim_name, None)
                 .map_err(|e| ctx.invalid(obj, &path, &e))?;
+            claimed.push((name.clone(), path));
             m.mounts.push(Mount {
                 name,
                 mountpoint: vm.mount_path.clone(),
@@ -116,5 +122,5 @@ pub(crate) fn mounts(
         }
         // Other volume sources (secret, emptyDir, hostPath, …) are named by the field check.
     }
-    Ok(())
+    Ok(claimed)
 }

@@ -38,6 +38,10 @@ pub(crate) struct Machine {
     pub description: String,
     /// The Service that gave it its name, if one did.
     pub named_by: Option<String>,
+    /// The object it came from, as messages name it.
+    pub owner: String,
+    /// Each claim's zmount it mounts, with the path of the volume naming it.
+    pub claims: Vec<(WorkloadName, String)>,
 }
 
 /// A zmount made from a claim.
@@ -247,6 +251,8 @@ fn machine(
         named_ports: m.named_ports,
         description,
         named_by: None,
+        owner: obj.label(),
+        claims: m.claims,
     })
 }
 
