@@ -2,7 +2,8 @@
 //! later a grid scheduler and Kubernetes front-ends): the node's API as typed, blocking
 //! methods on [`NodeClient`]; deployment files and the signing flow ([`DeploymentInput`],
 //! [`plan`], [`cosign`], [`write_signed`]); waiting for workloads to settle
-//! ([`wait_until_settled`]); and the summaries clients show ([`status`]).
+//! ([`wait_until_settled`]); the summaries clients show ([`status`]); and deployments made
+//! from Kubernetes clusters ([`kube`]) and Kubernetes manifests ([`manifest`]).
 //!
 //! A deploy, in calls: [`DeploymentInput::read`] → [`plan`] → [`Plan::sign`] → either
 //! [`write_signed`] for co-signers (each runs [`cosign`]) or [`NodeClient::send`] →
@@ -13,6 +14,7 @@ mod api;
 mod error;
 mod file;
 pub mod kube;
+pub mod manifest;
 mod signing;
 pub mod status;
 mod tls;
