@@ -270,6 +270,7 @@ pub fn translate(objects: &[Object], options: &Options) -> Result<Translation, M
             interfaces: vec![Interface {
                 network: network.clone(),
                 ip: None,
+                aliases: Vec::new(),
             }],
         };
         workloads.push(WorkloadFile {

@@ -117,6 +117,7 @@ pub(crate) fn mounts(
                     path: format!("{base}/{file}"),
                     content,
                     mode: mode(bits.or(source.default_mode)),
+                    sealed: false,
                 });
             }
         }
