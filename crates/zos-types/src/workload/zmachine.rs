@@ -554,7 +554,9 @@ mod tests {
             mode: None,
             sealed: true,
         };
-        assert!(file(&format!("{SEALED_BEGIN}\nxyz\n")).problems().is_empty());
+        assert!(file(&format!("{SEALED_BEGIN}\nxyz\n"))
+            .problems()
+            .is_empty());
         let bad = file("plain text").problems();
         assert!(
             bad.len() == 1 && bad[0].contains("sealed, but its content is not"),
