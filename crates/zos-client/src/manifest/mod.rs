@@ -37,7 +37,8 @@
 //! | `volumes[].configMap` + `volumeMounts` | `files` under `mountPath` (`items`, `defaultMode`, `mode`) |
 //! | `volumes[].secret` | error: not built (files are not sealed) |
 //! | Service | names on the application's network, published ports (`service.rs`) |
-//! | `workingDir`, `securityContext` (`runAsUser`/`runAsGroup`) | error: not built (a zmachine has no workdir or user) |
+//! | `workingDir` | `workdir` |
+//! | `securityContext.runAsUser`/`runAsGroup` (the container's, else the pod's) | `user` (`UID` or `UID:GID`; a group alone: error); other security settings: error |
 //! | a second container, `initContainers` | error: not built (one image root per VM) |
 //! | anything else | error naming its path |
 //!

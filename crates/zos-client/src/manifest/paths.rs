@@ -34,6 +34,11 @@ const POD_SPEC: &[&str] = &[
     "containers[].imagePullPolicy",
     "containers[].command",
     "containers[].args",
+    "containers[].workingDir",
+    "containers[].securityContext.runAsUser",
+    "containers[].securityContext.runAsGroup",
+    "securityContext.runAsUser",
+    "securityContext.runAsGroup",
     "containers[].env[].name",
     "containers[].env[].value",
     "containers[].env[].valueFrom.configMapKeyRef.name",
@@ -98,14 +103,6 @@ const REASONS: &[(&str, &str)] = &[
         "init containers are not built yet: a VM runs one image root",
     ),
     ("ephemeralContainers", "ephemeral containers are not built"),
-    (
-        "workingDir",
-        "a zmachine has no working directory setting yet (zos-types)",
-    ),
-    (
-        "securityContext",
-        "a zmachine has no user or security settings yet (zos-types)",
-    ),
     (
         "readinessProbe",
         "no readiness gating is built: nothing routes by readiness",

@@ -65,6 +65,17 @@ pub(crate) fn machine(
             target.push(word.clone());
         }
     }
+    if let Some(dir) = &c.working_dir {
+        if !dir.starts_with('/') {
+            return Err(ctx.invalid(
+                obj,
+                &format!("{cat}.workingDir"),
+                &format!("{dir:?} must be an absolute path"),
+            ));
+        }
+        m.workdir = Some(dir.clone());
+    }
+    m.user = user(ctx, obj, at, spec, c)?;
     env::apply(ctx, obj, &cat, c, &mut m)?;
     resources(ctx, obj, &cat, c, &mut m)?;
     m.healthcheck = probe::healthcheck(ctx, obj, &cat, c)?;
@@ -169,5 +180,48 @@ pub(crate) fn protocol(
             );
             None
         }
+    }
+}
+
+/// The user the container runs as, Docker's way (`UID` or `UID:GID`): its
+/// `securityContext.runAsUser`/`runAsGroup`, each else the pod's. A group without a user is
+/// not expressible (the image's user with another group).
+fn user(
+    ctx: &mut Ctx,
+    obj: &Object,
+    at: &str,
+    spec: &PodSpec,
+    c: &k8s_openapi::api::core::v1::Container,
+) -> Result<Option<String>, super::ManifestError> {
+    let mine = c.security_context.as_ref();
+    let pods = spec.security_context.as_ref();
+    // Each id with the path it was read from, for an error.
+    let pick = |field: &str, own: Option<i64>, pod: Option<i64>| {
+        own.map(|id| (id, format!("{at}.containers[0].securityContext.{field}")))
+            .or_else(|| pod.map(|id| (id, format!("{at}.securityContext.{field}"))))
+    };
+    let uid = pick(
+        "runAsUser",
+        mine.and_then(|s| s.run_as_user),
+        pods.and_then(|s| s.run_as_user),
+    );
+    let gid = pick(
+        "runAsGroup",
+        mine.and_then(|s| s.run_as_group),
+        pods.and_then(|s| s.run_as_group),
+    );
+    let id = |(id, path): (i64, String)| {
+        u32::try_from(id)
+            .map_err(|_| ctx.invalid(obj, &path, &format!("{id} is not a user or group id")))
+    };
+    match (uid, gid) {
+        (None, None) => Ok(None),
+        (Some(u), None) => Ok(Some(id(u)?.to_string())),
+        (Some(u), Some(g)) => Ok(Some(format!("{}:{}", id(u)?, id(g)?))),
+        (None, Some((_, path))) => Err(ctx.invalid(
+            obj,
+            &path,
+            "runAsGroup needs runAsUser here: a zmachine's user is UID or UID:GID",
+        )),
     }
 }

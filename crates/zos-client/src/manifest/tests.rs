@@ -485,8 +485,6 @@ spec:
         [
             "Deployment shop/web: spec.template.spec.affinity",
             "Deployment shop/web: spec.template.spec.containers[1]",
-            "Deployment shop/web: spec.template.spec.containers[1].securityContext",
-            "Deployment shop/web: spec.template.spec.containers[1].workingDir",
             "Deployment shop/web: spec.template.spec.initContainers",
         ]
     );
@@ -494,11 +492,41 @@ spec:
         .iter()
         .all(|u| u.object.contains("(app.yaml, document 0)")));
     let t = translate_text(&node, &more, true).unwrap();
-    assert_eq!(t.warnings.len(), 5);
+    assert_eq!(t.warnings.len(), 3);
     assert_eq!(
         machine(&t.file, "shop_web_0").image.as_deref(),
         Some("docker://docker.io/library/busybox:1")
     );
+}
+
+#[test]
+fn working_dir_and_run_as_user_and_group_are_the_machines() {
+    let node = Keypair::generate();
+    let pod = |security: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  {security}\n  \
+             containers:\n  - name: c\n    image: 'busybox:1'\n    workingDir: /app\n    \
+             securityContext: {{runAsGroup: 2000}}\n"
+        )
+    };
+    // The pod's user, the container's group.
+    let t = translate_text(&node, &pod("securityContext: {runAsUser: 1000}"), false).unwrap();
+    let m = machine(&t.file, "p");
+    assert_eq!(m.workdir.as_deref(), Some("/app"));
+    assert_eq!(m.user.as_deref(), Some("1000:2000"));
+    // A group without a user, or another security setting: named.
+    let err = translate_text(&node, &pod("hostname: p"), false).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("spec.containers[0].securityContext.runAsGroup"),
+        "{err}"
+    );
+    let list = unsupported(translate_text(
+        &node,
+        &pod("securityContext: {runAsUser: 1000, runAsNonRoot: true}").replace("hostname", "x"),
+        false,
+    ));
+    assert_eq!(paths(&list), ["Pod p: spec.securityContext.runAsNonRoot"]);
 }
 
 #[test]
