@@ -35,7 +35,7 @@
 //! | `volumes[].persistentVolumeClaim` + `volumeMounts` | `mounts` of that zmount at `mountPath` (one machine per zmount: shared, error) |
 //! | StatefulSet `volumeClaimTemplates` | a zmount `<claim>-<name>-<i>` per replica |
 //! | `volumes[].configMap` + `volumeMounts` | `files` under `mountPath` (`items`, `defaultMode`, `mode`) |
-//! | `volumes[].secret` | error: not built (files are not sealed) |
+//! | `volumes[].secret` (`items`, modes) | `files`, each sealed to the node (`sealed: true`) |
 //! | Service | names on the application's network, published ports (`service.rs`) |
 //! | `workingDir` | `workdir` |
 //! | `securityContext.runAsUser`/`runAsGroup` (the container's, else the pod's) | `user` (`UID` or `UID:GID`; a group alone: error); other security settings: error |

@@ -86,6 +86,12 @@ const POD_SPEC: &[&str] = &[
     "volumes[].configMap.items[].mode",
     "volumes[].configMap.defaultMode",
     "volumes[].configMap.optional",
+    "volumes[].secret.secretName",
+    "volumes[].secret.items[].key",
+    "volumes[].secret.items[].path",
+    "volumes[].secret.items[].mode",
+    "volumes[].secret.defaultMode",
+    "volumes[].secret.optional",
 ];
 
 /// A pod template's own metadata, below `spec.template`.
@@ -118,10 +124,6 @@ const REASONS: &[(&str, &str)] = &[
     (
         "grpc",
         "the healthcheck runs a command in the machine; gRPC probes are not built",
-    ),
-    (
-        "secret",
-        "Secret files are not built: a zmachine's files are not sealed",
     ),
     ("emptyDir", "emptyDir volumes are not built"),
     ("subPath", "subPath mounts are not built"),

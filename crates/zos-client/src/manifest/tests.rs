@@ -339,13 +339,26 @@ fn secret_values_are_sealed_to_the_node_and_nowhere_in_the_clear() {
     for clear in ["backend-admin", "YmFja2VuZC1hZG1pbg==", "s3cr3t-Pa55"] {
         assert!(!out.contains(clear), "{clear} is in the output");
     }
-    // A Secret as files would be in the clear: not built, named by path.
-    let files = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  \
-                 - {name: c, image: 'nginx:1.25', volumeMounts: [{name: s, mountPath: /s}]}\n  \
-                 volumes:\n  - {name: s, secret: {secretName: backend-user}}\n";
-    let list = unsupported(translate_text(&node, files, false));
-    assert_eq!(paths(&list), ["Pod p: spec.volumes[0].secret"]);
-    assert!(list[0].reason.contains("not sealed"), "{}", list[0].reason);
+    // A Secret as files: each file sealed to the node, 0400 as asked.
+    let files = format!(
+        "{}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  \
+         - {{name: c, image: 'nginx:1.25', volumeMounts: [{{name: s, mountPath: /etc/s/}}]}}\n  \
+         volumes:\n  - {{name: s, secret: {{secretName: backend-user, defaultMode: 0400}}}}\n",
+        testdata("secret-env.yaml")
+    );
+    let t = translate_text(&node, &files, false).unwrap();
+    let f = &machine(&t.file, "p").files;
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(
+        (f[0].path.as_str(), f[0].mode.as_deref(), f[0].sealed),
+        ("/etc/s/backend-username", Some("0400"), true)
+    );
+    assert_eq!(opener.open(&f[0].content).unwrap(), b"backend-admin");
+    let out = serde_json::to_string(&t.file).unwrap();
+    assert!(
+        !out.contains("backend-admin"),
+        "a Secret file is in the clear"
+    );
 }
 
 #[test]

@@ -1,13 +1,14 @@
 //! A container's `volumeMounts`: a `persistentVolumeClaim` volume (or a StatefulSet's claim
 //! template) mounts that claim's zmount at `mountPath`; a `configMap` volume becomes files
 //! under `mountPath` (one per key, or per `items` entry; `defaultMode`/`mode` as their
-//! permission bits). Other volume sources are named by the field check.
+//! permission bits), and a `secret` volume too, each file's content sealed to the node.
+//! Other volume sources are named by the field check.
 //!
 //! A zmount is a disk attached to one VM: the caller keeps a claim mounted by several
 //! machines on the first only (see `translate`), where Kubernetes shares the filesystem.
 
 use super::{names, Ctx, ManifestError, Object};
-use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{Container, KeyToPath, PodSpec, Volume};
 use std::collections::BTreeMap;
 use zos_types::{MachineFile, Mount, WorkloadName, ZMachine};
 
@@ -84,44 +85,114 @@ pub(crate) fn mounts(
                 }
                 return Err(ctx.missing(obj, &format!("{path}.name"), "ConfigMap", &source.name));
             };
-            let data = cm.data.clone().unwrap_or_default();
-            let base = vm.mount_path.trim_end_matches('/');
-            let mode = |bits: Option<i32>| bits.map(|b| format!("{b:04o}"));
-            let entries: Vec<(String, String, Option<i32>)> = match &source.items {
-                Some(items) => {
-                    let mut out = Vec::new();
-                    for (k, item) in items.iter().enumerate() {
-                        match data.get(&item.key) {
-                            Some(content) => {
-                                out.push((item.path.clone(), content.clone(), item.mode))
-                            }
-                            None if source.optional == Some(true) => {}
-                            None => {
-                                return Err(ctx.invalid(
-                                    obj,
-                                    &format!("{path}.items[{k}].key"),
-                                    &format!(
-                                        "ConfigMap {:?} has no key {:?}",
-                                        source.name, item.key
-                                    ),
-                                ))
-                            }
-                        }
-                    }
-                    out
-                }
-                None => data.into_iter().map(|(k, v)| (k, v, None)).collect(),
+            let data = cm
+                .data
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect();
+            let keys = Keys {
+                what: format!("ConfigMap {:?}", source.name),
+                data,
+                items: source.items.as_deref().unwrap_or_default(),
+                default_mode: source.default_mode,
+                optional: source.optional == Some(true),
+                sealed: false,
             };
-            for (file, content, bits) in entries {
-                m.files.push(MachineFile {
-                    path: format!("{base}/{file}"),
-                    content,
-                    mode: mode(bits.or(source.default_mode)),
-                    sealed: false,
-                });
-            }
+            files(ctx, obj, &path, &vm.mount_path, keys, m)?;
+        } else if let Some(source) = &v.secret {
+            let path = format!("{vat}.secret");
+            let name = source.secret_name.clone().unwrap_or_default();
+            let Some(secret) = ctx.secret(obj.namespace(), &name) else {
+                if source.optional == Some(true) {
+                    continue;
+                }
+                return Err(ctx.missing(obj, &format!("{path}.secretName"), "Secret", &name));
+            };
+            let keys = Keys {
+                what: format!("Secret {name:?}"),
+                data: super::env::values(secret),
+                items: source.items.as_deref().unwrap_or_default(),
+                default_mode: source.default_mode,
+                optional: source.optional == Some(true),
+                sealed: true,
+            };
+            files(ctx, obj, &path, &vm.mount_path, keys, m)?;
         }
-        // Other volume sources (secret, emptyDir, hostPath, …) are named by the field check.
+        // Other volume sources (emptyDir, hostPath, …) are named by the field check.
     }
     Ok(claimed)
+}
+
+/// A ConfigMap's or Secret's keys as a volume: which, their values, the volume's `items`
+/// and modes, and whether the files are sealed to the node (a Secret's).
+struct Keys<'a> {
+    what: String,
+    data: BTreeMap<String, Vec<u8>>,
+    items: &'a [KeyToPath],
+    default_mode: Option<i32>,
+    optional: bool,
+    sealed: bool,
+}
+
+/// Adds `keys` to `m` as files under `mount_path` (one per key, or per item), the volume at
+/// `path`. Files are text: a value that is not UTF-8 is refused by path.
+fn files(
+    ctx: &mut Ctx,
+    obj: &Object,
+    path: &str,
+    mount_path: &str,
+    keys: Keys<'_>,
+    m: &mut ZMachine,
+) -> Result<(), ManifestError> {
+    let base = mount_path.trim_end_matches('/');
+    let entries: Vec<(String, &Vec<u8>, Option<i32>, String)> = if keys.items.is_empty() {
+        keys.data
+            .iter()
+            .map(|(k, v)| (k.clone(), v, None, format!("{path} key {k:?}")))
+            .collect()
+    } else {
+        let mut out = Vec::new();
+        for (k, item) in keys.items.iter().enumerate() {
+            let at = format!("{path}.items[{k}].key");
+            match keys.data.get(&item.key) {
+                Some(content) => out.push((item.path.clone(), content, item.mode, at)),
+                None if keys.optional => {}
+                None => {
+                    return Err(ctx.invalid(
+                        obj,
+                        &at,
+                        &format!("{} has no key {:?}", keys.what, item.key),
+                    ))
+                }
+            }
+        }
+        out
+    };
+    for (file, bytes, bits, at) in entries {
+        let text = String::from_utf8(bytes.clone()).map_err(|_| {
+            ctx.invalid(
+                obj,
+                &at,
+                "the value is not UTF-8 text: a zmachine's files hold text",
+            )
+        })?;
+        let content = if keys.sealed {
+            zos_seal::seal(ctx.node, text.as_bytes()).map_err(|e| ManifestError::Seal {
+                object: keys.what.clone(),
+                key: file.clone(),
+                message: e.to_string(),
+            })?
+        } else {
+            text
+        };
+        m.files.push(MachineFile {
+            path: format!("{base}/{file}"),
+            content,
+            mode: bits.or(keys.default_mode).map(|b| format!("{b:04o}")),
+            sealed: keys.sealed,
+        });
+    }
+    Ok(())
 }
