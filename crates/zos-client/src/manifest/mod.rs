@@ -47,10 +47,9 @@
 //! [`crate::kube::free_range`] over the owner's deployments.
 //!
 //! Not built yet: several containers per pod and init containers (one image root per VM),
-//! Secret and emptyDir volumes, readiness and HTTP/TCP/gRPC probes, working directory and
-//! user, `$(VAR)` expansion, the downward API, one Service name over several machines,
-//! port-changing Services, rolling updates (`strategy`), scheduling fields, and more than one
-//! node.
+//! emptyDir volumes, readiness and HTTP/TCP/gRPC probes, `$(VAR)` expansion, the downward
+//! API, port-changing Services, a published port over several machines (no load balancer),
+//! rolling updates (`strategy`), scheduling fields, and more than one node.
 
 mod env;
 mod error;
@@ -271,7 +270,7 @@ pub fn translate(objects: &[Object], options: &Options) -> Result<Translation, M
             interfaces: vec![Interface {
                 network: network.clone(),
                 ip: None,
-                aliases: Vec::new(),
+                aliases: m.aliases,
             }],
         };
         workloads.push(WorkloadFile {

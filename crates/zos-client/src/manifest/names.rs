@@ -34,6 +34,29 @@ pub fn workload_name(
     })
 }
 
+/// The name a Service in namespace `ns` resolves as on the network: `<ns>-<name>`, one DNS
+/// label.
+pub fn alias(ns: Option<&str>, name: &str) -> Result<String, String> {
+    let full = match ns {
+        Some(ns) => format!("{ns}-{name}"),
+        None => name.to_string(),
+    };
+    let label = full.len() <= 63
+        && full
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !full.starts_with('-')
+        && !full.ends_with('-');
+    if label {
+        Ok(full)
+    } else {
+        Err(format!(
+            "{full:?} cannot be a name on the network: one DNS label of at most 63 lowercase \
+             letters, digits and '-' (namespace prefix included)"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,14 +1,15 @@
 //! Services on the application's network.
 //!
-//! - Names: the node's resolver answers each machine by its workload name (`_` as `-`). A
-//!   Service that selects exactly one machine, with every `targetPort` equal to its `port`,
-//!   resolves: that machine takes the Service's name (so `redis-leader` reaches the one
-//!   `redis-leader` pod, and the pod's own name no longer resolves). A Service over several
-//!   machines (no load balancing), or one that maps a port to another, is not supported, nor
-//!   is a fixed `clusterIP` (`None`, headless, is accepted).
+//! - Names: the node's resolver answers each machine by its workload name (`_` as `-`), and
+//!   by its interface's aliases. A Service whose every `targetPort` equals its `port` gives
+//!   each machine it selects its name as an alias (`<ns>-<name>` outside `default`): the name
+//!   resolves to all of them, one address each (clients pick one; no proxy balances). A
+//!   Service that maps a port to another, or a fixed `clusterIP` (`None`, headless, is
+//!   accepted), is not supported.
 //! - `NodePort` and `LoadBalancer`: each port is published on the node's addresses to the
 //!   one selected machine's `targetPort`: at `nodePort` when given (else the Service's
-//!   `port`) for NodePort, at `port` for LoadBalancer. Over several machines: not supported.
+//!   `port`) for NodePort, at `port` for LoadBalancer. Over several machines: not supported
+//!   (a published port goes to one machine).
 //! - `ExternalName` and selector-less Services: not supported.
 
 use super::pod;
@@ -66,15 +67,12 @@ pub(crate) fn apply(
         })
         .map(|(i, _)| i)
         .collect();
-    let [one] = selected[..] else {
-        let why = match selected.len() {
-            0 => "it selects no pod of this application".to_string(),
-            n => format!(
-                "it selects {n} machines: one name for several (load balancing) is not built; \
-                 the resolver answers each machine by its own name"
-            ),
-        };
-        ctx.unsupported(obj, "spec.selector".into(), &why);
+    let Some(&first) = selected.first() else {
+        ctx.unsupported(
+            obj,
+            "spec.selector".into(),
+            "it selects no pod of this application",
+        );
         return Ok(());
     };
     // Each port: (path, port, target port, protocol, node port).
@@ -87,7 +85,7 @@ pub(crate) fn apply(
             Some(IntOrString::Int(n)) => {
                 pod::port_number(ctx, obj, &format!("{at}.targetPort"), *n)?
             }
-            Some(IntOrString::String(name)) => match machines[one].named_ports.get(name) {
+            Some(IntOrString::String(name)) => match machines[first].named_ports.get(name) {
                 Some(n) => *n,
                 None => {
                     return Err(ctx.invalid(
@@ -109,33 +107,40 @@ pub(crate) fn apply(
         };
         ports.push((at, port, target, protocol, node_port));
     }
-    let svc_name = obj.name();
+    let alias = names::alias(ns, obj.name()).map_err(|e| ctx.invalid(obj, "metadata.name", &e))?;
     let forwarded: Vec<&(String, u16, u16, _, _)> = ports.iter().filter(|p| p.1 != p.2).collect();
-    let m = &mut machines[one];
     if let Some(p) = forwarded.first() {
         ctx.unsupported(
             obj,
             format!("{}.targetPort", p.0),
             &format!(
-                "the Service's name resolves to the machine itself: port {} to {} needs a \
-                 forward, not built (give targetPort equal to port)",
+                "the Service's name resolves to the machines themselves: port {} to {} needs \
+                 a forward, not built (give targetPort equal to port)",
                 p.1, p.2
             ),
         );
-    } else if let Some(other) = &m.named_by {
-        ctx.unsupported(
-            obj,
-            "metadata.name".into(),
-            &format!("Service {other} already names this machine: one name per machine"),
-        );
     } else {
-        m.name = names::workload_name(ns, svc_name, None)
-            .map_err(|e| ctx.invalid(obj, "metadata.name", &e))?;
-        m.named_by = Some(svc_name.to_string());
-        m.description
-            .push_str(&format!(", named by Service {svc_name}"));
+        for &i in &selected {
+            // A pod named as its Service (`kubectl expose pod`) resolves by its own name.
+            if machines[i].name.as_str().replace('_', "-") != alias {
+                machines[i].aliases.push(alias.clone());
+            }
+        }
     }
     if kind != "ClusterIP" {
+        if selected.len() > 1 {
+            ctx.unsupported(
+                obj,
+                "spec.type".into(),
+                &format!(
+                    "it selects {} machines: a published port goes to one machine (no \
+                     load balancer is built)",
+                    selected.len()
+                ),
+            );
+            return Ok(());
+        }
+        let m = &mut machines[first];
         for (_, port, target, protocol, node_port) in ports {
             let host = match kind {
                 "NodePort" => node_port.unwrap_or(port),

@@ -117,18 +117,17 @@ fn a_node_port_service_publishes_and_a_port_change_is_named() {
     assert_eq!(published, [(80, 8080), (443, 443)]);
 }
 
+/// The aliases machine `name` answers to on the application's network.
+fn aliases<'a>(file: &'a DeploymentFile, name: &str) -> &'a [String] {
+    &machine(file, name).network.interfaces[0].aliases
+}
+
 #[test]
-fn the_guestbook_names_its_single_leader_and_lists_what_needs_load_balancing() {
+fn the_guestbook_resolves_each_service_to_its_machines_and_names_what_needs_balancing() {
     let node = Keypair::generate();
     let text = testdata("guestbook.yaml");
     let list = unsupported(translate_text(&node, &text, false));
-    assert_eq!(
-        paths(&list),
-        [
-            "Service frontend: spec.selector",
-            "Service redis-follower: spec.selector",
-        ]
-    );
+    assert_eq!(paths(&list), ["Service frontend: spec.type"]);
     assert!(
         list[0].reason.contains("selects 3 machines"),
         "{}",
@@ -141,7 +140,7 @@ fn the_guestbook_names_its_single_leader_and_lists_what_needs_load_balancing() {
         names(&t.file),
         [
             "NET",
-            "redis_leader",
+            "redis_leader_0",
             "redis_follower_0",
             "redis_follower_1",
             "frontend_0",
@@ -149,7 +148,13 @@ fn the_guestbook_names_its_single_leader_and_lists_what_needs_load_balancing() {
             "frontend_2"
         ]
     );
-    let leader = machine(&t.file, "redis_leader");
+    // Each Service's name, on every machine it selects.
+    assert_eq!(aliases(&t.file, "redis_leader_0"), ["redis-leader"]);
+    for follower in ["redis_follower_0", "redis_follower_1"] {
+        assert_eq!(aliases(&t.file, follower), ["redis-follower"]);
+    }
+    assert_eq!(aliases(&t.file, "frontend_2"), ["frontend"]);
+    let leader = machine(&t.file, "redis_leader_0");
     assert_eq!(
         leader.image.as_deref(),
         Some("docker://docker.io/redis:6.0.5")
@@ -168,16 +173,21 @@ fn the_guestbook_names_its_single_leader_and_lists_what_needs_load_balancing() {
         "nothing published over 3 machines"
     );
 
-    // One frontend: the LoadBalancer Service names it and publishes its port.
+    // One frontend: the LoadBalancer Service publishes its port.
     let one = text.replace("replicas: 3", "replicas: 1");
-    let t = translate_text(&node, &one, true).unwrap();
-    assert_eq!(
-        paths(&t.warnings),
-        ["Service redis-follower: spec.selector"]
-    );
-    let frontend = machine(&t.file, "frontend");
+    let t = translate_text(&node, &one, false).unwrap();
+    assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+    let frontend = machine(&t.file, "frontend_0");
     assert_eq!(frontend.ports[0].port, 80);
     assert_eq!(frontend.ports[0].host_port(), 80);
+    assert_eq!(aliases(&t.file, "frontend_0"), ["frontend"]);
+
+    // A pod named as its Service already answers to that name.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: nginx, labels: {run: nginx}}\nspec:\n  \
+               containers: [{name: c, image: 'nginx:1.25'}]\n---\napiVersion: v1\nkind: Service\n\
+               metadata: {name: nginx}\nspec: {selector: {run: nginx}, ports: [{port: 80}]}\n";
+    let t = translate_text(&node, pod, false).unwrap();
+    assert!(aliases(&t.file, "nginx").is_empty());
 }
 
 #[test]
@@ -188,7 +198,6 @@ fn a_statefulset_gets_stable_names_and_a_zmount_per_replica() {
     assert_eq!(
         paths(&list),
         [
-            "Service nginx: spec.selector",
             "StatefulSet web: spec.minReadySeconds",
             "StatefulSet web: spec.template.spec.terminationGracePeriodSeconds",
             "StatefulSet web: spec.volumeClaimTemplates[0].spec.storageClassName",
@@ -208,6 +217,10 @@ fn a_statefulset_gets_stable_names_and_a_zmount_per_replica() {
         ]
     );
     assert_eq!(zmount_size(&t.file, "www_web_2"), ByteSize(ByteSize::GIB));
+    // The headless Service's name resolves to every replica.
+    for replica in ["web_0", "web_1", "web_2"] {
+        assert_eq!(aliases(&t.file, replica), ["nginx"]);
+    }
     let m = machine(&t.file, "web_2");
     assert_eq!(m.mounts.len(), 1);
     assert_eq!(m.mounts[0].name.as_str(), "www_web_2");

@@ -36,8 +36,8 @@ pub(crate) struct Machine {
     pub named_ports: BTreeMap<String, u16>,
     /// What it is, for humans.
     pub description: String,
-    /// The Service that gave it its name, if one did.
-    pub named_by: Option<String>,
+    /// More names it answers to on the network (the Services that select it).
+    pub aliases: Vec<String>,
     /// The object it came from, as messages name it.
     pub owner: String,
     /// Each claim's zmount it mounts, with the path of the volume naming it.
@@ -250,7 +250,7 @@ fn machine(
         spec,
         named_ports: m.named_ports,
         description,
-        named_by: None,
+        aliases: Vec::new(),
         owner: obj.label(),
         claims: m.claims,
     })

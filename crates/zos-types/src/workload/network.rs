@@ -271,11 +271,13 @@ impl MachineNetwork {
     }
 }
 
-/// Whether a zmachine of `deployment` on `network` is called `name`.
+/// Whether a zmachine of `deployment` on `network` resolves as `name` (its workload name,
+/// `_` written `-`).
 fn machine_on(deployment: &[Workload], network: &WorkloadName, name: &str) -> bool {
     deployment.iter().any(|w| match &w.spec {
         WorkloadSpec::Zmachine(m) => {
-            w.name.as_str() == name && m.network.interfaces.iter().any(|i| &i.network == network)
+            w.name.as_str().replace('_', "-") == name
+                && m.network.interfaces.iter().any(|i| &i.network == network)
         }
         _ => false,
     })
