@@ -302,6 +302,17 @@ pub struct Mount {
     pub mountpoint: String,
 }
 
+/// How many zmachines of `deployment` mount zmount `name`.
+fn mounted_by(deployment: &[Workload], name: &WorkloadName) -> usize {
+    deployment
+        .iter()
+        .filter(|w| match &w.spec {
+            WorkloadSpec::Zmachine(m) => m.mounts.iter().any(|x| &x.name == name),
+            _ => false,
+        })
+        .count()
+}
+
 /// Whether `user` reads as Docker's `--user`: a user, and optionally `:` and a group, each a
 /// name or a number.
 fn is_user(user: &str) -> bool {
@@ -444,10 +455,21 @@ impl WorkloadData for ZMachine {
             .map(|w| &w.name)
             .collect();
         let mut points = BTreeSet::new();
+        let mut disks = BTreeSet::new();
         for mount in &self.mounts {
             if !zmounts.contains(&mount.name) {
                 bad.push(format!(
                     "mount {:?} is not a zmount in this deployment",
+                    mount.name.as_str()
+                ));
+            }
+            // A zmount is a block device: two kernels mounting one ext4 corrupt it.
+            if !disks.insert(&mount.name) {
+                bad.push(format!("zmount {:?} is mounted twice", mount.name.as_str()));
+            } else if mounted_by(deployment, &mount.name) > 1 {
+                bad.push(format!(
+                    "zmount {:?} is mounted by more than one zmachine: a zmount is one \
+                     machine's disk",
                     mount.name.as_str()
                 ));
             }
@@ -544,6 +566,53 @@ mod tests {
         }
         let m: ZMachine = serde_json::from_value(m).unwrap();
         m.problems(&[])
+    }
+
+    #[test]
+    fn a_zmount_is_one_machines_disk() {
+        let spec = |mounts: serde_json::Value| {
+            WorkloadSpec::Zmachine(
+                serde_json::from_value(serde_json::json!({ "flist": "/a.fl", "mounts": mounts }))
+                    .unwrap(),
+            )
+        };
+        let named = |name: &str, spec: WorkloadSpec| Workload {
+            name: WorkloadName::try_from(name.to_string()).unwrap(),
+            version: 0,
+            description: String::new(),
+            metadata: String::new(),
+            spec,
+            result: None,
+        };
+        let disk = named(
+            "d",
+            WorkloadSpec::Zmount(
+                serde_json::from_value(serde_json::json!({"size": "1G"})).unwrap(),
+            ),
+        );
+        let at = |p: &str| serde_json::json!([{ "name": "d", "mountpoint": p }]);
+        let d = vec![
+            disk.clone(),
+            named("a", spec(at("/x"))),
+            named("b", spec(at("/y"))),
+        ];
+        let WorkloadSpec::Zmachine(a) = &d[1].spec else {
+            unreachable!()
+        };
+        let bad = a.problems(&d);
+        assert!(
+            bad.iter()
+                .any(|p| p.contains("mounted by more than one zmachine")),
+            "{bad:?}"
+        );
+        let twice = serde_json::json!([
+            { "name": "d", "mountpoint": "/x" }, { "name": "d", "mountpoint": "/y" }
+        ]);
+        let d = vec![disk, named("a", spec(twice))];
+        let WorkloadSpec::Zmachine(a) = &d[1].spec else {
+            unreachable!()
+        };
+        assert_eq!(a.problems(&d), ["zmount \"d\" is mounted twice"]);
     }
 
     #[test]
