@@ -115,7 +115,9 @@ fn boot_and_probe() -> Option<BTreeMap<String, (String, i32)>> {
     let mut run = zos();
     // podman and its containers want more than the 512M the rest needs; two vCPUs make
     // TCG run them about a quarter faster (406 s → 307 s for the whole run).
-    run.args(["run", "-i", "--memory", "1G", "--cpus", "2", "-v", "vol:/vol"]);
+    run.args([
+        "run", "-i", "--memory", "1G", "--cpus", "2", "-v", "vol:/vol",
+    ]);
     with_dirs(&mut run);
     run.arg(&fl).args(["--", "/bin/bash", "-c", SCRIPT]);
     run.stdin(std::fs::File::open(&archive).unwrap());
