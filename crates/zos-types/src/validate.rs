@@ -358,6 +358,7 @@ workloads:
             "cpu must be at least 1",
             "memory 32 MiB is below the minimum 64 MiB",
             r#"env name "A=B" must be non-empty and contain no '='"#,
+            r#"zmount "data" is mounted twice"#,
             r#"mountpoint "data" must be an absolute path below /"#,
             r#"mount "nope" is not a zmount in this deployment"#,
             r#"mountpoint "/data" is used twice"#,
